@@ -1,0 +1,1 @@
+//! Sockeye native client (work in progress).

@@ -1,0 +1,1 @@
+//! Sockeye browser client (work in progress).

@@ -1,0 +1,1 @@
+//! Sockeye reference server (work in progress).
