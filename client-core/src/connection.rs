@@ -1,0 +1,677 @@
+//! The connection: one state machine a shell drives with `handle_*` and drains with `poll_*`.
+
+use std::collections::VecDeque;
+
+use core::fmt;
+
+use crate::backoff::{self, Rng};
+use crate::codec::{
+    validate_topic, Envelope, FragmentError, Fragmenter, InvalidTopic, Payload, Reassembler, Refusal,
+};
+use crate::config::{Config, ConfigError, QueueLimits};
+use crate::error::{CloseCode, ErrorCode};
+use crate::queue::{OfflineQueue, Queued};
+use crate::requests::{RequestError, RequestId, Requests, Stage};
+use crate::state::{terminal_reason, DisconnectReason, Status, Transition};
+use crate::time::{Duration, Instant};
+use crate::topics::Topics;
+
+/// Names one socket the core asked the shell to open. Inputs about any other socket are stale and ignored, so
+/// a late `close` event from a replaced socket cannot disturb the current one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SocketId(pub u64);
+
+/// Something that happened to the connection, as the shell reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input<'a> {
+    /// The application wants the connection up.
+    Start,
+    /// The application closes the connection for good (close 1000, no reconnect).
+    Stop,
+    /// The socket's `open` event.
+    SocketOpened { socket: SocketId },
+    /// A text frame (`ready`, `pong`, `bye`).
+    SocketText { socket: SocketId, text: &'a str },
+    /// A binary frame (one Sockeye frame).
+    SocketBinary { socket: SocketId, data: &'a [u8] },
+    /// The socket closed. Shells report a failed upgrade with HTTP 401/403 as [`CloseCode::AUTH_FAILED`].
+    SocketClosed { socket: SocketId, code: CloseCode, reason: &'a str },
+    /// The socket failed (could not connect, I/O error). Treated as an abnormal closure (1006).
+    SocketError { socket: SocketId, message: &'a str },
+    /// The timer armed from [`Connection::poll_timeout`] fired. Early or late calls are harmless.
+    Timeout,
+    /// Liveness is unknown (the page became visible, the laptop woke up): cut a backoff wait short, or probe
+    /// a `ready` connection with a `ping` at once.
+    Wake,
+    /// The platform's network availability changed (`navigator.onLine`). While offline, attempts wait
+    /// instead of being burned; coming online starts a pending attempt at once.
+    NetworkChanged { online: bool },
+}
+
+/// What the shell must do, pulled with [`Connection::poll_output`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    /// Open a WebSocket (offering subprotocol `sockeye.v1`; fetching a fresh token first) and report its events
+    /// with this id.
+    OpenSocket { socket: SocketId, attempt: u32 },
+    /// Close this socket with the code and reason. Its later events are ignored.
+    CloseSocket { socket: SocketId, code: CloseCode, reason: String },
+    /// Send a text frame on the current socket (`ping`).
+    SendText(&'static str),
+    /// Send a binary frame on the current socket.
+    SendBinary(Vec<u8>),
+    /// Tell the application.
+    Event(Event),
+}
+
+/// What the application hears.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// Every change of [`Status`].
+    StateChanged(Transition),
+    /// A server `msg`.
+    Message { name: String, data: Option<Payload> },
+    /// A server `req`; answer it with [`Connection::respond`].
+    Request { id: u64, method: String, data: Option<Payload> },
+    /// An `evt` on a subscribed topic.
+    TopicEvent { topic: String, seq: u64, data: Option<Payload> },
+    /// A request ended: reply, server `err`, or a local failure (`DEADLINE_EXCEEDED`, `UNAVAILABLE`,
+    /// `CANCELLED`). Each request ends exactly once.
+    Reply { id: RequestId, result: Result<Option<Payload>, RequestError> },
+    /// The server refused a `sub`; the topic is no longer subscribed.
+    SubscribeFailed { topic: String, error: RequestError },
+    /// A connection-level `err` (one without an `id`).
+    Notice(RequestError),
+    /// The server said `bye`: it is draining and will close this connection.
+    Draining,
+}
+
+/// Why a send, request or publish was refused. Nothing refused was queued or sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The offline queue is at its bound (`RESOURCE_EXHAUSTED`).
+    QueueFull { limits: QueueLimits },
+    /// The envelope needs more fragments than a frame header can count (`RESOURCE_EXHAUSTED`).
+    TooLarge(FragmentError),
+    /// The topic name breaks PROTOCOL §4's rules (`INVALID_ARGUMENT`).
+    InvalidTopic(InvalidTopic),
+}
+
+impl SendError {
+    /// The protocol's code for this failure.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            SendError::QueueFull { .. } | SendError::TooLarge(_) => ErrorCode::ResourceExhausted,
+            SendError::InvalidTopic(_) => ErrorCode::InvalidArgument,
+        }
+    }
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::QueueFull { limits } => write!(
+                f,
+                "offline queue full ({} messages / {} bytes at most)",
+                limits.max_messages, limits.max_bytes
+            ),
+            SendError::TooLarge(e) => write!(f, "message too large: {e}"),
+            SendError::InvalidTopic(e) => write!(f, "invalid topic: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for SendError {}
+
+/// The Sockeye client connection as a pure state machine.
+///
+/// See the crate docs for the driver contract. Every method takes `now` first and does no I/O.
+#[derive(Debug)]
+pub struct Connection {
+    config: Config,
+    status: Status,
+    rng: Rng,
+    outputs: VecDeque<Output>,
+    socket: Option<SocketId>,
+    sockets_opened: u64,
+    /// Attempts since the connection was last stable.
+    attempts: u32,
+    online: bool,
+    timers: Timers,
+    requests: Requests,
+    queue: OfflineQueue,
+    topics: Topics,
+    fragmenter: Fragmenter,
+    reassembler: Reassembler,
+}
+
+/// The core's deadlines; the shell arms one timer for the earliest ([`Connection::poll_timeout`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Timers {
+    connect: Option<Instant>,
+    backoff: Option<Instant>,
+    ping: Option<Instant>,
+    pong: Option<Instant>,
+    stable: Option<Instant>,
+}
+
+impl Timers {
+    fn earliest(&self) -> Option<Instant> {
+        [self.connect, self.backoff, self.ping, self.pong, self.stable].into_iter().flatten().min()
+    }
+
+    /// Everything but the backoff belongs to a socket.
+    fn clear_socket_timers(&mut self) {
+        *self = Timers { backoff: self.backoff, ..Timers::default() };
+    }
+}
+
+fn due(deadline: Option<Instant>, now: Instant) -> bool {
+    deadline.is_some_and(|at| at <= now)
+}
+
+const PING: &str = "ping";
+
+impl Connection {
+    /// A connection in `disconnected`, not yet started.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first option that cannot work.
+    pub fn new(config: Config) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Connection {
+            rng: Rng::new(config.seed),
+            queue: OfflineQueue::new(config.queue),
+            fragmenter: Fragmenter::new(config.fragment_threshold),
+            reassembler: Reassembler::new(config.reassembly.clone()),
+            config,
+            status: Status::Disconnected { reason: None },
+            outputs: VecDeque::new(),
+            socket: None,
+            sockets_opened: 0,
+            attempts: 0,
+            online: true,
+            timers: Timers::default(),
+            requests: Requests::default(),
+            topics: Topics::default(),
+        })
+    }
+
+    /// The current state.
+    pub fn status(&self) -> &Status {
+        &self.status
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Requests that have not ended yet (queued or in flight).
+    pub fn pending_requests(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// Envelopes waiting in the offline queue, and their encoded size.
+    pub fn queued(&self) -> (usize, usize) {
+        (self.queue.len(), self.queue.bytes())
+    }
+
+    /// The next output, or `None` when the shell should wait (for an input or [`Self::poll_timeout`]).
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// The earliest deadline; the shell arms one timer for it and then feeds [`Input::Timeout`].
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [self.timers.earliest(), self.requests.next_deadline(), self.reassembler.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Feeds one input.
+    ///
+    /// The drain rule: drain [`Self::poll_output`] until `None` before the next input (debug builds check it),
+    /// so outputs are acted on in the order they were decided.
+    pub fn handle_input(&mut self, now: Instant, input: Input<'_>) {
+        debug_assert!(self.outputs.is_empty(), "drain poll_output() before the next input");
+        match input {
+            Input::Start => self.start(now),
+            Input::Stop => self.stop(now),
+            Input::SocketOpened { socket } => self.handle_socket_opened(now, socket),
+            Input::SocketText { socket, text } => self.handle_text(now, socket, text),
+            Input::SocketBinary { socket, data } => self.handle_binary(now, socket, data),
+            Input::SocketClosed { socket, code, reason } => self.handle_socket_closed(now, socket, code, reason),
+            Input::SocketError { socket, message } => {
+                self.handle_socket_closed(now, socket, CloseCode::ABNORMAL, message)
+            }
+            Input::Timeout => self.handle_timeout(now),
+            Input::Wake => self.handle_wake(now),
+            Input::NetworkChanged { online } => self.handle_network(now, online),
+        }
+    }
+
+    fn start(&mut self, now: Instant) {
+        if !matches!(self.status, Status::Disconnected { .. }) {
+            return;
+        }
+        self.attempts = 0;
+        self.begin_attempt(now, 1, Duration::ZERO);
+    }
+
+    fn stop(&mut self, now: Instant) {
+        if let Some(socket) = self.socket.take() {
+            self.push(Output::CloseSocket { socket, code: CloseCode::NORMAL, reason: "client closed".into() });
+        }
+        self.timers = Timers::default();
+        self.reassembler.reset();
+        self.topics.forget_acks();
+        self.queue.clear();
+        for id in self.requests.ids_in(Stage::InFlight).into_iter().chain(self.requests.ids_in(Stage::Queued)) {
+            self.fail_request(id, ErrorCode::Cancelled, "the connection was closed by the application");
+        }
+        if self.status != (Status::Disconnected { reason: Some(DisconnectReason::Stopped) }) {
+            self.transition(now, Status::Disconnected { reason: Some(DisconnectReason::Stopped) });
+        }
+    }
+
+    fn is_current(&self, socket: SocketId) -> bool {
+        self.socket == Some(socket)
+    }
+
+    fn handle_socket_opened(&mut self, now: Instant, socket: SocketId) {
+        if !self.is_current(socket) {
+            return;
+        }
+        if let Status::Connecting { attempt } = self.status {
+            self.transition(now, Status::Connected { attempt });
+        }
+    }
+
+    fn handle_text(&mut self, now: Instant, socket: SocketId, text: &str) {
+        if !self.is_current(socket) {
+            return;
+        }
+        // Any inbound frame proves liveness.
+        self.timers.pong = None;
+        match text {
+            "ready" => {
+                // `ready` may beat the `open` event: `connecting` goes straight to `ready`.
+                if matches!(self.status, Status::Connecting { .. } | Status::Connected { .. }) {
+                    self.become_ready(now);
+                }
+            }
+            "pong" => {}
+            "bye" => self.push(Output::Event(Event::Draining)),
+            other => {
+                let word: String = other.chars().take(32).collect();
+                self.refuse(now, format!("unexpected text frame {word:?}"));
+            }
+        }
+    }
+
+    fn handle_binary(&mut self, now: Instant, socket: SocketId, data: &[u8]) {
+        if !self.is_current(socket) {
+            return;
+        }
+        self.timers.pong = None;
+        if self.status != Status::Ready {
+            self.refuse(now, "binary frame before ready".into());
+            return;
+        }
+        let envelope = match self.reassembler.handle_frame(now, data) {
+            Ok(Some(bytes)) => Envelope::decode(&bytes),
+            Ok(None) => return,
+            Err(violation) => return self.refuse(now, violation.to_string()),
+        };
+        match envelope {
+            Ok(envelope) => self.dispatch(now, envelope),
+            Err(error) => match error.refusal() {
+                Refusal::Reply(reply) => self.send_now(&reply),
+                Refusal::Close(_, reason) => self.refuse(now, reason),
+            },
+        }
+    }
+
+    fn dispatch(&mut self, _now: Instant, envelope: Envelope) {
+        match envelope {
+            Envelope::Msg { name, data } => self.push(Output::Event(Event::Message { name, data })),
+            Envelope::Req { id, method, data } => self.push(Output::Event(Event::Request { id, method, data })),
+            Envelope::Res { id, data } => self.complete(id, Ok(data)),
+            Envelope::Err { id: Some(id), code, message, data } => {
+                self.complete(id, Err(RequestError { code, message, data }))
+            }
+            Envelope::Err { id: None, code, message, data } => {
+                self.push(Output::Event(Event::Notice(RequestError { code, message, data })))
+            }
+            Envelope::Evt { topic, seq, data } => {
+                // An `evt` for a topic already unsubscribed locally is late, not an error.
+                if self.topics.contains(&topic) {
+                    self.push(Output::Event(Event::TopicEvent { topic, seq, data }));
+                }
+            }
+            Envelope::Sub { id, .. } | Envelope::Unsub { id, .. } => self.send_now(&Envelope::Err {
+                id: Some(id),
+                code: ErrorCode::InvalidArgument,
+                message: "sub/unsub go from client to server only".into(),
+                data: None,
+            }),
+            Envelope::Pub { .. } => self.send_now(&Envelope::Err {
+                id: None,
+                code: ErrorCode::InvalidArgument,
+                message: "pub goes from client to server only".into(),
+                data: None,
+            }),
+        }
+    }
+
+    /// A `res`/`err` arrived for `id`: a request, a `sub` acknowledgement, or something already ended.
+    fn complete(&mut self, id: u64, result: Result<Option<Payload>, RequestError>) {
+        if let Some(topic) = self.topics.take_ack(id) {
+            if let Err(error) = result {
+                self.topics.remove(&topic);
+                self.push(Output::Event(Event::SubscribeFailed { topic, error }));
+            }
+            return;
+        }
+        // A reply for a request that already timed out or was cancelled is dropped: it ended once already.
+        if self.requests.remove(id).is_some() {
+            self.push(Output::Event(Event::Reply { id: RequestId(id), result }));
+        }
+    }
+
+    fn handle_socket_closed(&mut self, now: Instant, socket: SocketId, code: CloseCode, reason: &str) {
+        if !self.is_current(socket) {
+            return;
+        }
+        self.socket = None;
+        let terminal = terminal_reason(code, reason);
+        self.connection_lost(now, code, reason, terminal);
+    }
+
+    /// The client closes the socket because the server sent something it must refuse (PROTOCOL §6: 4004).
+    fn refuse(&mut self, now: Instant, reason: String) {
+        self.close_and_retry(now, CloseCode::REFUSED, reason);
+    }
+
+    /// The client ends the current socket for a retryable cause (keepalive, connect timeout, refusal).
+    fn close_and_retry(&mut self, now: Instant, code: CloseCode, reason: String) {
+        if let Some(socket) = self.socket.take() {
+            self.push(Output::CloseSocket { socket, code, reason: reason.clone() });
+        }
+        self.connection_lost(now, code, &reason, None);
+    }
+
+    /// The socket is gone: fail what was in flight, then reconnect or end in `disconnected`.
+    fn connection_lost(&mut self, now: Instant, code: CloseCode, reason: &str, terminal: Option<DisconnectReason>) {
+        self.timers.clear_socket_timers();
+        self.reassembler.reset();
+        self.topics.forget_acks();
+        for id in self.requests.ids_in(Stage::InFlight) {
+            self.fail_request(id, ErrorCode::Unavailable, "the connection was lost before the reply");
+        }
+        let end = terminal.or_else(|| {
+            (!self.config.reconnect.enabled)
+                .then(|| DisconnectReason::Closed { code, reason: reason.to_owned() })
+        });
+        if let Some(reason) = end {
+            self.timers.backoff = None;
+            return self.transition(now, Status::Disconnected { reason: Some(reason) });
+        }
+        let attempt = self.attempts.saturating_add(1);
+        if self.config.reconnect.max_attempts.is_some_and(|max| attempt > max) {
+            self.timers.backoff = None;
+            let reason = DisconnectReason::MaxAttemptsExceeded {
+                attempts: self.attempts,
+                code,
+                reason: reason.to_owned(),
+            };
+            return self.transition(now, Status::Disconnected { reason: Some(reason) });
+        }
+        let delay = backoff::delay(&self.config.reconnect, attempt, &mut self.rng);
+        self.begin_attempt(now, attempt, delay);
+    }
+
+    /// Attempt `attempt` after `delay`: at once when the delay is zero and the network is up, otherwise
+    /// through `reconnecting`.
+    fn begin_attempt(&mut self, now: Instant, attempt: u32, delay: Duration) {
+        if delay.is_zero() && self.online {
+            return self.open_socket(now, attempt);
+        }
+        let next_attempt_at = now + delay;
+        // Offline: no deadline; `NetworkChanged { online: true }` starts the attempt.
+        self.timers.backoff = self.online.then_some(next_attempt_at);
+        self.transition(now, Status::Reconnecting { attempt, delay, next_attempt_at });
+    }
+
+    fn open_socket(&mut self, now: Instant, attempt: u32) {
+        self.timers.backoff = None;
+        self.sockets_opened += 1;
+        let socket = SocketId(self.sockets_opened);
+        self.socket = Some(socket);
+        self.attempts = attempt;
+        self.timers.connect = Some(now + self.config.connect_timeout);
+        self.transition(now, Status::Connecting { attempt });
+        self.push(Output::OpenSocket { socket, attempt });
+    }
+
+    fn become_ready(&mut self, now: Instant) {
+        self.timers.connect = None;
+        self.timers.stable = Some(now + self.config.stable_period);
+        if !self.config.keepalive_interval.is_zero() {
+            self.timers.ping = Some(now + self.config.keepalive_interval);
+        }
+        self.transition(now, Status::Ready);
+        // PROTOCOL §7: re-subscribe, then flush the queue in order, then normal sends resume.
+        let topics: Vec<String> = self.topics.iter().map(str::to_owned).collect();
+        for topic in topics {
+            self.send_sub(topic);
+        }
+        while let Some(Queued { bytes, request }) = self.queue.pop() {
+            let outputs = &mut self.outputs;
+            // Cannot fail: the size was checked against the fragmenter when the envelope was queued.
+            let _ = self.fragmenter.encode_bytes(&bytes, |frame| outputs.push_back(Output::SendBinary(frame)));
+            if let Some(id) = request {
+                self.requests.set_stage(id, Stage::InFlight);
+            }
+        }
+    }
+
+    fn send_sub(&mut self, topic: String) {
+        let id = self.requests.allocate_id();
+        self.topics.expect_ack(id, &topic);
+        self.send_now(&Envelope::Sub { id, topic });
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        for (id, stage) in self.requests.take_expired(now) {
+            if stage == Stage::Queued {
+                self.queue.remove_request(id);
+            }
+            self.push_reply(id, Err(RequestError::local(ErrorCode::DeadlineExceeded, "request timed out")));
+        }
+        if let Err(violation) = self.reassembler.handle_timeout(now) {
+            return self.refuse(now, violation.to_string());
+        }
+        if due(self.timers.connect, now) {
+            let reason = format!("connect timeout: not ready within {} ms", self.config.connect_timeout.as_millis());
+            return self.close_and_retry(now, CloseCode::KEEPALIVE_TIMEOUT, reason);
+        }
+        if due(self.timers.pong, now) {
+            let reason =
+                format!("keepalive timeout: no frame within {} ms", self.config.keepalive_timeout.as_millis());
+            return self.close_and_retry(now, CloseCode::KEEPALIVE_TIMEOUT, reason);
+        }
+        if due(self.timers.stable, now) {
+            self.timers.stable = None;
+            self.attempts = 0;
+        }
+        if due(self.timers.ping, now) {
+            self.timers.ping = Some(now + self.config.keepalive_interval);
+            self.probe(now);
+        }
+        if due(self.timers.backoff, now) {
+            if let Status::Reconnecting { attempt, .. } = self.status {
+                self.open_socket(now, attempt);
+            }
+        }
+    }
+
+    /// Sends `ping` and expects a frame within the keepalive timeout.
+    fn probe(&mut self, now: Instant) {
+        self.push(Output::SendText(PING));
+        if self.timers.pong.is_none() {
+            self.timers.pong = Some(now + self.config.keepalive_timeout);
+        }
+    }
+
+    fn handle_wake(&mut self, now: Instant) {
+        match self.status {
+            Status::Reconnecting { attempt, .. } if self.online => self.open_socket(now, attempt),
+            Status::Ready if !self.config.keepalive_timeout.is_zero() => self.probe(now),
+            _ => {}
+        }
+    }
+
+    fn handle_network(&mut self, now: Instant, online: bool) {
+        self.online = online;
+        match self.status {
+            Status::Reconnecting { attempt, .. } if online => self.open_socket(now, attempt),
+            // Keep waiting, but don't burn an attempt while the platform says there is no network.
+            Status::Reconnecting { .. } => self.timers.backoff = None,
+            _ => {}
+        }
+    }
+
+    /// Sends a one-way `msg` now, or queues it while not `ready`.
+    ///
+    /// # Errors
+    /// [`SendError::QueueFull`] when the offline queue is at a bound; [`SendError::TooLarge`] for a message
+    /// that cannot be framed. Nothing is sent or queued then.
+    pub fn send(&mut self, _now: Instant, name: &str, data: Option<Payload>) -> Result<(), SendError> {
+        self.submit(Envelope::Msg { name: name.to_owned(), data }, None).map(drop)
+    }
+
+    /// Publishes to a topic (`pub`), now or from the offline queue.
+    ///
+    /// # Errors
+    /// As [`Self::send`], and [`SendError::InvalidTopic`].
+    pub fn publish(&mut self, _now: Instant, topic: &str, data: Option<Payload>) -> Result<(), SendError> {
+        validate_topic(topic).map_err(SendError::InvalidTopic)?;
+        self.submit(Envelope::Pub { topic: topic.to_owned(), data }, None).map(drop)
+    }
+
+    /// Issues a request; its deadline (`timeout`, else the configured default) counts from `now`. The outcome
+    /// arrives as exactly one [`Event::Reply`] with the returned id.
+    ///
+    /// # Errors
+    /// As [`Self::send`]; a refused request gets no id and no reply event.
+    pub fn request(
+        &mut self,
+        now: Instant,
+        method: &str,
+        data: Option<Payload>,
+        timeout: Option<Duration>,
+    ) -> Result<RequestId, SendError> {
+        let id = self.requests.allocate_id();
+        let stage = self.submit(Envelope::Req { id, method: method.to_owned(), data }, Some(id))?;
+        self.requests.insert(id, now + timeout.unwrap_or(self.config.request_timeout), stage);
+        Ok(RequestId(id))
+    }
+
+    /// Cancels a pending request: it ends with `CANCELLED` (a queued one is never sent). Returns false when
+    /// it had already ended.
+    pub fn cancel(&mut self, _now: Instant, id: RequestId) -> bool {
+        if !self.requests.contains(id.0) {
+            return false;
+        }
+        self.fail_request(id.0, ErrorCode::Cancelled, "request cancelled");
+        true
+    }
+
+    /// Answers a server `req`. Returns false when the connection it came on is gone (the server has already
+    /// failed it then).
+    pub fn respond(&mut self, _now: Instant, id: u64, result: Result<Option<Payload>, RequestError>) -> bool {
+        if self.status != Status::Ready {
+            return false;
+        }
+        let envelope = match result {
+            Ok(data) => Envelope::Res { id, data },
+            Err(RequestError { code, message, data }) => Envelope::Err { id: Some(id), code, message, data },
+        };
+        self.send_now(&envelope);
+        true
+    }
+
+    /// Subscribes to a topic for the life of this connection object: `sub` is sent now when `ready` and again
+    /// on every later `ready`. Returns false when already subscribed.
+    ///
+    /// # Errors
+    /// [`SendError::InvalidTopic`].
+    pub fn subscribe(&mut self, _now: Instant, topic: &str) -> Result<bool, SendError> {
+        validate_topic(topic).map_err(SendError::InvalidTopic)?;
+        let added = self.topics.insert(topic);
+        if added && self.status == Status::Ready {
+            self.send_sub(topic.to_owned());
+        }
+        Ok(added)
+    }
+
+    /// Unsubscribes; `unsub` is sent when `ready`. Returns false when it was not subscribed.
+    pub fn unsubscribe(&mut self, _now: Instant, topic: &str) -> bool {
+        let removed = self.topics.remove(topic);
+        if removed && self.status == Status::Ready {
+            let id = self.requests.allocate_id();
+            self.send_now(&Envelope::Unsub { id, topic: topic.to_owned() });
+        }
+        removed
+    }
+
+    /// Sends when `ready`, else queues; says where the envelope went.
+    fn submit(&mut self, envelope: Envelope, request: Option<u64>) -> Result<Stage, SendError> {
+        let bytes = envelope.encode();
+        let threshold = self.fragmenter.threshold();
+        if threshold > 0 && bytes.len().div_ceil(threshold) > usize::from(u16::MAX) {
+            return Err(SendError::TooLarge(FragmentError::TooManyFragments { size: bytes.len(), threshold }));
+        }
+        if self.status == Status::Ready {
+            let outputs = &mut self.outputs;
+            self.fragmenter
+                .encode_bytes(&bytes, |frame| outputs.push_back(Output::SendBinary(frame)))
+                .map_err(SendError::TooLarge)?;
+            return Ok(Stage::InFlight);
+        }
+        self.queue
+            .push(Queued { bytes, request })
+            .map_err(|_| SendError::QueueFull { limits: self.config.queue })?;
+        Ok(Stage::Queued)
+    }
+
+    /// Sends a protocol envelope of the core's own (acks, refusals) on the current socket.
+    fn send_now(&mut self, envelope: &Envelope) {
+        let outputs = &mut self.outputs;
+        // The core's own envelopes are small; they never need more fragments than a header can count.
+        let _ = self.fragmenter.encode(envelope, |frame| outputs.push_back(Output::SendBinary(frame)));
+    }
+
+    fn fail_request(&mut self, id: u64, code: ErrorCode, message: &str) {
+        if self.requests.remove(id) == Some(Stage::Queued) {
+            self.queue.remove_request(id);
+        }
+        self.push_reply(id, Err(RequestError::local(code, message)));
+    }
+
+    fn push_reply(&mut self, id: u64, result: Result<Option<Payload>, RequestError>) {
+        self.push(Output::Event(Event::Reply { id: RequestId(id), result }));
+    }
+
+    fn transition(&mut self, now: Instant, to: Status) {
+        let from = core::mem::replace(&mut self.status, to.clone());
+        self.push(Output::Event(Event::StateChanged(Transition { from, to, at: now })));
+    }
+
+    fn push(&mut self, output: Output) {
+        self.outputs.push_back(output);
+    }
+}

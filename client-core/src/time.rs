@@ -1,0 +1,60 @@
+//! Time as the shell gives it. The core never reads a clock (`std::time::Instant::now()` panics on
+//! wasm32-unknown-unknown); every input carries `now`.
+
+use core::ops::{Add, Sub};
+pub use core::time::Duration;
+
+/// A point in time: milliseconds since an origin the shell picks (process start, `performance.now()`'s
+/// origin, …). Only differences between instants from the same shell mean anything.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Instant(u64);
+
+impl Instant {
+    /// The shell's origin.
+    pub const ZERO: Instant = Instant(0);
+
+    /// An instant `ms` milliseconds after the shell's origin.
+    pub const fn from_millis(ms: u64) -> Self {
+        Instant(ms)
+    }
+
+    /// Milliseconds since the shell's origin.
+    pub const fn as_millis(self) -> u64 {
+        self.0
+    }
+
+    /// Time elapsed from `earlier` to `self`, or zero when `earlier` is later (clocks handed in by shells may
+    /// step backwards; that must never panic).
+    pub fn saturating_duration_since(self, earlier: Instant) -> Duration {
+        Duration::from_millis(self.0.saturating_sub(earlier.0))
+    }
+}
+
+impl Add<Duration> for Instant {
+    type Output = Instant;
+    /// Saturates instead of overflowing: a huge configured timeout means "practically never".
+    fn add(self, rhs: Duration) -> Instant {
+        let ms = u64::try_from(rhs.as_millis()).unwrap_or(u64::MAX);
+        Instant(self.0.saturating_add(ms))
+    }
+}
+
+impl Sub<Instant> for Instant {
+    type Output = Duration;
+    fn sub(self, rhs: Instant) -> Duration {
+        self.saturating_duration_since(rhs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arithmetic_saturates_instead_of_panicking() {
+        let t = Instant::from_millis(10);
+        assert_eq!(t + Duration::from_millis(5), Instant::from_millis(15));
+        assert_eq!(Instant::from_millis(3) - t, Duration::ZERO);
+        assert_eq!(t + Duration::MAX, Instant::from_millis(u64::MAX));
+    }
+}
