@@ -77,7 +77,11 @@ mod tests {
         let c = config(true);
         let caps: Vec<u64> = (1..=7).map(|n| cap_ms(&c, n)).collect();
         assert_eq!(caps, [1000, 2000, 4000, 8000, 16000, 30000, 30000]);
-        assert_eq!(cap_ms(&c, u32::MAX), 30000, "huge attempt numbers must not overflow");
+        assert_eq!(
+            cap_ms(&c, u32::MAX),
+            30000,
+            "huge attempt numbers must not overflow"
+        );
     }
 
     #[test]
@@ -100,9 +104,14 @@ mod tests {
         for n in [1, 3, 6] {
             let cap = cap_ms(&c, n) as f64;
             let draws = 20_000;
-            let sum: f64 = (0..draws).map(|_| delay(&c, n, &mut rng).as_millis() as f64).sum();
+            let sum: f64 = (0..draws)
+                .map(|_| delay(&c, n, &mut rng).as_millis() as f64)
+                .sum();
             let mean = sum / draws as f64;
-            assert!((mean / cap - 0.5).abs() < 0.02, "attempt {n}: mean {mean} cap {cap}");
+            assert!(
+                (mean / cap - 0.5).abs() < 0.02,
+                "attempt {n}: mean {mean} cap {cap}"
+            );
         }
     }
 
@@ -114,7 +123,10 @@ mod tests {
             let cap = cap_ms(&c, n);
             for _ in 0..500 {
                 let d = delay(&c, n, &mut rng).as_millis() as u64;
-                assert!(d >= cap && d <= cap + cap / 5, "attempt {n}: {d} vs cap {cap}");
+                assert!(
+                    d >= cap && d <= cap + cap / 5,
+                    "attempt {n}: {d} vs cap {cap}"
+                );
             }
         }
     }

@@ -84,7 +84,10 @@ pub struct QueueLimits {
 
 impl Default for QueueLimits {
     fn default() -> Self {
-        QueueLimits { max_messages: 1000, max_bytes: 1 << 20 }
+        QueueLimits {
+            max_messages: 1000,
+            max_bytes: 1 << 20,
+        }
     }
 }
 
@@ -112,16 +115,25 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let fail = |option, problem| Err(ConfigError { option, problem });
         if self.reconnect.base_delay > self.reconnect.max_delay {
-            return fail("reconnect.base_delay", "must not exceed reconnect.max_delay");
+            return fail(
+                "reconnect.base_delay",
+                "must not exceed reconnect.max_delay",
+            );
         }
         if self.reconnect.max_attempts == Some(0) {
-            return fail("reconnect.max_attempts", "must be at least 1 (None is unlimited)");
+            return fail(
+                "reconnect.max_attempts",
+                "must be at least 1 (None is unlimited)",
+            );
         }
         if self.connect_timeout.is_zero() {
             return fail("connect_timeout", "must be greater than zero");
         }
         if !self.keepalive_interval.is_zero() && self.keepalive_timeout.is_zero() {
-            return fail("keepalive_timeout", "must be greater than zero when keepalive is on");
+            return fail(
+                "keepalive_timeout",
+                "must be greater than zero when keepalive is on",
+            );
         }
         if self.request_timeout.is_zero() {
             return fail("request_timeout", "must be greater than zero");

@@ -6,7 +6,8 @@ use core::fmt;
 
 use crate::backoff::{self, Rng};
 use crate::codec::{
-    validate_topic, Envelope, FragmentError, Fragmenter, InvalidTopic, Payload, Reassembler, Refusal,
+    validate_topic, Envelope, FragmentError, Fragmenter, InvalidTopic, Payload, Reassembler,
+    Refusal,
 };
 use crate::config::{Config, ConfigError, QueueLimits};
 use crate::error::{CloseCode, ErrorCode};
@@ -35,7 +36,11 @@ pub enum Input<'a> {
     /// A binary frame (one Sockeye frame).
     SocketBinary { socket: SocketId, data: &'a [u8] },
     /// The socket closed. Shells report a failed upgrade with HTTP 401/403 as [`CloseCode::AUTH_FAILED`].
-    SocketClosed { socket: SocketId, code: CloseCode, reason: &'a str },
+    SocketClosed {
+        socket: SocketId,
+        code: CloseCode,
+        reason: &'a str,
+    },
     /// The socket failed (could not connect, I/O error). Treated as an abnormal closure (1006).
     SocketError { socket: SocketId, message: &'a str },
     /// The timer armed from [`Connection::poll_timeout`] fired. Early or late calls are harmless.
@@ -55,7 +60,11 @@ pub enum Output {
     /// with this id.
     OpenSocket { socket: SocketId, attempt: u32 },
     /// Close this socket with the code and reason. Its later events are ignored.
-    CloseSocket { socket: SocketId, code: CloseCode, reason: String },
+    CloseSocket {
+        socket: SocketId,
+        code: CloseCode,
+        reason: String,
+    },
     /// Send a text frame on the current socket (`ping`).
     SendText(&'static str),
     /// Send a binary frame on the current socket.
@@ -72,12 +81,23 @@ pub enum Event {
     /// A server `msg`.
     Message { name: String, data: Option<Payload> },
     /// A server `req`; answer it with [`Connection::respond`].
-    Request { id: u64, method: String, data: Option<Payload> },
+    Request {
+        id: u64,
+        method: String,
+        data: Option<Payload>,
+    },
     /// An `evt` on a subscribed topic.
-    TopicEvent { topic: String, seq: u64, data: Option<Payload> },
+    TopicEvent {
+        topic: String,
+        seq: u64,
+        data: Option<Payload>,
+    },
     /// A request ended: reply, server `err`, or a local failure (`DEADLINE_EXCEEDED`, `UNAVAILABLE`,
     /// `CANCELLED`). Each request ends exactly once.
-    Reply { id: RequestId, result: Result<Option<Payload>, RequestError> },
+    Reply {
+        id: RequestId,
+        result: Result<Option<Payload>, RequestError>,
+    },
     /// The server refused a `sub`; the topic is no longer subscribed.
     SubscribeFailed { topic: String, error: RequestError },
     /// A connection-level `err` (one without an `id`).
@@ -158,12 +178,24 @@ struct Timers {
 
 impl Timers {
     fn earliest(&self) -> Option<Instant> {
-        [self.connect, self.backoff, self.ping, self.pong, self.stable].into_iter().flatten().min()
+        [
+            self.connect,
+            self.backoff,
+            self.ping,
+            self.pong,
+            self.stable,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Everything but the backoff belongs to a socket.
     fn clear_socket_timers(&mut self) {
-        *self = Timers { backoff: self.backoff, ..Timers::default() };
+        *self = Timers {
+            backoff: self.backoff,
+            ..Timers::default()
+        };
     }
 }
 
@@ -224,10 +256,14 @@ impl Connection {
 
     /// The earliest deadline; the shell arms one timer for it and then feeds [`Input::Timeout`].
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [self.timers.earliest(), self.requests.next_deadline(), self.reassembler.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.timers.earliest(),
+            self.requests.next_deadline(),
+            self.reassembler.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Feeds one input.
@@ -235,14 +271,21 @@ impl Connection {
     /// The drain rule: drain [`Self::poll_output`] until `None` before the next input (debug builds check it),
     /// so outputs are acted on in the order they were decided.
     pub fn handle_input(&mut self, now: Instant, input: Input<'_>) {
-        debug_assert!(self.outputs.is_empty(), "drain poll_output() before the next input");
+        debug_assert!(
+            self.outputs.is_empty(),
+            "drain poll_output() before the next input"
+        );
         match input {
             Input::Start => self.start(now),
             Input::Stop => self.stop(now),
             Input::SocketOpened { socket } => self.handle_socket_opened(now, socket),
             Input::SocketText { socket, text } => self.handle_text(now, socket, text),
             Input::SocketBinary { socket, data } => self.handle_binary(now, socket, data),
-            Input::SocketClosed { socket, code, reason } => self.handle_socket_closed(now, socket, code, reason),
+            Input::SocketClosed {
+                socket,
+                code,
+                reason,
+            } => self.handle_socket_closed(now, socket, code, reason),
             Input::SocketError { socket, message } => {
                 self.handle_socket_closed(now, socket, CloseCode::ABNORMAL, message)
             }
@@ -262,17 +305,39 @@ impl Connection {
 
     fn stop(&mut self, now: Instant) {
         if let Some(socket) = self.socket.take() {
-            self.push(Output::CloseSocket { socket, code: CloseCode::NORMAL, reason: "client closed".into() });
+            self.push(Output::CloseSocket {
+                socket,
+                code: CloseCode::NORMAL,
+                reason: "client closed".into(),
+            });
         }
         self.timers = Timers::default();
         self.reassembler.reset();
         self.topics.forget_acks();
         self.queue.clear();
-        for id in self.requests.ids_in(Stage::InFlight).into_iter().chain(self.requests.ids_in(Stage::Queued)) {
-            self.fail_request(id, ErrorCode::Cancelled, "the connection was closed by the application");
+        for id in self
+            .requests
+            .ids_in(Stage::InFlight)
+            .into_iter()
+            .chain(self.requests.ids_in(Stage::Queued))
+        {
+            self.fail_request(
+                id,
+                ErrorCode::Cancelled,
+                "the connection was closed by the application",
+            );
         }
-        if self.status != (Status::Disconnected { reason: Some(DisconnectReason::Stopped) }) {
-            self.transition(now, Status::Disconnected { reason: Some(DisconnectReason::Stopped) });
+        if self.status
+            != (Status::Disconnected {
+                reason: Some(DisconnectReason::Stopped),
+            })
+        {
+            self.transition(
+                now,
+                Status::Disconnected {
+                    reason: Some(DisconnectReason::Stopped),
+                },
+            );
         }
     }
 
@@ -298,7 +363,10 @@ impl Connection {
         match text {
             "ready" => {
                 // `ready` may beat the `open` event: `connecting` goes straight to `ready`.
-                if matches!(self.status, Status::Connecting { .. } | Status::Connected { .. }) {
+                if matches!(
+                    self.status,
+                    Status::Connecting { .. } | Status::Connected { .. }
+                ) {
                     self.become_ready(now);
                 }
             }
@@ -337,26 +405,47 @@ impl Connection {
     fn dispatch(&mut self, _now: Instant, envelope: Envelope) {
         match envelope {
             Envelope::Msg { name, data } => self.push(Output::Event(Event::Message { name, data })),
-            Envelope::Req { id, method, data } => self.push(Output::Event(Event::Request { id, method, data })),
+            Envelope::Req { id, method, data } => {
+                self.push(Output::Event(Event::Request { id, method, data }))
+            }
             Envelope::Res { id, data } => self.complete(id, Ok(data)),
-            Envelope::Err { id: Some(id), code, message, data } => {
-                self.complete(id, Err(RequestError { code, message, data }))
-            }
-            Envelope::Err { id: None, code, message, data } => {
-                self.push(Output::Event(Event::Notice(RequestError { code, message, data })))
-            }
+            Envelope::Err {
+                id: Some(id),
+                code,
+                message,
+                data,
+            } => self.complete(
+                id,
+                Err(RequestError {
+                    code,
+                    message,
+                    data,
+                }),
+            ),
+            Envelope::Err {
+                id: None,
+                code,
+                message,
+                data,
+            } => self.push(Output::Event(Event::Notice(RequestError {
+                code,
+                message,
+                data,
+            }))),
             Envelope::Evt { topic, seq, data } => {
                 // An `evt` for a topic already unsubscribed locally is late, not an error.
                 if self.topics.contains(&topic) {
                     self.push(Output::Event(Event::TopicEvent { topic, seq, data }));
                 }
             }
-            Envelope::Sub { id, .. } | Envelope::Unsub { id, .. } => self.send_now(&Envelope::Err {
-                id: Some(id),
-                code: ErrorCode::InvalidArgument,
-                message: "sub/unsub go from client to server only".into(),
-                data: None,
-            }),
+            Envelope::Sub { id, .. } | Envelope::Unsub { id, .. } => {
+                self.send_now(&Envelope::Err {
+                    id: Some(id),
+                    code: ErrorCode::InvalidArgument,
+                    message: "sub/unsub go from client to server only".into(),
+                    data: None,
+                })
+            }
             Envelope::Pub { .. } => self.send_now(&Envelope::Err {
                 id: None,
                 code: ErrorCode::InvalidArgument,
@@ -377,11 +466,20 @@ impl Connection {
         }
         // A reply for a request that already timed out or was cancelled is dropped: it ended once already.
         if self.requests.remove(id).is_some() {
-            self.push(Output::Event(Event::Reply { id: RequestId(id), result }));
+            self.push(Output::Event(Event::Reply {
+                id: RequestId(id),
+                result,
+            }));
         }
     }
 
-    fn handle_socket_closed(&mut self, now: Instant, socket: SocketId, code: CloseCode, reason: &str) {
+    fn handle_socket_closed(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        code: CloseCode,
+        reason: &str,
+    ) {
         if !self.is_current(socket) {
             return;
         }
@@ -398,36 +496,67 @@ impl Connection {
     /// The client ends the current socket for a retryable cause (keepalive, connect timeout, refusal).
     fn close_and_retry(&mut self, now: Instant, code: CloseCode, reason: String) {
         if let Some(socket) = self.socket.take() {
-            self.push(Output::CloseSocket { socket, code, reason: reason.clone() });
+            self.push(Output::CloseSocket {
+                socket,
+                code,
+                reason: reason.clone(),
+            });
         }
         self.connection_lost(now, code, &reason, None);
     }
 
     /// The socket is gone: fail what was in flight, then reconnect or end in `disconnected`.
-    fn connection_lost(&mut self, now: Instant, code: CloseCode, reason: &str, terminal: Option<DisconnectReason>) {
+    fn connection_lost(
+        &mut self,
+        now: Instant,
+        code: CloseCode,
+        reason: &str,
+        terminal: Option<DisconnectReason>,
+    ) {
         self.timers.clear_socket_timers();
         self.reassembler.reset();
         self.topics.forget_acks();
         for id in self.requests.ids_in(Stage::InFlight) {
-            self.fail_request(id, ErrorCode::Unavailable, "the connection was lost before the reply");
+            self.fail_request(
+                id,
+                ErrorCode::Unavailable,
+                "the connection was lost before the reply",
+            );
         }
         let end = terminal.or_else(|| {
-            (!self.config.reconnect.enabled)
-                .then(|| DisconnectReason::Closed { code, reason: reason.to_owned() })
+            (!self.config.reconnect.enabled).then(|| DisconnectReason::Closed {
+                code,
+                reason: reason.to_owned(),
+            })
         });
         if let Some(reason) = end {
             self.timers.backoff = None;
-            return self.transition(now, Status::Disconnected { reason: Some(reason) });
+            return self.transition(
+                now,
+                Status::Disconnected {
+                    reason: Some(reason),
+                },
+            );
         }
         let attempt = self.attempts.saturating_add(1);
-        if self.config.reconnect.max_attempts.is_some_and(|max| attempt > max) {
+        if self
+            .config
+            .reconnect
+            .max_attempts
+            .is_some_and(|max| attempt > max)
+        {
             self.timers.backoff = None;
             let reason = DisconnectReason::MaxAttemptsExceeded {
                 attempts: self.attempts,
                 code,
                 reason: reason.to_owned(),
             };
-            return self.transition(now, Status::Disconnected { reason: Some(reason) });
+            return self.transition(
+                now,
+                Status::Disconnected {
+                    reason: Some(reason),
+                },
+            );
         }
         let delay = backoff::delay(&self.config.reconnect, attempt, &mut self.rng);
         self.begin_attempt(now, attempt, delay);
@@ -442,7 +571,14 @@ impl Connection {
         let next_attempt_at = now + delay;
         // Offline: no deadline; `NetworkChanged { online: true }` starts the attempt.
         self.timers.backoff = self.online.then_some(next_attempt_at);
-        self.transition(now, Status::Reconnecting { attempt, delay, next_attempt_at });
+        self.transition(
+            now,
+            Status::Reconnecting {
+                attempt,
+                delay,
+                next_attempt_at,
+            },
+        );
     }
 
     fn open_socket(&mut self, now: Instant, attempt: u32) {
@@ -471,7 +607,9 @@ impl Connection {
         while let Some(Queued { bytes, request }) = self.queue.pop() {
             let outputs = &mut self.outputs;
             // Cannot fail: the size was checked against the fragmenter when the envelope was queued.
-            let _ = self.fragmenter.encode_bytes(&bytes, |frame| outputs.push_back(Output::SendBinary(frame)));
+            let _ = self
+                .fragmenter
+                .encode_bytes(&bytes, |frame| outputs.push_back(Output::SendBinary(frame)));
             if let Some(id) = request {
                 self.requests.set_stage(id, Stage::InFlight);
             }
@@ -489,18 +627,29 @@ impl Connection {
             if stage == Stage::Queued {
                 self.queue.remove_request(id);
             }
-            self.push_reply(id, Err(RequestError::local(ErrorCode::DeadlineExceeded, "request timed out")));
+            self.push_reply(
+                id,
+                Err(RequestError::local(
+                    ErrorCode::DeadlineExceeded,
+                    "request timed out",
+                )),
+            );
         }
         if let Err(violation) = self.reassembler.handle_timeout(now) {
             return self.refuse(now, violation.to_string());
         }
         if due(self.timers.connect, now) {
-            let reason = format!("connect timeout: not ready within {} ms", self.config.connect_timeout.as_millis());
+            let reason = format!(
+                "connect timeout: not ready within {} ms",
+                self.config.connect_timeout.as_millis()
+            );
             return self.close_and_retry(now, CloseCode::KEEPALIVE_TIMEOUT, reason);
         }
         if due(self.timers.pong, now) {
-            let reason =
-                format!("keepalive timeout: no frame within {} ms", self.config.keepalive_timeout.as_millis());
+            let reason = format!(
+                "keepalive timeout: no frame within {} ms",
+                self.config.keepalive_timeout.as_millis()
+            );
             return self.close_and_retry(now, CloseCode::KEEPALIVE_TIMEOUT, reason);
         }
         if due(self.timers.stable, now) {
@@ -549,17 +698,41 @@ impl Connection {
     /// # Errors
     /// [`SendError::QueueFull`] when the offline queue is at a bound; [`SendError::TooLarge`] for a message
     /// that cannot be framed. Nothing is sent or queued then.
-    pub fn send(&mut self, _now: Instant, name: &str, data: Option<Payload>) -> Result<(), SendError> {
-        self.submit(Envelope::Msg { name: name.to_owned(), data }, None).map(drop)
+    pub fn send(
+        &mut self,
+        _now: Instant,
+        name: &str,
+        data: Option<Payload>,
+    ) -> Result<(), SendError> {
+        self.submit(
+            Envelope::Msg {
+                name: name.to_owned(),
+                data,
+            },
+            None,
+        )
+        .map(drop)
     }
 
     /// Publishes to a topic (`pub`), now or from the offline queue.
     ///
     /// # Errors
     /// As [`Self::send`], and [`SendError::InvalidTopic`].
-    pub fn publish(&mut self, _now: Instant, topic: &str, data: Option<Payload>) -> Result<(), SendError> {
+    pub fn publish(
+        &mut self,
+        _now: Instant,
+        topic: &str,
+        data: Option<Payload>,
+    ) -> Result<(), SendError> {
         validate_topic(topic).map_err(SendError::InvalidTopic)?;
-        self.submit(Envelope::Pub { topic: topic.to_owned(), data }, None).map(drop)
+        self.submit(
+            Envelope::Pub {
+                topic: topic.to_owned(),
+                data,
+            },
+            None,
+        )
+        .map(drop)
     }
 
     /// Issues a request; its deadline (`timeout`, else the configured default) counts from `now`. The outcome
@@ -575,8 +748,19 @@ impl Connection {
         timeout: Option<Duration>,
     ) -> Result<RequestId, SendError> {
         let id = self.requests.allocate_id();
-        let stage = self.submit(Envelope::Req { id, method: method.to_owned(), data }, Some(id))?;
-        self.requests.insert(id, now + timeout.unwrap_or(self.config.request_timeout), stage);
+        let stage = self.submit(
+            Envelope::Req {
+                id,
+                method: method.to_owned(),
+                data,
+            },
+            Some(id),
+        )?;
+        self.requests.insert(
+            id,
+            now + timeout.unwrap_or(self.config.request_timeout),
+            stage,
+        );
         Ok(RequestId(id))
     }
 
@@ -592,13 +776,27 @@ impl Connection {
 
     /// Answers a server `req`. Returns false when the connection it came on is gone (the server has already
     /// failed it then).
-    pub fn respond(&mut self, _now: Instant, id: u64, result: Result<Option<Payload>, RequestError>) -> bool {
+    pub fn respond(
+        &mut self,
+        _now: Instant,
+        id: u64,
+        result: Result<Option<Payload>, RequestError>,
+    ) -> bool {
         if self.status != Status::Ready {
             return false;
         }
         let envelope = match result {
             Ok(data) => Envelope::Res { id, data },
-            Err(RequestError { code, message, data }) => Envelope::Err { id: Some(id), code, message, data },
+            Err(RequestError {
+                code,
+                message,
+                data,
+            }) => Envelope::Err {
+                id: Some(id),
+                code,
+                message,
+                data,
+            },
         };
         self.send_now(&envelope);
         true
@@ -623,7 +821,10 @@ impl Connection {
         let removed = self.topics.remove(topic);
         if removed && self.status == Status::Ready {
             let id = self.requests.allocate_id();
-            self.send_now(&Envelope::Unsub { id, topic: topic.to_owned() });
+            self.send_now(&Envelope::Unsub {
+                id,
+                topic: topic.to_owned(),
+            });
         }
         removed
     }
@@ -633,7 +834,10 @@ impl Connection {
         let bytes = envelope.encode();
         let threshold = self.fragmenter.threshold();
         if threshold > 0 && bytes.len().div_ceil(threshold) > usize::from(u16::MAX) {
-            return Err(SendError::TooLarge(FragmentError::TooManyFragments { size: bytes.len(), threshold }));
+            return Err(SendError::TooLarge(FragmentError::TooManyFragments {
+                size: bytes.len(),
+                threshold,
+            }));
         }
         if self.status == Status::Ready {
             let outputs = &mut self.outputs;
@@ -644,7 +848,9 @@ impl Connection {
         }
         self.queue
             .push(Queued { bytes, request })
-            .map_err(|_| SendError::QueueFull { limits: self.config.queue })?;
+            .map_err(|_| SendError::QueueFull {
+                limits: self.config.queue,
+            })?;
         Ok(Stage::Queued)
     }
 
@@ -652,7 +858,9 @@ impl Connection {
     fn send_now(&mut self, envelope: &Envelope) {
         let outputs = &mut self.outputs;
         // The core's own envelopes are small; they never need more fragments than a header can count.
-        let _ = self.fragmenter.encode(envelope, |frame| outputs.push_back(Output::SendBinary(frame)));
+        let _ = self.fragmenter.encode(envelope, |frame| {
+            outputs.push_back(Output::SendBinary(frame))
+        });
     }
 
     fn fail_request(&mut self, id: u64, code: ErrorCode, message: &str) {
@@ -663,12 +871,19 @@ impl Connection {
     }
 
     fn push_reply(&mut self, id: u64, result: Result<Option<Payload>, RequestError>) {
-        self.push(Output::Event(Event::Reply { id: RequestId(id), result }));
+        self.push(Output::Event(Event::Reply {
+            id: RequestId(id),
+            result,
+        }));
     }
 
     fn transition(&mut self, now: Instant, to: Status) {
         let from = core::mem::replace(&mut self.status, to.clone());
-        self.push(Output::Event(Event::StateChanged(Transition { from, to, at: now })));
+        self.push(Output::Event(Event::StateChanged(Transition {
+            from,
+            to,
+            at: now,
+        })));
     }
 
     fn push(&mut self, output: Output) {

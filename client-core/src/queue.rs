@@ -22,7 +22,11 @@ pub(crate) struct OfflineQueue {
 
 impl OfflineQueue {
     pub fn new(limits: QueueLimits) -> Self {
-        OfflineQueue { items: VecDeque::new(), bytes: 0, limits }
+        OfflineQueue {
+            items: VecDeque::new(),
+            bytes: 0,
+            limits,
+        }
     }
 
     /// Appends unless a bound would be exceeded.
@@ -76,12 +80,18 @@ mod tests {
     use super::*;
 
     fn item(n: usize) -> Queued {
-        Queued { bytes: vec![0; n], request: None }
+        Queued {
+            bytes: vec![0; n],
+            request: None,
+        }
     }
 
     #[test]
     fn refuses_beyond_the_message_bound() {
-        let mut q = OfflineQueue::new(QueueLimits { max_messages: 2, max_bytes: 100 });
+        let mut q = OfflineQueue::new(QueueLimits {
+            max_messages: 2,
+            max_bytes: 100,
+        });
         assert!(q.push(item(1)).is_ok());
         assert!(q.push(item(1)).is_ok());
         assert!(q.push(item(1)).is_err());
@@ -90,7 +100,10 @@ mod tests {
 
     #[test]
     fn refuses_beyond_the_byte_bound_and_keeps_count_of_bytes() {
-        let mut q = OfflineQueue::new(QueueLimits { max_messages: 10, max_bytes: 10 });
+        let mut q = OfflineQueue::new(QueueLimits {
+            max_messages: 10,
+            max_bytes: 10,
+        });
         assert!(q.push(item(6)).is_ok());
         assert!(q.push(item(5)).is_err());
         assert!(q.push(item(4)).is_ok());
@@ -102,7 +115,11 @@ mod tests {
     #[test]
     fn removes_a_queued_request_by_id() {
         let mut q = OfflineQueue::new(QueueLimits::default());
-        q.push(Queued { bytes: vec![1], request: Some(7) }).unwrap();
+        q.push(Queued {
+            bytes: vec![1],
+            request: Some(7),
+        })
+        .unwrap();
         q.push(item(2)).unwrap();
         assert!(q.remove_request(7));
         assert!(!q.remove_request(7));

@@ -30,7 +30,11 @@ pub struct RequestError {
 
 impl RequestError {
     pub fn local(code: ErrorCode, message: impl Into<String>) -> Self {
-        RequestError { code, message: message.into(), data: None }
+        RequestError {
+            code,
+            message: message.into(),
+            data: None,
+        }
     }
 }
 
@@ -114,7 +118,11 @@ impl Requests {
 
     /// Ids of requests in the given stage, in id (issue) order.
     pub fn ids_in(&self, stage: Stage) -> Vec<u64> {
-        self.pending.iter().filter(|(_, p)| p.stage == stage).map(|(id, _)| *id).collect()
+        self.pending
+            .iter()
+            .filter(|(_, p)| p.stage == stage)
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     pub fn len(&self) -> usize {
@@ -142,7 +150,11 @@ mod tests {
             r.insert(id, Instant::from_millis(at), Stage::Queued);
         }
         assert_eq!(r.next_deadline(), Some(Instant::from_millis(10)));
-        let due: Vec<u64> = r.take_expired(Instant::from_millis(20)).into_iter().map(|(id, _)| id).collect();
+        let due: Vec<u64> = r
+            .take_expired(Instant::from_millis(20))
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
         assert_eq!(due, [2, 3]);
         assert_eq!(r.next_deadline(), Some(Instant::from_millis(30)));
     }

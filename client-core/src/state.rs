@@ -17,7 +17,11 @@ pub enum Status {
     /// `ready` seen: sends go out directly.
     Ready,
     /// Waiting out the backoff before attempt `attempt`.
-    Reconnecting { attempt: u32, delay: Duration, next_attempt_at: Instant },
+    Reconnecting {
+        attempt: u32,
+        delay: Duration,
+        next_attempt_at: Instant,
+    },
 }
 
 impl Status {
@@ -53,7 +57,11 @@ pub enum DisconnectReason {
     /// Reconnecting is disabled and the connection closed.
     Closed { code: CloseCode, reason: String },
     /// The attempt limit was reached; `code` and `reason` of the last close.
-    MaxAttemptsExceeded { attempts: u32, code: CloseCode, reason: String },
+    MaxAttemptsExceeded {
+        attempts: u32,
+        code: CloseCode,
+        reason: String,
+    },
 }
 
 impl DisconnectReason {
@@ -76,8 +84,15 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::AuthFailed { reason } => write!(f, "authentication failed: {reason}"),
             DisconnectReason::PolicyViolation { reason } => write!(f, "policy violation: {reason}"),
             DisconnectReason::Closed { code, reason } => write!(f, "closed ({code}): {reason}"),
-            DisconnectReason::MaxAttemptsExceeded { attempts, code, reason } => {
-                write!(f, "gave up after {attempts} attempts; last close {code}: {reason}")
+            DisconnectReason::MaxAttemptsExceeded {
+                attempts,
+                code,
+                reason,
+            } => {
+                write!(
+                    f,
+                    "gave up after {attempts} attempts; last close {code}: {reason}"
+                )
             }
         }
     }
@@ -96,8 +111,12 @@ pub struct Transition {
 /// 4003 and 1008 are terminal; everything else (1000 included, when the server sent it) is retried.
 pub fn terminal_reason(code: CloseCode, reason: &str) -> Option<DisconnectReason> {
     match code {
-        CloseCode::AUTH_FAILED => Some(DisconnectReason::AuthFailed { reason: reason.to_owned() }),
-        CloseCode::POLICY_VIOLATION => Some(DisconnectReason::PolicyViolation { reason: reason.to_owned() }),
+        CloseCode::AUTH_FAILED => Some(DisconnectReason::AuthFailed {
+            reason: reason.to_owned(),
+        }),
+        CloseCode::POLICY_VIOLATION => Some(DisconnectReason::PolicyViolation {
+            reason: reason.to_owned(),
+        }),
         _ => None,
     }
 }
@@ -108,10 +127,18 @@ mod tests {
 
     #[test]
     fn only_auth_failure_and_policy_violation_are_terminal() {
-        for code in [1000, 1001, 1002, 1006, 1007, 1009, 1011, 1012, 1013, 4000, 4001, 4002, 4004] {
+        for code in [
+            1000, 1001, 1002, 1006, 1007, 1009, 1011, 1012, 1013, 4000, 4001, 4002, 4004,
+        ] {
             assert_eq!(terminal_reason(CloseCode(code), ""), None, "{code}");
         }
-        assert_eq!(terminal_reason(CloseCode(4003), "bad").unwrap().as_str(), "auth-failed");
-        assert_eq!(terminal_reason(CloseCode(1008), "origin").unwrap().as_str(), "policy-violation");
+        assert_eq!(
+            terminal_reason(CloseCode(4003), "bad").unwrap().as_str(),
+            "auth-failed"
+        );
+        assert_eq!(
+            terminal_reason(CloseCode(1008), "origin").unwrap().as_str(),
+            "policy-violation"
+        );
     }
 }

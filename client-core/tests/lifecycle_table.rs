@@ -24,8 +24,14 @@ enum State {
     Ended,
 }
 
-const STATES: [State; 6] =
-    [State::Fresh, State::Connecting, State::Connected, State::Ready, State::Reconnecting, State::Ended];
+const STATES: [State; 6] = [
+    State::Fresh,
+    State::Connecting,
+    State::Connected,
+    State::Ready,
+    State::Reconnecting,
+    State::Ended,
+];
 
 /// Which table state a status is; exhaustive over [`Status`].
 fn state_kind(status: &Status) -> &'static str {
@@ -111,25 +117,53 @@ fn setup(state: State) -> Sim {
 
 fn apply(sim: &mut Sim, row: In) -> Vec<sockeye_core::Output> {
     let socket = sim.socket;
-    let msg = complete_frame(&Envelope::Msg { name: "hello".into(), data: None });
-    let closed = |code| Input::SocketClosed { socket, code: CloseCode(code), reason: "bye" };
+    let msg = complete_frame(&Envelope::Msg {
+        name: "hello".into(),
+        data: None,
+    });
+    let closed = |code| Input::SocketClosed {
+        socket,
+        code: CloseCode(code),
+        reason: "bye",
+    };
     let input = match row {
         In::Start => Input::Start,
         In::Stop => Input::Stop,
         In::Opened => Input::SocketOpened { socket },
-        In::TextReady => Input::SocketText { socket, text: "ready" },
-        In::TextPong => Input::SocketText { socket, text: "pong" },
-        In::TextBye => Input::SocketText { socket, text: "bye" },
-        In::TextOther => Input::SocketText { socket, text: "hello" },
+        In::TextReady => Input::SocketText {
+            socket,
+            text: "ready",
+        },
+        In::TextPong => Input::SocketText {
+            socket,
+            text: "pong",
+        },
+        In::TextBye => Input::SocketText {
+            socket,
+            text: "bye",
+        },
+        In::TextOther => Input::SocketText {
+            socket,
+            text: "hello",
+        },
         In::BinaryMsg => Input::SocketBinary { socket, data: &msg },
-        In::BinaryBadKind => Input::SocketBinary { socket, data: &[7, 1, 2] },
+        In::BinaryBadKind => Input::SocketBinary {
+            socket,
+            data: &[7, 1, 2],
+        },
         In::Closed1000 => closed(1000),
         In::Closed1001 => closed(1001),
         In::Closed1008 => closed(1008),
         In::Closed4003 => closed(4003),
-        In::Error => Input::SocketError { socket, message: "connection refused" },
+        In::Error => Input::SocketError {
+            socket,
+            message: "connection refused",
+        },
         In::Timeout => {
-            sim.now = sim.conn.poll_timeout().unwrap_or(sim.now + sockeye_core::Duration::from_secs(1));
+            sim.now = sim
+                .conn
+                .poll_timeout()
+                .unwrap_or(sim.now + sockeye_core::Duration::from_secs(1));
             Input::Timeout
         }
         In::Wake => Input::Wake,
@@ -207,8 +241,18 @@ fn table() -> Vec<Row> {
     // Disconnected, never started: only Start and Stop do anything.
     rows.extend(ignored!(Fresh, "disconnected"));
     rows.extend([
-        (Fresh, In::Start, "connecting", &["state:disconnected>connecting", "open#1 attempt 1"][..]),
-        (Fresh, In::Stop, "disconnected", &["state:disconnected>disconnected"]),
+        (
+            Fresh,
+            In::Start,
+            "connecting",
+            &["state:disconnected>connecting", "open#1 attempt 1"][..],
+        ),
+        (
+            Fresh,
+            In::Stop,
+            "disconnected",
+            &["state:disconnected>disconnected"],
+        ),
         (Fresh, In::Timeout, "disconnected", &[]),
         (Fresh, In::Wake, "disconnected", &[]),
         (Fresh, In::Offline, "disconnected", &[]),
@@ -217,8 +261,18 @@ fn table() -> Vec<Row> {
     // Disconnected after a terminal close: Start begins again with a new socket.
     rows.extend(ignored!(Ended, "disconnected"));
     rows.extend([
-        (Ended, In::Start, "connecting", &["state:disconnected>connecting", "open#2 attempt 1"][..]),
-        (Ended, In::Stop, "disconnected", &["state:disconnected>disconnected"]),
+        (
+            Ended,
+            In::Start,
+            "connecting",
+            &["state:disconnected>connecting", "open#2 attempt 1"][..],
+        ),
+        (
+            Ended,
+            In::Stop,
+            "disconnected",
+            &["state:disconnected>disconnected"],
+        ),
         (Ended, In::Timeout, "disconnected", &[]),
         (Ended, In::Wake, "disconnected", &[]),
         (Ended, In::Offline, "disconnected", &[]),
@@ -226,15 +280,21 @@ fn table() -> Vec<Row> {
     ]);
     // Connecting and connected share most rows: failures reconnect, `ready` (even before `open`) is ready.
     for (state, name) in [(Connecting, "connecting"), (Connected, "connected")] {
-        let fail: &'static [&'static str] =
-            if state == Connecting { &["state:connecting>reconnecting"] } else { &["state:connected>reconnecting"] };
+        let fail: &'static [&'static str] = if state == Connecting {
+            &["state:connecting>reconnecting"]
+        } else {
+            &["state:connected>reconnecting"]
+        };
         let refuse: &'static [&'static str] = if state == Connecting {
             &["close#1:4004", "state:connecting>reconnecting"]
         } else {
             &["close#1:4004", "state:connected>reconnecting"]
         };
-        let end: &'static [&'static str] =
-            if state == Connecting { &["state:connecting>disconnected"] } else { &["state:connected>disconnected"] };
+        let end: &'static [&'static str] = if state == Connecting {
+            &["state:connecting>disconnected"]
+        } else {
+            &["state:connected>disconnected"]
+        };
         rows.extend([
             (state, In::Start, name, &[][..]),
             (
@@ -251,13 +311,21 @@ fn table() -> Vec<Row> {
                 state,
                 In::Opened,
                 "connected",
-                if state == Connecting { &["state:connecting>connected"] } else { &[] },
+                if state == Connecting {
+                    &["state:connecting>connected"]
+                } else {
+                    &[]
+                },
             ),
             (
                 state,
                 In::TextReady,
                 "ready",
-                if state == Connecting { &["state:connecting>ready"] } else { &["state:connected>ready"] },
+                if state == Connecting {
+                    &["state:connecting>ready"]
+                } else {
+                    &["state:connected>ready"]
+                },
             ),
             (state, In::TextPong, name, &[]),
             (state, In::TextBye, name, &["draining"]),
@@ -287,19 +355,59 @@ fn table() -> Vec<Row> {
     }
     rows.extend([
         (Ready, In::Start, "ready", &[][..]),
-        (Ready, In::Stop, "disconnected", &["close#1:1000", "state:ready>disconnected"]),
+        (
+            Ready,
+            In::Stop,
+            "disconnected",
+            &["close#1:1000", "state:ready>disconnected"],
+        ),
         (Ready, In::Opened, "ready", &[]),
         (Ready, In::TextReady, "ready", &[]),
         (Ready, In::TextPong, "ready", &[]),
         (Ready, In::TextBye, "ready", &["draining"]),
-        (Ready, In::TextOther, "reconnecting", &["close#1:4004", "state:ready>reconnecting"]),
+        (
+            Ready,
+            In::TextOther,
+            "reconnecting",
+            &["close#1:4004", "state:ready>reconnecting"],
+        ),
         (Ready, In::BinaryMsg, "ready", &["message:hello"]),
-        (Ready, In::BinaryBadKind, "reconnecting", &["close#1:4004", "state:ready>reconnecting"]),
-        (Ready, In::Closed1000, "reconnecting", &["state:ready>reconnecting"]),
-        (Ready, In::Closed1001, "reconnecting", &["state:ready>reconnecting"]),
-        (Ready, In::Closed1008, "disconnected", &["state:ready>disconnected"]),
-        (Ready, In::Closed4003, "disconnected", &["state:ready>disconnected"]),
-        (Ready, In::Error, "reconnecting", &["state:ready>reconnecting"]),
+        (
+            Ready,
+            In::BinaryBadKind,
+            "reconnecting",
+            &["close#1:4004", "state:ready>reconnecting"],
+        ),
+        (
+            Ready,
+            In::Closed1000,
+            "reconnecting",
+            &["state:ready>reconnecting"],
+        ),
+        (
+            Ready,
+            In::Closed1001,
+            "reconnecting",
+            &["state:ready>reconnecting"],
+        ),
+        (
+            Ready,
+            In::Closed1008,
+            "disconnected",
+            &["state:ready>disconnected"],
+        ),
+        (
+            Ready,
+            In::Closed4003,
+            "disconnected",
+            &["state:ready>disconnected"],
+        ),
+        (
+            Ready,
+            In::Error,
+            "reconnecting",
+            &["state:ready>reconnecting"],
+        ),
         // The first deadline in `ready` is the stable period (5 s): it resets attempts, with no output.
         (Ready, In::Timeout, "ready", &[]),
         // Liveness unknown: probe at once.
@@ -311,11 +419,31 @@ fn table() -> Vec<Row> {
     rows.extend(ignored!(Reconnecting, "reconnecting"));
     rows.extend([
         (Reconnecting, In::Start, "reconnecting", &[][..]),
-        (Reconnecting, In::Stop, "disconnected", &["state:reconnecting>disconnected"]),
-        (Reconnecting, In::Timeout, "connecting", &["state:reconnecting>connecting", "open#2 attempt 2"]),
-        (Reconnecting, In::Wake, "connecting", &["state:reconnecting>connecting", "open#2 attempt 2"]),
+        (
+            Reconnecting,
+            In::Stop,
+            "disconnected",
+            &["state:reconnecting>disconnected"],
+        ),
+        (
+            Reconnecting,
+            In::Timeout,
+            "connecting",
+            &["state:reconnecting>connecting", "open#2 attempt 2"],
+        ),
+        (
+            Reconnecting,
+            In::Wake,
+            "connecting",
+            &["state:reconnecting>connecting", "open#2 attempt 2"],
+        ),
         (Reconnecting, In::Offline, "reconnecting", &[]),
-        (Reconnecting, In::Online, "connecting", &["state:reconnecting>connecting", "open#2 attempt 2"]),
+        (
+            Reconnecting,
+            In::Online,
+            "connecting",
+            &["state:reconnecting>connecting", "open#2 attempt 2"],
+        ),
     ]);
     rows
 }
@@ -324,10 +452,17 @@ fn table() -> Vec<Row> {
 fn table_covers_every_state_and_input() {
     let rows = table();
     let pairs: BTreeSet<(State, In)> = rows.iter().map(|(s, i, _, _)| (*s, *i)).collect();
-    assert_eq!(pairs.len(), rows.len(), "a (state, input) pair has two rows");
+    assert_eq!(
+        pairs.len(),
+        rows.len(),
+        "a (state, input) pair has two rows"
+    );
     for state in STATES {
         for input in INPUTS {
-            assert!(pairs.contains(&(state, input)), "no row for {state:?} × {input:?}");
+            assert!(
+                pairs.contains(&(state, input)),
+                "no row for {state:?} × {input:?}"
+            );
         }
     }
 }
@@ -339,7 +474,10 @@ fn every_state_and_input_gives_the_tabled_state_and_effects() {
         let outs = apply(&mut sim, input);
         assert_eq!(
             (state_kind(sim.conn.status()), describe_all(&outs)),
-            (next, effects.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
+            (
+                next,
+                effects.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+            ),
             "{state:?} × {input:?}"
         );
     }
@@ -350,9 +488,19 @@ fn inputs_about_a_replaced_socket_are_ignored() {
     let mut sim = setup(State::Ready);
     let stale = SocketId(sim.socket.0 + 100);
     for input in [
-        Input::SocketText { socket: stale, text: "bye" },
-        Input::SocketClosed { socket: stale, code: CloseCode(4003), reason: "" },
-        Input::SocketError { socket: stale, message: "" },
+        Input::SocketText {
+            socket: stale,
+            text: "bye",
+        },
+        Input::SocketClosed {
+            socket: stale,
+            code: CloseCode(4003),
+            reason: "",
+        },
+        Input::SocketError {
+            socket: stale,
+            message: "",
+        },
     ] {
         assert!(sim.input(input).is_empty());
     }

@@ -36,7 +36,9 @@ impl WalkError {
     /// A short description for error messages.
     pub(crate) fn describe(&self) -> String {
         match self {
-            WalkError::Truncated { at } => format!("truncated item or length beyond the input at byte {at}"),
+            WalkError::Truncated { at } => {
+                format!("truncated item or length beyond the input at byte {at}")
+            }
             WalkError::Malformed { at, what } => format!("{what} at byte {at}"),
             WalkError::TooDeep => format!("nested deeper than {MAX_DEPTH}"),
         }
@@ -76,18 +78,30 @@ pub(crate) fn read_header(bytes: &[u8], pos: usize) -> Result<(Header, usize), W
         24..=27 => {
             let width = 1usize << (info - 24);
             let start = pos + 1;
-            let field = bytes.get(start..start + width).ok_or(WalkError::Truncated { at: pos })?;
+            let field = bytes
+                .get(start..start + width)
+                .ok_or(WalkError::Truncated { at: pos })?;
             let value = field.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
             (Arg::Value(value), start + width)
         }
-        28..=30 => return Err(WalkError::Malformed { at: pos, what: "reserved additional information" }),
+        28..=30 => {
+            return Err(WalkError::Malformed {
+                at: pos,
+                what: "reserved additional information",
+            })
+        }
         _ => (Arg::Indefinite, pos + 1),
     };
     Ok((Header { major, info, arg }, next))
 }
 
 /// Skips a string (major 2 or 3) whose header has just been read; returns the offset after it.
-fn skip_string(bytes: &[u8], at: usize, header: Header, mut pos: usize) -> Result<usize, WalkError> {
+fn skip_string(
+    bytes: &[u8],
+    at: usize,
+    header: Header,
+    mut pos: usize,
+) -> Result<usize, WalkError> {
     match header.arg {
         Arg::Value(len) => advance(bytes, at, pos, len),
         Arg::Indefinite => loop {
@@ -97,8 +111,15 @@ fn skip_string(bytes: &[u8], at: usize, header: Header, mut pos: usize) -> Resul
             }
             let (chunk, next) = read_header(bytes, pos)?;
             match chunk.arg {
-                Arg::Value(len) if chunk.major == header.major => pos = advance(bytes, pos, next, len)?,
-                _ => return Err(WalkError::Malformed { at: pos, what: "bad chunk in indefinite-length string" }),
+                Arg::Value(len) if chunk.major == header.major => {
+                    pos = advance(bytes, pos, next, len)?
+                }
+                _ => {
+                    return Err(WalkError::Malformed {
+                        at: pos,
+                        what: "bad chunk in indefinite-length string",
+                    })
+                }
             }
         },
     }
@@ -144,13 +165,21 @@ pub(crate) fn skip_item(bytes: &[u8], mut pos: usize) -> Result<usize, WalkError
             match depth.checked_sub(1).map(|top| stack[top]) {
                 Some(Open::Indefinite { map, odd }) => {
                     if map && odd {
-                        return Err(WalkError::Malformed { at, what: "indefinite map ends after a key" });
+                        return Err(WalkError::Malformed {
+                            at,
+                            what: "indefinite map ends after a key",
+                        });
                     }
                     depth -= 1;
                     pos += 1;
                     true
                 }
-                _ => return Err(WalkError::Malformed { at, what: "unexpected break" }),
+                _ => {
+                    return Err(WalkError::Malformed {
+                        at,
+                        what: "unexpected break",
+                    })
+                }
             }
         } else {
             let (header, next) = read_header(bytes, pos)?;
@@ -172,17 +201,31 @@ pub(crate) fn skip_item(bytes: &[u8], mut pos: usize) -> Result<usize, WalkError
                     advance(bytes, at, pos, items)?;
                     Some(Open::Items(items))
                 }
-                (MAJOR_ARRAY, Arg::Indefinite) => Some(Open::Indefinite { map: false, odd: false }),
-                (MAJOR_MAP, Arg::Indefinite) => Some(Open::Indefinite { map: true, odd: false }),
+                (MAJOR_ARRAY, Arg::Indefinite) => Some(Open::Indefinite {
+                    map: false,
+                    odd: false,
+                }),
+                (MAJOR_MAP, Arg::Indefinite) => Some(Open::Indefinite {
+                    map: true,
+                    odd: false,
+                }),
                 (MAJOR_TAG, Arg::Value(_)) => Some(Open::Items(1)),
                 (MAJOR_SIMPLE, Arg::Value(value)) => {
                     // Two-byte simple values below 32 are not well-formed (RFC 8949 §3.3).
                     if header.info == 24 && value < 32 {
-                        return Err(WalkError::Malformed { at, what: "two-byte simple value below 32" });
+                        return Err(WalkError::Malformed {
+                            at,
+                            what: "two-byte simple value below 32",
+                        });
                     }
                     None
                 }
-                _ => return Err(WalkError::Malformed { at, what: "indefinite length on a non-container" }),
+                _ => {
+                    return Err(WalkError::Malformed {
+                        at,
+                        what: "indefinite length on a non-container",
+                    })
+                }
             };
             match open {
                 Some(open) => {
@@ -287,17 +330,20 @@ mod tests {
     #[test]
     fn refuses_malformed_items() {
         let items: &[&[u8]] = &[
-            &[0x1c],                  // reserved additional information
-            &[0xff],                  // break outside an indefinite container
-            &[0x1f],                  // indefinite unsigned integer
-            &[0xdf],                  // indefinite tag
-            &[0xf8, 0x10],            // two-byte simple value below 32
+            &[0x1c],                   // reserved additional information
+            &[0xff],                   // break outside an indefinite container
+            &[0x1f],                   // indefinite unsigned integer
+            &[0xdf],                   // indefinite tag
+            &[0xf8, 0x10],             // two-byte simple value below 32
             &[0x5f, 0x61, b'a', 0xff], // text chunk inside a byte string
             &[0x5f, 0x5f, 0xff, 0xff], // nested indefinite chunk
-            &[0xbf, 0x01, 0xff],      // indefinite map ending after a key
+            &[0xbf, 0x01, 0xff],       // indefinite map ending after a key
         ];
         for item in items {
-            assert!(matches!(skip_all(item), Err(WalkError::Malformed { .. })), "{item:02x?}");
+            assert!(
+                matches!(skip_all(item), Err(WalkError::Malformed { .. })),
+                "{item:02x?}"
+            );
         }
     }
 
@@ -335,12 +381,25 @@ mod tests {
             (24, vec![0x18, 24]),
             (256, vec![0x19, 1, 0]),
             (65536, vec![0x1a, 0, 1, 0, 0]),
-            (u64::MAX, vec![0x1b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]),
+            (
+                u64::MAX,
+                vec![0x1b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+            ),
         ] {
             let mut out = Vec::new();
             write_header(&mut out, MAJOR_UINT, value);
             assert_eq!(out, expected);
-            assert_eq!(read_header(&out, 0), Ok((Header { major: 0, info: out[0] & 0x1f, arg: Arg::Value(value) }, out.len())));
+            assert_eq!(
+                read_header(&out, 0),
+                Ok((
+                    Header {
+                        major: 0,
+                        info: out[0] & 0x1f,
+                        arg: Arg::Value(value)
+                    },
+                    out.len()
+                ))
+            );
         }
     }
 }

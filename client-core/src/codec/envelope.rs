@@ -54,19 +54,35 @@ pub enum Envelope {
     /// `t: "msg"`: a one-way message named `m`.
     Msg { name: String, data: Option<Payload> },
     /// `t: "req"`: a request for `method`; answered by `res` or `err` with the same `id`.
-    Req { id: u64, method: String, data: Option<Payload> },
+    Req {
+        id: u64,
+        method: String,
+        data: Option<Payload>,
+    },
     /// `t: "res"`: the success reply to request `id`.
     Res { id: u64, data: Option<Payload> },
     /// `t: "err"`: the error reply to request `id`, or a connection-level notice when `id` is `None`.
-    Err { id: Option<u64>, code: ErrorCode, message: String, data: Option<Payload> },
+    Err {
+        id: Option<u64>,
+        code: ErrorCode,
+        message: String,
+        data: Option<Payload>,
+    },
     /// `t: "sub"`: subscribe to `topic` (client → server).
     Sub { id: u64, topic: String },
     /// `t: "unsub"`: unsubscribe from `topic` (client → server).
     Unsub { id: u64, topic: String },
     /// `t: "pub"`: publish to `topic` (client → server).
-    Pub { topic: String, data: Option<Payload> },
+    Pub {
+        topic: String,
+        data: Option<Payload>,
+    },
     /// `t: "evt"`: a published message delivered to a subscriber; `seq` counts per topic (server → client).
-    Evt { topic: String, seq: u64, data: Option<Payload> },
+    Evt {
+        topic: String,
+        seq: u64,
+        data: Option<Payload>,
+    },
 }
 
 /// Bytes inside a well-formed frame that are not a valid envelope.
@@ -90,7 +106,10 @@ pub enum EnvelopeErrorKind {
     /// A key the envelope's `t` requires is absent.
     MissingKey(&'static str),
     /// A known key holds a value of the wrong CBOR type.
-    WrongType { key: &'static str, expected: &'static str },
+    WrongType {
+        key: &'static str,
+        expected: &'static str,
+    },
     /// `t` is not one this version knows (at most 64 bytes of it are kept).
     UnknownType(String),
     /// A value nests deeper than [`MAX_DEPTH`].
@@ -165,7 +184,9 @@ impl Payload {
     pub fn from_cbor(bytes: Vec<u8>) -> Result<Payload, PayloadError> {
         match cbor::skip_item(&bytes, 0) {
             Ok(end) if end == bytes.len() => Ok(Payload(bytes)),
-            Ok(end) => Err(PayloadError::InvalidCbor(format!("bytes after the item, from byte {end}"))),
+            Ok(end) => Err(PayloadError::InvalidCbor(format!(
+                "bytes after the item, from byte {end}"
+            ))),
             Err(WalkError::TooDeep) => Err(PayloadError::TooDeep),
             Err(e) => Err(PayloadError::InvalidCbor(e.describe())),
         }
@@ -228,7 +249,9 @@ impl fmt::Debug for Payload {
 impl fmt::Display for PayloadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PayloadError::InvalidCbor(what) => write!(f, "payload is not one well-formed CBOR item: {what}"),
+            PayloadError::InvalidCbor(what) => {
+                write!(f, "payload is not one well-formed CBOR item: {what}")
+            }
             PayloadError::TooDeep => write!(f, "payload nests deeper than {MAX_DEPTH}"),
             PayloadError::Serde(what) => write!(f, "payload conversion failed: {what}"),
         }
@@ -253,23 +276,31 @@ impl Envelope {
     /// Never panics.
     pub fn encode_to(&self, out: &mut Vec<u8>) {
         let data = self.data();
-        let entries = 1 + match self {
-            Envelope::Msg { .. } | Envelope::Res { .. } | Envelope::Pub { .. } => 1,
-            Envelope::Req { .. } | Envelope::Sub { .. } | Envelope::Unsub { .. } | Envelope::Evt { .. } => 2,
-            Envelope::Err { id, .. } => 2 + u64::from(id.is_some()),
-        } + u64::from(data.is_some());
+        let entries =
+            1 + match self {
+                Envelope::Msg { .. } | Envelope::Res { .. } | Envelope::Pub { .. } => 1,
+                Envelope::Req { .. }
+                | Envelope::Sub { .. }
+                | Envelope::Unsub { .. }
+                | Envelope::Evt { .. } => 2,
+                Envelope::Err { id, .. } => 2 + u64::from(id.is_some()),
+            } + u64::from(data.is_some());
         cbor::write_header(out, MAJOR_MAP, entries);
         write_text_entry(out, "t", self.kind());
         if let Some(id) = self.id() {
             write_uint_entry(out, "id", id);
         }
         match self {
-            Envelope::Msg { name: m, .. } | Envelope::Req { method: m, .. } => write_text_entry(out, "m", m),
+            Envelope::Msg { name: m, .. } | Envelope::Req { method: m, .. } => {
+                write_text_entry(out, "m", m)
+            }
             Envelope::Err { code, message, .. } => {
                 write_text_entry(out, "code", code.as_str());
                 write_text_entry(out, "msg", message);
             }
-            Envelope::Sub { topic, .. } | Envelope::Unsub { topic, .. } | Envelope::Pub { topic, .. } => {
+            Envelope::Sub { topic, .. }
+            | Envelope::Unsub { topic, .. }
+            | Envelope::Pub { topic, .. } => {
                 write_text_entry(out, "topic", topic);
             }
             Envelope::Evt { topic, seq, .. } => {
@@ -298,7 +329,10 @@ impl Envelope {
         let mut fields = Fields::default();
         let scanned = fields.scan(bytes);
         let recovered_id = fields.id.and_then(|span| read_uint(bytes, span));
-        let fail = |kind| EnvelopeError { id: recovered_id, kind };
+        let fail = |kind| EnvelopeError {
+            id: recovered_id,
+            kind,
+        };
         scanned.map_err(fail)?;
         fields.build(bytes).map_err(fail)
     }
@@ -306,7 +340,9 @@ impl Envelope {
     /// The request `id` this envelope carries, if any (`req`, `res`, `sub`, `unsub`, and `err` with an id).
     pub fn id(&self) -> Option<u64> {
         match self {
-            Envelope::Req { id, .. } | Envelope::Res { id, .. } | Envelope::Sub { id, .. } => Some(*id),
+            Envelope::Req { id, .. } | Envelope::Res { id, .. } | Envelope::Sub { id, .. } => {
+                Some(*id)
+            }
             Envelope::Unsub { id, .. } => Some(*id),
             Envelope::Err { id, .. } => *id,
             Envelope::Msg { .. } | Envelope::Pub { .. } | Envelope::Evt { .. } => None,
@@ -437,16 +473,30 @@ impl Fields {
             read_text(bytes, span.ok_or(MissingKey(key))?, key)
         };
         let uint = |span: Option<Span>, key: &'static str| -> Result<u64, EnvelopeErrorKind> {
-            read_uint(bytes, span.ok_or(MissingKey(key))?)
-                .ok_or(EnvelopeErrorKind::WrongType { key, expected: "unsigned integer" })
+            read_uint(bytes, span.ok_or(MissingKey(key))?).ok_or(EnvelopeErrorKind::WrongType {
+                key,
+                expected: "unsigned integer",
+            })
         };
         // The walker has already checked `d` is one well-formed item within MAX_DEPTH: the Payload invariant.
-        let data = self.d.map(|(start, end)| Payload(bytes[start..end].to_vec()));
+        let data = self
+            .d
+            .map(|(start, end)| Payload(bytes[start..end].to_vec()));
         let t = text(self.t, "t")?;
         Ok(match t.as_str() {
-            "msg" => Envelope::Msg { name: text(self.m, "m")?, data },
-            "req" => Envelope::Req { id: uint(self.id, "id")?, method: text(self.m, "m")?, data },
-            "res" => Envelope::Res { id: uint(self.id, "id")?, data },
+            "msg" => Envelope::Msg {
+                name: text(self.m, "m")?,
+                data,
+            },
+            "req" => Envelope::Req {
+                id: uint(self.id, "id")?,
+                method: text(self.m, "m")?,
+                data,
+            },
+            "res" => Envelope::Res {
+                id: uint(self.id, "id")?,
+                data,
+            },
             "err" => Envelope::Err {
                 id: match self.id {
                     Some(_) => Some(uint(self.id, "id")?),
@@ -456,10 +506,23 @@ impl Fields {
                 message: text(self.msg, "msg")?,
                 data,
             },
-            "sub" => Envelope::Sub { id: uint(self.id, "id")?, topic: text(self.topic, "topic")? },
-            "unsub" => Envelope::Unsub { id: uint(self.id, "id")?, topic: text(self.topic, "topic")? },
-            "pub" => Envelope::Pub { topic: text(self.topic, "topic")?, data },
-            "evt" => Envelope::Evt { topic: text(self.topic, "topic")?, seq: uint(self.seq, "seq")?, data },
+            "sub" => Envelope::Sub {
+                id: uint(self.id, "id")?,
+                topic: text(self.topic, "topic")?,
+            },
+            "unsub" => Envelope::Unsub {
+                id: uint(self.id, "id")?,
+                topic: text(self.topic, "topic")?,
+            },
+            "pub" => Envelope::Pub {
+                topic: text(self.topic, "topic")?,
+                data,
+            },
+            "evt" => Envelope::Evt {
+                topic: text(self.topic, "topic")?,
+                seq: uint(self.seq, "seq")?,
+                data,
+            },
             _ => {
                 let mut t = t;
                 truncate_at_char_boundary(&mut t, MAX_UNKNOWN_TYPE);
@@ -501,7 +564,9 @@ fn key_bytes(bytes: &[u8], pos: usize) -> Option<([u8; MAX_KEY], usize)> {
                 break;
             }
             let (chunk, next) = cbor::read_header(bytes, pos).ok()?;
-            let Arg::Value(n) = chunk.arg else { return None };
+            let Arg::Value(n) = chunk.arg else {
+                return None;
+            };
             pos = next.checked_add(usize::try_from(n).ok()?)?;
             append(bytes.get(next..pos)?)?;
         },
@@ -521,8 +586,15 @@ fn read_uint(bytes: &[u8], (start, _): Span) -> Option<u64> {
 }
 
 /// The text string at `span` (definite, or indefinite with each chunk valid UTF-8 on its own).
-fn read_text(bytes: &[u8], (start, end): Span, key: &'static str) -> Result<String, EnvelopeErrorKind> {
-    let wrong_type = EnvelopeErrorKind::WrongType { key, expected: "text" };
+fn read_text(
+    bytes: &[u8],
+    (start, end): Span,
+    key: &'static str,
+) -> Result<String, EnvelopeErrorKind> {
+    let wrong_type = EnvelopeErrorKind::WrongType {
+        key,
+        expected: "text",
+    };
     let not_utf8 = || EnvelopeErrorKind::InvalidCbor(format!("`{key}` is not valid UTF-8"));
     let (header, mut pos) = cbor::read_header(bytes, start).map_err(walk_error)?;
     if header.major != MAJOR_TEXT {
@@ -530,7 +602,10 @@ fn read_text(bytes: &[u8], (start, end): Span, key: &'static str) -> Result<Stri
     }
     let chunk = |from: usize, len: u64| -> Result<(&str, usize), EnvelopeErrorKind> {
         // The span was walked already, so the length fits; still, never index past it.
-        let to = usize::try_from(len).ok().and_then(|len| from.checked_add(len)).filter(|&to| to <= end);
+        let to = usize::try_from(len)
+            .ok()
+            .and_then(|len| from.checked_add(len))
+            .filter(|&to| to <= end);
         let to = to.ok_or_else(|| walk_error(WalkError::Truncated { at: from }))?;
         let text = core::str::from_utf8(&bytes[from..to]).map_err(|_| not_utf8())?;
         Ok((text, to))
@@ -541,7 +616,9 @@ fn read_text(bytes: &[u8], (start, end): Span, key: &'static str) -> Result<Stri
             let mut out = String::new();
             while pos < end && bytes[pos] != 0xff {
                 let (chunk_header, next) = cbor::read_header(bytes, pos).map_err(walk_error)?;
-                let Arg::Value(len) = chunk_header.arg else { return Err(wrong_type) };
+                let Arg::Value(len) = chunk_header.arg else {
+                    return Err(wrong_type);
+                };
                 let (text, to) = chunk(next, len)?;
                 out.push_str(text);
                 pos = to;
@@ -554,7 +631,10 @@ fn read_text(bytes: &[u8], (start, end): Span, key: &'static str) -> Result<Stri
 /// Cuts `s` to at most `max` bytes without splitting a character.
 fn truncate_at_char_boundary(s: &mut String, max: usize) {
     if s.len() > max {
-        let cut = (0..=max).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+        let cut = (0..=max)
+            .rev()
+            .find(|&i| s.is_char_boundary(i))
+            .unwrap_or(0);
         s.truncate(cut);
     }
 }
@@ -597,7 +677,9 @@ impl fmt::Display for EnvelopeErrorKind {
             EnvelopeErrorKind::NotAMap => f.write_str("not a CBOR map"),
             EnvelopeErrorKind::NonTextKey => f.write_str("map keys must be text"),
             EnvelopeErrorKind::MissingKey(key) => write!(f, "missing key `{key}`"),
-            EnvelopeErrorKind::WrongType { key, expected } => write!(f, "`{key}` must be {expected}"),
+            EnvelopeErrorKind::WrongType { key, expected } => {
+                write!(f, "`{key}` must be {expected}")
+            }
             EnvelopeErrorKind::UnknownType(t) => write!(f, "unknown type `{t}`"),
             EnvelopeErrorKind::TooDeep => write!(f, "nested deeper than {MAX_DEPTH}"),
             EnvelopeErrorKind::TrailingBytes => f.write_str("bytes after the map"),
@@ -612,3 +694,692 @@ impl fmt::Display for EnvelopeError {
 }
 
 impl std::error::Error for EnvelopeError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(s: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        cbor::write_text(&mut out, s);
+        out
+    }
+
+    fn uint(n: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        cbor::write_header(&mut out, MAJOR_UINT, n);
+        out
+    }
+
+    /// A definite map from already-encoded keys and values.
+    fn map(entries: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        cbor::write_header(&mut out, MAJOR_MAP, entries.len() as u64);
+        for (k, v) in entries {
+            out.extend_from_slice(k);
+            out.extend_from_slice(v);
+        }
+        out
+    }
+
+    fn payload(bytes: &[u8]) -> Payload {
+        Payload::from_cbor(bytes.to_vec()).expect("test payloads are well-formed")
+    }
+
+    /// `{"a": [1, {"b": [h'00ff', -1, 1.5]}], "c": null}`
+    fn nested() -> Payload {
+        payload(&[
+            0xa2, 0x61, b'a', 0x82, 0x01, 0xa1, 0x61, b'b', 0x83, 0x42, 0x00, 0xff, 0x20, 0xf9,
+            0x3e, 0x00, 0x61, b'c', 0xf6,
+        ])
+    }
+
+    fn every_kind(data: Option<Payload>) -> Vec<Envelope> {
+        vec![
+            Envelope::Msg {
+                name: "chat".into(),
+                data: data.clone(),
+            },
+            Envelope::Req {
+                id: 7,
+                method: "echo".into(),
+                data: data.clone(),
+            },
+            Envelope::Res {
+                id: u64::MAX,
+                data: data.clone(),
+            },
+            Envelope::Err {
+                id: Some(7),
+                code: ErrorCode::NotFound,
+                message: "no such".into(),
+                data: data.clone(),
+            },
+            Envelope::Err {
+                id: None,
+                code: ErrorCode::Other("TEAPOT".into()),
+                message: String::new(),
+                data: data.clone(),
+            },
+            Envelope::Sub {
+                id: 0,
+                topic: "room/1".into(),
+            },
+            Envelope::Unsub {
+                id: 300,
+                topic: "room/1".into(),
+            },
+            Envelope::Pub {
+                topic: "room/ü".into(),
+                data: data.clone(),
+            },
+            Envelope::Evt {
+                topic: "room/1".into(),
+                seq: 1 << 40,
+                data,
+            },
+        ]
+    }
+
+    fn refusal_of(bytes: &[u8]) -> Refusal {
+        Envelope::decode(bytes)
+            .expect_err("the envelope is invalid")
+            .refusal()
+    }
+
+    fn assert_closes_1007(bytes: &[u8], kind: EnvelopeErrorKind) {
+        let e = Envelope::decode(bytes).expect_err("the envelope is invalid");
+        assert_eq!(e, EnvelopeError { id: None, kind });
+        match e.refusal() {
+            Refusal::Close(code, reason) => {
+                assert_eq!(code, CloseCode::INVALID_PAYLOAD);
+                assert!(reason.len() <= MAX_CLOSE_REASON, "{reason}");
+                assert_eq!(reason, e.to_string());
+            }
+            other => panic!("expected a close, got {other:?}"),
+        }
+    }
+
+    fn assert_replies(bytes: &[u8], id: u64, kind: EnvelopeErrorKind) {
+        let e = Envelope::decode(bytes).expect_err("the envelope is invalid");
+        assert_eq!(e, EnvelopeError { id: Some(id), kind });
+        let expected = Envelope::Err {
+            id: Some(id),
+            code: ErrorCode::InvalidArgument,
+            message: e.to_string(),
+            data: None,
+        };
+        assert_eq!(e.refusal(), Refusal::Reply(expected));
+    }
+
+    #[test]
+    fn every_kind_round_trips_with_and_without_payload() {
+        for data in [None, Some(Payload::null()), Some(nested())] {
+            for envelope in every_kind(data) {
+                let bytes = envelope.encode();
+                assert_eq!(
+                    Envelope::decode(&bytes),
+                    Ok(envelope.clone()),
+                    "{bytes:02x?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn kind_and_id_name_the_variant() {
+        let kinds: Vec<_> = every_kind(None)
+            .iter()
+            .map(|e| (e.kind(), e.id()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("msg", None),
+                ("req", Some(7)),
+                ("res", Some(u64::MAX)),
+                ("err", Some(7)),
+                ("err", None),
+                ("sub", Some(0)),
+                ("unsub", Some(300)),
+                ("pub", None),
+                ("evt", None),
+            ]
+        );
+    }
+
+    #[test]
+    fn encodes_a_map_of_text_keys_without_absent_optional_keys() {
+        let msg = Envelope::Msg {
+            name: "hi".into(),
+            data: None,
+        }
+        .encode();
+        assert_eq!(
+            msg,
+            map(&[(text("t"), text("msg")), (text("m"), text("hi"))])
+        );
+        let err = Envelope::Err {
+            id: None,
+            code: ErrorCode::Internal,
+            message: "x".into(),
+            data: None,
+        };
+        let expected = map(&[
+            (text("t"), text("err")),
+            (text("code"), text("INTERNAL")),
+            (text("msg"), text("x")),
+        ]);
+        assert_eq!(err.encode(), expected);
+        let res = Envelope::Res {
+            id: 1,
+            data: Some(Payload::null()),
+        }
+        .encode();
+        assert_eq!(
+            res,
+            map(&[
+                (text("t"), text("res")),
+                (text("id"), uint(1)),
+                (text("d"), vec![0xf6])
+            ])
+        );
+    }
+
+    #[test]
+    fn encode_to_appends_after_existing_bytes() {
+        let envelope = Envelope::Res { id: 1, data: None };
+        let mut out = vec![0x00];
+        envelope.encode_to(&mut out);
+        assert_eq!(out[1..], envelope.encode());
+    }
+
+    #[test]
+    fn decodes_keys_in_any_order_and_indefinite_lengths() {
+        // {_ "m": (_ "ec" "ho"), "id": 5, "t": "req"} with a non-minimal id.
+        let mut bytes = vec![0xbf];
+        bytes.extend(text("m"));
+        bytes.extend([0x7f, 0x62, b'e', b'c', 0x62, b'h', b'o', 0xff]);
+        bytes.extend([0x62, b'i', b'd', 0x1b, 0, 0, 0, 0, 0, 0, 0, 5]);
+        bytes.extend(text("t"));
+        bytes.extend([0x7f, 0x63, b'r', b'e', b'q', 0xff]);
+        bytes.push(0xff);
+        assert_eq!(
+            Envelope::decode(&bytes),
+            Ok(Envelope::Req {
+                id: 5,
+                method: "echo".into(),
+                data: None
+            })
+        );
+    }
+
+    #[test]
+    fn decodes_indefinite_length_keys() {
+        let bytes = map(&[
+            (vec![0x7f, 0x61, b't', 0xff], text("pub")),
+            (text("topic"), text("a")),
+        ]);
+        assert_eq!(
+            Envelope::decode(&bytes),
+            Ok(Envelope::Pub {
+                topic: "a".into(),
+                data: None
+            })
+        );
+    }
+
+    #[test]
+    fn ignores_unknown_keys_and_keys_the_type_does_not_use() {
+        let bytes = map(&[
+            (text("future"), vec![0x9f, 0xa1, 0x01, 0x02, 0xff]),
+            (text("t"), text("evt")),
+            (text("topic"), text("a")),
+            (text("m"), uint(3)), // `m` has no meaning on an `evt`: not type-checked
+            (text("seq"), uint(9)),
+            (text("a-much-longer-unknown-key"), vec![0xc1, 0x00]),
+        ]);
+        assert_eq!(
+            Envelope::decode(&bytes),
+            Ok(Envelope::Evt {
+                topic: "a".into(),
+                seq: 9,
+                data: None
+            })
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_take_the_last_value() {
+        let bytes = map(&[
+            (text("t"), text("msg")),
+            (text("m"), text("first")),
+            (text("m"), text("last")),
+        ]);
+        assert_eq!(
+            Envelope::decode(&bytes),
+            Ok(Envelope::Msg {
+                name: "last".into(),
+                data: None
+            })
+        );
+    }
+
+    #[test]
+    fn keeps_payload_as_its_raw_cbor_bytes() {
+        let d = nested();
+        let bytes = map(&[
+            (text("t"), text("res")),
+            (text("id"), uint(1)),
+            (text("d"), d.as_cbor().to_vec()),
+        ]);
+        let Ok(Envelope::Res {
+            data: Some(got), ..
+        }) = Envelope::decode(&bytes)
+        else {
+            panic!("not a res")
+        };
+        assert_eq!(got.as_cbor(), d.as_cbor());
+    }
+
+    #[test]
+    fn invalid_cbor_closes_with_1007_or_replies_when_the_id_came_first() {
+        let truncated = [0xa2, 0x61, b't'];
+        assert!(matches!(
+            refusal_of(&truncated),
+            Refusal::Close(CloseCode::INVALID_PAYLOAD, _)
+        ));
+        assert_closes_1007(
+            &[],
+            EnvelopeErrorKind::InvalidCbor(WalkError::Truncated { at: 0 }.describe()),
+        );
+        assert_closes_1007(
+            &[0xa1, 0x1c, 0x00],
+            EnvelopeErrorKind::InvalidCbor("reserved additional information at byte 1".into()),
+        );
+
+        let mut id_then_garbage = map(&[(text("id"), uint(4)), (text("t"), text("req"))]);
+        id_then_garbage[0] = 0xa3; // declares a third entry that is not there
+        let e = Envelope::decode(&id_then_garbage).unwrap_err();
+        assert_eq!(e.id, Some(4));
+        assert!(matches!(e.kind, EnvelopeErrorKind::InvalidCbor(_)));
+        assert!(matches!(
+            e.refusal(),
+            Refusal::Reply(Envelope::Err { id: Some(4), .. })
+        ));
+    }
+
+    #[test]
+    fn not_a_map_closes_with_1007() {
+        assert_closes_1007(&[0x80], EnvelopeErrorKind::NotAMap);
+        assert_closes_1007(&text("msg"), EnvelopeErrorKind::NotAMap);
+        assert_closes_1007(&[0xf6], EnvelopeErrorKind::NotAMap);
+    }
+
+    #[test]
+    fn non_text_key_replies_with_the_id_or_closes_with_1007() {
+        let without_id = map(&[
+            (text("t"), text("msg")),
+            (text("m"), text("a")),
+            (uint(1), uint(2)),
+        ]);
+        assert_closes_1007(&without_id, EnvelopeErrorKind::NonTextKey);
+        // The non-text key comes before the id: the scan goes on to find it.
+        let with_id = map(&[
+            (vec![0x41, b'x'], uint(2)),
+            (text("t"), text("res")),
+            (text("id"), uint(8)),
+        ]);
+        assert_replies(&with_id, 8, EnvelopeErrorKind::NonTextKey);
+    }
+
+    #[test]
+    fn missing_key_replies_with_the_id_or_closes_with_1007() {
+        assert_closes_1007(
+            &map(&[(text("m"), text("a"))]),
+            EnvelopeErrorKind::MissingKey("t"),
+        );
+        assert_closes_1007(
+            &map(&[(text("t"), text("msg"))]),
+            EnvelopeErrorKind::MissingKey("m"),
+        );
+        assert_closes_1007(
+            &map(&[(text("t"), text("req")), (text("m"), text("a"))]),
+            EnvelopeErrorKind::MissingKey("id"),
+        );
+        assert_closes_1007(
+            &map(&[(text("t"), text("evt")), (text("topic"), text("a"))]),
+            EnvelopeErrorKind::MissingKey("seq"),
+        );
+        assert_replies(
+            &map(&[(text("t"), text("req")), (text("id"), uint(3))]),
+            3,
+            EnvelopeErrorKind::MissingKey("m"),
+        );
+        assert_replies(
+            &map(&[(text("t"), text("sub")), (text("id"), uint(3))]),
+            3,
+            EnvelopeErrorKind::MissingKey("topic"),
+        );
+        let err_without_code = map(&[
+            (text("t"), text("err")),
+            (text("id"), uint(3)),
+            (text("msg"), text("x")),
+        ]);
+        assert_replies(&err_without_code, 3, EnvelopeErrorKind::MissingKey("code"));
+    }
+
+    #[test]
+    fn wrong_type_replies_with_the_id_or_closes_with_1007() {
+        let text_id = map(&[(text("t"), text("res")), (text("id"), text("3"))]);
+        assert_closes_1007(
+            &text_id,
+            EnvelopeErrorKind::WrongType {
+                key: "id",
+                expected: "unsigned integer",
+            },
+        );
+        let negative_id = map(&[(text("t"), text("res")), (text("id"), vec![0x20])]);
+        assert_closes_1007(
+            &negative_id,
+            EnvelopeErrorKind::WrongType {
+                key: "id",
+                expected: "unsigned integer",
+            },
+        );
+        let numeric_t = map(&[(text("t"), uint(1)), (text("id"), uint(2))]);
+        assert_replies(
+            &numeric_t,
+            2,
+            EnvelopeErrorKind::WrongType {
+                key: "t",
+                expected: "text",
+            },
+        );
+        let bytes_method = map(&[
+            (text("t"), text("req")),
+            (text("id"), uint(2)),
+            (text("m"), vec![0x41, b'a']),
+        ]);
+        assert_replies(
+            &bytes_method,
+            2,
+            EnvelopeErrorKind::WrongType {
+                key: "m",
+                expected: "text",
+            },
+        );
+        let float_seq = map(&[
+            (text("t"), text("evt")),
+            (text("topic"), text("a")),
+            (text("seq"), vec![0xf9, 0, 0]),
+        ]);
+        assert_closes_1007(
+            &float_seq,
+            EnvelopeErrorKind::WrongType {
+                key: "seq",
+                expected: "unsigned integer",
+            },
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_text_is_refused() {
+        let bytes = map(&[
+            (text("t"), text("req")),
+            (text("id"), uint(2)),
+            (text("m"), vec![0x61, 0xff]),
+        ]);
+        assert_replies(
+            &bytes,
+            2,
+            EnvelopeErrorKind::InvalidCbor("`m` is not valid UTF-8".into()),
+        );
+    }
+
+    #[test]
+    fn unknown_type_replies_with_an_err_even_without_id() {
+        let with_id = map(&[(text("t"), text("ping")), (text("id"), uint(5))]);
+        assert_replies(&with_id, 5, EnvelopeErrorKind::UnknownType("ping".into()));
+
+        let without_id = map(&[(text("t"), text("ping"))]);
+        let e = Envelope::decode(&without_id).unwrap_err();
+        assert_eq!(
+            e,
+            EnvelopeError {
+                id: None,
+                kind: EnvelopeErrorKind::UnknownType("ping".into())
+            }
+        );
+        let notice = Envelope::Err {
+            id: None,
+            code: ErrorCode::InvalidArgument,
+            message: e.to_string(),
+            data: None,
+        };
+        assert_eq!(e.refusal(), Refusal::Reply(notice));
+    }
+
+    #[test]
+    fn unknown_type_keeps_at_most_64_bytes_of_it() {
+        let long = "é".repeat(1000);
+        let Err(e) = Envelope::decode(&map(&[(text("t"), text(&long))])) else {
+            panic!("unknown t accepted")
+        };
+        let EnvelopeErrorKind::UnknownType(kept) = &e.kind else {
+            panic!("{e:?}")
+        };
+        assert_eq!(kept.len(), MAX_UNKNOWN_TYPE);
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        let mut bytes = Envelope::Msg {
+            name: "a".into(),
+            data: None,
+        }
+        .encode();
+        bytes.push(0x00);
+        assert_closes_1007(&bytes, EnvelopeErrorKind::TrailingBytes);
+        let mut bytes = Envelope::Res { id: 6, data: None }.encode();
+        bytes.push(0xa0);
+        assert_replies(&bytes, 6, EnvelopeErrorKind::TrailingBytes);
+    }
+
+    #[test]
+    fn payload_nested_deeper_than_max_depth_is_too_deep_without_overflowing_the_stack() {
+        let mut deep = vec![0x81; 100_000];
+        deep.push(0x00);
+        let bytes = map(&[
+            (text("t"), text("res")),
+            (text("id"), uint(1)),
+            (text("d"), deep.clone()),
+        ]);
+        assert_replies(&bytes, 1, EnvelopeErrorKind::TooDeep);
+        let bytes = map(&[
+            (text("t"), text("msg")),
+            (text("m"), text("a")),
+            (text("d"), deep),
+        ]);
+        assert_closes_1007(&bytes, EnvelopeErrorKind::TooDeep);
+
+        let mut deepest_allowed = vec![0x81; MAX_DEPTH];
+        deepest_allowed.push(0x00);
+        let bytes = map(&[
+            (text("t"), text("res")),
+            (text("id"), uint(1)),
+            (text("d"), deepest_allowed.clone()),
+        ]);
+        assert_eq!(
+            Envelope::decode(&bytes),
+            Ok(Envelope::Res {
+                id: 1,
+                data: Some(payload(&deepest_allowed))
+            })
+        );
+    }
+
+    #[test]
+    fn declared_huge_lengths_are_refused_without_allocating() {
+        // A byte string claiming 2^63 bytes, an array claiming 2^64-1 items, a map claiming 2^63 entries.
+        for d in [
+            vec![0x5b, 0x80, 0, 0, 0, 0, 0, 0, 0],
+            vec![0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+            vec![0xbb, 0x80, 0, 0, 0, 0, 0, 0, 0],
+        ] {
+            let bytes = map(&[
+                (text("t"), text("res")),
+                (text("id"), uint(1)),
+                (text("d"), d.clone()),
+            ]);
+            let e = Envelope::decode(&bytes).unwrap_err();
+            assert!(matches!(e.kind, EnvelopeErrorKind::InvalidCbor(_)), "{e:?}");
+            assert_eq!(
+                Payload::from_cbor(d).map_err(|e| matches!(e, PayloadError::InvalidCbor(_))),
+                Err(true)
+            );
+        }
+        let huge_envelope = [0xbb, 0x80, 0, 0, 0, 0, 0, 0, 0];
+        assert!(matches!(
+            refusal_of(&huge_envelope),
+            Refusal::Close(CloseCode::INVALID_PAYLOAD, _)
+        ));
+        let huge_text = map(&[(text("t"), vec![0x7b, 0x80, 0, 0, 0, 0, 0, 0, 0])]);
+        assert!(matches!(
+            refusal_of(&huge_text),
+            Refusal::Close(CloseCode::INVALID_PAYLOAD, _)
+        ));
+    }
+
+    #[test]
+    fn close_reasons_fit_in_a_close_frame() {
+        for kind in [
+            EnvelopeErrorKind::InvalidCbor("x".repeat(500)),
+            EnvelopeErrorKind::UnknownType("y".repeat(MAX_UNKNOWN_TYPE)),
+            EnvelopeErrorKind::WrongType {
+                key: "topic",
+                expected: "unsigned integer",
+            },
+        ] {
+            if let Refusal::Close(_, reason) = (EnvelopeError { id: None, kind }).refusal() {
+                assert!(reason.len() <= MAX_CLOSE_REASON, "{reason}");
+            }
+        }
+    }
+
+    #[test]
+    fn payload_from_cbor_accepts_one_item_and_refuses_anything_else() {
+        assert_eq!(Payload::from_cbor(vec![0xf6]), Ok(Payload::null()));
+        assert_eq!(nested().clone().into_cbor(), nested().as_cbor());
+        assert!(matches!(
+            Payload::from_cbor(vec![]),
+            Err(PayloadError::InvalidCbor(_))
+        ));
+        assert!(matches!(
+            Payload::from_cbor(vec![0x01, 0x02]),
+            Err(PayloadError::InvalidCbor(_))
+        ));
+        assert!(matches!(
+            Payload::from_cbor(vec![0x82, 0x01]),
+            Err(PayloadError::InvalidCbor(_))
+        ));
+        let mut deep = vec![0x9f; MAX_DEPTH + 1];
+        deep.extend(vec![0xff; MAX_DEPTH + 1]);
+        assert_eq!(Payload::from_cbor(deep), Err(PayloadError::TooDeep));
+    }
+
+    #[test]
+    fn payload_debug_is_short() {
+        assert_eq!(format!("{:?}", Payload::null()), "Payload(1 bytes: f6)");
+        let long = Payload::from_cbor([&[0x58, 100][..], &[0xab; 100]].concat()).unwrap();
+        let shown = format!("{long:?}");
+        assert!(
+            shown.starts_with("Payload(102 bytes: 58 64 ab") && shown.ends_with(" …)"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn validate_topic_applies_the_protocol_rules() {
+        assert_eq!(validate_topic("room/1"), Ok(()));
+        assert_eq!(validate_topic(&"é".repeat(128)), Ok(()));
+        assert_eq!(validate_topic(""), Err(InvalidTopic::Empty));
+        assert_eq!(
+            validate_topic(&"a".repeat(257)),
+            Err(InvalidTopic::TooLong { len: 257 })
+        );
+        assert_eq!(validate_topic("$sys"), Err(InvalidTopic::Reserved));
+        assert_eq!(validate_topic("a$"), Ok(()));
+    }
+
+    #[cfg(feature = "serde")]
+    mod serde_payloads {
+        use super::*;
+
+        #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+        struct Point {
+            x: i32,
+            label: String,
+            tags: Vec<String>,
+            extra: Option<Box<Point>>,
+        }
+
+        #[test]
+        fn struct_round_trips_through_payload() {
+            let point = Point {
+                x: -3,
+                label: "ü".into(),
+                tags: vec!["a".into()],
+                extra: Some(Box::new(Point {
+                    x: 1,
+                    label: String::new(),
+                    tags: vec![],
+                    extra: None,
+                })),
+            };
+            let payload = Payload::encode(&point).unwrap();
+            assert_eq!(payload.decode::<Point>(), Ok(point));
+        }
+
+        #[test]
+        fn payload_survives_an_envelope_round_trip() {
+            let data = Payload::encode(&vec![1u8, 2, 3]).unwrap();
+            let bytes = Envelope::Msg {
+                name: "n".into(),
+                data: Some(data),
+            }
+            .encode();
+            let Ok(Envelope::Msg {
+                data: Some(data), ..
+            }) = Envelope::decode(&bytes)
+            else {
+                panic!()
+            };
+            assert_eq!(data.decode::<Vec<u8>>(), Ok(vec![1, 2, 3]));
+        }
+
+        #[test]
+        fn decode_handles_the_deepest_allowed_payload() {
+            let mut deepest = vec![0x81; MAX_DEPTH];
+            deepest.push(0x00);
+            assert!(payload(&deepest).decode::<ciborium::Value>().is_ok());
+        }
+
+        #[test]
+        fn decode_into_the_wrong_type_is_a_serde_error() {
+            assert!(matches!(
+                Payload::null().decode::<Point>(),
+                Err(PayloadError::Serde(_))
+            ));
+        }
+
+        #[test]
+        fn encode_refuses_values_nested_deeper_than_max_depth() {
+            let mut value = ciborium::Value::Null;
+            for _ in 0..=MAX_DEPTH {
+                value = ciborium::Value::Array(vec![value]);
+            }
+            assert_eq!(Payload::encode(&value), Err(PayloadError::TooDeep));
+        }
+    }
+}

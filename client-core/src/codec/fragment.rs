@@ -47,7 +47,10 @@ pub struct Fragmenter {
 impl Fragmenter {
     /// A fragmenter splitting envelopes larger than `threshold` bytes; 0 disables fragmentation.
     pub fn new(threshold: usize) -> Self {
-        Fragmenter { threshold, next_msg_id: 0 }
+        Fragmenter {
+            threshold,
+            next_msg_id: 0,
+        }
     }
 
     /// The threshold in bytes (0: never fragments).
@@ -62,7 +65,11 @@ impl Fragmenter {
     /// # Errors
     /// [`FragmentError::TooManyFragments`] when it would take more than `u16::MAX` fragments; nothing is
     /// emitted then. Never panics.
-    pub fn encode(&mut self, envelope: &Envelope, emit: impl FnMut(Vec<u8>)) -> Result<(), FragmentError> {
+    pub fn encode(
+        &mut self,
+        envelope: &Envelope,
+        emit: impl FnMut(Vec<u8>),
+    ) -> Result<(), FragmentError> {
         let mut frame = vec![KIND_COMPLETE];
         envelope.encode_to(&mut frame);
         if self.fits(frame.len() - 1) {
@@ -80,7 +87,11 @@ impl Fragmenter {
     /// # Errors
     /// [`FragmentError::TooManyFragments`] when it would take more than `u16::MAX` fragments; nothing is
     /// emitted then. Never panics.
-    pub fn encode_bytes(&mut self, envelope_bytes: &[u8], emit: impl FnMut(Vec<u8>)) -> Result<(), FragmentError> {
+    pub fn encode_bytes(
+        &mut self,
+        envelope_bytes: &[u8],
+        emit: impl FnMut(Vec<u8>),
+    ) -> Result<(), FragmentError> {
         if self.fits(envelope_bytes.len()) {
             let mut frame = Vec::with_capacity(1 + envelope_bytes.len());
             frame.push(KIND_COMPLETE);
@@ -101,13 +112,21 @@ impl Fragmenter {
     /// Emits FRAGMENT frames of at most `threshold` chunk bytes each. Only called with `bytes.len() >
     /// threshold > 0`, so there are at least two chunks.
     fn split(&mut self, bytes: &[u8], mut emit: impl FnMut(Vec<u8>)) -> Result<(), FragmentError> {
-        let too_many = FragmentError::TooManyFragments { size: bytes.len(), threshold: self.threshold };
+        let too_many = FragmentError::TooManyFragments {
+            size: bytes.len(),
+            threshold: self.threshold,
+        };
         let count = u16::try_from(bytes.len().div_ceil(self.threshold)).map_err(|_| too_many)?;
         let msg_id = self.next_msg_id;
         self.next_msg_id = self.next_msg_id.wrapping_add(1);
         for (index, chunk) in (0..count).zip(bytes.chunks(self.threshold)) {
             let mut frame = Vec::with_capacity(FRAGMENT_HEADER_LEN + chunk.len());
-            FragmentHeader { msg_id, index, count }.write_to(&mut frame);
+            FragmentHeader {
+                msg_id,
+                index,
+                count,
+            }
+            .write_to(&mut frame);
             frame.extend_from_slice(chunk);
             emit(frame);
         }
@@ -160,7 +179,11 @@ pub struct Reassembler {
 impl Reassembler {
     /// An empty reassembler with these limits.
     pub fn new(limits: ReassemblyLimits) -> Self {
-        Reassembler { limits, partials: BTreeMap::new(), buffered: 0 }
+        Reassembler {
+            limits,
+            partials: BTreeMap::new(),
+            buffered: 0,
+        }
     }
 
     /// Feeds one binary WebSocket message; `Ok(Some(envelope bytes))` when a whole envelope is available
@@ -184,33 +207,65 @@ impl Reassembler {
         let limit = self.limits.max_message_bytes;
         let (header, chunk) = match frame {
             Frame::Complete(body) if body.len() > limit => {
-                return Err(ProtocolViolation::MessageTooBig { size: body.len(), limit });
+                return Err(ProtocolViolation::MessageTooBig {
+                    size: body.len(),
+                    limit,
+                });
             }
             Frame::Complete(body) => return Ok(Some(Cow::Borrowed(body))),
             Frame::Fragment(header, chunk) => (header, chunk),
         };
-        let FragmentHeader { msg_id, index, count } = header;
+        let FragmentHeader {
+            msg_id,
+            index,
+            count,
+        } = header;
         let Some(partial) = self.partials.get_mut(&msg_id) else {
             // A new message: it must start at index 0 and fit the limits.
             if index != 0 {
-                return Err(ProtocolViolation::UnexpectedIndex { msg_id, expected: 0, got: index });
+                return Err(ProtocolViolation::UnexpectedIndex {
+                    msg_id,
+                    expected: 0,
+                    got: index,
+                });
             }
             if self.partials.len() >= self.limits.max_partial_messages {
-                return Err(ProtocolViolation::TooManyPartialMessages { limit: self.limits.max_partial_messages });
+                return Err(ProtocolViolation::TooManyPartialMessages {
+                    limit: self.limits.max_partial_messages,
+                });
             }
             if chunk.len() > limit {
-                return Err(ProtocolViolation::MessageTooBig { size: chunk.len(), limit });
+                return Err(ProtocolViolation::MessageTooBig {
+                    size: chunk.len(),
+                    limit,
+                });
             }
             let deadline = now + self.limits.completion_timeout;
-            self.partials.insert(msg_id, Partial { count, next_index: 1, bytes: chunk.to_vec(), deadline });
+            self.partials.insert(
+                msg_id,
+                Partial {
+                    count,
+                    next_index: 1,
+                    bytes: chunk.to_vec(),
+                    deadline,
+                },
+            );
             self.buffered += chunk.len();
             return Ok(None);
         };
         if count != partial.count {
-            return Err(ProtocolViolation::CountChanged { msg_id, was: partial.count, now: count });
+            return Err(ProtocolViolation::CountChanged {
+                msg_id,
+                was: partial.count,
+                now: count,
+            });
         }
         if index != partial.next_index {
-            return Err(ProtocolViolation::UnexpectedIndex { msg_id, expected: partial.next_index, got: index });
+            return Err(ProtocolViolation::UnexpectedIndex {
+                msg_id,
+                expected: partial.next_index,
+                got: index,
+            });
         }
         let size = partial.bytes.len().saturating_add(chunk.len());
         if size > limit {
@@ -222,7 +277,11 @@ impl Reassembler {
         if partial.next_index < count {
             return Ok(None);
         }
-        let done = self.partials.remove(&msg_id).map(|p| p.bytes).unwrap_or_default();
+        let done = self
+            .partials
+            .remove(&msg_id)
+            .map(|p| p.bytes)
+            .unwrap_or_default();
         self.buffered -= done.len();
         Ok(Some(Cow::Owned(done)))
     }
@@ -266,5 +325,450 @@ impl Reassembler {
     pub fn reset(&mut self) {
         self.partials.clear();
         self.buffered = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{Payload, KIND_FRAGMENT};
+    use crate::error::CloseCode;
+
+    const T0: Instant = Instant::ZERO;
+
+    fn frames_of(fragmenter: &mut Fragmenter, bytes: &[u8]) -> Vec<Vec<u8>> {
+        let mut frames = Vec::new();
+        fragmenter
+            .encode_bytes(bytes, |f| frames.push(f))
+            .expect("fits in u16::MAX fragments");
+        frames
+    }
+
+    fn fragment(msg_id: u32, index: u16, count: u16, chunk: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        FragmentHeader {
+            msg_id,
+            index,
+            count,
+        }
+        .write_to(&mut out);
+        out.extend_from_slice(chunk);
+        out
+    }
+
+    fn envelope_bytes(len: usize) -> Vec<u8> {
+        (0..len).map(|i| i as u8).collect()
+    }
+
+    /// Feeds every frame; returns the envelopes completed.
+    fn reassemble(reassembler: &mut Reassembler, frames: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for frame in frames {
+            if let Some(bytes) = reassembler
+                .handle_frame(T0, frame)
+                .expect("frames are valid")
+            {
+                out.push(bytes.into_owned());
+            }
+        }
+        out
+    }
+
+    fn limits(
+        max_message_bytes: usize,
+        max_partial_messages: usize,
+        timeout_ms: u64,
+    ) -> ReassemblyLimits {
+        ReassemblyLimits {
+            max_message_bytes,
+            max_partial_messages,
+            completion_timeout: Duration::from_millis(timeout_ms),
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_protocol() {
+        let limits = ReassemblyLimits::default();
+        assert_eq!(limits.max_message_bytes, 16 * 1024 * 1024);
+        assert_eq!(limits.max_partial_messages, 8);
+        assert_eq!(limits.completion_timeout, Duration::from_secs(30));
+        assert_eq!(DEFAULT_FRAGMENT_THRESHOLD, 102_400);
+        assert_eq!(
+            Fragmenter::new(DEFAULT_FRAGMENT_THRESHOLD).threshold(),
+            DEFAULT_FRAGMENT_THRESHOLD
+        );
+    }
+
+    #[test]
+    fn threshold_zero_never_fragments() {
+        let bytes = envelope_bytes(1 << 20);
+        let frames = frames_of(&mut Fragmenter::new(0), &bytes);
+        assert_eq!(frames, [[&[KIND_COMPLETE][..], &bytes].concat()]);
+    }
+
+    #[test]
+    fn envelope_below_or_at_threshold_is_one_complete_frame() {
+        for len in [0, 1, 99, 100] {
+            let bytes = envelope_bytes(len);
+            let frames = frames_of(&mut Fragmenter::new(100), &bytes);
+            assert_eq!(
+                frames,
+                [[&[KIND_COMPLETE][..], &bytes].concat()],
+                "len {len}"
+            );
+        }
+    }
+
+    #[test]
+    fn envelope_one_byte_over_threshold_is_two_fragments() {
+        let bytes = envelope_bytes(101);
+        let frames = frames_of(&mut Fragmenter::new(100), &bytes);
+        assert_eq!(
+            frames,
+            [
+                fragment(0, 0, 2, &bytes[..100]),
+                fragment(0, 1, 2, &bytes[100..])
+            ]
+        );
+    }
+
+    #[test]
+    fn fragments_round_trip_through_the_reassembler() {
+        let mut fragmenter = Fragmenter::new(10);
+        let mut reassembler = Reassembler::new(ReassemblyLimits::default());
+        for len in [0, 9, 10, 11, 20, 21, 99, 1000] {
+            let bytes = envelope_bytes(len);
+            let frames = frames_of(&mut fragmenter, &bytes);
+            assert_eq!(frames.len(), len.div_ceil(10).max(1), "len {len}");
+            assert!(frames.iter().all(|f| f.len() <= FRAGMENT_HEADER_LEN + 10));
+            assert_eq!(reassemble(&mut reassembler, &frames), [bytes]);
+            assert_eq!(reassembler.buffered_bytes(), 0);
+            assert_eq!(reassembler.poll_timeout(), None);
+        }
+    }
+
+    #[test]
+    fn encoded_envelope_round_trips_at_below_and_above_the_threshold() {
+        let envelope = Envelope::Req {
+            id: 1,
+            method: "echo".into(),
+            data: Some(
+                Payload::from_cbor(vec![0x58, 200].into_iter().chain([7; 200]).collect()).unwrap(),
+            ),
+        };
+        let len = envelope.encode().len();
+        for (threshold, frame_count) in [
+            (0, 1),
+            (len, 1),
+            (len + 1, 1),
+            (len - 1, 2),
+            (16, len.div_ceil(16)),
+        ] {
+            let mut frames = Vec::new();
+            Fragmenter::new(threshold)
+                .encode(&envelope, |f| frames.push(f))
+                .unwrap();
+            assert_eq!(frames.len(), frame_count, "threshold {threshold}");
+            let mut same = Vec::new();
+            Fragmenter::new(threshold)
+                .encode_bytes(&envelope.encode(), |f| same.push(f))
+                .unwrap();
+            assert_eq!(frames, same);
+            let got = reassemble(&mut Reassembler::new(ReassemblyLimits::default()), &frames);
+            assert_eq!(Envelope::decode(&got[0]), Ok(envelope.clone()));
+        }
+    }
+
+    #[test]
+    fn msg_ids_count_up_per_fragmented_message_and_wrap() {
+        let mut fragmenter = Fragmenter::new(1);
+        fragmenter.next_msg_id = u32::MAX;
+        let ids: Vec<u32> = (0..3)
+            .map(
+                |_| match Frame::decode(&frames_of(&mut fragmenter, b"ab")[0]) {
+                    Ok(Frame::Fragment(header, _)) => header.msg_id,
+                    other => panic!("{other:?}"),
+                },
+            )
+            .collect();
+        assert_eq!(ids, [u32::MAX, 0, 1]);
+        frames_of(&mut fragmenter, b"a"); // a COMPLETE frame takes no msg_id
+        assert_eq!(fragmenter.next_msg_id, 2);
+    }
+
+    #[test]
+    fn more_than_u16_max_fragments_is_refused_and_emits_nothing() {
+        let mut fragmenter = Fragmenter::new(1);
+        let bytes = envelope_bytes(usize::from(u16::MAX) + 1);
+        let mut emitted = 0;
+        let result = fragmenter.encode_bytes(&bytes, |_| emitted += 1);
+        assert_eq!(
+            result,
+            Err(FragmentError::TooManyFragments {
+                size: bytes.len(),
+                threshold: 1
+            })
+        );
+        assert_eq!(emitted, 0);
+        assert_eq!(
+            frames_of(&mut fragmenter, &bytes[1..]).len(),
+            usize::from(u16::MAX)
+        );
+    }
+
+    #[test]
+    fn complete_frames_are_borrowed_not_copied() {
+        let frame = [KIND_COMPLETE, 0xa0];
+        let got = Reassembler::new(ReassemblyLimits::default())
+            .handle_frame(T0, &frame)
+            .unwrap();
+        assert!(matches!(got, Some(Cow::Borrowed(&[0xa0]))));
+    }
+
+    #[test]
+    fn interleaved_messages_reassemble_independently() {
+        let mut reassembler = Reassembler::new(ReassemblyLimits::default());
+        let frames = [
+            fragment(1, 0, 2, b"ab"),
+            fragment(2, 0, 2, b"xy"),
+            vec![KIND_COMPLETE, 0xf6],
+            fragment(2, 1, 2, b"z"),
+            fragment(1, 1, 2, b"c"),
+        ];
+        assert_eq!(
+            reassemble(&mut reassembler, &frames),
+            [b"\xf6".to_vec(), b"xyz".to_vec(), b"abc".to_vec()]
+        );
+    }
+
+    fn violation(reassembler: &mut Reassembler, frames: &[Vec<u8>]) -> ProtocolViolation {
+        let (last, init) = frames.split_last().expect("at least one frame");
+        for frame in init {
+            reassembler
+                .handle_frame(T0, frame)
+                .expect("the frames before the last are valid");
+        }
+        reassembler
+            .handle_frame(T0, last)
+            .expect_err("the last frame breaks a rule")
+    }
+
+    fn assert_refused(frames: &[Vec<u8>], expected: ProtocolViolation, code: CloseCode) {
+        let got = violation(&mut Reassembler::new(limits(100, 2, 1000)), frames);
+        assert_eq!(got, expected);
+        assert_eq!(got.close_code(), code);
+    }
+
+    #[test]
+    fn frame_rules_are_refused_with_1002() {
+        let p = CloseCode::PROTOCOL_ERROR;
+        assert_refused(&[vec![]], ProtocolViolation::EmptyFrame, p);
+        assert_refused(&[vec![0x7f]], ProtocolViolation::UnknownKind(0x7f), p);
+        assert_refused(
+            &[vec![KIND_FRAGMENT, 0, 0]],
+            ProtocolViolation::TruncatedHeader { len: 3 },
+            p,
+        );
+        assert_refused(
+            &[fragment(3, 0, 1, b"a")],
+            ProtocolViolation::CountTooSmall {
+                msg_id: 3,
+                count: 1,
+            },
+            p,
+        );
+        assert_refused(
+            &[fragment(3, 5, 5, b"a")],
+            ProtocolViolation::IndexOutOfRange {
+                msg_id: 3,
+                index: 5,
+                count: 5,
+            },
+            p,
+        );
+    }
+
+    #[test]
+    fn duplicate_index_is_refused_with_1002() {
+        let frames = [fragment(3, 0, 3, b"a"), fragment(3, 0, 3, b"a")];
+        let expected = ProtocolViolation::UnexpectedIndex {
+            msg_id: 3,
+            expected: 1,
+            got: 0,
+        };
+        assert_refused(&frames, expected, CloseCode::PROTOCOL_ERROR);
+    }
+
+    #[test]
+    fn out_of_order_index_is_refused_with_1002() {
+        let frames = [fragment(3, 0, 3, b"a"), fragment(3, 2, 3, b"c")];
+        let expected = ProtocolViolation::UnexpectedIndex {
+            msg_id: 3,
+            expected: 1,
+            got: 2,
+        };
+        assert_refused(&frames, expected, CloseCode::PROTOCOL_ERROR);
+    }
+
+    #[test]
+    fn message_not_starting_at_index_zero_is_refused_with_1002() {
+        let expected = ProtocolViolation::UnexpectedIndex {
+            msg_id: 3,
+            expected: 0,
+            got: 1,
+        };
+        assert_refused(
+            &[fragment(3, 1, 3, b"b")],
+            expected,
+            CloseCode::PROTOCOL_ERROR,
+        );
+        // A repeat of a completed message's last fragment starts nothing.
+        let frames = [
+            fragment(4, 0, 2, b"a"),
+            fragment(4, 1, 2, b"b"),
+            fragment(4, 1, 2, b"b"),
+        ];
+        let expected = ProtocolViolation::UnexpectedIndex {
+            msg_id: 4,
+            expected: 0,
+            got: 1,
+        };
+        assert_refused(&frames, expected, CloseCode::PROTOCOL_ERROR);
+    }
+
+    #[test]
+    fn count_changing_within_a_message_is_refused_with_1002() {
+        let frames = [fragment(3, 0, 3, b"a"), fragment(3, 1, 4, b"b")];
+        let expected = ProtocolViolation::CountChanged {
+            msg_id: 3,
+            was: 3,
+            now: 4,
+        };
+        assert_refused(&frames, expected, CloseCode::PROTOCOL_ERROR);
+    }
+
+    #[test]
+    fn message_over_the_size_limit_is_refused_with_1009() {
+        let big = CloseCode::MESSAGE_TOO_BIG;
+        let complete = [&[KIND_COMPLETE][..], &[0; 101]].concat();
+        assert_refused(
+            &[complete],
+            ProtocolViolation::MessageTooBig {
+                size: 101,
+                limit: 100,
+            },
+            big,
+        );
+        let first_chunk_too_big = fragment(1, 0, 2, &[0; 101]);
+        assert_refused(
+            &[first_chunk_too_big],
+            ProtocolViolation::MessageTooBig {
+                size: 101,
+                limit: 100,
+            },
+            big,
+        );
+        let frames = [fragment(1, 0, 3, &[0; 60]), fragment(1, 1, 3, &[0; 41])];
+        assert_refused(
+            &frames,
+            ProtocolViolation::MessageTooBig {
+                size: 101,
+                limit: 100,
+            },
+            big,
+        );
+
+        let at_limit = [fragment(1, 0, 2, &[0; 60]), fragment(1, 1, 2, &[0; 40])];
+        assert_eq!(
+            reassemble(&mut Reassembler::new(limits(100, 2, 1000)), &at_limit)[0].len(),
+            100
+        );
+        let complete_at_limit = [&[KIND_COMPLETE][..], &[0; 100]].concat();
+        assert!(Reassembler::new(limits(100, 2, 1000))
+            .handle_frame(T0, &complete_at_limit)
+            .is_ok());
+    }
+
+    #[test]
+    fn too_many_partial_messages_are_refused_with_1009() {
+        let frames = [
+            fragment(1, 0, 2, b"a"),
+            fragment(2, 0, 2, b"b"),
+            fragment(3, 0, 2, b"c"),
+        ];
+        assert_refused(
+            &frames,
+            ProtocolViolation::TooManyPartialMessages { limit: 2 },
+            CloseCode::MESSAGE_TOO_BIG,
+        );
+        // A finished message frees its slot.
+        let frames = [
+            fragment(1, 0, 2, b"a"),
+            fragment(2, 0, 2, b"b"),
+            fragment(2, 1, 2, b"b"),
+            fragment(3, 0, 2, b"c"),
+        ];
+        assert!(reassemble(&mut Reassembler::new(limits(100, 2, 1000)), &frames).len() == 1);
+    }
+
+    #[test]
+    fn partial_not_completed_in_time_expires_via_handle_timeout_with_1002() {
+        let mut reassembler = Reassembler::new(limits(100, 8, 1000));
+        assert_eq!(reassembler.poll_timeout(), None);
+        reassembler
+            .handle_frame(Instant::from_millis(10), &fragment(1, 0, 2, b"ab"))
+            .unwrap();
+        reassembler
+            .handle_frame(Instant::from_millis(20), &fragment(2, 0, 2, b"c"))
+            .unwrap();
+        assert_eq!(reassembler.poll_timeout(), Some(Instant::from_millis(1010)));
+        assert_eq!(reassembler.buffered_bytes(), 3);
+
+        assert_eq!(
+            reassembler.handle_timeout(Instant::from_millis(1009)),
+            Ok(()),
+            "an early call is harmless"
+        );
+        let e = reassembler
+            .handle_timeout(Instant::from_millis(1010))
+            .unwrap_err();
+        assert_eq!(e, ProtocolViolation::IncompleteMessageExpired { msg_id: 1 });
+        assert_eq!(e.close_code(), CloseCode::PROTOCOL_ERROR);
+        assert_eq!(reassembler.poll_timeout(), Some(Instant::from_millis(1020)));
+        assert_eq!(reassembler.buffered_bytes(), 1);
+        assert_eq!(
+            reassembler.handle_timeout(Instant::from_millis(1010)),
+            Ok(()),
+            "a repeated call is harmless"
+        );
+    }
+
+    #[test]
+    fn late_fragment_of_an_expired_message_is_refused_even_without_handle_timeout() {
+        let mut reassembler = Reassembler::new(limits(100, 8, 1000));
+        reassembler
+            .handle_frame(T0, &fragment(1, 0, 2, b"a"))
+            .unwrap();
+        let e = reassembler
+            .handle_frame(Instant::from_millis(1000), &fragment(1, 1, 2, b"b"))
+            .unwrap_err();
+        assert_eq!(e, ProtocolViolation::IncompleteMessageExpired { msg_id: 1 });
+    }
+
+    #[test]
+    fn reset_drops_every_partial_message() {
+        let mut reassembler = Reassembler::new(ReassemblyLimits::default());
+        reassembler
+            .handle_frame(T0, &fragment(1, 0, 2, b"abc"))
+            .unwrap();
+        assert_eq!(reassembler.buffered_bytes(), 3);
+        reassembler.reset();
+        assert_eq!(reassembler.buffered_bytes(), 0);
+        assert_eq!(reassembler.poll_timeout(), None);
+        // The same msg_id starts afresh on the new socket.
+        assert_eq!(
+            reassembler.handle_frame(T0, &fragment(1, 0, 2, b"x")),
+            Ok(None)
+        );
     }
 }

@@ -62,7 +62,11 @@ pub enum ProtocolViolation {
     /// A FRAGMENT frame with `index >= count`.
     IndexOutOfRange { msg_id: u32, index: u16, count: u16 },
     /// Duplicate or out-of-order index.
-    UnexpectedIndex { msg_id: u32, expected: u16, got: u16 },
+    UnexpectedIndex {
+        msg_id: u32,
+        expected: u16,
+        got: u16,
+    },
     /// A `count` different from the one the message's first fragment declared.
     CountChanged { msg_id: u32, was: u16, now: u16 },
     /// A message (COMPLETE, or fragments so far) larger than the receiver's limit.
@@ -84,9 +88,8 @@ impl ProtocolViolation {
     /// [`TooManyPartialMessages`]: ProtocolViolation::TooManyPartialMessages
     pub fn close_code(&self) -> CloseCode {
         match self {
-            ProtocolViolation::MessageTooBig { .. } | ProtocolViolation::TooManyPartialMessages { .. } => {
-                CloseCode::MESSAGE_TOO_BIG
-            }
+            ProtocolViolation::MessageTooBig { .. }
+            | ProtocolViolation::TooManyPartialMessages { .. } => CloseCode::MESSAGE_TOO_BIG,
             ProtocolViolation::EmptyFrame
             | ProtocolViolation::UnknownKind(_)
             | ProtocolViolation::TruncatedHeader { .. }
@@ -123,9 +126,20 @@ impl<'a> Frame<'a> {
                     return Err(ProtocolViolation::CountTooSmall { msg_id, count });
                 }
                 if index >= count {
-                    return Err(ProtocolViolation::IndexOutOfRange { msg_id, index, count });
+                    return Err(ProtocolViolation::IndexOutOfRange {
+                        msg_id,
+                        index,
+                        count,
+                    });
                 }
-                Ok(Frame::Fragment(FragmentHeader { msg_id, index, count }, chunk))
+                Ok(Frame::Fragment(
+                    FragmentHeader {
+                        msg_id,
+                        index,
+                        count,
+                    },
+                    chunk,
+                ))
             }
             other => Err(ProtocolViolation::UnknownKind(other)),
         }
@@ -143,14 +157,31 @@ impl fmt::Display for ProtocolViolation {
             ProtocolViolation::CountTooSmall { msg_id, count } => {
                 write!(f, "fragment count {count} < 2 (msg_id {msg_id})")
             }
-            ProtocolViolation::IndexOutOfRange { msg_id, index, count } => {
-                write!(f, "fragment index {index} >= count {count} (msg_id {msg_id})")
+            ProtocolViolation::IndexOutOfRange {
+                msg_id,
+                index,
+                count,
+            } => {
+                write!(
+                    f,
+                    "fragment index {index} >= count {count} (msg_id {msg_id})"
+                )
             }
-            ProtocolViolation::UnexpectedIndex { msg_id, expected, got } => {
-                write!(f, "fragment index {got}, expected {expected} (msg_id {msg_id})")
+            ProtocolViolation::UnexpectedIndex {
+                msg_id,
+                expected,
+                got,
+            } => {
+                write!(
+                    f,
+                    "fragment index {got}, expected {expected} (msg_id {msg_id})"
+                )
             }
             ProtocolViolation::CountChanged { msg_id, was, now } => {
-                write!(f, "fragment count changed from {was} to {now} (msg_id {msg_id})")
+                write!(
+                    f,
+                    "fragment count changed from {was} to {now} (msg_id {msg_id})"
+                )
             }
             ProtocolViolation::MessageTooBig { size, limit } => {
                 write!(f, "message of {size} bytes exceeds the {limit}-byte limit")
@@ -159,7 +190,10 @@ impl fmt::Display for ProtocolViolation {
                 write!(f, "more than {limit} partial messages")
             }
             ProtocolViolation::IncompleteMessageExpired { msg_id } => {
-                write!(f, "fragmented message not completed in time (msg_id {msg_id})")
+                write!(
+                    f,
+                    "fragmented message not completed in time (msg_id {msg_id})"
+                )
             }
         }
     }
@@ -173,7 +207,12 @@ mod tests {
 
     fn fragment(msg_id: u32, index: u16, count: u16, chunk: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        FragmentHeader { msg_id, index, count }.write_to(&mut out);
+        FragmentHeader {
+            msg_id,
+            index,
+            count,
+        }
+        .write_to(&mut out);
         out.extend_from_slice(chunk);
         out
     }
@@ -187,7 +226,11 @@ mod tests {
     fn decodes_fragment_header_big_endian() {
         let bytes = fragment(0x0102_0304, 1, 3, b"abc");
         assert_eq!(bytes[..FRAGMENT_HEADER_LEN], [1, 1, 2, 3, 4, 0, 1, 0, 3]);
-        let header = FragmentHeader { msg_id: 0x0102_0304, index: 1, count: 3 };
+        let header = FragmentHeader {
+            msg_id: 0x0102_0304,
+            index: 1,
+            count: 3,
+        };
         assert_eq!(Frame::decode(&bytes), Ok(Frame::Fragment(header, b"abc")));
     }
 
@@ -227,17 +270,38 @@ mod tests {
     #[test]
     fn refuses_index_at_or_beyond_count_with_1002() {
         let e = Frame::decode(&fragment(7, 2, 2, b"x")).unwrap_err();
-        assert_eq!(e, ProtocolViolation::IndexOutOfRange { msg_id: 7, index: 2, count: 2 });
+        assert_eq!(
+            e,
+            ProtocolViolation::IndexOutOfRange {
+                msg_id: 7,
+                index: 2,
+                count: 2
+            }
+        );
         assert_eq!(e.close_code(), CloseCode::PROTOCOL_ERROR);
     }
 
     #[test]
     fn size_limits_close_with_1009_and_framing_rules_with_1002() {
-        assert_eq!(ProtocolViolation::MessageTooBig { size: 2, limit: 1 }.close_code(), CloseCode::MESSAGE_TOO_BIG);
-        assert_eq!(ProtocolViolation::TooManyPartialMessages { limit: 8 }.close_code(), CloseCode::MESSAGE_TOO_BIG);
+        assert_eq!(
+            ProtocolViolation::MessageTooBig { size: 2, limit: 1 }.close_code(),
+            CloseCode::MESSAGE_TOO_BIG
+        );
+        assert_eq!(
+            ProtocolViolation::TooManyPartialMessages { limit: 8 }.close_code(),
+            CloseCode::MESSAGE_TOO_BIG
+        );
         for v in [
-            ProtocolViolation::UnexpectedIndex { msg_id: 1, expected: 1, got: 0 },
-            ProtocolViolation::CountChanged { msg_id: 1, was: 2, now: 3 },
+            ProtocolViolation::UnexpectedIndex {
+                msg_id: 1,
+                expected: 1,
+                got: 0,
+            },
+            ProtocolViolation::CountChanged {
+                msg_id: 1,
+                was: 2,
+                now: 3,
+            },
             ProtocolViolation::IncompleteMessageExpired { msg_id: 1 },
         ] {
             assert_eq!(v.close_code(), CloseCode::PROTOCOL_ERROR);

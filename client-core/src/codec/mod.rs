@@ -14,8 +14,246 @@ mod fragment;
 mod frame;
 
 pub use envelope::{
-    validate_topic, Envelope, EnvelopeError, EnvelopeErrorKind, InvalidTopic, Payload, PayloadError, Refusal,
-    MAX_DEPTH,
+    validate_topic, Envelope, EnvelopeError, EnvelopeErrorKind, InvalidTopic, Payload,
+    PayloadError, Refusal, MAX_DEPTH,
 };
-pub use fragment::{FragmentError, Fragmenter, Reassembler, ReassemblyLimits, DEFAULT_FRAGMENT_THRESHOLD};
+pub use fragment::{
+    FragmentError, Fragmenter, Reassembler, ReassemblyLimits, DEFAULT_FRAGMENT_THRESHOLD,
+};
 pub use frame::{FragmentHeader, Frame, ProtocolViolation, KIND_COMPLETE, KIND_FRAGMENT};
+
+#[cfg(test)]
+mod tests {
+    //! Properties over random and mutated input: no decoder panics, and valid envelopes round-trip.
+
+    use super::*;
+    use crate::error::ErrorCode;
+    use crate::time::{Duration, Instant};
+    use proptest::prelude::*;
+
+    /// Encoded CBOR items of every major type, nested a few levels.
+    fn cbor_item() -> impl Strategy<Value = Vec<u8>> {
+        let leaf = prop_oneof![
+            any::<u64>().prop_map(|n| header(0, n)),
+            any::<u64>().prop_map(|n| header(1, n)),
+            proptest::collection::vec(any::<u8>(), 0..8).prop_map(|b| [
+                header(2, b.len() as u64),
+                b
+            ]
+            .concat()),
+            "[a-zé]{0,8}".prop_map(|s| [header(3, s.len() as u64), s.into_bytes()].concat()),
+            Just(vec![0xf4]),
+            Just(vec![0xf6]),
+            any::<u64>().prop_map(|f| [&[0xfb][..], &f.to_be_bytes()].concat()),
+        ];
+        leaf.prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(|items| [
+                    header(4, items.len() as u64),
+                    items.concat()
+                ]
+                .concat()),
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(|items| [
+                    vec![0x9f],
+                    items.concat(),
+                    vec![0xff]
+                ]
+                .concat()),
+                proptest::collection::vec(("[a-z]{1,3}", inner.clone()), 0..4).prop_map(
+                    |entries| {
+                        let mut out = header(5, entries.len() as u64);
+                        for (k, v) in entries {
+                            out.extend(header(3, k.len() as u64));
+                            out.extend(k.into_bytes());
+                            out.extend(v);
+                        }
+                        out
+                    }
+                ),
+                (any::<u16>(), inner)
+                    .prop_map(|(tag, item)| [header(6, u64::from(tag)), item].concat()),
+            ]
+        })
+    }
+
+    fn header(major: u8, value: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        cbor::write_header(&mut out, major, value);
+        out
+    }
+
+    fn payload() -> impl Strategy<Value = Option<Payload>> {
+        proptest::option::of(
+            cbor_item().prop_map(|b| Payload::from_cbor(b).expect("generated items are valid")),
+        )
+    }
+
+    fn envelope() -> impl Strategy<Value = Envelope> {
+        let text = "[a-z/ü$]{0,12}";
+        prop_oneof![
+            (text, payload()).prop_map(|(name, data)| Envelope::Msg { name, data }),
+            (any::<u64>(), text, payload()).prop_map(|(id, method, data)| Envelope::Req {
+                id,
+                method,
+                data
+            }),
+            (any::<u64>(), payload()).prop_map(|(id, data)| Envelope::Res { id, data }),
+            (any::<Option<u64>>(), "[A-Z_]{0,20}", text, payload()).prop_map(
+                |(id, code, message, data)| {
+                    Envelope::Err {
+                        id,
+                        code: ErrorCode::parse(&code),
+                        message,
+                        data,
+                    }
+                }
+            ),
+            (any::<u64>(), text).prop_map(|(id, topic)| Envelope::Sub { id, topic }),
+            (any::<u64>(), text).prop_map(|(id, topic)| Envelope::Unsub { id, topic }),
+            (text, payload()).prop_map(|(topic, data)| Envelope::Pub { topic, data }),
+            (text, any::<u64>(), payload()).prop_map(|(topic, seq, data)| Envelope::Evt {
+                topic,
+                seq,
+                data
+            }),
+        ]
+    }
+
+    #[derive(Debug, Clone)]
+    enum Mutation {
+        Flip(usize, u8),
+        Insert(usize, u8),
+        Remove(usize),
+        Truncate(usize),
+    }
+
+    fn mutation() -> impl Strategy<Value = Mutation> {
+        prop_oneof![
+            (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::Flip(i, b)),
+            (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::Insert(i, b)),
+            any::<usize>().prop_map(Mutation::Remove),
+            any::<usize>().prop_map(Mutation::Truncate),
+        ]
+    }
+
+    fn mutate(bytes: &mut Vec<u8>, mutations: &[Mutation]) {
+        for m in mutations {
+            let len = bytes.len();
+            match *m {
+                Mutation::Flip(i, b) if len > 0 => bytes[i % len] ^= b,
+                Mutation::Insert(i, b) => bytes.insert(i % (len + 1), b),
+                Mutation::Remove(i) if len > 0 => {
+                    bytes.remove(i % len);
+                }
+                Mutation::Truncate(i) => bytes.truncate(i % (len + 1)),
+                _ => {}
+            }
+        }
+    }
+
+    /// Feeds `bytes` to every decoder; none may panic, and every error must map to a refusal.
+    fn decode_everything(bytes: &[u8]) {
+        if let Err(e) = Envelope::decode(bytes) {
+            if let Refusal::Close(code, reason) = e.refusal() {
+                assert_eq!(code, crate::error::CloseCode::INVALID_PAYLOAD);
+                assert!(reason.len() <= 123);
+            }
+        }
+        if let Err(e) = Frame::decode(bytes) {
+            e.close_code();
+        }
+        let mut reassembler = Reassembler::new(ReassemblyLimits::default());
+        let _ = reassembler.handle_frame(Instant::ZERO, bytes);
+        if let Ok(p) = Payload::from_cbor(bytes.to_vec()) {
+            assert_eq!(p.as_cbor(), bytes);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn no_decoder_panics_on_random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            decode_everything(&bytes);
+            let framed = [&[KIND_COMPLETE][..], &bytes].concat();
+            decode_everything(&framed);
+        }
+
+        #[test]
+        fn valid_envelopes_round_trip(envelope in envelope()) {
+            prop_assert_eq!(Envelope::decode(&envelope.encode()), Ok(envelope));
+        }
+
+        #[test]
+        fn no_decoder_panics_on_mutated_envelopes(
+            envelope in envelope(),
+            mutations in proptest::collection::vec(mutation(), 1..4),
+        ) {
+            let mut bytes = envelope.encode();
+            mutate(&mut bytes, &mutations);
+            decode_everything(&bytes);
+            let mut framed = vec![KIND_COMPLETE];
+            envelope.encode_to(&mut framed);
+            mutate(&mut framed, &mutations);
+            decode_everything(&framed);
+        }
+
+        #[test]
+        fn payload_walker_accepts_every_generated_item_and_no_truncation(item in cbor_item()) {
+            prop_assert!(Payload::from_cbor(item.clone()).is_ok());
+            for cut in 0..item.len() {
+                prop_assert!(Payload::from_cbor(item[..cut].to_vec()).is_err());
+            }
+        }
+
+        #[test]
+        fn reassembler_never_panics_on_random_fragment_streams(
+            steps in proptest::collection::vec(
+                (0u32..4, 0u16..5, 0u16..5, proptest::collection::vec(any::<u8>(), 0..40), 0u64..400, any::<bool>()),
+                1..40,
+            ),
+        ) {
+            let limits = ReassemblyLimits {
+                max_message_bytes: 64,
+                max_partial_messages: 2,
+                completion_timeout: Duration::from_millis(1000),
+            };
+            let mut reassembler = Reassembler::new(limits);
+            let mut now = Instant::ZERO;
+            for (msg_id, index, count, chunk, jump, timeout) in steps {
+                now = now + Duration::from_millis(jump);
+                let result = if timeout {
+                    reassembler.handle_timeout(now).map(|()| None)
+                } else {
+                    let mut frame = Vec::new();
+                    FragmentHeader { msg_id, index, count }.write_to(&mut frame);
+                    frame.extend(chunk);
+                    reassembler.handle_frame(now, &frame).map(|done| done.map(|b| b.len()))
+                };
+                if let Ok(Some(len)) = result {
+                    prop_assert!(len <= 64);
+                }
+                if result.is_err() {
+                    reassembler.reset();
+                }
+                prop_assert!(reassembler.buffered_bytes() <= 2 * 64);
+                prop_assert!(reassembler.poll_timeout().is_none_or(|deadline| deadline > now || !timeout));
+            }
+        }
+
+        #[test]
+        fn fragmenter_output_always_reassembles(len in 0usize..2000, threshold in 0usize..300) {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let mut frames = Vec::new();
+            Fragmenter::new(threshold).encode_bytes(&bytes, |f| frames.push(f)).unwrap();
+            let mut reassembler = Reassembler::new(ReassemblyLimits::default());
+            let mut done = Vec::new();
+            for frame in &frames {
+                if let Some(b) = reassembler.handle_frame(Instant::ZERO, frame).unwrap() {
+                    done.push(b.into_owned());
+                }
+            }
+            prop_assert_eq!(done, vec![bytes]);
+        }
+    }
+}

@@ -3,7 +3,9 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 use sockeye_core::codec::{Envelope, Payload};
-use sockeye_core::{CloseCode, Config, Connection, Event, Input, Instant, Output, SocketId, Status};
+use sockeye_core::{
+    CloseCode, Config, Connection, Event, Input, Instant, Output, SocketId, Status,
+};
 
 pub struct Sim {
     pub conn: Connection,
@@ -24,7 +26,11 @@ pub fn test_config() -> Config {
 
 impl Sim {
     pub fn new(config: Config) -> Self {
-        Sim { conn: Connection::new(config).expect("valid config"), now: Instant::ZERO, socket: SocketId(0) }
+        Sim {
+            conn: Connection::new(config).expect("valid config"),
+            now: Instant::ZERO,
+            socket: SocketId(0),
+        }
     }
 
     /// Feeds an input and drains every output (the drain rule).
@@ -78,7 +84,11 @@ impl Sim {
 
     pub fn closed(&mut self, code: u16) -> Vec<Output> {
         let socket = self.socket;
-        self.input(Input::SocketClosed { socket, code: CloseCode(code), reason: "server said so" })
+        self.input(Input::SocketClosed {
+            socket,
+            code: CloseCode(code),
+            reason: "server said so",
+        })
     }
 
     /// Start, open, `ready`.
@@ -143,7 +153,9 @@ pub fn describe(out: &Output) -> String {
             Ok(_) => format!("reply:{}:ok", id.0),
             Err(e) => format!("reply:{}:{}", id.0, e.code),
         },
-        Output::Event(Event::SubscribeFailed { topic, error }) => format!("subfail:{topic}:{}", error.code),
+        Output::Event(Event::SubscribeFailed { topic, error }) => {
+            format!("subfail:{topic}:{}", error.code)
+        }
         Output::Event(Event::Notice(e)) => format!("notice:{}", e.code),
         Output::Event(Event::Draining) => "draining".into(),
     }

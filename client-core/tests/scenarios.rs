@@ -1,0 +1,620 @@
+//! Whole scenarios through the simulation harness: simulated time, a scripted server, no sockets.
+
+mod support;
+
+use sockeye_core::codec::{Envelope, Fragmenter, Payload};
+use sockeye_core::{
+    DisconnectReason, Duration, ErrorCode, Event, Input, Output, QueueLimits, RequestId, SendError,
+    Status,
+};
+use support::{complete_frame, describe_all, events, payload, sent_envelopes, test_config, Sim};
+
+fn replies(outs: &[Output]) -> Vec<(RequestId, Result<Option<Payload>, ErrorCode>)> {
+    events(outs)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Reply { id, result } => Some((*id, result.clone().map_err(|e| e.code))),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn request_sent_when_ready_completes_with_the_servers_reply() {
+    let mut sim = Sim::new(test_config());
+    sim.connect();
+    let id = sim
+        .conn
+        .request(sim.now, "echo", Some(payload(&"hi")), None)
+        .unwrap();
+    let sent = sent_envelopes(&sim.drain());
+    assert_eq!(
+        sent,
+        [Envelope::Req {
+            id: id.0,
+            method: "echo".into(),
+            data: Some(payload(&"hi"))
+        }]
+    );
+    let outs = sim.server_sends(&Envelope::Res {
+        id: id.0,
+        data: Some(payload(&"hi")),
+    });
+    assert_eq!(replies(&outs), [(id, Ok(Some(payload(&"hi"))))]);
+}
+
+#[test]
+fn server_err_reply_fails_the_request_with_its_code_message_and_details() {
+    let mut sim = Sim::new(test_config());
+    sim.connect();
+    let id = sim.conn.request(sim.now, "fail", None, None).unwrap();
+    sim.drain();
+    let outs = sim.server_sends(&Envelope::Err {
+        id: Some(id.0),
+        code: ErrorCode::NotFound,
+        message: "no such thing".into(),
+        data: Some(payload(&7)),
+    });
+    match &events(&outs)[..] {
+        [Event::Reply { result: Err(e), .. }] => {
+            assert_eq!(
+                (e.code.clone(), e.message.as_str()),
+                (ErrorCode::NotFound, "no such thing")
+            );
+            assert_eq!(e.data, Some(payload(&7)));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn request_times_out_with_deadline_exceeded_counted_from_issue_time() {
+    let mut sim = Sim::new(test_config());
+    // Issued while offline, 300 ms deadline: it expires in the queue and is never sent.
+    let id = sim
+        .conn
+        .request(sim.now, "slow", None, Some(Duration::from_millis(300)))
+        .unwrap();
+    sim.input(Input::Start);
+    sim.open();
+    sim.advance(299);
+    let outs = sim.advance(1);
+    assert_eq!(replies(&outs), [(id, Err(ErrorCode::DeadlineExceeded))]);
+    let outs = sim.text("ready");
+    assert!(
+        sent_envelopes(&outs).is_empty(),
+        "an expired request is not sent: {:?}",
+        describe_all(&outs)
+    );
+}
+
+#[test]
+fn late_reply_after_timeout_is_dropped_so_each_request_ends_once() {
+    let mut sim = Sim::new(test_config());
+    sim.connect();
+    let id = sim
+        .conn
+        .request(sim.now, "slow", None, Some(Duration::from_millis(50)))
+        .unwrap();
+    sim.drain();
+    assert_eq!(
+        replies(&sim.advance(50)),
+        [(id, Err(ErrorCode::DeadlineExceeded))]
+    );
+    assert!(sim
+        .server_sends(&Envelope::Res {
+            id: id.0,
+            data: None
+        })
+        .is_empty());
+}
+
+#[test]
+fn cancel_fails_the_request_with_cancelled_and_a_queued_one_is_never_sent() {
+    let mut sim = Sim::new(test_config());
+    let id = sim.conn.request(sim.now, "echo", None, None).unwrap();
+    assert!(sim.conn.cancel(sim.now, id));
+    assert_eq!(replies(&sim.drain()), [(id, Err(ErrorCode::Cancelled))]);
+    assert!(!sim.conn.cancel(sim.now, id), "a request ends once");
+    let outs = sim.connect();
+    assert!(sent_envelopes(&outs).is_empty());
+}
+
+#[test]
+fn in_flight_requests_fail_unavailable_on_drop_while_queued_ones_stay_queued() {
+    let mut sim = Sim::new(test_config());
+    sim.connect();
+    let in_flight = sim.conn.request(sim.now, "a", None, None).unwrap();
+    sim.drain();
+    let outs = sim.closed(1006);
+    assert_eq!(replies(&outs), [(in_flight, Err(ErrorCode::Unavailable))]);
+    let queued = sim.conn.request(sim.now, "b", None, None).unwrap();
+    sim.fire_next_timeout(); // backoff over: attempt 2
+    sim.open();
+    let outs = sim.text("ready");
+    assert_eq!(
+        sent_envelopes(&outs),
+        [Envelope::Req {
+            id: queued.0,
+            method: "b".into(),
+            data: None
+        }]
+    );
+}
+
+#[test]
+fn on_ready_topics_are_resubscribed_then_the_queue_flushes_in_order() {
+    let mut sim = Sim::new(test_config());
+    sim.conn.subscribe(sim.now, "room-b").unwrap();
+    sim.conn.subscribe(sim.now, "room-a").unwrap();
+    for i in 0..3 {
+        sim.conn.send(sim.now, &format!("m{i}"), None).unwrap();
+    }
+    sim.conn
+        .publish(sim.now, "room-a", Some(payload(&1)))
+        .unwrap();
+    let outs = sim.connect();
+    let kinds: Vec<String> = sent_envelopes(&outs)
+        .into_iter()
+        .map(|e| match e {
+            Envelope::Sub { topic, .. } => format!("sub {topic}"),
+            Envelope::Msg { name, .. } => format!("msg {name}"),
+            Envelope::Pub { topic, .. } => format!("pub {topic}"),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "sub room-a",
+            "sub room-b",
+            "msg m0",
+            "msg m1",
+            "msg m2",
+            "pub room-a"
+        ]
+    );
+}
+
+#[test]
+fn subscriptions_survive_reconnects_and_events_route_by_topic() {
+    let mut sim = Sim::new(test_config());
+    sim.conn.subscribe(sim.now, "news").unwrap();
+    sim.connect();
+    sim.closed(1012);
+    sim.fire_next_timeout();
+    sim.open();
+    let outs = sim.text("ready");
+    assert!(matches!(&sent_envelopes(&outs)[..], [Envelope::Sub { topic, .. }] if topic == "news"));
+    let outs = sim.server_sends(&Envelope::Evt {
+        topic: "news".into(),
+        seq: 4,
+        data: None,
+    });
+    assert_eq!(describe_all(&outs), ["evt:news#4"]);
+    let outs = sim.server_sends(&Envelope::Evt {
+        topic: "other".into(),
+        seq: 1,
+        data: None,
+    });
+    assert!(
+        outs.is_empty(),
+        "events for topics not subscribed are not delivered"
+    );
+}
+
+#[test]
+fn refused_subscription_is_reported_and_forgotten() {
+    let mut sim = Sim::new(test_config());
+    sim.connect();
+    sim.conn.subscribe(sim.now, "secret").unwrap();
+    let Envelope::Sub { id, .. } = sent_envelopes(&sim.drain()).remove(0) else {
+        panic!("sub expected")
+    };
+    let outs = sim.server_sends(&Envelope::Err {
+        id: Some(id),
+        code: ErrorCode::PermissionDenied,
+        message: "no".into(),
+        data: None,
+    });
+    assert_eq!(describe_all(&outs), ["subfail:secret:PERMISSION_DENIED"]);
+    assert!(
+        sim.conn.subscribe(sim.now, "secret").unwrap(),
+        "it can be subscribed again"
+    );
+}
+
+#[test]
+fn invalid_topics_are_refused_with_invalid_argument() {
+    let mut sim = Sim::new(test_config());
+    for topic in ["", "$sys", &"x".repeat(257)] {
+        let err = sim.conn.subscribe(sim.now, topic).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::InvalidArgument, "{topic:?}");
+        assert_eq!(
+            sim.conn.publish(sim.now, topic, None).unwrap_err().code(),
+            ErrorCode::InvalidArgument
+        );
+    }
+}
+
+#[test]
+fn full_offline_queue_refuses_with_resource_exhausted_and_loses_nothing_queued() {
+    let mut config = test_config();
+    config.queue = QueueLimits {
+        max_messages: 2,
+        max_bytes: 1 << 20,
+    };
+    let mut sim = Sim::new(config);
+    sim.conn.send(sim.now, "a", None).unwrap();
+    sim.conn.request(sim.now, "b", None, None).unwrap();
+    let err = sim.conn.send(sim.now, "c", None).unwrap_err();
+    assert!(matches!(err, SendError::QueueFull { .. }));
+    assert_eq!(err.code(), ErrorCode::ResourceExhausted);
+    assert_eq!(
+        sim.conn
+            .request(sim.now, "d", None, None)
+            .unwrap_err()
+            .code(),
+        ErrorCode::ResourceExhausted
+    );
+    assert_eq!(sent_envelopes(&sim.connect()).len(), 2);
+}
+
+#[test]
+fn offline_queue_is_bounded_by_bytes_too() {
+    let mut config = test_config();
+    config.queue = QueueLimits {
+        max_messages: 100,
+        max_bytes: 64,
+    };
+    let mut sim = Sim::new(config);
+    sim.conn.send(sim.now, "small", None).unwrap();
+    let big = payload(&serde_bytes_like(100));
+    assert_eq!(
+        sim.conn.send(sim.now, "big", Some(big)).unwrap_err().code(),
+        ErrorCode::ResourceExhausted
+    );
+    assert!(sim.conn.queued().1 <= 64);
+}
+
+fn serde_bytes_like(n: usize) -> String {
+    "x".repeat(n)
+}
+
+#[test]
+fn keepalive_pings_every_interval_and_closes_4000_when_the_server_is_silent() {
+    let mut sim = Sim::new(test_config());
+    sim.connect();
+    sim.advance(5_000); // stable period: attempts reset
+    let outs = sim.advance(25_000);
+    assert_eq!(describe_all(&outs), ["text:ping"]);
+    let outs = sim.text("pong");
+    assert!(outs.is_empty());
+    let outs = sim.advance(30_000);
+    assert_eq!(describe_all(&outs), ["text:ping"]);
+    // Silence for the keepalive timeout: close 4000 and reconnect from attempt 1.
+    let outs = sim.advance(10_000);
+    assert_eq!(
+        describe_all(&outs),
+        ["close#1:4000", "state:ready>reconnecting"]
+    );
+    assert!(matches!(
+        sim.conn.status(),
+        Status::Reconnecting { attempt: 1, .. }
+    ));
+}
+
+#[test]
+fn any_inbound_frame_proves_liveness() {
+    let mut sim = Sim::new(test_config());
+    sim.connect();
+    sim.advance(30_000); // ping
+    sim.advance(9_000);
+    sim.server_sends(&Envelope::Msg {
+        name: "x".into(),
+        data: None,
+    });
+    let outs = sim.advance(1_000);
+    assert!(!describe_all(&outs).contains(&"close#1:4000".to_string()));
+    assert_eq!(sim.conn.status(), &Status::Ready);
+}
+
+#[test]
+fn ready_may_arrive_before_the_open_event() {
+    let mut sim = Sim::new(test_config());
+    sim.input(Input::Start);
+    let outs = sim.text("ready");
+    assert_eq!(describe_all(&outs), ["state:connecting>ready"]);
+    assert!(sim.open().is_empty(), "the late open event changes nothing");
+}
+
+#[test]
+fn connect_timeout_counts_as_a_failed_attempt() {
+    let mut sim = Sim::new(test_config());
+    sim.input(Input::Start);
+    sim.open();
+    let outs = sim.advance(10_000);
+    assert_eq!(
+        describe_all(&outs),
+        ["close#1:4000", "state:connected>reconnecting"]
+    );
+    assert!(matches!(
+        sim.conn.status(),
+        Status::Reconnecting { attempt: 2, .. }
+    ));
+}
+
+#[test]
+fn gives_up_after_max_attempts_with_the_last_close() {
+    let mut sim = Sim::new(test_config()); // 3 attempts
+    sim.input(Input::Start);
+    sim.closed(1006);
+    for attempt in 2..=3 {
+        sim.fire_next_timeout();
+        assert_eq!(sim.conn.status(), &Status::Connecting { attempt });
+        sim.closed(1011);
+    }
+    match sim.conn.status() {
+        Status::Disconnected {
+            reason:
+                Some(DisconnectReason::MaxAttemptsExceeded {
+                    attempts: 3, code, ..
+                }),
+        } => {
+            assert_eq!(code.0, 1011)
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(sim.conn.poll_timeout(), None, "nothing left armed");
+}
+
+#[test]
+fn attempts_reset_only_after_a_stable_ready_period() {
+    let mut sim = Sim::new(test_config());
+    sim.input(Input::Start);
+    sim.closed(1006);
+    sim.fire_next_timeout();
+    sim.open();
+    sim.text("ready"); // ready on attempt 2 …
+    sim.advance(100);
+    sim.closed(1006); // … but dropped before the stable period: the count goes on
+    assert!(matches!(
+        sim.conn.status(),
+        Status::Reconnecting { attempt: 3, .. }
+    ));
+    sim.fire_next_timeout();
+    sim.open();
+    sim.text("ready");
+    sim.advance(5_000); // stable
+    sim.closed(1001);
+    match sim.conn.status() {
+        Status::Reconnecting {
+            attempt: 1, delay, ..
+        } => assert!(*delay < Duration::from_millis(100)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn backoff_delays_stay_within_the_full_jitter_cap() {
+    let mut config = test_config();
+    config.reconnect.max_attempts = None;
+    let mut sim = Sim::new(config);
+    sim.input(Input::Start);
+    for attempt in 2..12u32 {
+        sim.closed(1006);
+        let Status::Reconnecting {
+            attempt: a, delay, ..
+        } = sim.conn.status().clone()
+        else {
+            panic!()
+        };
+        assert_eq!(a, attempt);
+        let cap = (100u64 << (attempt - 1)).min(1600);
+        assert!(
+            (delay.as_millis() as u64) < cap,
+            "attempt {attempt}: {delay:?} >= {cap}"
+        );
+        sim.fire_next_timeout();
+    }
+}
+
+#[test]
+fn auth_failure_is_terminal_with_its_reason() {
+    let mut sim = Sim::new(test_config());
+    sim.input(Input::Start);
+    sim.open();
+    let socket = sim.socket;
+    sim.input(Input::SocketClosed {
+        socket,
+        code: sockeye_core::CloseCode(4003),
+        reason: "authentication failed",
+    });
+    assert_eq!(
+        sim.conn.status(),
+        &Status::Disconnected {
+            reason: Some(DisconnectReason::AuthFailed {
+                reason: "authentication failed".into()
+            })
+        }
+    );
+    assert_eq!(sim.conn.poll_timeout(), None);
+}
+
+#[test]
+fn reconnect_disabled_ends_in_disconnected_closed() {
+    let mut config = test_config();
+    config.reconnect.enabled = false;
+    let mut sim = Sim::new(config);
+    sim.connect();
+    sim.closed(1001);
+    assert!(matches!(
+        sim.conn.status(),
+        Status::Disconnected {
+            reason: Some(DisconnectReason::Closed {
+                code: sockeye_core::CloseCode(1001),
+                ..
+            })
+        }
+    ));
+}
+
+#[test]
+fn stop_closes_1000_cancels_everything_and_leaves_no_deadline() {
+    let mut sim = Sim::new(test_config());
+    sim.connect();
+    let a = sim.conn.request(sim.now, "a", None, None).unwrap();
+    sim.drain();
+    sim.closed(1006);
+    let b = sim.conn.request(sim.now, "b", None, None).unwrap();
+    sim.conn.send(sim.now, "m", None).unwrap();
+    let outs = sim.input(Input::Stop);
+    assert_eq!(
+        replies(&outs),
+        [(b, Err(ErrorCode::Cancelled))],
+        "a already failed UNAVAILABLE ({a})"
+    );
+    assert_eq!(sim.conn.queued(), (0, 0));
+    assert_eq!(sim.conn.poll_timeout(), None);
+    assert_eq!(
+        sim.conn.status(),
+        &Status::Disconnected {
+            reason: Some(DisconnectReason::Stopped)
+        }
+    );
+}
+
+#[test]
+fn offline_waits_without_burning_attempts_and_online_retries_at_once() {
+    let mut sim = Sim::new(test_config());
+    sim.connect();
+    sim.advance(5_000); // stable: the next attempt is 1
+    sim.input(Input::NetworkChanged { online: false });
+    sim.closed(1006);
+    assert!(matches!(
+        sim.conn.status(),
+        Status::Reconnecting { attempt: 1, .. }
+    ));
+    assert_eq!(
+        sim.conn.poll_timeout(),
+        None,
+        "no backoff deadline while offline"
+    );
+    sim.advance(60_000);
+    assert!(
+        matches!(sim.conn.status(), Status::Reconnecting { attempt: 1, .. }),
+        "no attempt while offline"
+    );
+    let outs = sim.input(Input::NetworkChanged { online: true });
+    assert_eq!(
+        describe_all(&outs),
+        ["state:reconnecting>connecting", "open#2 attempt 1"]
+    );
+}
+
+#[test]
+fn server_requests_reach_the_application_and_responses_go_back() {
+    let mut sim = Sim::new(test_config());
+    sim.connect();
+    let outs = sim.server_sends(&Envelope::Req {
+        id: 9,
+        method: "hello".into(),
+        data: None,
+    });
+    assert_eq!(describe_all(&outs), ["request:hello"]);
+    assert!(sim.conn.respond(sim.now, 9, Ok(Some(payload(&"hi")))));
+    assert_eq!(
+        sent_envelopes(&sim.drain()),
+        [Envelope::Res {
+            id: 9,
+            data: Some(payload(&"hi"))
+        }]
+    );
+}
+
+#[test]
+fn invalid_envelope_with_an_id_gets_an_err_reply_and_keeps_the_connection() {
+    let mut sim = Sim::new(test_config());
+    sim.connect();
+    // A `req` without `m`, but with an id: refused with err INVALID_ARGUMENT for that id.
+    let mut bytes = Vec::new();
+    ciborium_ll_map(&mut bytes);
+    let mut frame = vec![0];
+    frame.extend(bytes);
+    let outs = sim.binary(&frame);
+    match &sent_envelopes(&outs)[..] {
+        [Envelope::Err {
+            id: Some(5),
+            code: ErrorCode::InvalidArgument,
+            ..
+        }] => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(sim.conn.status(), &Status::Ready);
+}
+
+/// `{"t": "req", "id": 5}` written by hand.
+fn ciborium_ll_map(out: &mut Vec<u8>) {
+    out.extend([
+        0xa2, 0x61, b't', 0x63, b'r', b'e', b'q', 0x62, b'i', b'd', 0x05,
+    ]);
+}
+
+#[test]
+fn invalid_bytes_without_an_id_close_4004_and_reconnect() {
+    let mut sim = Sim::new(test_config());
+    sim.connect();
+    let outs = sim.binary(&[0, 0xff, 0x00]);
+    assert_eq!(
+        describe_all(&outs),
+        ["close#1:4004", "state:ready>reconnecting"]
+    );
+}
+
+#[test]
+fn large_messages_are_fragmented_and_large_replies_reassembled() {
+    let mut config = test_config();
+    config.fragment_threshold = 1024;
+    let mut sim = Sim::new(config);
+    sim.connect();
+    let big = payload(&"y".repeat(5000));
+    let id = sim
+        .conn
+        .request(sim.now, "echo", Some(big.clone()), None)
+        .unwrap();
+    let outs = sim.drain();
+    assert!(
+        outs.len() >= 5
+            && outs
+                .iter()
+                .all(|o| matches!(o, Output::SendBinary(f) if f[0] == 1))
+    );
+    // The server replies in fragments of its own.
+    let mut server = Fragmenter::new(700);
+    let mut frames = Vec::new();
+    server
+        .encode(
+            &Envelope::Res {
+                id: id.0,
+                data: Some(big.clone()),
+            },
+            |f| frames.push(f),
+        )
+        .unwrap();
+    let mut outs = Vec::new();
+    for frame in &frames {
+        outs.extend(sim.binary(frame));
+    }
+    assert_eq!(replies(&outs), [(id, Ok(Some(big)))]);
+    assert!(complete_frame(&Envelope::Res { id: 1, data: None }).len() < 700);
+}
+
+#[test]
+fn bye_is_reported_as_draining() {
+    let mut sim = Sim::new(test_config());
+    sim.connect();
+    assert_eq!(describe_all(&sim.text("bye")), ["draining"]);
+    assert!(
+        matches!(describe_all(&sim.closed(1001))[..], [ref s] if s == "state:ready>reconnecting")
+    );
+}
