@@ -1,0 +1,208 @@
+#!/usr/bin/env bash
+# THE one command that runs every Sockeye test (README and .ci/run call it).
+#
+#   scripts/test.sh
+#
+# Installs what is missing (scripts/install.sh), then runs, stopping at the first failure:
+#   fmt, clippy, cargo test (host), the core built for wasm32, the reference server on a free loopback port,
+#   the browser tests (headless Chromium through wasm-bindgen-test-runner + chromedriver), and the package hook.
+# Every section prints a header and its time; a summary of all section times ends the run, pass or fail.
+# Logs of the reference server go to target/sockeye-test/.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+LOG_DIR="$ROOT/target/sockeye-test"
+SERVER_PID=""
+SECTION=""
+SECTION_T0=0
+SUMMARY=()
+RUN_T0="$(date +%s%N)"
+if [[ -t 1 ]]; then
+    BOLD=$'\033[1m' RED=$'\033[1;31m' GREEN=$'\033[1;32m' YELLOW=$'\033[1;33m' RESET=$'\033[0m'
+else
+    BOLD="" RED="" GREEN="" YELLOW="" RESET=""
+fi
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sections: header, timing, summary
+# ---------------------------------------------------------------------------------------------------------------
+_ms_since() { echo $((($(date +%s%N) - $1) / 1000000)); }
+_fmt_ms() { printf '%d.%01ds' $(($1 / 1000)) $((($1 % 1000) / 100)); }
+
+section_begin() {
+    SECTION="$1"
+    SECTION_T0="$(date +%s%N)"
+    printf '\n%s==> %s%s\n' "$BOLD" "$SECTION" "$RESET"
+}
+
+section_end() {
+    local ms
+    ms="$(_ms_since "$SECTION_T0")"
+    SUMMARY+=("$(printf '  %-8s %8s  %s' ok "$(_fmt_ms "$ms")" "$SECTION")")
+    printf '%s<== %s: ok in %s%s\n' "$BOLD" "$SECTION" "$(_fmt_ms "$ms")" "$RESET"
+    SECTION=""
+}
+
+# run_section NAME CMD ARGS...: runs one command or shell function as a section. Not inside an `if`, so `set -e`
+# stays in force within functions and the first failing command ends the run (the EXIT trap reports it).
+run_section() {
+    section_begin "$1"
+    shift
+    "$@"
+    section_end
+}
+
+on_exit() {
+    local rc=$?
+    set +e
+    stop_test_server
+    if [[ -n "$SECTION" ]]; then
+        local ms
+        ms="$(_ms_since "$SECTION_T0")"
+        SUMMARY+=("$(printf '  %-8s %8s  %s' FAILED "$(_fmt_ms "$ms")" "$SECTION")")
+        printf '\n%s<== %s: FAILED (exit %d) after %s%s\n' "$RED" "$SECTION" "$rc" "$(_fmt_ms "$ms")" "$RESET"
+    fi
+    printf '\n%s==> Summary (total %s)%s\n' "$BOLD" "$(_fmt_ms "$(_ms_since "$RUN_T0")")" "$RESET"
+    printf '%s\n' "${SUMMARY[@]}"
+    if [[ $rc -eq 0 ]]; then
+        printf '%sscripts/test.sh: all sections passed%s\n' "$GREEN" "$RESET"
+    else
+        printf '%sscripts/test.sh: FAILED in section "%s" (exit %d)%s\n' "$RED" "${SECTION:-?}" "$rc" "$RESET"
+    fi
+    exit "$rc"
+}
+trap on_exit EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------------------------------------------------------
+# The reference server (sockeye-server) on 127.0.0.1 with a port picked at run time
+# ---------------------------------------------------------------------------------------------------------------
+# Path of the sockeye-server binary, building it if needed.
+server_binary() {
+    cargo build -q -p sockeye-server --bin sockeye-server --message-format=json-render-diagnostics |
+        python3 -c '
+import json, sys
+for line in sys.stdin:
+    msg = json.loads(line)
+    target = msg.get("target", {})
+    if msg.get("reason") == "compiler-artifact" and target.get("name") == "sockeye-server" \
+            and "bin" in target.get("kind", []) and msg.get("executable"):
+        print(msg["executable"])
+'
+}
+
+start_test_server() {
+    mkdir -p "$LOG_DIR"
+
+    # >>> TEMPORARY-SERVER-FALLBACK (sockeye-server is still being written; delete this block once it runs) >>>
+    if ! cargo run -q -p sockeye-server -- --help >"$LOG_DIR/server-help.log" 2>&1; then
+        printf '%s' "$YELLOW"
+        printf '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n'
+        # shellcheck disable=SC2016
+        printf '!!! TEMPORARY FALLBACK: `cargo run -p sockeye-server -- --help` does not work yet, so NO reference\n'
+        printf '!!! server is started and the browser tests run without one (SOCKEYE_TEST_SERVER=%s).\n' \
+            "${SOCKEYE_TEST_SERVER:-<unset>}"
+        printf '!!! Last lines of %s:\n' "${LOG_DIR#"$ROOT"/}/server-help.log"
+        tail -n 5 "$LOG_DIR/server-help.log" | sed 's/^/!!!   /'
+        printf '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n'
+        printf '%s' "$RESET"
+        return 0
+    fi
+    # <<< TEMPORARY-SERVER-FALLBACK <<<
+
+    local bin out err line port pattern deadline
+    bin="$(server_binary)"
+    [[ -n "$bin" && -x "$bin" ]] || {
+        echo "scripts/test.sh: could not find the sockeye-server binary after building it" >&2
+        return 1
+    }
+    out="$LOG_DIR/server.stdout"
+    err="$LOG_DIR/server.stderr"
+    echo "starting: $bin --addr 127.0.0.1:0   (stdout: ${out#"$ROOT"/}, stderr: ${err#"$ROOT"/})"
+    "$bin" --addr 127.0.0.1:0 >"$out" 2>"$err" </dev/null &
+    SERVER_PID=$!
+
+    pattern='^sockeye-server listening on http://127\.0\.0\.1:([0-9]+)$'
+    deadline=$((SECONDS + 30))
+    port=""
+    while [[ -z "$port" ]]; do
+        line="$(head -n 1 "$out" 2>/dev/null || true)"
+        if [[ "$line" =~ $pattern ]]; then
+            port="${BASH_REMATCH[1]}"
+        elif ! kill -0 "$SERVER_PID" 2>/dev/null; then
+            echo "scripts/test.sh: sockeye-server exited before printing its address; stderr:" >&2
+            tail -n 20 "$err" >&2
+            SERVER_PID=""
+            return 1
+        elif ((SECONDS >= deadline)); then
+            echo "scripts/test.sh: sockeye-server printed no 'sockeye-server listening on http://127.0.0.1:PORT' line" \
+                "within 30s (first stdout line: '${line}')" >&2
+            return 1
+        else
+            sleep 0.1
+        fi
+    done
+    export SOCKEYE_TEST_SERVER="ws://127.0.0.1:$port/ws"
+    echo "sockeye-server (pid $SERVER_PID) listening on 127.0.0.1:$port; SOCKEYE_TEST_SERVER=$SOCKEYE_TEST_SERVER"
+}
+
+stop_test_server() {
+    [[ -n "$SERVER_PID" ]] || return 0
+    if kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill "$SERVER_PID" 2>/dev/null || true
+        for _ in $(seq 50); do
+            kill -0 "$SERVER_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -9 "$SERVER_PID" 2>/dev/null || true
+    fi
+    wait "$SERVER_PID" 2>/dev/null || true
+    echo "stopped sockeye-server (pid $SERVER_PID)"
+    SERVER_PID=""
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+# Browser tests: wasm tests of sockeye-wasm in headless Chromium (Debian's chromium + chromedriver)
+# ---------------------------------------------------------------------------------------------------------------
+browser_tests() {
+    # No extra configuration needed, also as root: wasm-bindgen-test-runner itself passes headless, no-sandbox and
+    # disable-dev-shm-usage to Chrome (checked with wasm-bindgen-cli 0.2.130 + Debian chromium 156). Its per-test
+    # timeout is WASM_BINDGEN_TEST_TIMEOUT (default 20s), read from the environment if set.
+    echo "SOCKEYE_TEST_SERVER=${SOCKEYE_TEST_SERVER:-<unset>} WASM_BINDGEN_TEST_TIMEOUT=${WASM_BINDGEN_TEST_TIMEOUT:-<default 20s>}"
+    CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+        CHROMEDRIVER=/usr/bin/chromedriver \
+        cargo test -p sockeye-wasm --target wasm32-unknown-unknown
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+# HOOK: npm package, package size, page tests
+# ---------------------------------------------------------------------------------------------------------------
+# Runs after the browser tests, while the reference server started above is still up (SOCKEYE_TEST_SERVER).
+# To be added here:
+#   - the npm package build:  wasm-pack build client-wasm --target web --profile wasm-release --out-dir ../www/pkg
+#   - the package size report (scripts/size.sh; the figure goes into README.md "Package size")
+#   - Playwright page tests against the demo page (playwright-core with executablePath /usr/bin/chromium)
+package_and_page_tests() {
+    echo "(nothing here yet: npm package build, package size report and Playwright page tests go here)"
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------------------------
+section_begin "install tools (scripts/install.sh)"
+# shellcheck source=scripts/install.sh
+source "$ROOT/scripts/install.sh"
+section_end
+
+run_section "cargo fmt --all -- --check" cargo fmt --all -- --check
+run_section "cargo clippy --workspace --all-targets -- -D warnings" \
+    cargo clippy --workspace --all-targets -- -D warnings
+run_section "cargo test --workspace" cargo test --workspace
+run_section "cargo build -p sockeye-core --target wasm32-unknown-unknown --no-default-features" \
+    cargo build -p sockeye-core --target wasm32-unknown-unknown --no-default-features
+run_section "start reference server (sockeye-server --addr 127.0.0.1:0)" start_test_server
+run_section "browser tests: cargo test -p sockeye-wasm --target wasm32-unknown-unknown (headless Chrome)" browser_tests
+run_section "package build, size report, page tests (hook)" package_and_page_tests
