@@ -3,6 +3,7 @@
 //! Adding a state or an input without extending this table fails: `state_kind` and `row_of` match without
 //! a wildcard (a new variant does not compile), and `table_covers_every_state_and_input` checks that every pair
 //! has exactly one row.
+#![cfg(feature = "serde")] // the harness builds payloads with serde
 
 mod support;
 

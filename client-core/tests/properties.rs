@@ -1,4 +1,5 @@
 //! Property tests over random input sequences with time jumps.
+#![cfg(feature = "serde")] // the harness builds payloads with serde
 
 mod support;
 

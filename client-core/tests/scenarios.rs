@@ -1,4 +1,5 @@
 //! Whole scenarios through the simulation harness: simulated time, a scripted server, no sockets.
+#![cfg(feature = "serde")] // the harness builds payloads with serde
 
 mod support;
 

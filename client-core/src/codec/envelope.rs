@@ -1,17 +1,11 @@
-//! The CBOR envelope (PROTOCOL §4), read and written with a small hand-written CBOR layer ([`super::cbor`]) so
+//! The CBOR envelope (PROTOCOL §4), read and written with a small hand-written CBOR layer (`codec::cbor`) so
 //! the browser build carries no serde.
 //!
 //! Decoding is one pass over the input straight into the typed [`Envelope`]: the map's keys are matched as
 //! raw bytes, each value's extent is found with the depth-limited walker, and the payload `d` is kept as the
 //! raw bytes of its CBOR item ([`Payload`]) until the application asks for its own type.
 //!
-//! Rules this decoder applies where PROTOCOL §4 leaves a choice:
-//! - Unknown keys are ignored, and so are known keys that the envelope's `t` does not use (a `m` on an `evt`
-//!   is not type-checked), for forward compatibility.
-//! - Duplicate keys: the last occurrence wins (as in most JSON parsers). Only the known keys are tracked.
-//! - Text values and keys may be definite or indefinite-length; text values must be valid UTF-8.
-//! - Topic names are not checked here ([`validate_topic`] is for senders and servers): `$`-topics are reserved
-//!   for the protocol itself, so an old client must still be able to decode them.
+//! The rules it applies where PROTOCOL §4 leaves a choice are listed in the `codec` module docs.
 
 use core::fmt;
 

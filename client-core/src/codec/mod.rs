@@ -7,6 +7,24 @@
 //! Receiving: [`Reassembler::handle_frame`] turns binary WebSocket messages into envelope bytes,
 //! [`Envelope::decode`] turns those into an [`Envelope`], and [`EnvelopeError::refusal`] /
 //! [`ProtocolViolation::close_code`] say how to answer what is broken. Sending: [`Fragmenter::encode`].
+//!
+//! # Choices where PROTOCOL.md leaves one open
+//!
+//! - **Duplicate keys** in an envelope map: the last occurrence wins (as in most JSON parsers). Only the
+//!   known keys are tracked.
+//! - **Unknown keys** are skipped (with the depth-limited walker, so they must still be well-formed and no
+//!   deeper than [`MAX_DEPTH`]). Known keys that the envelope's `t` does not use are ignored too: a `m` on an
+//!   `evt` is not type-checked.
+//! - **Text** keys and values may be definite or indefinite-length; text values must be valid UTF-8.
+//!   Inside a payload `d` only well-formedness is checked, not UTF-8 (the application's decoder decides).
+//! - **`id` recovery** for an err reply: the map's `id`, when it is an unsigned integer and the scan reached
+//!   it. A malformed item before the `id` hides it (the encoder writes `t` and `id` first and `d` last).
+//! - **Topic names** are not checked by [`Envelope::decode`]; senders and servers call [`validate_topic`].
+//!   `$`-topics are reserved for the protocol itself, so a client must still be able to decode them.
+//! - **Close codes** for the two limits §3 names no code for: too many partial messages closes with 1009 (a
+//!   memory limit, like the size limit); a partial message not completed in time closes with 1002.
+//! - **Fragments**: a chunk may be empty; a new `msg_id` must start at index 0; the size limit applies to
+//!   each message (COMPLETE or reassembled so far), not to the sum of all partial messages.
 
 mod cbor;
 mod envelope;
