@@ -243,3 +243,102 @@ fn invalid_envelopes_are_refused_without_panicking() {
         assert!(Envelope::decode(bytes).is_err(), "{bytes:02x?}");
     }
 }
+
+/// A whole lifecycle in the browser build: start, `ready` racing the `open` event, a queued request flushed on
+/// `ready` and answered, a server close, full-jitter backoff, reconnect.
+#[wasm_bindgen_test(unsupported = test)]
+fn lifecycle_sequence_runs_in_the_wasm_build() {
+    use sockeye_core::{Config, Connection, Event, Input, Output, Status};
+
+    fn drain(conn: &mut Connection) -> Vec<Output> {
+        std::iter::from_fn(|| conn.poll_output()).collect()
+    }
+
+    let mut conn = Connection::new(Config {
+        seed: 7,
+        ..Config::default()
+    })
+    .expect("defaults are valid");
+    let t0 = Instant::from_millis(1_000);
+    let id = conn
+        .request(t0, "echo", cbor(&[0x01]), None)
+        .expect("queue has room");
+    conn.handle_input(t0, Input::Start);
+    let socket = match drain(&mut conn).as_slice() {
+        [Output::Event(Event::StateChanged(_)), Output::OpenSocket { socket, attempt: 1 }] => {
+            *socket
+        }
+        other => panic!("start: {other:?}"),
+    };
+    conn.handle_input(
+        t0,
+        Input::SocketText {
+            socket,
+            text: "ready",
+        },
+    );
+    assert_eq!(
+        conn.status(),
+        &Status::Ready,
+        "ready before open goes straight to ready"
+    );
+    let frames: Vec<Vec<u8>> = drain(&mut conn)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::SendBinary(f) => Some(f),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        Envelope::decode(&frames[0][1..]).expect("valid").id(),
+        Some(id.0)
+    );
+
+    let mut reply = vec![0u8];
+    reply.extend(
+        Envelope::Res {
+            id: id.0,
+            data: cbor(&[0x02]),
+        }
+        .encode(),
+    );
+    conn.handle_input(
+        t0,
+        Input::SocketBinary {
+            socket,
+            data: &reply,
+        },
+    );
+    assert!(matches!(
+        drain(&mut conn).as_slice(),
+        [Output::Event(Event::Reply { result: Ok(Some(d)), .. })] if d.as_cbor() == [0x02]
+    ));
+
+    conn.handle_input(
+        t0,
+        Input::SocketClosed {
+            socket,
+            code: CloseCode::SERVICE_RESTART,
+            reason: "restart",
+        },
+    );
+    drain(&mut conn);
+    let Status::Reconnecting {
+        attempt,
+        delay,
+        next_attempt_at,
+    } = conn.status().clone()
+    else {
+        panic!("expected reconnecting, got {:?}", conn.status())
+    };
+    assert_eq!(attempt, 2);
+    assert!(
+        delay < Duration::from_millis(2_000),
+        "full jitter below base·2: {delay:?}"
+    );
+    assert_eq!(conn.poll_timeout(), Some(next_attempt_at));
+    conn.handle_input(next_attempt_at, Input::Timeout);
+    assert!(drain(&mut conn)
+        .iter()
+        .any(|o| matches!(o, Output::OpenSocket { attempt: 2, .. })));
+}
