@@ -1,1 +1,114 @@
-//! Sockeye reference server (work in progress).
+//! The Sockeye reference server: the protocol's peer (`shared/PROTOCOL.md`) for tests, the demo, and a small
+//! but real server to start from.
+//!
+//! It speaks the whole protocol on tokio + tungstenite and reuses `sockeye_core::codec` for the wire format,
+//! so client and server cannot drift: the `sockeye.v1` subprotocol, `ready` after authentication, `ping` →
+//! `pong`, fragmentation both ways, concurrent requests, topics with per-topic `seq`, heartbeat (4002),
+//! authentication (4003 before `ready`), an origin allowlist (1008 before `ready`), and drain (§8). Static
+//! files are served on the same port, for the demo page and the npm package.
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
+//! use sockeye_server::{Context, RpcError, Server, TopicAccess};
+//!
+//! #[derive(Deserialize)]
+//! struct Add { a: i64, b: i64 }
+//! #[derive(Serialize)]
+//! struct Sum { sum: i64 }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let server = Server::builder()
+//!     .bind("127.0.0.1:0".parse()?) // port 0: any free port
+//!     .tokens(["secret-token"])      // auth: `Authorization: Bearer secret-token` or `?token=secret-token`
+//!     .method("add", |_ctx: Context, req: Add| async move { Ok::<_, RpcError>(Sum { sum: req.a + req.b }) })
+//!     .authorize_topics(|_who, topic, access| access == TopicAccess::Subscribe || topic.starts_with("chat."))
+//!     .start()
+//!     .await?;
+//! println!("listening on {}", server.ws_url());
+//! assert_ne!(server.local_addr().port(), 0);
+//! assert_eq!(server.stats().connections_open, 0);
+//! server.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Behaviour worth knowing
+//!
+//! - **Requests** on one connection run concurrently (a slow `sleep` does not hold up a later `echo`), at most
+//!   [`Limits::max_inflight`] at once; beyond that the reply is `err RESOURCE_EXHAUSTED`. Unknown methods get
+//!   `err UNIMPLEMENTED`. The built-ins (`echo`, `sleep`, `fail`, `whoami`, `close`, `stats`, and the `echo`
+//!   message, which is sent back as a `msg`) are described in [`builtins`]; turn them off with
+//!   [`ServerBuilder::builtins`].
+//! - **Topics**: `sub`/`unsub` are answered with `res` (or `err INVALID_ARGUMENT` for a bad name,
+//!   `PERMISSION_DENIED` when the authoriser refuses). `pub` fans out as `evt` to every subscriber, the
+//!   publisher included; `seq` starts at 1 and counts per topic while the topic has subscribers. A refused
+//!   `pub` is answered with an `err` without `id`. Each subscriber has a bounded event queue
+//!   ([`Limits::outbound_queue`]); one that overflows is closed with 1013, so a slow subscriber neither stalls
+//!   publishers nor silently misses events.
+//! - **Bad input** is answered as PROTOCOL.md says: framing violations close with 1002, oversize messages
+//!   with 1009, undecodable envelopes get `err INVALID_ARGUMENT` when an `id` can be recovered and close 1007
+//!   otherwise. Text frames other than `ping` close with 1002 (PROTOCOL.md names no code; they break §1–2).
+//! - **Connection-level notices**: a `msg` without a handler, a refused `pub`, or an `evt` from a client is
+//!   answered with an `err` without `id`.
+//! - **Heartbeat**: no inbound frame for the configured limit (default 90 s) closes with 4002.
+//! - **Backpressure**: a connection's replies are written before more of its frames are read, so a peer that
+//!   stops reading its replies stops being read, and is closed with 4002 once the heartbeat limit passes.
+//! - **Drain** ([`ServerHandle::drain`]): new upgrades get HTTP 503, open connections are closed at random
+//!   moments spread across the window (each slot of `window / n` gets one connection at a random moment).
+//!
+//! # Memory
+//!
+//! An idle connection holds tungstenite's small buffers ([`Limits::read_buffer_size`],
+//! [`Limits::write_buffer_size`]), the reassembler and fragmenter, and no event queue until it subscribes.
+
+pub mod builtins;
+
+mod app;
+mod config;
+mod connection;
+mod http;
+mod server;
+mod topics;
+
+pub use app::{Context, Identity, RpcError, TopicAccess};
+pub use config::{Auth, Credentials, DrainOptions, DrainResult, Limits};
+pub use http::SUBPROTOCOL;
+pub use server::{Server, ServerBuilder, ServerHandle, Stats};
+
+/// Re-exported for convenience: payloads, codes and limits used in this crate's API.
+pub use sockeye_core::codec::{Payload, ReassemblyLimits};
+pub use sockeye_core::error::{CloseCode, ErrorCode};
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("static directory {path}: {source}")]
+    StaticDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+}
+
+/// Why a publish was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    #[error("invalid topic: {0}")]
+    InvalidTopic(sockeye_core::codec::InvalidTopic),
+    #[error("cannot encode the payload: {0}")]
+    Encode(sockeye_core::codec::PayloadError),
+    #[error("event of {size} bytes exceeds the message size limit of {limit}")]
+    TooLarge { size: usize, limit: usize },
+}

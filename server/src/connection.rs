@@ -1,0 +1,902 @@
+//! One WebSocket connection: authentication, `ready`, then one task running a loop over inbound frames,
+//! finished requests, queued events, close requests and one timer.
+//!
+//! Output is batched: everything that became ready while handling a batch of inbound frames is written with
+//! `feed`, then flushed once. Requests run concurrently inside the task (a `FuturesUnordered`), bounded by
+//! `Limits::max_inflight`. Events from other connections arrive through a bounded queue created on the first
+//! `sub`, so an idle connection that never subscribes carries no queue at all.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use sockeye_core::codec::{validate_topic, Envelope, Fragmenter, Payload, Reassembler, Refusal};
+use sockeye_core::error::{CloseCode, ErrorCode};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, Sleep};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::app::{Context, Identity, RpcError, TopicAccess};
+use crate::builtins::{self, Builtin};
+use crate::config::{Auth, Credentials};
+use crate::server::{ConnControl, Counters, Shared};
+use crate::topics::{Event, Subscriber};
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// How long the closing handshake may take before the socket is simply dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Inbound frames handled before output is written.
+const INBOUND_BATCH: usize = 64;
+/// Output queued (bytes) after which no further inbound frame is handled before writing.
+const BATCH_BYTES: usize = 256 * 1024;
+/// Queued events written in one go before inbound frames get another turn.
+const EVENT_BATCH: usize = 256;
+
+/// What the HTTP layer learned during the upgrade.
+pub(crate) struct Upgraded {
+    pub peer: SocketAddr,
+    pub token: Option<String>,
+    pub origin: Option<String>,
+}
+
+/// What to do after an input.
+enum Flow {
+    Continue,
+    /// Close with this code and reason (after writing what is queued).
+    Close {
+        code: CloseCode,
+        reason: String,
+        bye: bool,
+    },
+    /// The peer sent a close frame: answer it and stop.
+    PeerClosed,
+    /// The socket is gone.
+    Gone,
+}
+
+impl Flow {
+    fn close(code: CloseCode, reason: impl Into<String>) -> Flow {
+        Flow::Close {
+            code,
+            reason: reason.into(),
+            bye: false,
+        }
+    }
+}
+
+/// Counts the connection as open for as long as it lives.
+struct OpenGuard<'a>(&'a Shared);
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        self.0
+            .counters
+            .connections_open
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Runs an upgraded connection to its end.
+pub(crate) async fn run(shared: Arc<Shared>, mut ws: Ws, upgraded: Upgraded) {
+    let id = shared.next_connection_id();
+    Counters::add(&shared.counters.connections_total, 1);
+    Counters::add(&shared.counters.connections_open, 1);
+    let _open = OpenGuard(&shared);
+    let peer = upgraded.peer;
+    tracing::debug!(connection = id, %peer, "upgraded");
+
+    let allowed = &shared.config.allowed_origins;
+    if let Some(origin) = &upgraded.origin {
+        if !allowed.is_empty() && !allowed.iter().any(|a| a == origin) {
+            tracing::info!(connection = id, %peer, %origin, "origin not allowed");
+            close_socket(&mut ws, CloseCode::POLICY_VIOLATION, "origin not allowed").await;
+            return;
+        }
+    }
+
+    let identity = match authenticate(&shared, &mut ws, upgraded).await {
+        Ok(identity) => identity,
+        Err(Flow::Close { code, reason, .. }) => {
+            if code == CloseCode::AUTH_FAILED {
+                Counters::add(&shared.counters.auth_failures, 1);
+            }
+            tracing::info!(connection = id, %peer, code = code.0, %reason, "connection refused before ready");
+            close_socket(&mut ws, code, &reason).await;
+            return;
+        }
+        Err(_) => return,
+    };
+    tracing::debug!(connection = id, %identity, "authenticated");
+
+    let control = Arc::new(ConnControl::default());
+    shared.register(id, Arc::clone(&control));
+    let mut conn = Conn::new(Arc::clone(&shared), id, control, identity);
+    let ending = if shared.draining.load(Ordering::SeqCst) {
+        // The drain started while this connection was being upgraded.
+        Flow::close(CloseCode::GOING_AWAY, "Server draining")
+    } else {
+        conn.serve(&mut ws).await
+    };
+    conn.finish(&mut ws, ending).await;
+}
+
+/// Decides who is connecting (PROTOCOL §5). `Err` carries how to refuse.
+async fn authenticate(shared: &Shared, ws: &mut Ws, upgraded: Upgraded) -> Result<Identity, Flow> {
+    let refused = || Flow::close(CloseCode::AUTH_FAILED, "authentication failed");
+    match &shared.config.auth {
+        Auth::Off => Ok(Identity::anonymous()),
+        Auth::Tokens(tokens) => {
+            let token = upgraded.token.ok_or_else(refused)?;
+            // Compare against every token in constant time per token, so timing does not tell how much of a
+            // guess was right.
+            let mut found = None;
+            for (known, identity) in tokens.iter() {
+                if constant_time_eq(known.as_bytes(), token.as_bytes()) {
+                    found = Some(identity.clone());
+                }
+            }
+            found.ok_or_else(refused)
+        }
+        Auth::Verifier(verify) => {
+            let credentials = Credentials {
+                token: upgraded.token,
+                origin: upgraded.origin,
+                peer: upgraded.peer,
+            };
+            let verdict = AssertUnwindSafe(verify(credentials)).catch_unwind();
+            tokio::pin!(verdict);
+            let deadline = tokio::time::sleep(shared.config.limits.auth_timeout);
+            tokio::pin!(deadline);
+            loop {
+                tokio::select! {
+                    verdict = &mut verdict => {
+                        return match verdict {
+                            Ok(Some(identity)) => Ok(identity),
+                            Ok(None) => Err(refused()),
+                            Err(_) => {
+                                tracing::error!("auth verifier panicked");
+                                Err(Flow::close(CloseCode::INTERNAL_ERROR, "authentication failed"))
+                            }
+                        };
+                    }
+                    () = &mut deadline => {
+                        return Err(Flow::close(CloseCode::AUTH_TIMEOUT, "not authenticated in time"));
+                    }
+                    inbound = ws.next() => match inbound {
+                        Some(Ok(Message::Text(text))) if text.as_str() == "ping" => {
+                            Counters::add(&shared.counters.frames_in, 1);
+                            if ws.send(Message::text("pong")).await.is_err() {
+                                return Err(Flow::Gone);
+                            }
+                            Counters::add(&shared.counters.frames_out, 1);
+                        }
+                        Some(Ok(Message::Text(_))) => {
+                            Counters::add(&shared.counters.protocol_errors, 1);
+                            return Err(Flow::close(CloseCode::PROTOCOL_ERROR, "text frames carry only control words"));
+                        }
+                        Some(Ok(Message::Binary(_))) => {
+                            Counters::add(&shared.counters.protocol_errors, 1);
+                            return Err(Flow::close(CloseCode::POLICY_VIOLATION, "binary frame before ready"));
+                        }
+                        Some(Ok(Message::Close(_))) => {
+                            let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.flush()).await;
+                            return Err(Flow::PeerClosed);
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) | None => return Err(Flow::Gone),
+                    },
+                }
+            }
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Sends a close frame and waits (bounded) for the peer's answer.
+async fn close_socket(ws: &mut Ws, code: CloseCode, reason: &str) {
+    let frame = CloseFrame {
+        code: WsCloseCode::from(code.0),
+        reason: truncate_reason(reason).into(),
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        if ws.close(Some(frame)).await.is_ok() {
+            // Read until the peer's close frame (or the end of the stream).
+            while let Some(Ok(_)) = ws.next().await {}
+        }
+    })
+    .await;
+}
+
+/// A close reason fits in 123 bytes (RFC 6455 §5.5); cut at a character boundary.
+fn truncate_reason(reason: &str) -> &str {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
+/// A connection past `ready`.
+struct Conn {
+    shared: Arc<Shared>,
+    id: u64,
+    control: Arc<ConnControl>,
+    identity: Identity,
+    reassembler: Reassembler,
+    fragmenter: Fragmenter,
+    /// Frames to write, in order.
+    out: VecDeque<Message>,
+    /// Payload bytes in `out`.
+    out_bytes: usize,
+    /// tungstenite queued something (an automatic pong or close reply) that needs a flush.
+    needs_flush: bool,
+    /// The sending end handed to the topic registry, and the receiving end; created by the first `sub`.
+    events: Option<(mpsc::Sender<Event>, mpsc::Receiver<Event>)>,
+    subscriptions: BTreeSet<String>,
+    inflight: FuturesUnordered<BoxFuture<'static, Option<Envelope>>>,
+    last_inbound: Instant,
+    frames_in: u64,
+    frames_out: u64,
+}
+
+impl Conn {
+    fn new(shared: Arc<Shared>, id: u64, control: Arc<ConnControl>, identity: Identity) -> Conn {
+        let limits = &shared.config.limits;
+        Conn {
+            reassembler: Reassembler::new(limits.reassembly.clone()),
+            fragmenter: Fragmenter::new(shared.config.fragment_threshold),
+            shared,
+            id,
+            control,
+            identity,
+            out: VecDeque::new(),
+            out_bytes: 0,
+            needs_flush: false,
+            events: None,
+            subscriptions: BTreeSet::new(),
+            inflight: FuturesUnordered::new(),
+            last_inbound: Instant::now(),
+            frames_in: 0,
+            frames_out: 0,
+        }
+    }
+
+    /// Sends `ready`, then serves until the connection must end; returns how.
+    async fn serve(&mut self, ws: &mut Ws) -> Flow {
+        self.out.push_back(Message::text("ready"));
+        let control = Arc::clone(&self.control);
+        let mut armed = self.next_deadline();
+        let sleep = tokio::time::sleep_until(armed.unwrap_or_else(Instant::now));
+        tokio::pin!(sleep);
+
+        loop {
+            if self.has_output() {
+                // A peer that does not read its replies blocks the write (and with it, reading); the timer
+                // still runs, so such a peer is closed with 4002 once the heartbeat limit passes.
+                let (flow, written) = tokio::select! {
+                    biased;
+                    () = control.notify.notified() => (self.requested_close(), false),
+                    () = sleep.as_mut(), if armed.is_some() => (self.on_timer(), false),
+                    written = self.write_out(ws) => match written {
+                        Ok(()) => (Flow::Continue, true),
+                        Err(_) => (Flow::Gone, false),
+                    },
+                };
+                if !matches!(flow, Flow::Continue) {
+                    return flow;
+                }
+                self.rearm(&mut armed, sleep.as_mut());
+                if !written {
+                    // Nothing more is read until what is queued has been written: a peer that does not read
+                    // cannot make the server buffer without bound.
+                    continue;
+                }
+            }
+
+            let flow = tokio::select! {
+                biased;
+                () = control.notify.notified() => self.requested_close(),
+                inbound = ws.next() => {
+                    let mut flow = self.on_inbound(inbound);
+                    // Handle whatever else has already arrived before writing, so replies go out in one flush.
+                    for _ in 1..INBOUND_BATCH {
+                        if !matches!(flow, Flow::Continue) || self.out_bytes >= BATCH_BYTES {
+                            break;
+                        }
+                        match ws.next().now_or_never() {
+                            Some(inbound) => flow = self.on_inbound(inbound),
+                            None => break,
+                        }
+                    }
+                    flow
+                }
+                Some(reply) = self.inflight.next(), if !self.inflight.is_empty() => {
+                    if let Some(envelope) = reply {
+                        self.send_envelope(envelope);
+                    }
+                    while let Some(Some(reply)) = self.inflight.next().now_or_never() {
+                        if let Some(envelope) = reply {
+                            self.send_envelope(envelope);
+                        }
+                    }
+                    Flow::Continue
+                }
+                Some(event) = recv_event(&mut self.events) => {
+                    self.queue_event(&event);
+                    Flow::Continue
+                }
+                () = sleep.as_mut(), if armed.is_some() => self.on_timer(),
+            };
+            if !matches!(flow, Flow::Continue) {
+                return flow;
+            }
+
+            self.rearm(&mut armed, sleep.as_mut());
+        }
+    }
+
+    /// Re-arms the timer only when the earliest deadline moved earlier, or after it fired. The heartbeat
+    /// deadline only ever moves later, so a timer armed for an old one fires early and is re-armed then.
+    fn rearm(&self, armed: &mut Option<Instant>, mut sleep: Pin<&mut Sleep>) {
+        let wanted = self.next_deadline();
+        let rearm = match (*armed, wanted) {
+            (None, Some(_)) => true,
+            (Some(at), Some(want)) => want < at || sleep.is_elapsed(),
+            (Some(_), None) => sleep.is_elapsed(),
+            (None, None) => false,
+        };
+        if rearm {
+            *armed = wanted;
+            if let Some(at) = wanted {
+                sleep.as_mut().reset(at);
+            }
+        }
+    }
+
+    fn requested_close(&mut self) -> Flow {
+        match self.control.take_close() {
+            Some(request) => Flow::Close {
+                code: request.code,
+                reason: request.reason,
+                bye: request.bye,
+            },
+            None => Flow::Continue,
+        }
+    }
+
+    fn has_output(&self) -> bool {
+        !self.out.is_empty()
+            || self.needs_flush
+            || self.events.as_ref().is_some_and(|(_, rx)| !rx.is_empty())
+    }
+
+    /// Writes every queued frame and up to [`EVENT_BATCH`] queued events with `feed`, then flushes once.
+    async fn write_out(&mut self, ws: &mut Ws) -> Result<(), WsError> {
+        // Until the flush below completes: if this is cancelled, the next loop still flushes.
+        self.needs_flush = true;
+        let mut events = 0;
+        loop {
+            self.feed_out(ws).await?;
+            if events >= EVENT_BATCH {
+                break;
+            }
+            match self.events.as_mut().and_then(|(_, rx)| rx.try_recv().ok()) {
+                Some(event) => {
+                    events += 1;
+                    self.queue_event(&event);
+                }
+                None => break,
+            }
+        }
+        ws.flush().await?;
+        self.needs_flush = false;
+        self.publish_counters();
+        Ok(())
+    }
+
+    /// Feeds every frame of `out` to the socket without flushing. Cancel-safe: a frame leaves `out` only once
+    /// the sink has taken it, so a cancelled write loses nothing (a subscriber closed with 1013 has seen an
+    /// unbroken run of events).
+    async fn feed_out(&mut self, ws: &mut Ws) -> Result<(), WsError> {
+        while !self.out.is_empty() {
+            std::future::poll_fn(|cx| ws.poll_ready_unpin(cx)).await?;
+            if let Some(message) = self.out.pop_front() {
+                self.out_bytes = self.out_bytes.saturating_sub(message.len());
+                ws.start_send_unpin(message)?;
+                self.frames_out += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn publish_counters(&mut self) {
+        let counters = &self.shared.counters;
+        Counters::add(&counters.frames_in, std::mem::take(&mut self.frames_in));
+        Counters::add(&counters.frames_out, std::mem::take(&mut self.frames_out));
+    }
+
+    /// The earliest of the heartbeat deadline and the reassembler's.
+    fn next_deadline(&self) -> Option<Instant> {
+        let heartbeat = self
+            .shared
+            .config
+            .heartbeat
+            .and_then(|limit| self.last_inbound.checked_add(limit));
+        let reassembly = self
+            .reassembler
+            .poll_timeout()
+            .and_then(|at| self.shared.tokio_instant(at));
+        match (heartbeat, reassembly) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn on_timer(&mut self) -> Flow {
+        let now = Instant::now();
+        if let Some(limit) = self.shared.config.heartbeat {
+            if self
+                .last_inbound
+                .checked_add(limit)
+                .is_some_and(|deadline| now >= deadline)
+            {
+                return Flow::close(CloseCode::HEARTBEAT_TIMEOUT, "heartbeat timeout");
+            }
+        }
+        if let Err(violation) = self.reassembler.handle_timeout(self.shared.core_now()) {
+            self.protocol_error();
+            return Flow::close(violation.close_code(), violation.to_string());
+        }
+        Flow::Continue
+    }
+
+    fn protocol_error(&self) {
+        Counters::add(&self.shared.counters.protocol_errors, 1);
+    }
+
+    /// Handles one result of `ws.next()`.
+    fn on_inbound(&mut self, inbound: Option<Result<Message, WsError>>) -> Flow {
+        let message = match inbound {
+            Some(Ok(message)) => message,
+            None => return Flow::Gone,
+            Some(Err(error)) => {
+                return match error {
+                    WsError::Capacity(e) => {
+                        self.protocol_error();
+                        Flow::close(CloseCode::MESSAGE_TOO_BIG, e.to_string())
+                    }
+                    WsError::Protocol(e) => {
+                        self.protocol_error();
+                        Flow::close(CloseCode::PROTOCOL_ERROR, e.to_string())
+                    }
+                    WsError::Utf8(_) => {
+                        self.protocol_error();
+                        Flow::close(CloseCode::INVALID_PAYLOAD, "text frame is not UTF-8")
+                    }
+                    _ => Flow::Gone,
+                };
+            }
+        };
+        self.last_inbound = Instant::now();
+        match message {
+            Message::Text(text) => {
+                self.frames_in += 1;
+                if text.as_str() == "ping" {
+                    self.out.push_back(Message::text("pong"));
+                    Flow::Continue
+                } else {
+                    // PROTOCOL §1–2: text frames carry only the control words, and `ping` is the only one a
+                    // client sends. The protocol names no code for this; it is a protocol error (1002).
+                    self.protocol_error();
+                    Flow::close(
+                        CloseCode::PROTOCOL_ERROR,
+                        "text frames carry only control words",
+                    )
+                }
+            }
+            Message::Binary(bytes) => {
+                self.frames_in += 1;
+                self.on_binary(&bytes)
+            }
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {
+                // tungstenite queued the pong for a ping; a flush sends it.
+                self.needs_flush = true;
+                Flow::Continue
+            }
+            Message::Close(_) => Flow::PeerClosed,
+        }
+    }
+
+    fn on_binary(&mut self, bytes: &[u8]) -> Flow {
+        let now = self.shared.core_now();
+        let envelope_bytes = match self.reassembler.handle_frame(now, bytes) {
+            Ok(Some(envelope_bytes)) => envelope_bytes,
+            Ok(None) => return Flow::Continue,
+            Err(violation) => {
+                self.protocol_error();
+                return Flow::close(violation.close_code(), violation.to_string());
+            }
+        };
+        match Envelope::decode(&envelope_bytes) {
+            Ok(envelope) => self.dispatch(envelope),
+            Err(error) => {
+                self.protocol_error();
+                tracing::debug!(connection = self.id, %error, "invalid envelope");
+                match error.refusal() {
+                    Refusal::Reply(reply) => {
+                        self.send_envelope(reply);
+                        Flow::Continue
+                    }
+                    Refusal::Close(code, reason) => Flow::close(code, reason),
+                }
+            }
+        }
+    }
+
+    fn context(&self) -> Context {
+        Context {
+            identity: self.identity.clone(),
+            connection_id: self.id,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    fn dispatch(&mut self, envelope: Envelope) -> Flow {
+        match envelope {
+            Envelope::Req { id, method, data } => self.on_request(id, method, data),
+            Envelope::Msg { name, data } => {
+                self.on_message(name, data);
+                Flow::Continue
+            }
+            Envelope::Sub { id, topic } => {
+                let reply = self.on_subscribe(&topic).map(|()| None);
+                self.reply(id, reply);
+                Flow::Continue
+            }
+            Envelope::Unsub { id, topic } => {
+                let reply = self.on_unsubscribe(&topic).map(|()| None);
+                self.reply(id, reply);
+                Flow::Continue
+            }
+            Envelope::Pub { topic, data } => {
+                if let Err(e) = self.on_publish(&topic, data) {
+                    self.notice(e);
+                }
+                Flow::Continue
+            }
+            Envelope::Res { id, .. } => {
+                tracing::debug!(
+                    connection = self.id,
+                    id,
+                    "res for no request of the server: ignored"
+                );
+                Flow::Continue
+            }
+            Envelope::Err {
+                id, code, message, ..
+            } => {
+                tracing::debug!(connection = self.id, ?id, %code, %message, "err from the client");
+                Flow::Continue
+            }
+            Envelope::Evt { .. } => {
+                self.protocol_error();
+                self.notice(RpcError::invalid_argument("evt is sent by servers only"));
+                Flow::Continue
+            }
+        }
+    }
+
+    fn on_request(&mut self, id: u64, method: String, data: Option<Payload>) -> Flow {
+        let limit = self.shared.config.limits.max_inflight;
+        if self.inflight.len() >= limit {
+            let message = format!("too many requests in flight (limit {limit})");
+            self.reply(
+                id,
+                Err(RpcError::new(ErrorCode::ResourceExhausted, message)),
+            );
+            return Flow::Continue;
+        }
+        if let Some(handler) = self.shared.app.methods.get(&method) {
+            let future = handler(self.context(), data);
+            self.spawn_request(id, future);
+            return Flow::Continue;
+        }
+        if self.shared.config.builtins {
+            if method == "stats" {
+                // Include this connection's frames so far.
+                self.publish_counters();
+            }
+            match builtins::call(&method, data, &self.identity, self.id, &self.shared) {
+                Some(Builtin::Reply(result)) => self.reply(id, result),
+                Some(Builtin::Later(future)) => self.spawn_request(id, future),
+                Some(Builtin::Close { code, reason }) => {
+                    self.reply(id, Ok(None));
+                    return Flow::close(code, reason);
+                }
+                None => self.reply(id, Err(unimplemented(&method))),
+            }
+            return Flow::Continue;
+        }
+        self.reply(id, Err(unimplemented(&method)));
+        Flow::Continue
+    }
+
+    fn spawn_request(
+        &mut self,
+        id: u64,
+        future: BoxFuture<'static, Result<Option<Payload>, RpcError>>,
+    ) {
+        self.inflight.push(Box::pin(async move {
+            let result = AssertUnwindSafe(future)
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| Err(RpcError::internal("request handler panicked")));
+            Some(reply_envelope(id, result))
+        }));
+    }
+
+    fn on_message(&mut self, name: String, data: Option<Payload>) {
+        if let Some(handler) = self.shared.app.messages.get(&name) {
+            let limit = self.shared.config.limits.max_inflight;
+            if self.inflight.len() >= limit {
+                let message =
+                    format!("too many handlers in flight (limit {limit}): msg {name:?} dropped");
+                self.notice(RpcError::new(ErrorCode::ResourceExhausted, message));
+                return;
+            }
+            let future = handler(self.context(), data);
+            self.inflight.push(Box::pin(async move {
+                match AssertUnwindSafe(future).catch_unwind().await {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(notice_envelope(e)),
+                    Err(_) => Some(notice_envelope(RpcError::internal(
+                        "message handler panicked",
+                    ))),
+                }
+            }));
+        } else if self.shared.config.builtins && name == "echo" {
+            self.send_envelope(Envelope::Msg { name, data });
+        } else {
+            self.notice(RpcError::new(
+                ErrorCode::Unimplemented,
+                format!("no handler for msg {name:?}"),
+            ));
+        }
+    }
+
+    fn on_subscribe(&mut self, topic: &str) -> Result<(), RpcError> {
+        self.check_topic(topic, TopicAccess::Subscribe)?;
+        if self.subscriptions.contains(topic) {
+            return Ok(());
+        }
+        let limit = self.shared.config.limits.max_subscriptions;
+        if self.subscriptions.len() >= limit {
+            let message = format!("too many subscriptions (limit {limit})");
+            return Err(RpcError::new(ErrorCode::ResourceExhausted, message));
+        }
+        let capacity = self.shared.config.limits.outbound_queue;
+        let (sender, _) = self.events.get_or_insert_with(|| mpsc::channel(capacity));
+        let subscriber = Subscriber {
+            events: sender.clone(),
+            control: Arc::clone(&self.control),
+        };
+        self.shared.topics.subscribe(topic, self.id, subscriber);
+        self.subscriptions.insert(topic.to_owned());
+        Ok(())
+    }
+
+    fn on_unsubscribe(&mut self, topic: &str) -> Result<(), RpcError> {
+        if let Err(e) = validate_topic(topic) {
+            self.protocol_error();
+            return Err(RpcError::invalid_argument(format!("invalid topic: {e}")));
+        }
+        if self.subscriptions.remove(topic) {
+            self.shared.topics.unsubscribe(topic, self.id);
+        }
+        Ok(())
+    }
+
+    fn on_publish(&mut self, topic: &str, data: Option<Payload>) -> Result<(), RpcError> {
+        self.check_topic(topic, TopicAccess::Publish)?;
+        self.shared
+            .publish(topic, data)
+            .map_err(|e| RpcError::new(ErrorCode::ResourceExhausted, e.to_string()))?;
+        Ok(())
+    }
+
+    fn check_topic(&self, topic: &str, access: TopicAccess) -> Result<(), RpcError> {
+        if let Err(e) = validate_topic(topic) {
+            self.protocol_error();
+            return Err(RpcError::invalid_argument(format!("invalid topic: {e}")));
+        }
+        if !self.shared.app.may(&self.identity, topic, access) {
+            let verb = match access {
+                TopicAccess::Subscribe => "subscribe to",
+                TopicAccess::Publish => "publish to",
+            };
+            return Err(RpcError::new(
+                ErrorCode::PermissionDenied,
+                format!("may not {verb} {topic:?}"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn reply(&mut self, id: u64, result: Result<Option<Payload>, RpcError>) {
+        self.send_envelope(reply_envelope(id, result));
+    }
+
+    /// A connection-level error notice (`err` without `id`).
+    fn notice(&mut self, error: RpcError) {
+        self.send_envelope(notice_envelope(error));
+    }
+
+    /// Encodes and queues an envelope, fragmenting it above the threshold. A reply larger than the message
+    /// size limit (which the client would refuse) becomes `err RESOURCE_EXHAUSTED`.
+    fn send_envelope(&mut self, envelope: Envelope) {
+        let bytes = envelope.encode();
+        let limit = self.shared.config.limits.reassembly.max_message_bytes;
+        if bytes.len() > limit {
+            tracing::warn!(
+                connection = self.id,
+                size = bytes.len(),
+                limit,
+                kind = envelope.kind(),
+                "outgoing envelope too large"
+            );
+            let id = match envelope {
+                Envelope::Res { id, .. } | Envelope::Err { id: Some(id), .. } => Some(id),
+                _ => None,
+            };
+            if let Some(id) = id {
+                let message = format!(
+                    "reply of {} bytes exceeds the message size limit of {limit}",
+                    bytes.len()
+                );
+                self.reply(
+                    id,
+                    Err(RpcError::new(ErrorCode::ResourceExhausted, message)),
+                );
+            }
+            return;
+        }
+        self.queue_envelope_bytes(&bytes);
+    }
+
+    /// Queues an event unless this connection has unsubscribed from its topic since it was published (after
+    /// the `res` to `unsub`, no `evt` of that topic follows).
+    fn queue_event(&mut self, event: &Event) {
+        if self.subscriptions.contains(&*event.topic) {
+            self.queue_envelope_bytes(&event.envelope);
+        }
+    }
+
+    fn queue_envelope_bytes(&mut self, bytes: &[u8]) {
+        let (out, out_bytes) = (&mut self.out, &mut self.out_bytes);
+        let queued = self.fragmenter.encode_bytes(bytes, |frame| {
+            *out_bytes += frame.len();
+            out.push_back(Message::binary(frame));
+        });
+        if let Err(e) = queued {
+            tracing::warn!(connection = self.id, error = %e, "cannot fragment an outgoing envelope: dropped");
+        }
+    }
+
+    /// Ends the connection the way `ending` says, then cleans up (in `Drop`).
+    async fn finish(&mut self, ws: &mut Ws, ending: Flow) {
+        match ending {
+            Flow::Close { code, reason, bye } => {
+                tracing::debug!(connection = self.id, code = code.0, %reason, "closing");
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                    if bye {
+                        self.out.push_back(Message::text("bye"));
+                    }
+                    self.feed_out(ws).await?;
+                    ws.flush().await
+                })
+                .await;
+                close_socket(ws, code, &reason).await;
+            }
+            Flow::PeerClosed => {
+                tracing::debug!(connection = self.id, "closed by the peer");
+                // tungstenite queued the close reply; send it.
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.flush()).await;
+            }
+            Flow::Gone | Flow::Continue => {
+                tracing::debug!(connection = self.id, "socket gone");
+            }
+        }
+        self.publish_counters();
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        for topic in std::mem::take(&mut self.subscriptions) {
+            self.shared.topics.unsubscribe(&topic, self.id);
+        }
+        self.shared.unregister(self.id);
+        self.control.closed.store(true, Ordering::SeqCst);
+    }
+}
+
+async fn recv_event(
+    events: &mut Option<(mpsc::Sender<Event>, mpsc::Receiver<Event>)>,
+) -> Option<Event> {
+    match events {
+        // Never `None`: this connection holds a sender itself.
+        Some((_, rx)) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn reply_envelope(id: u64, result: Result<Option<Payload>, RpcError>) -> Envelope {
+    match result {
+        Ok(data) => Envelope::Res { id, data },
+        Err(RpcError {
+            code,
+            message,
+            data,
+        }) => Envelope::Err {
+            id: Some(id),
+            code,
+            message,
+            data,
+        },
+    }
+}
+
+fn notice_envelope(error: RpcError) -> Envelope {
+    Envelope::Err {
+        id: None,
+        code: error.code,
+        message: error.message,
+        data: error.data,
+    }
+}
+
+fn unimplemented(method: &str) -> RpcError {
+    RpcError::new(
+        ErrorCode::Unimplemented,
+        format!("unknown method {method:?}"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_reasons_are_cut_at_a_character_boundary() {
+        assert_eq!(truncate_reason("short"), "short");
+        let long = "é".repeat(100);
+        let cut = truncate_reason(&long);
+        assert!(cut.len() <= 123);
+        assert!(cut.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn token_comparison_needs_equal_bytes() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}

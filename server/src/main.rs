@@ -1,0 +1,184 @@
+//! `sockeye-server`: the reference server as a process.
+//!
+//! Prints exactly one line to stdout once listening (`sockeye-server listening on http://ADDR`), logs to
+//! stderr (`RUST_LOG` filters, default `info`), and drains on SIGTERM or SIGINT, then exits 0. A second signal
+//! during the drain shuts down at once.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use sockeye_server::{DrainOptions, Limits, Server};
+
+/// The Sockeye reference server: WebSocket endpoint (PROTOCOL.md) and static files on one port.
+#[derive(Debug, Parser)]
+#[command(name = "sockeye-server", version, about)]
+struct Args {
+    /// Address to listen on; port 0 picks a free port (the line printed on stdout names the real one).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+
+    /// Path of the WebSocket endpoint.
+    #[arg(long, default_value = "/ws")]
+    path: String,
+
+    /// Directory served as static files on every other path (e.g. `www`, holding the demo and `pkg/`).
+    #[arg(long, value_name = "DIR")]
+    static_dir: Option<PathBuf>,
+
+    /// Accepted bearer token (repeatable). Without any, authentication is off. The n-th token's identity is
+    /// `token-n`. Tokens are never logged.
+    #[arg(long = "token", value_name = "TOKEN")]
+    tokens: Vec<String>,
+
+    /// Allowed browser `Origin` (repeatable, exact match such as `http://localhost:8080`). Without any, every
+    /// origin is allowed; with some, other origins are closed with 1008 before `ready`.
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    allowed_origins: Vec<String>,
+
+    /// Close a connection with 4002 after this long without an inbound frame (0 turns it off).
+    #[arg(long, value_name = "MS", default_value_t = 90_000)]
+    heartbeat_ms: u64,
+
+    /// Replies and events whose envelope is larger than this are fragmented (0 turns it off).
+    #[arg(long, value_name = "BYTES", default_value_t = sockeye_core::codec::DEFAULT_FRAGMENT_THRESHOLD)]
+    fragment_threshold: usize,
+
+    /// Largest message accepted (whole, or reassembled from fragments) and sent.
+    #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024 * 1024)]
+    max_message_bytes: usize,
+
+    /// Requests running at once per connection; beyond it requests get `err RESOURCE_EXHAUSTED`.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    max_inflight: usize,
+
+    /// Events queued per subscriber before it is closed with 1013.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    outbound_queue: usize,
+
+    /// On SIGTERM/SIGINT, close connections at random moments spread over this window.
+    #[arg(long, value_name = "MS", default_value_t = 5_000)]
+    drain_window_ms: u64,
+
+    /// Send the `bye` control word before each close frame of a drain.
+    #[arg(long)]
+    bye: bool,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+
+    let mut limits = Limits::default();
+    limits.reassembly.max_message_bytes = args.max_message_bytes;
+    limits.max_inflight = args.max_inflight;
+    limits.outbound_queue = args.outbound_queue;
+    let mut drain = DrainOptions::with_window(Duration::from_millis(args.drain_window_ms));
+    drain.bye = args.bye;
+
+    let mut builder = Server::builder()
+        .bind(args.addr)
+        .path(args.path)
+        .limits(limits)
+        .heartbeat((args.heartbeat_ms > 0).then(|| Duration::from_millis(args.heartbeat_ms)))
+        .fragment_threshold(args.fragment_threshold)
+        .drain_options(drain);
+    if !args.tokens.is_empty() {
+        builder = builder.tokens(args.tokens);
+    }
+    for origin in args.allowed_origins {
+        builder = builder.allow_origin(origin);
+    }
+    if let Some(dir) = &args.static_dir {
+        builder = builder.static_dir(dir);
+    }
+
+    let server = match builder.start().await {
+        Ok(server) => server,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            eprintln!("sockeye-server: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    {
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(
+            stdout,
+            "sockeye-server listening on http://{}",
+            server.local_addr()
+        );
+        let _ = stdout.flush();
+    }
+    if let Some(dir) = &args.static_dir {
+        tracing::info!(dir = %dir.display(), "open http://{}/ in a browser", server.local_addr());
+    }
+
+    let mut signals = match Signals::new() {
+        Ok(signals) => signals,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
+    let which = signals.next().await;
+    tracing::info!(signal = which, "draining");
+    tokio::select! {
+        result = server.drain(server.default_drain_options()) => {
+            tracing::info!(closed = result.closed, remaining = result.remaining, timed_out = result.timed_out, "drained");
+        }
+        which = signals.next() => {
+            tracing::warn!(signal = which, "second signal: shutting down at once");
+        }
+    }
+    server.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+/// SIGTERM and SIGINT (Ctrl-C).
+struct Signals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    #[cfg(unix)]
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    #[cfg(not(unix))]
+    fn new() -> std::io::Result<Signals> {
+        Ok(Signals {})
+    }
+
+    #[cfg(unix)]
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+
+    #[cfg(not(unix))]
+    async fn next(&mut self) -> &'static str {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    }
+}

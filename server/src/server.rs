@@ -1,0 +1,693 @@
+//! The builder, the running server's shared state, and the handle that controls it.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sockeye_core::codec::{validate_topic, Payload};
+use sockeye_core::error::CloseCode;
+use sockeye_core::time::Instant as CoreInstant;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::app::{typed_message, typed_method, App, Context, Identity, RpcError, TopicAccess};
+use crate::config::{Auth, Config, Credentials, DrainOptions, DrainResult, Limits};
+use crate::topics::Topics;
+use crate::{PublishError, StartError};
+
+/// The server's counters, for tests, benchmarks and the `stats` method.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Stats {
+    /// WebSocket connections currently open (upgraded and not yet closed).
+    pub connections_open: u64,
+    /// WebSocket connections upgraded since the start.
+    pub connections_total: u64,
+    /// Data frames (text and binary WebSocket messages) received.
+    pub frames_in: u64,
+    /// Data frames sent.
+    pub frames_out: u64,
+    /// Connections closed, or `err` replies sent, for breaking PROTOCOL.md.
+    pub protocol_errors: u64,
+    /// Connections closed with 4003.
+    pub auth_failures: u64,
+    /// Subscribers closed with 1013 because their event queue overflowed.
+    pub overflow_closes: u64,
+    /// Topics with at least one subscriber.
+    pub topics: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub connections_open: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub frames_in: AtomicU64,
+    pub frames_out: AtomicU64,
+    pub protocol_errors: AtomicU64,
+    pub auth_failures: AtomicU64,
+    pub overflow_closes: AtomicU64,
+}
+
+impl Counters {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        if n > 0 {
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    fn snapshot(&self) -> Stats {
+        Stats {
+            connections_open: self.connections_open.load(Ordering::Relaxed),
+            connections_total: self.connections_total.load(Ordering::Relaxed),
+            frames_in: self.frames_in.load(Ordering::Relaxed),
+            frames_out: self.frames_out.load(Ordering::Relaxed),
+            protocol_errors: self.protocol_errors.load(Ordering::Relaxed),
+            auth_failures: self.auth_failures.load(Ordering::Relaxed),
+            overflow_closes: self.overflow_closes.load(Ordering::Relaxed),
+            topics: 0,
+        }
+    }
+}
+
+/// A request to close one connection, made from outside its task (drain, shutdown, queue overflow).
+#[derive(Clone, Debug)]
+pub(crate) struct CloseRequest {
+    pub code: CloseCode,
+    pub reason: String,
+    pub bye: bool,
+}
+
+/// The part of a connection other tasks can reach: a close request and the wake-up for it.
+#[derive(Default)]
+pub(crate) struct ConnControl {
+    close: Mutex<Option<CloseRequest>>,
+    pub notify: Notify,
+    /// Set by the connection's task when it has ended.
+    pub closed: AtomicBool,
+}
+
+impl ConnControl {
+    /// Asks the connection to close. The first request wins; later ones are ignored.
+    pub fn request_close(&self, code: CloseCode, reason: String, bye: bool) {
+        let mut slot = self.close.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.is_none() {
+            *slot = Some(CloseRequest { code, reason, bye });
+            drop(slot);
+            self.notify.notify_one();
+        }
+    }
+
+    pub fn take_close(&self) -> Option<CloseRequest> {
+        self.close
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// State shared by the accept loop, every connection task and the handle.
+pub(crate) struct Shared {
+    pub config: Config,
+    pub app: App,
+    pub ws_config: WebSocketConfig,
+    /// The static directory, canonicalised at start.
+    pub static_root: Option<PathBuf>,
+    pub counters: Counters,
+    pub topics: Topics,
+    pub draining: AtomicBool,
+    pub shutting_down: AtomicBool,
+    /// Ready connections by id.
+    connections: Mutex<HashMap<u64, Arc<ConnControl>>>,
+    /// How many connections are registered; drain and shutdown wait on it.
+    registered: watch::Sender<usize>,
+    next_connection_id: AtomicU64,
+    /// The origin of the core's clock (`sockeye_core::time::Instant`).
+    origin: tokio::time::Instant,
+    stop_accepting: Notify,
+}
+
+impl Shared {
+    /// Now, on the core's clock.
+    pub fn core_now(&self) -> CoreInstant {
+        CoreInstant::from_millis(
+            u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX),
+        )
+    }
+
+    /// A core instant back on tokio's clock; `None` when it is too far away to represent (never).
+    pub fn tokio_instant(&self, at: CoreInstant) -> Option<tokio::time::Instant> {
+        self.origin
+            .checked_add(Duration::from_millis(at.as_millis()))
+    }
+
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn lock_connections(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<ConnControl>>> {
+        self.connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn register(&self, id: u64, control: Arc<ConnControl>) {
+        let mut connections = self.lock_connections();
+        connections.insert(id, control);
+        self.registered.send_replace(connections.len());
+    }
+
+    pub fn unregister(&self, id: u64) {
+        let mut connections = self.lock_connections();
+        connections.remove(&id);
+        self.registered.send_replace(connections.len());
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            topics: self.topics.len() as u64,
+            ..self.counters.snapshot()
+        }
+    }
+
+    /// Fans `data` out to `topic`'s subscribers.
+    pub fn publish(&self, topic: &str, data: Option<Payload>) -> Result<usize, PublishError> {
+        validate_topic(topic).map_err(PublishError::InvalidTopic)?;
+        let limit = self.config.limits.reassembly.max_message_bytes;
+        let fanout = self
+            .topics
+            .publish(topic, data, limit)
+            .map_err(|size| PublishError::TooLarge { size, limit })?;
+        Counters::add(&self.counters.overflow_closes, fanout.overflowed as u64);
+        Ok(fanout.delivered)
+    }
+
+    /// Closes every registered connection with `code` now.
+    fn close_all(&self, code: CloseCode, reason: &str) {
+        let controls: Vec<Arc<ConnControl>> = self.lock_connections().values().cloned().collect();
+        for control in controls {
+            control.request_close(code, reason.to_owned(), false);
+        }
+    }
+
+    /// Waits until no connection is registered, or `deadline` passes. Returns how many remain.
+    async fn wait_until_empty(&self, deadline: tokio::time::Instant) -> usize {
+        let mut registered = self.registered.subscribe();
+        let _ = tokio::time::timeout_at(deadline, registered.wait_for(|n| *n == 0)).await;
+        let remaining = *registered.borrow();
+        remaining
+    }
+}
+
+/// Entry point: `Server::builder()`.
+pub struct Server;
+
+impl Server {
+    /// A builder with the defaults: `127.0.0.1:8080`, path `/ws`, auth off, heartbeat limit 90 s, fragment
+    /// threshold 100 KiB, no static files, any origin, drain window 5 s, built-in methods on.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder {
+            config: Config::default(),
+            app: App::default(),
+        }
+    }
+}
+
+/// Configures and starts a server. See the crate docs for an example.
+#[must_use = "a builder does nothing until `start` is awaited"]
+pub struct ServerBuilder {
+    config: Config,
+    app: App,
+}
+
+impl ServerBuilder {
+    /// The address to listen on. Port 0 picks a free port: read it from [`ServerHandle::local_addr`].
+    pub fn bind(mut self, addr: SocketAddr) -> Self {
+        self.config.addr = addr;
+        self
+    }
+
+    /// The WebSocket path (default `/ws`). Every other path is served from the static directory.
+    pub fn path(mut self, path: impl Into<String>) -> Self {
+        self.config.path = path.into();
+        self
+    }
+
+    /// The authentication policy (default [`Auth::Off`]).
+    pub fn auth(mut self, auth: Auth) -> Self {
+        self.config.auth = auth;
+        self
+    }
+
+    /// Accepts connections presenting `token`, as `identity`. Switches auth to a static token set.
+    pub fn token_with_identity(mut self, token: impl Into<String>, identity: Identity) -> Self {
+        let mut tokens = match &self.config.auth {
+            Auth::Tokens(tokens) => (**tokens).clone(),
+            _ => HashMap::new(),
+        };
+        tokens.insert(token.into(), identity);
+        self.config.auth = Auth::Tokens(Arc::new(tokens));
+        self
+    }
+
+    /// Accepts connections presenting any of `tokens`; the n-th (from 1) is identified as `token-n`.
+    /// Switches auth to a static token set (an empty set refuses everyone).
+    pub fn tokens<I, S>(mut self, tokens: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut set = match &self.config.auth {
+            Auth::Tokens(existing) => (**existing).clone(),
+            _ => HashMap::new(),
+        };
+        let first = set.len() + 1;
+        for (n, token) in tokens.into_iter().enumerate() {
+            set.insert(token.into(), Identity::new(format!("token-{}", first + n)));
+        }
+        self.config.auth = Auth::Tokens(Arc::new(set));
+        self
+    }
+
+    /// Authenticates with an async verifier: `None` refuses the connection (close 4003).
+    pub fn verifier<F, Fut>(self, f: F) -> Self
+    where
+        F: Fn(Credentials) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Option<Identity>> + Send + 'static,
+    {
+        self.auth(Auth::verifier(f))
+    }
+
+    /// Per-connection limits.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.config.limits = limits;
+        self
+    }
+
+    /// Closes a connection with 4002 when no frame arrived from it for `limit`; `None` turns it off.
+    pub fn heartbeat(mut self, limit: Option<Duration>) -> Self {
+        self.config.heartbeat = limit;
+        self
+    }
+
+    /// Replies and events whose envelope exceeds this many bytes are sent as fragments (0 turns it off).
+    pub fn fragment_threshold(mut self, threshold: usize) -> Self {
+        self.config.fragment_threshold = threshold;
+        self
+    }
+
+    /// Serves files from this directory on every path other than the WebSocket path.
+    pub fn static_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.static_dir = Some(dir.into());
+        self
+    }
+
+    /// Allows browser connections from this `Origin` (exact match, e.g. `https://app.example`). Once any
+    /// origin is allowed, a connection with another `Origin` header is closed with 1008 before `ready`;
+    /// connections without an `Origin` header (not browsers) are unaffected.
+    pub fn allow_origin(mut self, origin: impl Into<String>) -> Self {
+        self.config.allowed_origins.push(origin.into());
+        self
+    }
+
+    /// The drain options [`ServerHandle::default_drain_options`] returns (the binary drains with them).
+    pub fn drain_options(mut self, options: DrainOptions) -> Self {
+        self.config.drain = options;
+        self
+    }
+
+    /// Turns the built-in methods (`echo`, `sleep`, `fail`, `whoami`, `close`, `stats`) and the built-in
+    /// `echo` message on or off (default on). Application methods with the same name take precedence anyway.
+    pub fn builtins(mut self, on: bool) -> Self {
+        self.config.builtins = on;
+        self
+    }
+
+    /// Adds a request method: `d` is decoded as `Req` (an absent `d` as `null`; failure answers
+    /// `INVALID_ARGUMENT`), and the `Resp` becomes the `res` payload. Handlers run concurrently with the
+    /// connection's other requests.
+    pub fn method<Req, Resp, F, Fut>(mut self, name: impl Into<String>, handler: F) -> Self
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + Send + 'static,
+        F: Fn(Context, Req) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, RpcError>> + Send + 'static,
+    {
+        self.app.methods.insert(name.into(), typed_method(handler));
+        self
+    }
+
+    /// Adds a request method working on raw payloads (`None` = no `d`).
+    pub fn method_raw<F, Fut>(mut self, name: impl Into<String>, handler: F) -> Self
+    where
+        F: Fn(Context, Option<Payload>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Option<Payload>, RpcError>> + Send + 'static,
+    {
+        self.app.methods.insert(
+            name.into(),
+            Arc::new(move |ctx, data| Box::pin(handler(ctx, data))),
+        );
+        self
+    }
+
+    /// Adds a handler for `msg` envelopes named `name`; `d` is decoded as `T` (failure is reported to the
+    /// sender as an `err` without `id`).
+    pub fn message<T, F, Fut>(mut self, name: impl Into<String>, handler: F) -> Self
+    where
+        T: DeserializeOwned + Send + 'static,
+        F: Fn(Context, T) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.app
+            .messages
+            .insert(name.into(), typed_message(handler));
+        self
+    }
+
+    /// Decides which topics an identity may subscribe or publish to (default: every valid topic).
+    pub fn authorize_topics<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Identity, &str, TopicAccess) -> bool + Send + Sync + 'static,
+    {
+        self.app.authorize = Some(Arc::new(f));
+        self
+    }
+
+    /// Binds the listener and starts accepting connections.
+    ///
+    /// # Errors
+    /// [`StartError`] when the address cannot be bound, the static directory is missing, or the
+    /// configuration is inconsistent.
+    pub async fn start(self) -> Result<ServerHandle, StartError> {
+        let ServerBuilder { config, app } = self;
+        if !config.path.starts_with('/') {
+            return Err(StartError::InvalidConfig(format!(
+                "path {:?} must start with '/'",
+                config.path
+            )));
+        }
+        let limits = &config.limits;
+        if limits.reassembly.max_message_bytes == 0 {
+            return Err(StartError::InvalidConfig(
+                "max_message_bytes must be positive".to_owned(),
+            ));
+        }
+        if limits.outbound_queue == 0 {
+            return Err(StartError::InvalidConfig(
+                "outbound_queue must be positive".to_owned(),
+            ));
+        }
+        let static_root = match &config.static_dir {
+            Some(dir) => {
+                let root = dir.canonicalize().map_err(|source| StartError::StaticDir {
+                    path: dir.clone(),
+                    source,
+                })?;
+                if !root.is_dir() {
+                    return Err(StartError::StaticDir {
+                        path: dir.clone(),
+                        source: std::io::Error::other("not a directory"),
+                    });
+                }
+                Some(root)
+            }
+            None => None,
+        };
+        let ws_config = limits.websocket_config(config.fragment_threshold);
+        if ws_config.max_write_buffer_size <= ws_config.write_buffer_size {
+            // tungstenite would panic on this; only absurd sizes get here.
+            return Err(StartError::InvalidConfig(
+                "write_buffer_size is too large".to_owned(),
+            ));
+        }
+        let listener = TcpListener::bind(config.addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.addr,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.addr,
+            source,
+        })?;
+        let (registered, _) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            config,
+            app,
+            ws_config,
+            static_root,
+            counters: Counters::default(),
+            topics: Topics::default(),
+            draining: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
+            connections: Mutex::new(HashMap::new()),
+            registered,
+            next_connection_id: AtomicU64::new(1),
+            origin: tokio::time::Instant::now(),
+            stop_accepting: Notify::new(),
+        });
+        tracing::info!(%local_addr, path = %shared.config.path, auth = ?shared.config.auth, "sockeye-server listening");
+        let accept_task = tokio::spawn(accept_loop(Arc::clone(&shared), listener));
+        Ok(ServerHandle {
+            shared,
+            local_addr,
+            accept_task: Mutex::new(Some(accept_task)),
+        })
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        tokio::select! {
+            () = shared.stop_accepting.notified() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    tokio::spawn(crate::http::serve(Arc::clone(&shared), stream, peer));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    tracing::debug!("accept loop stopped");
+}
+
+/// Controls a running server. Dropping it shuts the server down without waiting (like
+/// [`ServerHandle::shutdown`], but connections are only asked to close).
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    accept_task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl ServerHandle {
+    /// The address the server listens on (with the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The WebSocket URL, `ws://ADDR/PATH`.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}{}", self.local_addr, self.shared.config.path)
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
+    }
+
+    /// Whether a drain has started.
+    pub fn is_draining(&self) -> bool {
+        self.shared.draining.load(Ordering::Relaxed)
+    }
+
+    /// The drain options configured with [`ServerBuilder::drain_options`].
+    pub fn default_drain_options(&self) -> DrainOptions {
+        self.shared.config.drain.clone()
+    }
+
+    /// Publishes raw `data` to `topic`'s subscribers as the server. Returns how many it was queued for.
+    ///
+    /// # Errors
+    /// [`PublishError::InvalidTopic`] when the name breaks the rules.
+    pub fn publish(&self, topic: &str, data: Option<Payload>) -> Result<usize, PublishError> {
+        self.shared.publish(topic, data)
+    }
+
+    /// Drains (PROTOCOL §8): new upgrades get HTTP 503 from now on, and every open connection is closed with
+    /// `options.close_code` at a random moment spread across `options.window` (after `bye` when asked).
+    /// Resolves when every connection has closed or the deadline passes. The listener stays open (answering
+    /// 503) until [`ServerHandle::shutdown`].
+    pub async fn drain(&self, options: DrainOptions) -> DrainResult {
+        let shared = &self.shared;
+        shared.draining.store(true, Ordering::SeqCst);
+        let start = tokio::time::Instant::now();
+        let deadline = far(start, options.effective_deadline());
+        let controls: Vec<Arc<ConnControl>> = shared.lock_connections().values().cloned().collect();
+        tracing::info!(
+            connections = controls.len(),
+            window_ms = options.window.as_millis() as u64,
+            "draining"
+        );
+        let schedule = spread_schedule(controls.len(), options.window, &mut Prng::from_entropy());
+        let closer = {
+            let controls = controls.clone();
+            let options = options.clone();
+            tokio::spawn(async move {
+                for (index, at) in schedule {
+                    tokio::time::sleep_until(far(start, at)).await;
+                    controls[index].request_close(
+                        options.close_code,
+                        options.reason.clone(),
+                        options.bye,
+                    );
+                }
+            })
+        };
+        let remaining = shared.wait_until_empty(deadline).await;
+        // With a deadline shorter than the window, the closer goes on closing on schedule after this returns.
+        drop(closer);
+        let closed = controls
+            .iter()
+            .filter(|c| c.closed.load(Ordering::SeqCst))
+            .count();
+        let result = DrainResult {
+            closed,
+            remaining,
+            timed_out: remaining > 0,
+        };
+        tracing::info!(?result, "drain finished");
+        result
+    }
+
+    /// Stops accepting, closes every connection with 1001 at once, and waits (at most 5 s) for them to end.
+    pub async fn shutdown(&self) {
+        let shared = &self.shared;
+        shared.shutting_down.store(true, Ordering::SeqCst);
+        shared.draining.store(true, Ordering::SeqCst);
+        shared.stop_accepting.notify_one();
+        shared.close_all(CloseCode::GOING_AWAY, "Server shutting down");
+        let task = self
+            .accept_task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        shared
+            .wait_until_empty(tokio::time::Instant::now() + Duration::from_secs(5))
+            .await;
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        let shared = &self.shared;
+        shared.shutting_down.store(true, Ordering::SeqCst);
+        shared.draining.store(true, Ordering::SeqCst);
+        shared.stop_accepting.notify_one();
+        shared.close_all(CloseCode::GOING_AWAY, "Server shutting down");
+    }
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("local_addr", &self.local_addr)
+            .finish()
+    }
+}
+
+/// `start + offset`, or about 30 years on when that cannot be represented (a configured "forever").
+fn far(start: tokio::time::Instant, offset: Duration) -> tokio::time::Instant {
+    start
+        .checked_add(offset)
+        .unwrap_or_else(|| start + Duration::from_secs(30 * 365 * 86_400))
+}
+
+/// When each of `n` connections is closed: the window is cut into `n` equal slots, each slot gets one
+/// connection (in random order) at a uniformly random moment inside it. Every close is at a random moment,
+/// and the closes cover the whole window instead of clumping. Sorted by time.
+fn spread_schedule(n: usize, window: Duration, rng: &mut Prng) -> Vec<(usize, Duration)> {
+    let mut order: Vec<usize> = (0..n).collect();
+    // Fisher–Yates.
+    for i in (1..n).rev() {
+        let j = rng.below(i as u64 + 1) as usize;
+        order.swap(i, j);
+    }
+    let window_us = u64::try_from(window.as_micros()).unwrap_or(u64::MAX);
+    let slot_us = if n == 0 { 0 } else { window_us / n as u64 };
+    order
+        .into_iter()
+        .enumerate()
+        .map(|(slot, index)| {
+            let offset = slot as u64 * slot_us + rng.below(slot_us.max(1));
+            (index, Duration::from_micros(offset.min(window_us)))
+        })
+        .collect()
+}
+
+/// A small PRNG (SplitMix64) for drain jitter; seeded from std's per-process random hash keys.
+struct Prng(u64);
+
+impl Prng {
+    fn from_entropy() -> Prng {
+        use std::hash::BuildHasher;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        Prng(std::collections::hash_map::RandomState::new().hash_one(nanos))
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..bound` (`bound` > 0); the modulo bias is irrelevant for jitter.
+    fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound.max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drain_schedule_covers_the_window_with_one_close_per_connection() {
+        let mut rng = Prng(7);
+        let window = Duration::from_secs(5);
+        let schedule = spread_schedule(10, window, &mut rng);
+        assert_eq!(schedule.len(), 10);
+        let mut seen: Vec<usize> = schedule.iter().map(|(i, _)| *i).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..10).collect::<Vec<_>>());
+        for (slot, (_, at)) in schedule.iter().enumerate() {
+            assert!(*at >= Duration::from_millis(500) * slot as u32);
+            assert!(*at < Duration::from_millis(500) * (slot as u32 + 1));
+        }
+    }
+
+    #[test]
+    fn drain_schedule_handles_zero_connections_and_zero_window() {
+        assert!(spread_schedule(0, Duration::from_secs(1), &mut Prng(1)).is_empty());
+        let schedule = spread_schedule(3, Duration::ZERO, &mut Prng(1));
+        assert!(schedule.iter().all(|(_, at)| at.is_zero()));
+    }
+}

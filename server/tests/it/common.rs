@@ -1,0 +1,381 @@
+//! A raw WebSocket client written against PROTOCOL.md itself: envelopes are built and read with `ciborium`
+//! and frames (kind byte, fragment header) by hand, so these tests check the server against the protocol
+//! text rather than against the shared codec.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use ciborium::Value;
+use futures_util::{SinkExt, StreamExt};
+use sockeye_server::{ServerBuilder, ServerHandle};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::Response;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How long any single expected event may take before a test fails (generous: CI machines are slow).
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// Starts `builder` on a free loopback port.
+/// Set `SOCKEYE_TEST_LOG=debug` (an `EnvFilter`) to see the server's logs.
+pub async fn start(builder: ServerBuilder) -> ServerHandle {
+    if let Ok(filter) = std::env::var("SOCKEYE_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    }
+    let addr = "127.0.0.1:0".parse().expect("a valid literal address");
+    builder.bind(addr).start().await.expect("the server starts")
+}
+
+/// Connects (offering `sockeye.v1` unless `subprotocol` is false) with extra headers, without waiting for
+/// `ready`.
+pub async fn connect_with(
+    url: &str,
+    headers: &[(&str, &str)],
+    subprotocol: bool,
+) -> Result<(Client, Response), WsError> {
+    let mut request = url.into_client_request()?;
+    if subprotocol {
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static("sockeye.v1"),
+        );
+    }
+    for (name, value) in headers {
+        let name: tokio_tungstenite::tungstenite::http::HeaderName =
+            name.parse().expect("a valid header name");
+        request.headers_mut().insert(
+            name,
+            HeaderValue::from_str(value).expect("a valid header value"),
+        );
+    }
+    tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(request))
+        .await
+        .expect("connect in time")
+}
+
+/// Connects and waits for `ready`.
+pub async fn connect(server: &ServerHandle) -> Client {
+    connect_url(&server.ws_url(), &[]).await
+}
+
+/// Connects to `url` with `headers` and waits for `ready`.
+pub async fn connect_url(url: &str, headers: &[(&str, &str)]) -> Client {
+    let (mut ws, _) = connect_with(url, headers, true)
+        .await
+        .expect("the upgrade succeeds");
+    expect_text(&mut ws, "ready").await;
+    ws
+}
+
+/// The next data or close message (WebSocket pings and pongs skipped). Panics after [`PATIENCE`].
+pub async fn next(ws: &mut Client) -> Option<Result<Message, WsError>> {
+    loop {
+        let item = tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .expect("a message in time");
+        match item {
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => return other,
+        }
+    }
+}
+
+pub async fn expect_text(ws: &mut Client, word: &str) {
+    match next(ws).await {
+        Some(Ok(Message::Text(text))) => assert_eq!(text.as_str(), word),
+        other => panic!("expected text {word:?}, got {other:?}"),
+    }
+}
+
+/// What ended a connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ending {
+    Close(u16, String),
+    /// The stream ended or failed without a close frame.
+    NoCloseFrame,
+}
+
+/// Reads until the connection ends, returning the close code and every text frame seen before it. Binary
+/// frames are skipped.
+pub async fn read_until_close(ws: &mut Client) -> (Ending, Vec<String>) {
+    let mut texts = Vec::new();
+    loop {
+        match next(ws).await {
+            Some(Ok(Message::Close(frame))) => {
+                let ending = match frame {
+                    Some(frame) => Ending::Close(u16::from(frame.code), frame.reason.to_string()),
+                    None => Ending::Close(1005, String::new()),
+                };
+                return (ending, texts);
+            }
+            Some(Ok(Message::Text(text))) => texts.push(text.to_string()),
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return (Ending::NoCloseFrame, texts),
+        }
+    }
+}
+
+/// Expects the connection to be closed with `code`, and returns the texts seen before.
+pub async fn expect_close(ws: &mut Client, code: u16) -> Vec<String> {
+    let (ending, texts) = read_until_close(ws).await;
+    match ending {
+        Ending::Close(got, reason) => assert_eq!(got, code, "close reason: {reason:?}"),
+        Ending::NoCloseFrame => {
+            panic!("expected close {code}, the stream ended without a close frame")
+        }
+    }
+    texts
+}
+
+// ---- envelopes (CBOR maps with text keys) ----
+
+pub fn text(s: &str) -> Value {
+    Value::Text(s.to_owned())
+}
+
+pub fn uint(n: u64) -> Value {
+    Value::Integer(n.into())
+}
+
+/// A map from `(key, value)` pairs, in this order.
+pub fn map(pairs: &[(&str, Value)]) -> Value {
+    Value::Map(pairs.iter().map(|(k, v)| (text(k), v.clone())).collect())
+}
+
+pub fn req(id: u64, method: &str, d: Option<Value>) -> Value {
+    let mut pairs = vec![("t", text("req")), ("id", uint(id)), ("m", text(method))];
+    if let Some(d) = d {
+        pairs.push(("d", d));
+    }
+    map(&pairs)
+}
+
+pub fn cbor(value: &Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    ciborium::into_writer(value, &mut out).expect("a Value always encodes");
+    out
+}
+
+/// A COMPLETE frame: kind 0x00, then the envelope.
+pub fn complete(envelope: &Value) -> Vec<u8> {
+    let mut frame = vec![0x00];
+    frame.extend(cbor(envelope));
+    frame
+}
+
+/// A FRAGMENT frame: kind 0x01, msg_id u32 BE, index u16 BE, count u16 BE, chunk.
+pub fn fragment(msg_id: u32, index: u16, count: u16, chunk: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0x01];
+    frame.extend(msg_id.to_be_bytes());
+    frame.extend(index.to_be_bytes());
+    frame.extend(count.to_be_bytes());
+    frame.extend_from_slice(chunk);
+    frame
+}
+
+/// Splits an envelope into FRAGMENT frames of at most `chunk` bytes.
+pub fn fragments(msg_id: u32, envelope: &Value, chunk: usize) -> Vec<Vec<u8>> {
+    let bytes = cbor(envelope);
+    let chunks: Vec<&[u8]> = bytes.chunks(chunk).collect();
+    let count = u16::try_from(chunks.len()).expect("few enough chunks");
+    chunks
+        .iter()
+        .enumerate()
+        .map(|(i, c)| fragment(msg_id, i as u16, count, c))
+        .collect()
+}
+
+pub async fn send_binary(ws: &mut Client, frame: Vec<u8>) {
+    ws.send(Message::binary(frame)).await.expect("send");
+}
+
+pub async fn send(ws: &mut Client, envelope: &Value) {
+    send_binary(ws, complete(envelope)).await;
+}
+
+/// One received envelope and how it arrived.
+#[derive(Debug)]
+pub struct Received {
+    pub envelope: Value,
+    /// Number of FRAGMENT frames it came in (0 = one COMPLETE frame).
+    pub fragments: usize,
+}
+
+/// Test-side reassembly state.
+#[derive(Default)]
+pub struct Inbox {
+    partial: HashMap<u32, (u16, u16, Vec<u8>)>,
+}
+
+impl Inbox {
+    /// Reads frames until one whole envelope is there. Text frames other than those in `skip_texts` fail.
+    pub async fn recv(&mut self, ws: &mut Client) -> Received {
+        loop {
+            let frame = match next(ws).await {
+                Some(Ok(Message::Binary(bytes))) => bytes,
+                other => panic!("expected a binary frame, got {other:?}"),
+            };
+            assert!(!frame.is_empty(), "the server sent an empty frame");
+            match frame[0] {
+                0x00 => {
+                    let envelope =
+                        ciborium::from_reader(&frame[1..]).expect("the server sent valid CBOR");
+                    return Received {
+                        envelope,
+                        fragments: 0,
+                    };
+                }
+                0x01 => {
+                    assert!(frame.len() >= 9, "fragment header too short");
+                    let msg_id = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]);
+                    let index = u16::from_be_bytes([frame[5], frame[6]]);
+                    let count = u16::from_be_bytes([frame[7], frame[8]]);
+                    assert!(count >= 2, "fragment count {count} < 2");
+                    let entry = self.partial.entry(msg_id).or_insert((count, 0, Vec::new()));
+                    assert_eq!(entry.0, count, "count changed within msg_id {msg_id}");
+                    assert_eq!(entry.1, index, "fragments of msg_id {msg_id} out of order");
+                    entry.1 += 1;
+                    entry.2.extend_from_slice(&frame[9..]);
+                    if index + 1 == count {
+                        let (_, _, bytes) = self.partial.remove(&msg_id).expect("the entry exists");
+                        let envelope =
+                            ciborium::from_reader(&bytes[..]).expect("reassembled valid CBOR");
+                        return Received {
+                            envelope,
+                            fragments: usize::from(count),
+                        };
+                    }
+                }
+                kind => panic!("unknown frame kind {kind}"),
+            }
+        }
+    }
+}
+
+/// Receives one envelope (no reassembly state kept across calls: fine when nothing is interleaved).
+pub async fn recv(ws: &mut Client) -> Value {
+    Inbox::default().recv(ws).await.envelope
+}
+
+/// Sends a request and returns the next envelope (which the caller expects to be its reply).
+pub async fn call(ws: &mut Client, id: u64, method: &str, d: Option<Value>) -> Value {
+    send(ws, &req(id, method, d)).await;
+    let reply = recv(ws).await;
+    assert_eq!(
+        get(&reply, "id"),
+        Some(&uint(id)),
+        "reply to the wrong request: {reply:?}"
+    );
+    reply
+}
+
+/// The value under `key` in an envelope map.
+pub fn get<'a>(envelope: &'a Value, key: &str) -> Option<&'a Value> {
+    envelope
+        .as_map()?
+        .iter()
+        .find(|(k, _)| k.as_text() == Some(key))
+        .map(|(_, v)| v)
+}
+
+pub fn get_text<'a>(envelope: &'a Value, key: &str) -> Option<&'a str> {
+    get(envelope, key)?.as_text()
+}
+
+pub fn get_uint(envelope: &Value, key: &str) -> Option<u64> {
+    let n = get(envelope, key)?.as_integer()?;
+    u64::try_from(n).ok()
+}
+
+/// Asserts `envelope` is `res` for `id` and returns its `d`.
+pub fn expect_res(envelope: &Value, id: u64) -> Option<Value> {
+    assert_eq!(
+        get_text(envelope, "t"),
+        Some("res"),
+        "expected res, got {envelope:?}"
+    );
+    assert_eq!(get_uint(envelope, "id"), Some(id));
+    get(envelope, "d").cloned()
+}
+
+/// Asserts `envelope` is `err` with `code` (and `id`, when given; `None` means the key must be absent).
+pub fn expect_err(envelope: &Value, id: Option<u64>, code: &str) {
+    assert_eq!(
+        get_text(envelope, "t"),
+        Some("err"),
+        "expected err, got {envelope:?}"
+    );
+    assert_eq!(get_uint(envelope, "id"), id, "err id: {envelope:?}");
+    assert_eq!(
+        get_text(envelope, "code"),
+        Some(code),
+        "err code: {envelope:?}"
+    );
+    assert!(
+        get_text(envelope, "msg").is_some(),
+        "err without msg: {envelope:?}"
+    );
+}
+
+/// Sends `echo` with a marker and expects it back: the connection still works.
+pub async fn assert_alive(ws: &mut Client, id: u64) {
+    let reply = call(ws, id, "echo", Some(text("still here"))).await;
+    assert_eq!(expect_res(&reply, id), Some(text("still here")));
+}
+
+/// A raw HTTP/1.1 exchange: returns status, lower-cased headers and body.
+pub async fn http(
+    addr: std::net::SocketAddr,
+    request: &str,
+) -> (u16, HashMap<String, String>, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("write the request");
+    let mut raw = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut raw))
+        .await
+        .expect("a response in time")
+        .expect("read");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete response head");
+    let head = String::from_utf8(raw[..split].to_vec()).expect("an ASCII head");
+    let body = raw[split + 4..].to_vec();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().expect("a status line");
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status code");
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body)
+}
+
+/// Polls `condition` every 10 ms until it holds or [`PATIENCE`] passes.
+pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,263 @@
+//! Drain, shutdown, heartbeat and slow subscribers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ciborium::Value;
+use futures_util::SinkExt;
+use sockeye_server::{DrainOptions, DrainResult, Limits, Server};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use crate::common::*;
+
+#[tokio::test]
+async fn drain_refuses_upgrades_and_closes_everyone_with_1001_spread_over_the_window() {
+    let server = Arc::new(start(Server::builder()).await);
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        clients.push(connect(&server).await);
+    }
+    let window = Duration::from_millis(2000);
+    let started = Instant::now();
+    let drain = {
+        let server = Arc::clone(&server);
+        tokio::spawn(async move { server.drain(DrainOptions::with_window(window)).await })
+    };
+    eventually("the drain has started", || server.is_draining()).await;
+
+    // New upgrades get HTTP 503.
+    match connect_with(&server.ws_url(), &[], true).await {
+        Err(WsError::Http(response)) => assert_eq!(response.status(), 503),
+        other => panic!(
+            "expected HTTP 503, got {:?}",
+            other.map(|(_, r)| r.status())
+        ),
+    }
+
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|mut ws| {
+            tokio::spawn(async move {
+                let (ending, _) = read_until_close(&mut ws).await;
+                (ending, started.elapsed())
+            })
+        })
+        .collect();
+    let mut times = Vec::new();
+    for reader in readers {
+        let (ending, at) = reader.await.expect("the reader finishes");
+        assert_eq!(ending, Ending::Close(1001, "Server draining".to_owned()));
+        times.push(at);
+    }
+    let result = drain.await.expect("the drain finishes");
+    assert_eq!(
+        result,
+        DrainResult {
+            closed: 10,
+            remaining: 0,
+            timed_out: false
+        }
+    );
+
+    times.sort_unstable();
+    let (first, last) = (times[0], times[times.len() - 1]);
+    // Spread: one close per 200 ms slot, so first and last are at least a few slots apart (generous bound).
+    assert!(
+        last - first >= Duration::from_millis(600),
+        "closes not spread: {times:?}"
+    );
+    assert!(
+        last <= window + Duration::from_millis(1500),
+        "closes went past the window: {times:?}"
+    );
+    assert_eq!(server.stats().connections_open, 0);
+}
+
+#[tokio::test]
+async fn drain_can_say_bye_first() {
+    let server = start(Server::builder()).await;
+    let mut ws = connect(&server).await;
+    let mut options = DrainOptions::with_window(Duration::from_millis(100));
+    options.bye = true;
+    let (result, texts) = tokio::join!(server.drain(options), expect_close(&mut ws, 1001));
+    assert_eq!(texts, ["bye"]);
+    assert_eq!(
+        result,
+        DrainResult {
+            closed: 1,
+            remaining: 0,
+            timed_out: false
+        }
+    );
+}
+
+#[tokio::test]
+async fn drain_reports_connections_still_open_at_the_deadline() {
+    let server = start(Server::builder()).await;
+    // This client never reads, so it never answers the close frame: the server keeps the socket for its
+    // closing handshake timeout, past the drain's deadline.
+    let _silent = connect(&server).await;
+    let mut options = DrainOptions::with_window(Duration::ZERO);
+    options.deadline = Some(Duration::from_millis(300));
+    let result = server.drain(options).await;
+    assert_eq!(
+        result,
+        DrainResult {
+            closed: 0,
+            remaining: 1,
+            timed_out: true
+        }
+    );
+}
+
+#[tokio::test]
+async fn shutdown_closes_everyone_with_1001_and_stops_listening() {
+    let server = start(Server::builder()).await;
+    let addr = server.local_addr();
+    let mut ws = connect(&server).await;
+    let (_, ending) = tokio::join!(server.shutdown(), read_until_close(&mut ws));
+    assert_eq!(
+        ending.0,
+        Ending::Close(1001, "Server shutting down".to_owned())
+    );
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still listening after shutdown"
+    );
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_closed_with_4002_and_a_pinging_one_is_kept() {
+    let server = start(Server::builder().heartbeat(Some(Duration::from_millis(400)))).await;
+    let mut silent = connect(&server).await;
+    let mut pinging = connect(&server).await;
+    let started = Instant::now();
+    let keepalive = async {
+        for _ in 0..10 {
+            pinging
+                .send(Message::text("ping"))
+                .await
+                .expect("send ping");
+            expect_text(&mut pinging, "pong").await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        pinging
+    };
+    let (texts, mut pinging) = tokio::join!(expect_close(&mut silent, 4002), keepalive);
+    assert!(texts.is_empty());
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(350),
+        "closed too early: {waited:?}"
+    );
+    // The pinging connection outlived several limits; once it goes quiet it is closed too.
+    assert_alive(&mut pinging, 1).await;
+    expect_close(&mut pinging, 4002).await;
+}
+
+#[tokio::test]
+async fn a_subscriber_that_cannot_keep_up_is_closed_with_1013_without_stalling_the_publisher() {
+    let mut limits = Limits::default();
+    limits.outbound_queue = 8;
+    let server = start(Server::builder().limits(limits)).await;
+    let mut slow = connect(&server).await;
+    let mut publisher = connect(&server).await;
+    let sub = map(&[
+        ("t", text("sub")),
+        ("id", uint(1)),
+        ("topic", text("firehose")),
+    ]);
+    send(&mut slow, &sub).await;
+    expect_res(&recv(&mut slow).await, 1);
+    // `slow` stops reading. 64 KiB events soon fill the socket buffers, then its queue of 8.
+    let payload = Value::Bytes(vec![0xab; 64 * 1024]);
+    let pub_evt = map(&[
+        ("t", text("pub")),
+        ("topic", text("firehose")),
+        ("d", payload),
+    ]);
+    let started = Instant::now();
+    let mut published = 0u64;
+    while server.stats().overflow_closes == 0 {
+        assert!(
+            started.elapsed() < PATIENCE,
+            "the slow subscriber was never closed"
+        );
+        for _ in 0..16 {
+            send(&mut publisher, &pub_evt).await;
+            published += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The publisher is served at once.
+    let before = Instant::now();
+    assert_alive(&mut publisher, 1).await;
+    assert!(
+        before.elapsed() < Duration::from_secs(2),
+        "publisher stalled: {:?}",
+        before.elapsed()
+    );
+
+    // The slow subscriber sees an unbroken run of events, then 1013: nothing lost silently.
+    let mut inbox = Inbox::default();
+    let mut expected_seq = 1;
+    loop {
+        match next(&mut slow).await {
+            Some(Ok(Message::Binary(frame))) => {
+                assert_eq!(frame[0], 0x00, "a 64 KiB event fits the 100 KiB threshold");
+                let envelope: Value = ciborium::from_reader(&frame[1..]).expect("valid CBOR");
+                assert_eq!(get_uint(&envelope, "seq"), Some(expected_seq));
+                expected_seq += 1;
+            }
+            Some(Ok(Message::Close(frame))) => {
+                let code = frame.map(|f| u16::from(f.code));
+                assert_eq!(code, Some(1013));
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let _ = &mut inbox;
+    assert!(
+        expected_seq - 1 < published,
+        "the subscriber cannot have received everything"
+    );
+}
+
+#[tokio::test]
+async fn a_peer_that_never_reads_its_replies_is_closed_after_the_heartbeat_limit() {
+    let server = start(Server::builder().heartbeat(Some(Duration::from_millis(500)))).await;
+    let mut ws = connect(&server).await;
+    let mut bystander = connect(&server).await;
+    // Keep sending big echo requests without ever reading: the server's writes to this peer block.
+    let flood = tokio::spawn(async move {
+        let envelope = req(1, "echo", Some(Value::Bytes(vec![1; 64 * 1024])));
+        let frame = complete(&envelope);
+        for _ in 0..2000 {
+            if ws.send(Message::binary(frame.clone())).await.is_err() {
+                break;
+            }
+        }
+        ws
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // The bystander keeps itself alive and sees the flooder disappear.
+        bystander
+            .send(Message::text("ping"))
+            .await
+            .expect("send ping");
+        expect_text(&mut bystander, "pong").await;
+        if server.stats().connections_open == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the flooding peer was never closed: {:?}",
+            server.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    flood.abort();
+}
