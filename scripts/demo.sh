@@ -23,16 +23,6 @@ ls -l www/pkg/*.wasm
 
 printf '\n==> reference server: cargo run --release -p sockeye-server -- --addr 127.0.0.1:%s --static-dir www\n' "$PORT"
 
-# >>> TEMPORARY-SERVER-FALLBACK (sockeye-server is still being written; delete this block once it runs) >>>
-if ! cargo run --release -q -p sockeye-server -- --help >/dev/null 2>&1; then
-    printf '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n'
-    # shellcheck disable=SC2016
-    printf '!!! TEMPORARY FALLBACK: `cargo run -p sockeye-server -- --help` does not work yet, so the demo server\n'
-    printf '!!! is NOT started. The package is built in www/pkg; try again once sockeye-server exists.\n'
-    printf '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n'
-    exit 0
-fi
-# <<< TEMPORARY-SERVER-FALLBACK <<<
 
 if [[ "$PORT" == 0 ]]; then
     printf '\n    Open the address the server prints below ("sockeye-server listening on ...") in a browser.\n\n'

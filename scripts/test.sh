@@ -97,21 +97,6 @@ for line in sys.stdin:
 start_test_server() {
     mkdir -p "$LOG_DIR"
 
-    # >>> TEMPORARY-SERVER-FALLBACK (sockeye-server is still being written; delete this block once it runs) >>>
-    if ! cargo run -q -p sockeye-server -- --help >"$LOG_DIR/server-help.log" 2>&1; then
-        printf '%s' "$YELLOW"
-        printf '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n'
-        # shellcheck disable=SC2016
-        printf '!!! TEMPORARY FALLBACK: `cargo run -p sockeye-server -- --help` does not work yet, so NO reference\n'
-        printf '!!! server is started and the browser tests run without one (SOCKEYE_TEST_SERVER=%s).\n' \
-            "${SOCKEYE_TEST_SERVER:-<unset>}"
-        printf '!!! Last lines of %s:\n' "${LOG_DIR#"$ROOT"/}/server-help.log"
-        tail -n 5 "$LOG_DIR/server-help.log" | sed 's/^/!!!   /'
-        printf '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n'
-        printf '%s' "$RESET"
-        return 0
-    fi
-    # <<< TEMPORARY-SERVER-FALLBACK <<<
 
     local bin out err line port pattern deadline
     bin="$(server_binary)"
@@ -122,7 +107,7 @@ start_test_server() {
     out="$LOG_DIR/server.stdout"
     err="$LOG_DIR/server.stderr"
     echo "starting: $bin --addr 127.0.0.1:0   (stdout: ${out#"$ROOT"/}, stderr: ${err#"$ROOT"/})"
-    "$bin" --addr 127.0.0.1:0 >"$out" 2>"$err" </dev/null &
+    "$bin" --addr 127.0.0.1:0 --drain-window-ms 200 >"$out" 2>"$err" </dev/null &
     SERVER_PID=$!
 
     pattern='^sockeye-server listening on http://127\.0\.0\.1:([0-9]+)$'
