@@ -1,1 +1,363 @@
-//! Sockeye browser client (work in progress).
+//! Sockeye for the browser: the npm package `sockeye`.
+//!
+//! A thin shell that binds [`sockeye_core::Connection`] (every decision: lifecycle, backoff, keepalive, requests,
+//! offline queue, topics, the wire codec) to `WebSocket`, one `setTimeout` and the page's `online`/`offline`/
+//! `visibilitychange` events. The shell only carries out the core's outputs and reports what happens; see
+//! `shell.rs` for how it keeps application callbacks out of its borrows and how it owns its closures.
+//!
+//! The JS API (`Client`) is documented in `README.md` and typed by the `.d.ts` sections below; payloads are
+//! converted by `cbor.rs` (no serde in this build).
+
+use std::rc::Rc;
+
+use js_sys::{Function, Promise};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use web_sys::AbortSignal;
+
+mod cbor;
+mod errors;
+mod options;
+mod shell;
+
+use errors::{error, type_error, Kind};
+use shell::Inner;
+
+#[wasm_bindgen(typescript_custom_section)]
+const TYPES: &'static str = r#"
+/** The connection's state (PROTOCOL §7). */
+export type Status = "disconnected" | "connecting" | "connected" | "ready" | "reconnecting";
+
+/** Why a client ended in `disconnected` and stopped trying. */
+export type DisconnectReason = "stopped" | "auth-failed" | "policy-violation" | "closed" | "max-attempts";
+
+/** PROTOCOL §4's error codes; a server may send others. */
+export type ErrorCode =
+  | "INVALID_ARGUMENT" | "NOT_FOUND" | "PERMISSION_DENIED" | "UNAUTHENTICATED" | "RESOURCE_EXHAUSTED"
+  | "DEADLINE_EXCEEDED" | "UNAVAILABLE" | "INTERNAL" | "UNIMPLEMENTED" | "CANCELLED" | (string & {});
+
+/** One change of `client.status`. */
+export interface Transition {
+  from: Status;
+  to: Status;
+  /** When, in milliseconds on the `performance.now()` clock. */
+  at: number;
+  /** `connecting`, `connected`, `reconnecting`: the attempt (from 1). */
+  attempt?: number;
+  /** `reconnecting`: the backoff before the attempt starts. */
+  delayMs?: number;
+  /** `disconnected`: why (absent before the first `start()`). */
+  reason?: DisconnectReason;
+  /** `disconnected`: the close reason or detail, e.g. the server's "authentication failed". */
+  message?: string;
+  /** `disconnected`: the close code behind the reason (4003 for `auth-failed`), when there is one. */
+  code?: number;
+}
+
+/** `lifecycle.onDisconnect`: a connection that was open (`connected` or `ready`) ended. */
+export interface DisconnectInfo {
+  /** The WebSocket close code (1006 when the socket failed without one). */
+  code: number;
+  reason: string;
+  /** False when the client ends in `disconnected`. */
+  willReconnect: boolean;
+}
+
+export interface ReconnectOptions {
+  /** Default true. `reconnect: false` is short for `{ enabled: false }`. */
+  enabled?: boolean;
+  /** Attempts since the connection was last stable; `null` or `Infinity` for unlimited. Default 10. */
+  maxAttempts?: number | null;
+  /** Default 1000. */
+  baseDelayMs?: number;
+  /** Default 30000. */
+  maxDelayMs?: number;
+  /** Default true: a delay uniform in [0, cap); false: the cap plus 0–20 %. */
+  fullJitter?: boolean;
+}
+
+export interface QueueOptions {
+  /** Default 1000. */
+  maxMessages?: number;
+  /** Sum of encoded sizes. Default 1 MiB. */
+  maxBytes?: number;
+}
+
+export interface LifecycleCallbacks {
+  /** Every transition. */
+  onStateChange?: (transition: Transition) => void;
+  /** A connection that was `connected` or `ready` ended. */
+  onDisconnect?: (info: DisconnectInfo) => void;
+  /** Waiting out a backoff before the next attempt. */
+  onReconnecting?: (transition: Transition) => void;
+  /** `ready` again after an earlier `ready` since `start()`. */
+  onReconnected?: () => void;
+  /** Every `ready`. */
+  onReady?: () => void;
+  /** A connection-level `err` from the server (one without a request id). */
+  onError?: (error: ServerError) => void;
+  /** The server said `bye`: it is draining and will close this connection. */
+  onDraining?: () => void;
+}
+
+/** What a server request handler gets besides the data. */
+export interface RequestMeta { method: string; id: number }
+/** Answers a server `req`: the value (or the promise's value) is the reply; a throw or rejection is an `err`
+ *  with the error's `code` (default `INTERNAL`), `message` and `details`. */
+export type RequestHandler = (data: any, meta: RequestMeta) => unknown;
+
+export interface ClientOptions {
+  /** `ws://` or `wss://` URL, or a function of the attempt number (from 1) returning one. */
+  url: string | ((attempt: number) => string);
+  /** Sent as `?token=`. Exclusive with `getToken`. */
+  token?: string;
+  /** Called before every attempt; sent as `?token=`. */
+  getToken?: () => string | Promise<string>;
+  reconnect?: ReconnectOptions | boolean;
+  /** In `ready`, send `ping` this often; 0 turns keepalive off. Default 30000. */
+  keepaliveIntervalMs?: number;
+  /** Close with 4000 and reconnect when nothing arrives this long after a `ping`. Default 10000. */
+  keepaliveTimeoutMs?: number;
+  /** An attempt not `ready` within this fails. Default 10000. */
+  connectTimeoutMs?: number;
+  /** Staying `ready` this long resets the attempt counter. Default 5000. */
+  stablePeriodMs?: number;
+  queue?: QueueOptions;
+  /** Messages whose envelope is larger are sent in fragments of at most this many bytes; 0: never. Default 102400. */
+  fragmentThreshold?: number;
+  /** Deadline of requests without their own `timeoutMs`. Default 30000. */
+  requestTimeoutMs?: number;
+  lifecycle?: LifecycleCallbacks;
+  /** Server requests by method (see also `client.onRequest`). Others are answered `UNIMPLEMENTED`. */
+  handlers?: Record<string, RequestHandler>;
+}
+
+export interface RequestOptions {
+  /** Counted from the call, queued time included. Default `requestTimeoutMs`. */
+  timeoutMs?: number;
+  /** Aborting rejects the request with `AbortError` (`CANCELLED`); a queued request is never sent. */
+  signal?: AbortSignal;
+}
+
+export interface WaitOptions {
+  /** Reject with `TimeoutError` after this long. Default: wait until reached or `close()`. */
+  timeoutMs?: number;
+}
+
+export interface EventMeta { topic: string; seq: number }
+export interface MessageMeta { name: string }
+
+/** Base of every error this package raises; `code` is one of PROTOCOL §4's codes. */
+export class SockeyeError extends Error {
+  readonly code: ErrorCode;
+  /** A server error's `d`, decoded. */
+  readonly details?: unknown;
+}
+/** `DEADLINE_EXCEEDED`: a request's deadline passed, or `waitForStatus` timed out. */
+export class TimeoutError extends SockeyeError { readonly code: "DEADLINE_EXCEEDED"; }
+/** The server answered a request with an `err`: its code, message and `details`. */
+export class ServerError extends SockeyeError {}
+/** `UNAVAILABLE`: the connection was lost while the request was in flight. */
+export class ConnectionClosedError extends SockeyeError { readonly code: "UNAVAILABLE"; }
+/** `RESOURCE_EXHAUSTED`: the offline queue is full; nothing was queued. */
+export class QueueFullError extends SockeyeError { readonly code: "RESOURCE_EXHAUSTED"; }
+/** `CANCELLED`: aborted through its `AbortSignal`, or cancelled by `close()`. */
+export class AbortError extends SockeyeError { readonly code: "CANCELLED"; }
+
+export interface Client {
+  /** Resolves when the client is in `status` (at once when it is already); rejects with `TimeoutError` after
+   *  `options.timeoutMs`, or with `ConnectionClosedError` when `close()` ends the wait. */
+  waitForStatus(status: Status, options?: WaitOptions): Promise<void>;
+  /** Sends a one-way `msg` (now when `ready`, else from the offline queue). Throws `QueueFullError` when the
+   *  offline queue is full, `TypeError` when `data` cannot be encoded. */
+  send(name: string, data?: unknown): void;
+  /** Publishes to `topic` (now when `ready`, else from the offline queue). Throws `QueueFullError` when the
+   *  offline queue is full, `SockeyeError` (`INVALID_ARGUMENT`) for a bad topic name, `TypeError` when `data`
+   *  cannot be encoded. */
+  publish(topic: string, data?: unknown): void;
+  /** Sends a request; resolves with the reply's data, rejects with a `SockeyeError` subclass. Issued while not
+   *  `ready`, it waits in the offline queue (its deadline still counts). `data` may be any value `cbor.rs`
+   *  encodes (`undefined`: no data). */
+  request<T = any>(method: string, data?: unknown, options?: RequestOptions): Promise<T>;
+  /** Calls `handler` for every event on `topic`, across reconnects; returns the unsubscribe function.
+   *  `onError` hears the server's refusal of the subscription (which ends it). */
+  subscribe<T = any>(
+    topic: string,
+    handler: (data: T, meta: EventMeta) => void,
+    onError?: (error: ServerError) => void,
+  ): () => void;
+  /** Calls `handler` for every server `msg` named `name` (`"*"`: every message); returns the unsubscribe function. */
+  onMessage<T = any>(name: string, handler: (data: T, meta: MessageMeta) => void): () => void;
+}
+"#;
+
+/// The Sockeye client. See README.md for the API; the `.d.ts` describes every option and callback.
+#[wasm_bindgen]
+pub struct Client {
+    inner: Rc<Inner>,
+}
+
+#[wasm_bindgen]
+impl Client {
+    /// Checks the options (a `TypeError` names the first bad one) and creates a client in `disconnected`.
+    #[wasm_bindgen(constructor)]
+    pub fn new(
+        #[wasm_bindgen(unchecked_param_type = "ClientOptions")] options: JsValue,
+    ) -> Result<Client, JsValue> {
+        let options = options::parse(&options, shell::seed())?;
+        Ok(Client {
+            inner: Inner::new(options)?,
+        })
+    }
+
+    /// Connects (and keeps reconnecting, as configured). Also follows the page's `online`/`offline` and
+    /// visibility changes until `close()`. Does nothing while already started.
+    pub fn start(&self) {
+        self.inner.start();
+    }
+
+    /// The current state.
+    #[wasm_bindgen(getter, unchecked_return_type = "Status")]
+    pub fn status(&self) -> String {
+        self.inner.status().to_owned()
+    }
+
+    /// Resolves when the client is in `status` (at once when it is already); rejects with `TimeoutError` after
+    /// `timeoutMs`, or with `ConnectionClosedError` when `close()` ends the wait.
+    #[wasm_bindgen(js_name = waitForStatus, skip_typescript)]
+    pub fn wait_for_status(
+        &self,
+        status: String,
+        options: Option<JsValue>,
+    ) -> Result<Promise, JsValue> {
+        const NAMES: [&str; 5] = [
+            "disconnected",
+            "connecting",
+            "connected",
+            "ready",
+            "reconnecting",
+        ];
+        if !NAMES.contains(&status.as_str()) {
+            return Err(type_error(
+                "waitForStatus: status must be one of disconnected, connecting, connected, ready, reconnecting",
+            ));
+        }
+        let timeout = options::timeout_ms(options.as_ref(), "waitForStatus options")?;
+        let (promise, resolve, reject) = errors::promise();
+        self.inner.wait_for(status, timeout, resolve, reject);
+        Ok(promise)
+    }
+
+    /// See the `.d.ts` (`request<T>`).
+    #[wasm_bindgen(skip_typescript)]
+    pub fn request(&self, method: String, data: JsValue, options: Option<JsValue>) -> Promise {
+        let options = options.filter(|o| !o.is_undefined() && !o.is_null());
+        let parsed = (|| {
+            let payload = cbor::encode(&data)?;
+            let timeout = options::timeout_ms(options.as_ref(), "request options")?;
+            let signal = match options.as_ref().map(|o| options::get(o, "signal")) {
+                Some(s) if !s.is_undefined() => Some(
+                    s.dyn_into::<AbortSignal>()
+                        .map_err(|_| type_error("request options.signal must be an AbortSignal"))?,
+                ),
+                _ => None,
+            };
+            Ok::<_, JsValue>((payload, timeout, signal))
+        })();
+        let (payload, timeout, signal) = match parsed {
+            Ok(p) => p,
+            Err(e) => return Promise::reject(&e),
+        };
+        if signal.as_ref().is_some_and(AbortSignal::aborted) {
+            return Promise::reject(&error(
+                Kind::Abort,
+                "CANCELLED",
+                "request aborted before it was sent",
+            ));
+        }
+        let (promise, resolve, reject) = errors::promise();
+        self.inner
+            .request(&method, payload, timeout, signal, resolve, reject);
+        promise
+    }
+
+    /// Sends a one-way message `name` (now when `ready`, else from the offline queue).
+    ///
+    /// Throws `QueueFullError` when the offline queue is full, `TypeError` when `data` cannot be encoded.
+    #[wasm_bindgen(skip_typescript)]
+    pub fn send(&self, name: String, data: JsValue) -> Result<(), JsValue> {
+        let payload = cbor::encode(&data)?;
+        self.inner.send(&name, payload)
+    }
+
+    /// Publishes `data` to `topic` (now when `ready`, else from the offline queue).
+    ///
+    /// Throws `QueueFullError` when the offline queue is full, `SockeyeError` (`INVALID_ARGUMENT`) for a topic
+    /// name PROTOCOL §4 forbids, `TypeError` when `data` cannot be encoded.
+    #[wasm_bindgen(skip_typescript)]
+    pub fn publish(&self, topic: String, data: JsValue) -> Result<(), JsValue> {
+        let payload = cbor::encode(&data)?;
+        self.inner.publish(&topic, payload)
+    }
+
+    /// See the `.d.ts` (`subscribe<T>`).
+    #[wasm_bindgen(skip_typescript)]
+    pub fn subscribe(
+        &self,
+        topic: String,
+        handler: JsValue,
+        on_error: Option<Function>,
+    ) -> Result<JsValue, JsValue> {
+        let handler = callback(handler, "subscribe: handler")?;
+        self.inner.subscribe(topic, handler, on_error)
+    }
+
+    /// Calls `handler` with every transition (`{ from, to, at, … }`); returns the unsubscribe function.
+    #[wasm_bindgen(js_name = subscribeToTransitions, unchecked_return_type = "() => void")]
+    pub fn subscribe_to_transitions(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "(transition: Transition) => void")] handler: JsValue,
+    ) -> Result<JsValue, JsValue> {
+        let handler = callback(handler, "subscribeToTransitions: handler")?;
+        Ok(self.inner.on_transition(handler))
+    }
+
+    /// See the `.d.ts` (`onMessage<T>`).
+    #[wasm_bindgen(js_name = onMessage, skip_typescript)]
+    pub fn on_message(&self, name: String, handler: JsValue) -> Result<JsValue, JsValue> {
+        let handler = callback(handler, "onMessage: handler")?;
+        Ok(self.inner.on_message(name, handler))
+    }
+
+    /// Answers server requests for `method` with `handler` (replacing an earlier one); returns the function that
+    /// removes it. Requests for methods without a handler are answered `UNIMPLEMENTED`.
+    #[wasm_bindgen(js_name = onRequest, unchecked_return_type = "() => void")]
+    pub fn on_request(
+        &self,
+        method: String,
+        #[wasm_bindgen(unchecked_param_type = "RequestHandler")] handler: JsValue,
+    ) -> Result<JsValue, JsValue> {
+        let handler = callback(handler, "onRequest: handler")?;
+        Ok(self.inner.on_request(method, handler))
+    }
+
+    /// Closes the connection (code 1000; no reconnect), fails pending requests with `AbortError`, and removes
+    /// every event listener and the timer. `start()` may be called again later. Resolves once that is done.
+    #[wasm_bindgen(unchecked_return_type = "Promise<void>")]
+    pub fn close(&self) -> Promise {
+        self.inner.close();
+        Promise::resolve(&JsValue::UNDEFINED)
+    }
+}
+
+impl Drop for Client {
+    /// `client.free()`: the socket is closed and every listener and the timer removed; pending requests reject.
+    fn drop(&mut self) {
+        self.inner.shutdown();
+    }
+}
+
+fn callback(v: JsValue, name: &str) -> Result<Function, JsValue> {
+    v.dyn_into::<Function>()
+        .map_err(|_| type_error(&format!("{name} must be a function")))
+}

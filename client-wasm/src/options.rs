@@ -1,0 +1,352 @@
+//! `new Client(options)`: the JS options object read into the core's [`Config`] plus what the shell keeps
+//! (where to connect, the token, the application's callbacks). Anything invalid throws a `TypeError` naming the
+//! option, e.g. `options.reconnect.maxAttempts must be a positive integer, null or Infinity`.
+
+use js_sys::{Function, Object, Reflect};
+use sockeye_core::{Config, ConfigError, Duration};
+use wasm_bindgen::{JsCast, JsValue};
+
+use crate::errors::type_error;
+
+/// Where to connect.
+pub(crate) enum Url {
+    Fixed(String),
+    /// `(attempt) => url`, called before every attempt.
+    Dynamic(Function),
+}
+
+/// The token appended as `?token=`.
+pub(crate) enum Token {
+    None,
+    Fixed(String),
+    /// `getToken()`, returning a string or a promise of one, called before every attempt.
+    Provider(Function),
+}
+
+/// `options.lifecycle`.
+#[derive(Default)]
+pub(crate) struct Lifecycle {
+    pub(crate) on_state_change: Option<Function>,
+    pub(crate) on_disconnect: Option<Function>,
+    pub(crate) on_reconnecting: Option<Function>,
+    pub(crate) on_reconnected: Option<Function>,
+    pub(crate) on_ready: Option<Function>,
+    pub(crate) on_error: Option<Function>,
+    pub(crate) on_draining: Option<Function>,
+}
+
+pub(crate) struct Options {
+    pub(crate) config: Config,
+    pub(crate) url: Url,
+    pub(crate) token: Token,
+    pub(crate) lifecycle: Lifecycle,
+    /// `options.handlers`: server requests by method.
+    pub(crate) handlers: Vec<(String, Function)>,
+}
+
+const TOP: &[&str] = &[
+    "url",
+    "token",
+    "getToken",
+    "reconnect",
+    "keepaliveIntervalMs",
+    "keepaliveTimeoutMs",
+    "connectTimeoutMs",
+    "stablePeriodMs",
+    "queue",
+    "fragmentThreshold",
+    "requestTimeoutMs",
+    "lifecycle",
+    "handlers",
+];
+const RECONNECT: &[&str] = &[
+    "enabled",
+    "maxAttempts",
+    "baseDelayMs",
+    "maxDelayMs",
+    "fullJitter",
+];
+const QUEUE: &[&str] = &["maxMessages", "maxBytes"];
+const LIFECYCLE: &[&str] = &[
+    "onStateChange",
+    "onDisconnect",
+    "onReconnecting",
+    "onReconnected",
+    "onReady",
+    "onError",
+    "onDraining",
+];
+
+/// Reads `new Client(options)`.
+///
+/// # Errors
+/// A `TypeError` naming the first invalid option.
+pub(crate) fn parse(options: &JsValue, seed: u64) -> Result<Options, JsValue> {
+    let top = object(options, "options", TOP)?
+        .ok_or_else(|| type_error("options must be an object with at least `url`"))?;
+    let mut config = Config {
+        seed,
+        ..Config::default()
+    };
+
+    let url = match get(&top, "url") {
+        v if v.is_function() => Url::Dynamic(v.unchecked_into()),
+        v => match v.as_string() {
+            Some(s) if is_ws_url(&s) => Url::Fixed(s),
+            _ => {
+                return Err(type_error(
+                    "options.url must be a ws:// or wss:// URL or a function (attempt) => url",
+                ))
+            }
+        },
+    };
+    let token = match (get(&top, "token"), get(&top, "getToken")) {
+        (t, g) if !t.is_undefined() && !g.is_undefined() => {
+            return Err(type_error(
+                "options.token and options.getToken cannot both be set",
+            ))
+        }
+        (t, _) if !t.is_undefined() => Token::Fixed(
+            t.as_string()
+                .ok_or_else(|| type_error("options.token must be a string"))?,
+        ),
+        (_, g) if !g.is_undefined() => Token::Provider(function(g, "options.getToken")?),
+        _ => Token::None,
+    };
+
+    let reconnect = get(&top, "reconnect");
+    if let Some(enabled) = reconnect.as_bool() {
+        config.reconnect.enabled = enabled;
+    } else if let Some(r) = object(&reconnect, "options.reconnect", RECONNECT)? {
+        let c = &mut config.reconnect;
+        if let Some(b) = boolean(&r, "enabled", "options.reconnect.enabled")? {
+            c.enabled = b;
+        }
+        if let Some(b) = boolean(&r, "fullJitter", "options.reconnect.fullJitter")? {
+            c.full_jitter = b;
+        }
+        set_ms(
+            &r,
+            "baseDelayMs",
+            "options.reconnect.baseDelayMs",
+            &mut c.base_delay,
+        )?;
+        set_ms(
+            &r,
+            "maxDelayMs",
+            "options.reconnect.maxDelayMs",
+            &mut c.max_delay,
+        )?;
+        let max = get(&r, "maxAttempts");
+        if max.is_null() || max.as_f64() == Some(f64::INFINITY) {
+            c.max_attempts = None;
+        } else if !max.is_undefined() {
+            c.max_attempts = Some(
+                count(&max)
+                    .filter(|&n| n >= 1)
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or_else(|| {
+                        type_error("options.reconnect.maxAttempts must be a positive integer, null or Infinity")
+                    })?,
+            );
+        }
+    }
+
+    set_ms(
+        &top,
+        "keepaliveIntervalMs",
+        "options.keepaliveIntervalMs",
+        &mut config.keepalive_interval,
+    )?;
+    set_ms(
+        &top,
+        "keepaliveTimeoutMs",
+        "options.keepaliveTimeoutMs",
+        &mut config.keepalive_timeout,
+    )?;
+    set_ms(
+        &top,
+        "connectTimeoutMs",
+        "options.connectTimeoutMs",
+        &mut config.connect_timeout,
+    )?;
+    set_ms(
+        &top,
+        "stablePeriodMs",
+        "options.stablePeriodMs",
+        &mut config.stable_period,
+    )?;
+    set_ms(
+        &top,
+        "requestTimeoutMs",
+        "options.requestTimeoutMs",
+        &mut config.request_timeout,
+    )?;
+    set_count(
+        &top,
+        "fragmentThreshold",
+        "options.fragmentThreshold",
+        &mut config.fragment_threshold,
+    )?;
+    if let Some(q) = object(&get(&top, "queue"), "options.queue", QUEUE)? {
+        set_count(
+            &q,
+            "maxMessages",
+            "options.queue.maxMessages",
+            &mut config.queue.max_messages,
+        )?;
+        set_count(
+            &q,
+            "maxBytes",
+            "options.queue.maxBytes",
+            &mut config.queue.max_bytes,
+        )?;
+    }
+
+    let mut lifecycle = Lifecycle::default();
+    if let Some(l) = object(&get(&top, "lifecycle"), "options.lifecycle", LIFECYCLE)? {
+        let f = |key: &str| optional_function(&l, key, "options.lifecycle.");
+        lifecycle = Lifecycle {
+            on_state_change: f("onStateChange")?,
+            on_disconnect: f("onDisconnect")?,
+            on_reconnecting: f("onReconnecting")?,
+            on_reconnected: f("onReconnected")?,
+            on_ready: f("onReady")?,
+            on_error: f("onError")?,
+            on_draining: f("onDraining")?,
+        };
+    }
+
+    let mut handlers = Vec::new();
+    if let Some(h) = object(&get(&top, "handlers"), "options.handlers", &[])? {
+        for key in Object::keys(h.unchecked_ref::<Object>()).iter() {
+            let method = key.as_string().unwrap_or_default();
+            let name = format!("options.handlers.{method}");
+            let handler = function(get(&h, &method), &name)?;
+            handlers.push((method, handler));
+        }
+    }
+
+    config.validate().map_err(|e| config_error(&e))?;
+    Ok(Options {
+        config,
+        url,
+        token,
+        lifecycle,
+        handlers,
+    })
+}
+
+/// `ws://` or `wss://` (any case) followed by something.
+fn is_ws_url(url: &str) -> bool {
+    let lower = url.get(..6).unwrap_or(url).to_ascii_lowercase();
+    (lower.starts_with("ws://") && url.len() > 5) || (lower.starts_with("wss://") && url.len() > 6)
+}
+
+/// The core's complaint about a combination of options, with the option spelled as in JS.
+fn config_error(e: &ConfigError) -> JsValue {
+    let option = match e.option {
+        "reconnect.base_delay" => "reconnect.baseDelayMs",
+        "reconnect.max_attempts" => "reconnect.maxAttempts",
+        "connect_timeout" => "connectTimeoutMs",
+        "keepalive_timeout" => "keepaliveTimeoutMs",
+        "request_timeout" => "requestTimeoutMs",
+        other => other,
+    };
+    let problem = match e.problem {
+        "must not exceed reconnect.max_delay" => "must not exceed reconnect.maxDelayMs",
+        other => other,
+    };
+    type_error(&format!("options.{option} {problem}"))
+}
+
+pub(crate) fn get(obj: &JsValue, key: &str) -> JsValue {
+    Reflect::get(obj, &JsValue::from_str(key)).unwrap_or(JsValue::UNDEFINED)
+}
+
+/// `Some(object)` for an object whose keys are all in `known` (any keys when `known` is empty), `None` for
+/// `undefined`.
+fn object(v: &JsValue, name: &str, known: &[&str]) -> Result<Option<JsValue>, JsValue> {
+    if v.is_undefined() {
+        return Ok(None);
+    }
+    if !v.is_object() || v.is_null() || v.is_function() || js_sys::Array::is_array(v) {
+        return Err(type_error(&format!("{name} must be an object")));
+    }
+    if !known.is_empty() {
+        for key in Object::keys(v.unchecked_ref::<Object>()).iter() {
+            let key = key.as_string().unwrap_or_default();
+            if !known.contains(&key.as_str()) {
+                return Err(type_error(&format!("{name}.{key} is not a known option")));
+            }
+        }
+    }
+    Ok(Some(v.clone()))
+}
+
+fn function(v: JsValue, name: &str) -> Result<Function, JsValue> {
+    v.dyn_into::<Function>()
+        .map_err(|_| type_error(&format!("{name} must be a function")))
+}
+
+fn optional_function(obj: &JsValue, key: &str, prefix: &str) -> Result<Option<Function>, JsValue> {
+    let v = get(obj, key);
+    if v.is_undefined() || v.is_null() {
+        return Ok(None);
+    }
+    function(v, &format!("{prefix}{key}")).map(Some)
+}
+
+fn boolean(obj: &JsValue, key: &str, name: &str) -> Result<Option<bool>, JsValue> {
+    let v = get(obj, key);
+    if v.is_undefined() {
+        return Ok(None);
+    }
+    v.as_bool()
+        .map(Some)
+        .ok_or_else(|| type_error(&format!("{name} must be a boolean")))
+}
+
+/// A non-negative integer number.
+fn count(v: &JsValue) -> Option<u64> {
+    let n = v.as_f64()?;
+    (n >= 0.0 && n.fract() == 0.0 && n <= (1u64 << 53) as f64).then_some(n as u64)
+}
+
+fn set_count(obj: &JsValue, key: &str, name: &str, slot: &mut usize) -> Result<(), JsValue> {
+    let v = get(obj, key);
+    if !v.is_undefined() {
+        *slot = count(&v)
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| type_error(&format!("{name} must be a non-negative integer")))?;
+    }
+    Ok(())
+}
+
+fn set_ms(obj: &JsValue, key: &str, name: &str, slot: &mut Duration) -> Result<(), JsValue> {
+    let v = get(obj, key);
+    if !v.is_undefined() {
+        *slot = Duration::from_millis(count(&v).ok_or_else(|| {
+            type_error(&format!(
+                "{name} must be a non-negative integer (milliseconds)"
+            ))
+        })?);
+    }
+    Ok(())
+}
+
+/// `{ timeoutMs }` of `request` and `waitForStatus`: `Ok(None)` when the options or the key are absent.
+pub(crate) fn timeout_ms(
+    options: Option<&JsValue>,
+    name: &str,
+) -> Result<Option<Duration>, JsValue> {
+    let Some(options) = options.filter(|o| !o.is_undefined() && !o.is_null()) else {
+        return Ok(None);
+    };
+    if get(options, "timeoutMs").is_undefined() {
+        return Ok(None);
+    }
+    let mut d = Duration::ZERO;
+    set_ms(options, "timeoutMs", &format!("{name}.timeoutMs"), &mut d)?;
+    Ok(Some(d))
+}

@@ -1,0 +1,1154 @@
+//! The browser shell around `sockeye_core::Connection`: one `WebSocket` at a time, one `setTimeout`, the page's
+//! `online`/`offline`/`visibilitychange` events, and the application's callbacks and promises.
+//!
+//! # Borrow discipline (STYLE.md pitfall 3)
+//!
+//! All state sits in one `RefCell<State>`. A borrow is held only while the core is fed and drained and while
+//! browser objects the shell owns are touched (`WebSocket`, timers, listeners, settling promises — a promise's
+//! `resolve`/`reject` never runs application code synchronously). Anything that may run application code —
+//! lifecycle callbacks, subscription and message handlers, server-request handlers, `url(attempt)`,
+//! `getToken()` — is queued as an [`Action`] and run by [`Inner::dispatch`] after the borrow is released. A
+//! callback that calls back into the client (say, `request` from `onReady`) borrows afresh; its own actions join
+//! the same queue, so the application sees events in the order the core decided them.
+//!
+//! # Ownership
+//!
+//! The exported `Client` holds the only strong `Rc<Inner>`. Every closure handed to the browser (socket events,
+//! the timer, page listeners, abort signals, returned unsubscribe functions) holds a `Weak`, and the closures
+//! themselves are owned by the shell (`Socket`, `State::tick`, `Listeners`, `Abort`) and detached from their
+//! targets when dropped; nothing is `forget()`-ed. So `client.free()` (or the garbage collector: wasm-bindgen's
+//! glue registers every `Client` with a `FinalizationRegistry`) drops the state, which closes the socket and
+//! removes every listener and the timer. The unsubscribe functions handed to the application are the one
+//! exception to "owned by the shell": they are the application's (`into_js_value`, freed by the GC), and hold
+//! only a `Weak`, so they outlive the client harmlessly.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::{Rc, Weak};
+
+use js_sys::{Function, Object, Reflect, Uint8Array};
+use sockeye_core::{
+    CloseCode, Connection, DisconnectReason, ErrorCode, Event, Input, Instant, Output,
+    RequestError, RequestId, SocketId, Status, Transition,
+};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use web_sys::{AbortSignal, BinaryType, CloseEvent, MessageEvent, WebSocket, Window};
+
+use crate::cbor;
+use crate::errors::{self, error, request_error, settle, Kind};
+use crate::options::{Lifecycle, Options, Token, Url};
+
+/// PROTOCOL §1.
+const SUBPROTOCOL: &str = "sockeye.v1";
+
+#[wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(js_namespace = performance, js_name = now)]
+    fn performance_now() -> f64;
+    #[wasm_bindgen(js_name = setTimeout)]
+    fn set_timeout(handler: &Function, ms: f64) -> JsValue;
+    #[wasm_bindgen(js_name = clearTimeout)]
+    fn clear_timeout(handle: &JsValue);
+    #[wasm_bindgen(js_namespace = console, js_name = error)]
+    fn console_error(what: &str, error: &JsValue);
+}
+
+/// The shell's clock: `performance.now()` in whole milliseconds.
+pub(crate) fn now() -> Instant {
+    Instant::from_millis(performance_now() as u64)
+}
+
+/// Seed for the core's jitter generator: 64 bits from `Math.random`.
+pub(crate) fn seed() -> u64 {
+    let half = || (js_sys::Math::random() * 4_294_967_296.0) as u64;
+    (half() << 32) | half()
+}
+
+/// Work that may run application code: done by [`Inner::dispatch`] with no borrow held.
+enum Action {
+    /// `Output::OpenSocket`: resolve the URL and token (application code), then open the socket.
+    Open {
+        socket: SocketId,
+        attempt: u32,
+    },
+    /// A state change, with what the shell knew when it happened.
+    Transition {
+        transition: Transition,
+        /// `ready` again after an earlier `ready` since `start()`.
+        reconnected: bool,
+        /// Code and reason of the socket's end, when this transition ends a connection.
+        close: (u16, String),
+    },
+    Event(Event),
+}
+
+pub(crate) struct Inner {
+    state: RefCell<State>,
+    dispatching: Cell<bool>,
+    /// The client was freed: run no more application code.
+    dead: Cell<bool>,
+}
+
+struct State {
+    conn: Connection,
+    weak: Weak<Inner>,
+    url: Url,
+    token: Token,
+    lifecycle: Lifecycle,
+    /// Server-request handlers, one per method: `options.handlers` and `onRequest`. (Lists are `Vec`s
+    /// throughout, searched linearly: every `BTreeMap` instantiation costs the package ~5 KB of code, and these
+    /// lists are short; `requests` holds the requests in flight.)
+    handlers: Vec<(u32, String, Function)>,
+    /// Application work waiting for the borrow to end.
+    actions: VecDeque<Action>,
+    /// The current socket.
+    socket: Option<Socket>,
+    /// A socket the core asked for whose URL or token is still being resolved.
+    opening: Option<SocketId>,
+    /// How the last socket ended (for `onDisconnect`).
+    last_close: (u16, String),
+    /// The one timer, armed for the earliest deadline (the core's, or a `waitForStatus` timeout).
+    timer: Option<Timer>,
+    tick: Callback,
+    /// `online`/`offline`/`visibilitychange`, attached by `start()`, removed by `close()`.
+    listeners: Option<Listeners>,
+    hidden: bool,
+    ever_ready: bool,
+    requests: Vec<(u64, Pending)>,
+    topics: Vec<TopicListener>,
+    transitions: Vec<(u32, Function)>,
+    messages: Vec<(u32, String, Function)>,
+    waiters: Vec<Waiter>,
+    next_id: u32,
+}
+
+struct Socket {
+    id: SocketId,
+    ws: WebSocket,
+    _handler: Callback,
+}
+
+impl Drop for Socket {
+    /// Detaches the shell's handler and makes sure the socket does not stay open without an owner.
+    fn drop(&mut self) {
+        let ws = &self.ws;
+        ws.set_onopen(None);
+        ws.set_onmessage(None);
+        ws.set_onclose(None);
+        ws.set_onerror(None);
+        if ws.ready_state() <= WebSocket::OPEN {
+            let _ = ws.close_with_code_and_reason(1000, "client closed");
+        }
+    }
+}
+
+struct Timer {
+    handle: JsValue,
+    at: Instant,
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        clear_timeout(&self.handle);
+    }
+}
+
+struct Listeners {
+    window: Window,
+    handler: Callback,
+}
+
+const WINDOW_EVENTS: [&str; 2] = ["online", "offline"];
+const VISIBILITY: &str = "visibilitychange";
+
+impl Listeners {
+    /// `None` outside a window (a worker): no page events to follow there.
+    fn attach(weak: Weak<Inner>) -> Option<Listeners> {
+        let window = web_sys::window()?;
+        let handler = callback(move |event| {
+            if let Some(inner) = weak.upgrade() {
+                inner.page_event(&event.unchecked_into::<web_sys::Event>().type_());
+            }
+        });
+        let f = handler.as_ref().unchecked_ref();
+        for kind in WINDOW_EVENTS {
+            let _ = window.add_event_listener_with_callback(kind, f);
+        }
+        if let Some(document) = window.document() {
+            let _ = document.add_event_listener_with_callback(VISIBILITY, f);
+        }
+        Some(Listeners { window, handler })
+    }
+}
+
+impl Drop for Listeners {
+    fn drop(&mut self) {
+        let f = self.handler.as_ref().unchecked_ref();
+        for kind in WINDOW_EVENTS {
+            let _ = self.window.remove_event_listener_with_callback(kind, f);
+        }
+        if let Some(document) = self.window.document() {
+            let _ = document.remove_event_listener_with_callback(VISIBILITY, f);
+        }
+    }
+}
+
+struct Pending {
+    resolve: Function,
+    reject: Function,
+    _abort: Option<Abort>,
+}
+
+/// The `abort` listener of a request's `AbortSignal`, removed when the request ends.
+struct Abort {
+    signal: AbortSignal,
+    handler: Callback,
+}
+
+impl Drop for Abort {
+    fn drop(&mut self) {
+        let _ = self
+            .signal
+            .remove_event_listener_with_callback("abort", self.handler.as_ref().unchecked_ref());
+    }
+}
+
+struct TopicListener {
+    id: u32,
+    topic: String,
+    handler: Function,
+    on_error: Option<Function>,
+}
+
+struct Waiter {
+    status: String,
+    deadline: Option<Instant>,
+    resolve: Function,
+    reject: Function,
+}
+
+impl State {
+    /// Feeds one input and drains the core (the drain rule).
+    fn feed(&mut self, now: Instant, input: Input<'_>) {
+        self.conn.handle_input(now, input);
+        self.drain(now);
+    }
+
+    /// Acts on every output: socket work here, application work queued. Then arms the timer.
+    fn drain(&mut self, now: Instant) {
+        while let Some(output) = self.conn.poll_output() {
+            match output {
+                Output::OpenSocket { socket, attempt } => {
+                    self.socket = None;
+                    self.opening = Some(socket);
+                    self.actions.push_back(Action::Open { socket, attempt });
+                }
+                Output::CloseSocket {
+                    socket,
+                    code,
+                    reason,
+                } => {
+                    if self.opening == Some(socket) {
+                        self.opening = None;
+                    }
+                    if let Some(s) = self.socket.take_if(|s| s.id == socket) {
+                        // Browsers send only 1000 and 3000–4999, and at most 123 bytes of reason.
+                        if s.ws.close_with_code_and_reason(code.0, &reason).is_err() {
+                            let _ = s.ws.close();
+                        }
+                    }
+                    self.last_close = (code.0, reason);
+                }
+                Output::SendText(text) => {
+                    if let Some(s) = &self.socket {
+                        let _ = s.ws.send_with_str(text);
+                    }
+                }
+                Output::SendBinary(frame) => {
+                    if let Some(s) = &self.socket {
+                        let _ = s.ws.send_with_u8_array(&frame);
+                    }
+                }
+                Output::Event(event) => self.event(event),
+            }
+        }
+        self.arm(now);
+    }
+
+    /// Promises are settled here (that runs no application code); everything else is queued.
+    fn event(&mut self, event: Event) {
+        match event {
+            Event::Reply { id, result } => {
+                if let Some(i) = self.requests.iter().position(|(r, _)| *r == id.0) {
+                    let (_, p) = self.requests.swap_remove(i);
+                    let _ = match result {
+                        Ok(data) => p
+                            .resolve
+                            .call1(&JsValue::UNDEFINED, &cbor::decode(data.as_ref())),
+                        Err(e) => p.reject.call1(&JsValue::UNDEFINED, &request_error(&e)),
+                    };
+                }
+            }
+            Event::StateChanged(transition) => {
+                let name = transition.to.name();
+                self.waiters.retain(|w| {
+                    let reached = w.status == name;
+                    if reached {
+                        let _ = w.resolve.call0(&JsValue::UNDEFINED);
+                    }
+                    !reached
+                });
+                let reconnected = transition.to == Status::Ready && self.ever_ready;
+                if transition.to == Status::Ready {
+                    self.ever_ready = true;
+                }
+                self.actions.push_back(Action::Transition {
+                    transition,
+                    reconnected,
+                    close: self.last_close.clone(),
+                });
+            }
+            other => self.actions.push_back(Action::Event(other)),
+        }
+    }
+
+    /// Arms the one timer for the earliest deadline, replacing (and clearing) a timer for another one.
+    fn arm(&mut self, now: Instant) {
+        let waiter = self.waiters.iter().filter_map(|w| w.deadline).min();
+        let deadline = [self.conn.poll_timeout(), waiter]
+            .into_iter()
+            .flatten()
+            .min();
+        if self.timer.as_ref().map(|t| t.at) == deadline {
+            return;
+        }
+        self.timer = deadline.map(|at| {
+            let ms = at
+                .as_millis()
+                .saturating_sub(now.as_millis())
+                .min(i32::MAX as u64);
+            Timer {
+                handle: set_timeout(self.tick.as_ref().unchecked_ref(), ms as f64),
+                at,
+            }
+        });
+    }
+
+    /// The socket `socket` ended (its `close` or `error` event): release it if it is the current one.
+    fn finish_socket(&mut self, socket: SocketId, code: u16, reason: &str) {
+        if self.socket.take_if(|s| s.id == socket).is_some() {
+            self.last_close = (code, reason.to_owned());
+        }
+    }
+
+    fn next_id(&mut self) -> u32 {
+        self.next_id = self.next_id.wrapping_add(1);
+        self.next_id
+    }
+
+    /// Rejects every `waitForStatus` still waiting.
+    fn reject_waiters(&mut self, message: &str) {
+        for w in self.waiters.drain(..) {
+            let _ = w.reject.call1(
+                &JsValue::UNDEFINED,
+                &error(Kind::ConnectionClosed, "UNAVAILABLE", message),
+            );
+        }
+    }
+}
+
+impl Inner {
+    pub(crate) fn new(options: Options) -> Result<Rc<Inner>, JsValue> {
+        let Options {
+            config,
+            url,
+            token,
+            lifecycle,
+            handlers,
+        } = options;
+        let conn = Connection::new(config).map_err(|e| errors::type_error(&e.to_string()))?;
+        Ok(Rc::new_cyclic(|weak: &Weak<Inner>| {
+            let w = weak.clone();
+            let tick = callback(move |_| {
+                if let Some(inner) = w.upgrade() {
+                    inner.on_timer();
+                }
+            });
+            let mut state = State {
+                conn,
+                weak: weak.clone(),
+                url,
+                token,
+                lifecycle,
+                handlers: Vec::new(),
+                actions: VecDeque::new(),
+                socket: None,
+                opening: None,
+                last_close: (1006, String::new()),
+                timer: None,
+                tick,
+                listeners: None,
+                hidden: false,
+                ever_ready: false,
+                requests: Vec::new(),
+                topics: Vec::new(),
+                transitions: Vec::new(),
+                messages: Vec::new(),
+                waiters: Vec::new(),
+                next_id: 0,
+            };
+            for (method, f) in handlers {
+                let id = state.next_id();
+                state.handlers.push((id, method, f));
+            }
+            Inner {
+                state: RefCell::new(state),
+                dispatching: Cell::new(false),
+                dead: Cell::new(false),
+            }
+        }))
+    }
+
+    /// Runs `f` on the state with the clock read once, drains the core, then runs queued application work.
+    fn with<R>(self: &Rc<Self>, f: impl FnOnce(&mut State, Instant) -> R) -> R {
+        let now = now();
+        let result = {
+            let mut st = self.state.borrow_mut();
+            let result = f(&mut st, now);
+            st.drain(now);
+            result
+        };
+        self.dispatch();
+        result
+    }
+
+    fn input(self: &Rc<Self>, input: Input<'_>) {
+        self.with(|st, now| st.feed(now, input));
+    }
+
+    /// Runs queued actions in order. Re-entrant calls (from a callback) only queue; the outermost loop runs.
+    fn dispatch(self: &Rc<Self>) {
+        if self.dispatching.replace(true) {
+            return;
+        }
+        loop {
+            let action = self.state.borrow_mut().actions.pop_front();
+            let Some(action) = action else { break };
+            if self.dead.get() {
+                continue;
+            }
+            match action {
+                Action::Open { socket, attempt } => self.open(socket, attempt),
+                Action::Transition {
+                    transition,
+                    reconnected,
+                    close,
+                } => self.deliver_transition(&transition, reconnected, close),
+                Action::Event(event) => self.deliver(event),
+            }
+        }
+        self.dispatching.set(false);
+    }
+
+    fn on_timer(self: &Rc<Self>) {
+        self.with(|st, now| {
+            st.timer = None;
+            st.feed(now, Input::Timeout);
+            st.waiters.retain(|w| {
+                let expired = w.deadline.is_some_and(|d| d <= now);
+                if expired {
+                    let message = format!("status \"{}\" not reached in time", w.status);
+                    let _ = w.reject.call1(
+                        &JsValue::UNDEFINED,
+                        &error(Kind::Timeout, "DEADLINE_EXCEEDED", &message),
+                    );
+                }
+                !expired
+            });
+        });
+    }
+
+    fn page_event(self: &Rc<Self>, kind: &str) {
+        self.with(|st, now| match kind {
+            "online" => {
+                st.feed(now, Input::NetworkChanged { online: true });
+                st.feed(now, Input::Wake);
+            }
+            "offline" => st.feed(now, Input::NetworkChanged { online: false }),
+            _ => {
+                if page_hidden() {
+                    st.hidden = true;
+                } else if st.hidden {
+                    st.hidden = false;
+                    st.feed(now, Input::Wake);
+                }
+            }
+        });
+    }
+
+    // ---------------------------------------------------------------------------------------------------------
+    // Sockets
+    // ---------------------------------------------------------------------------------------------------------
+
+    /// `Output::OpenSocket`: the URL (`url(attempt)`), the token (`getToken()`, awaited), then the socket.
+    fn open(self: &Rc<Self>, socket: SocketId, attempt: u32) {
+        let (url, token) = {
+            let st = self.state.borrow();
+            if st.opening != Some(socket) {
+                return;
+            }
+            let url = match &st.url {
+                Url::Fixed(u) => Ok(u.clone()),
+                Url::Dynamic(f) => Err(f.clone()),
+            };
+            let token = match &st.token {
+                Token::None => Ok(None),
+                Token::Fixed(t) => Ok(Some(t.clone())),
+                Token::Provider(f) => Err(f.clone()),
+            };
+            (url, token)
+        };
+        let url = match url {
+            Ok(url) => url,
+            Err(f) => match f.call1(&JsValue::UNDEFINED, &attempt.into()) {
+                Ok(v) => match v.as_string() {
+                    Some(url) => url,
+                    None => {
+                        return self.fail_open(socket, "options.url(attempt) returned no string")
+                    }
+                },
+                Err(e) => {
+                    return self.fail_open(socket, &describe("options.url(attempt) threw", &e))
+                }
+            },
+        };
+        match token {
+            Ok(token) => self.connect(socket, &url, token.as_deref()),
+            Err(get_token) => match get_token.call0(&JsValue::UNDEFINED) {
+                Err(e) => self.fail_open(socket, &describe("getToken() threw", &e)),
+                Ok(promise) => {
+                    let weak = Rc::downgrade(self);
+                    let done = callback(move |outcome| {
+                        let Some(inner) = weak.upgrade() else { return };
+                        let (ok, value) = outcome_parts(&outcome);
+                        match (ok, value.as_string()) {
+                            (true, Some(token)) => inner.connect(socket, &url, Some(&token)),
+                            (true, None) => {
+                                inner.fail_open(socket, "getToken() resolved to no string")
+                            }
+                            (false, _) => {
+                                inner.fail_open(socket, &describe("getToken() failed", &value))
+                            }
+                        }
+                    });
+                    settle(&promise, &done.into_js_value());
+                }
+            },
+        }
+    }
+
+    /// Opens the WebSocket for `socket`, unless the core has given up on it meanwhile.
+    fn connect(self: &Rc<Self>, socket: SocketId, url: &str, token: Option<&str>) {
+        let url = match token {
+            Some(token) => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                let token = String::from(js_sys::encode_uri_component(token));
+                format!("{url}{sep}token={token}")
+            }
+            None => url.to_owned(),
+        };
+        let failed = {
+            let mut st = self.state.borrow_mut();
+            if st.opening != Some(socket) {
+                return;
+            }
+            st.opening = None;
+            match WebSocket::new_with_str(&url, SUBPROTOCOL) {
+                Ok(ws) => {
+                    ws.set_binary_type(BinaryType::Arraybuffer);
+                    let weak = st.weak.clone();
+                    let handler = callback(move |event| {
+                        if let Some(inner) = weak.upgrade() {
+                            inner.socket_event(socket, event.unchecked_ref());
+                        }
+                    });
+                    let f = Some(handler.as_ref().unchecked_ref());
+                    ws.set_onopen(f);
+                    ws.set_onmessage(f);
+                    ws.set_onclose(f);
+                    ws.set_onerror(f);
+                    st.socket = Some(Socket {
+                        id: socket,
+                        ws,
+                        _handler: handler,
+                    });
+                    None
+                }
+                Err(e) => Some(describe("new WebSocket() failed", &e)),
+            }
+        };
+        if let Some(message) = failed {
+            self.input(Input::SocketError {
+                socket,
+                message: &message,
+            });
+        }
+    }
+
+    fn fail_open(self: &Rc<Self>, socket: SocketId, message: &str) {
+        self.with(|st, now| {
+            if st.opening == Some(socket) {
+                st.opening = None;
+                st.last_close = (1006, message.to_owned());
+            }
+            st.feed(now, Input::SocketError { socket, message });
+        });
+    }
+
+    fn socket_event(self: &Rc<Self>, socket: SocketId, event: &web_sys::Event) {
+        match event.type_().as_str() {
+            "open" => self.input(Input::SocketOpened { socket }),
+            "message" => {
+                let data = event.unchecked_ref::<MessageEvent>().data();
+                match data.as_string() {
+                    Some(text) => self.input(Input::SocketText {
+                        socket,
+                        text: &text,
+                    }),
+                    None => {
+                        let bytes = Uint8Array::new(&data).to_vec();
+                        self.input(Input::SocketBinary {
+                            socket,
+                            data: &bytes,
+                        });
+                    }
+                }
+            }
+            "close" => {
+                let event = event.unchecked_ref::<CloseEvent>();
+                let (code, reason) = (event.code(), event.reason());
+                self.with(|st, now| {
+                    st.finish_socket(socket, code, &reason);
+                    st.feed(
+                        now,
+                        Input::SocketClosed {
+                            socket,
+                            code: CloseCode(code),
+                            reason: &reason,
+                        },
+                    );
+                });
+            }
+            _ => {
+                const MESSAGE: &str = "WebSocket error";
+                self.with(|st, now| {
+                    st.finish_socket(socket, CloseCode::ABNORMAL.0, MESSAGE);
+                    st.feed(
+                        now,
+                        Input::SocketError {
+                            socket,
+                            message: MESSAGE,
+                        },
+                    );
+                });
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------------------------
+    // Application callbacks (no borrow held)
+    // ---------------------------------------------------------------------------------------------------------
+
+    fn deliver_transition(
+        self: &Rc<Self>,
+        t: &Transition,
+        reconnected: bool,
+        close: (u16, String),
+    ) {
+        let (listeners, lc) = {
+            let st = self.state.borrow();
+            let l = &st.lifecycle;
+            let mut listeners: Vec<Function> = l.on_state_change.iter().cloned().collect();
+            listeners.extend(st.transitions.iter().map(|(_, f)| f.clone()));
+            let lc = (
+                l.on_disconnect.clone(),
+                l.on_reconnecting.clone(),
+                l.on_ready.clone(),
+                l.on_reconnected.clone(),
+            );
+            (listeners, lc)
+        };
+        let (on_disconnect, on_reconnecting, on_ready, on_reconnected) = lc;
+        let object = transition_object(t);
+        for f in &listeners {
+            call(f, &[&object]);
+        }
+        let was_open = matches!(t.from, Status::Connected { .. } | Status::Ready);
+        let is_open = matches!(t.to, Status::Connected { .. } | Status::Ready);
+        if was_open && !is_open {
+            if let Some(f) = on_disconnect {
+                let info = Object::new();
+                set(&info, "code", &close.0.into());
+                set(&info, "reason", &close.1.into());
+                let again = !matches!(t.to, Status::Disconnected { .. });
+                set(&info, "willReconnect", &again.into());
+                call(&f, &[&info]);
+            }
+        }
+        match &t.to {
+            Status::Reconnecting { .. } => {
+                if let Some(f) = on_reconnecting {
+                    call(&f, &[&object]);
+                }
+            }
+            Status::Ready => {
+                if let Some(f) = on_ready {
+                    call(&f, &[]);
+                }
+                if let (true, Some(f)) = (reconnected, on_reconnected) {
+                    call(&f, &[]);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn deliver(self: &Rc<Self>, event: Event) {
+        match event {
+            Event::Message { name, data } => {
+                let handlers: Vec<Function> = {
+                    let st = self.state.borrow();
+                    st.messages
+                        .iter()
+                        .filter(|(_, n, _)| *n == name || n == "*")
+                        .map(|(_, _, f)| f.clone())
+                        .collect()
+                };
+                if handlers.is_empty() {
+                    return;
+                }
+                let data = cbor::decode(data.as_ref());
+                let meta = Object::new();
+                set(&meta, "name", &name.into());
+                for f in &handlers {
+                    call(f, &[&data, &meta]);
+                }
+            }
+            Event::TopicEvent { topic, seq, data } => {
+                let handlers: Vec<Function> = {
+                    let st = self.state.borrow();
+                    st.topics
+                        .iter()
+                        .filter(|l| l.topic == topic)
+                        .map(|l| l.handler.clone())
+                        .collect()
+                };
+                let data = cbor::decode(data.as_ref());
+                let meta = Object::new();
+                set(&meta, "topic", &topic.into());
+                set(&meta, "seq", &(seq as f64).into());
+                for f in &handlers {
+                    call(f, &[&data, &meta]);
+                }
+            }
+            Event::SubscribeFailed { topic, error } => {
+                let removed: Vec<TopicListener> = {
+                    let mut st = self.state.borrow_mut();
+                    let (gone, kept) = std::mem::take(&mut st.topics)
+                        .into_iter()
+                        .partition(|l| l.topic == topic);
+                    st.topics = kept;
+                    gone
+                };
+                let e = request_error(&error);
+                for l in removed {
+                    match l.on_error {
+                        Some(f) => call(&f, &[&e]),
+                        None => console_error("sockeye: subscription refused", &e),
+                    }
+                }
+            }
+            Event::Request { id, method, data } => self.serve(id, &method, data.as_ref()),
+            Event::Notice(e) => {
+                let f = self.state.borrow().lifecycle.on_error.clone();
+                match f {
+                    Some(f) => call(&f, &[&request_error(&e)]),
+                    None => console_error("sockeye: server error", &request_error(&e)),
+                }
+            }
+            Event::Draining => {
+                let f = self.state.borrow().lifecycle.on_draining.clone();
+                if let Some(f) = f {
+                    call(&f, &[]);
+                }
+            }
+            // Settled in `State::event`; transitions come as `Action::Transition`.
+            Event::Reply { .. } | Event::StateChanged(_) => {}
+        }
+    }
+
+    /// A server `req`: the handler's value (or promise) becomes `res`, its exception (or rejection) `err`.
+    fn serve(self: &Rc<Self>, id: u64, method: &str, data: Option<&sockeye_core::codec::Payload>) {
+        let handler = self
+            .state
+            .borrow()
+            .handlers
+            .iter()
+            .find(|(_, m, _)| m == method)
+            .map(|(_, _, f)| f.clone());
+        let Some(handler) = handler else {
+            let message = format!("no handler for method \"{method}\"");
+            self.with(|st, now| {
+                st.conn.respond(
+                    now,
+                    id,
+                    Err(RequestError::local(ErrorCode::Unimplemented, message)),
+                )
+            });
+            return;
+        };
+        let meta = Object::new();
+        set(&meta, "method", &method.into());
+        set(&meta, "id", &(id as f64).into());
+        let outcome = handler.call2(&JsValue::UNDEFINED, &cbor::decode(data), &meta);
+        let weak = Rc::downgrade(self);
+        match outcome {
+            Ok(value) => {
+                let done = callback(move |outcome| {
+                    if let Some(inner) = weak.upgrade() {
+                        let (ok, value) = outcome_parts(&outcome);
+                        inner.respond(id, ok, &value);
+                    }
+                });
+                settle(&value, &done.into_js_value());
+            }
+            Err(e) => self.respond(id, false, &e),
+        }
+    }
+
+    fn respond(self: &Rc<Self>, id: u64, ok: bool, value: &JsValue) {
+        let result = if ok {
+            cbor::encode(value).map_err(|e| {
+                RequestError::local(
+                    ErrorCode::Internal,
+                    describe("handler result not encodable", &e),
+                )
+            })
+        } else {
+            let code = get(value, "code")
+                .as_string()
+                .map_or(ErrorCode::Internal, |c| ErrorCode::parse(&c));
+            let details = cbor::encode(&get(value, "details")).ok().flatten();
+            Err(RequestError {
+                code,
+                message: describe("", value),
+                data: details,
+            })
+        };
+        self.with(|st, now| st.conn.respond(now, id, result));
+    }
+
+    // ---------------------------------------------------------------------------------------------------------
+    // Commands (called from the exported `Client`)
+    // ---------------------------------------------------------------------------------------------------------
+
+    pub(crate) fn start(self: &Rc<Self>) {
+        self.with(|st, now| {
+            if let Status::Disconnected { .. } = st.conn.status() {
+                st.ever_ready = false;
+            }
+            if st.listeners.is_none() {
+                st.listeners = Listeners::attach(st.weak.clone());
+                st.hidden = page_hidden();
+            }
+            let online = web_sys::window().is_none_or(|w| w.navigator().on_line());
+            st.feed(now, Input::NetworkChanged { online });
+            st.feed(now, Input::Start);
+        });
+    }
+
+    /// `close()`: stop the core (close 1000), then drop every listener and the timer.
+    pub(crate) fn close(self: &Rc<Self>) {
+        self.with(|st, now| {
+            st.feed(now, Input::Stop);
+            st.opening = None;
+            st.socket = None;
+            st.listeners = None;
+            st.reject_waiters("the client was closed");
+        });
+    }
+
+    /// The exported `Client` was freed: like `close()`, but no application callback runs any more, and every
+    /// callback the shell held is released.
+    pub(crate) fn shutdown(&self) {
+        self.dead.set(true);
+        let Ok(mut st) = self.state.try_borrow_mut() else {
+            return;
+        };
+        let now = now();
+        st.feed(now, Input::Stop);
+        st.actions.clear();
+        st.opening = None;
+        st.socket = None;
+        st.listeners = None;
+        st.reject_waiters("the client was freed");
+        st.requests.clear();
+        st.topics.clear();
+        st.transitions.clear();
+        st.messages.clear();
+        st.handlers.clear();
+        st.lifecycle = Lifecycle::default();
+        st.timer = None;
+    }
+
+    pub(crate) fn status(&self) -> &'static str {
+        self.state.borrow().conn.status().name()
+    }
+
+    pub(crate) fn wait_for(
+        self: &Rc<Self>,
+        status: String,
+        timeout: Option<sockeye_core::Duration>,
+        resolve: Function,
+        reject: Function,
+    ) {
+        self.with(|st, now| {
+            if st.conn.status().name() == status {
+                let _ = resolve.call0(&JsValue::UNDEFINED);
+                return;
+            }
+            st.waiters.push(Waiter {
+                status,
+                deadline: timeout.map(|d| now + d),
+                resolve,
+                reject,
+            });
+        });
+    }
+
+    pub(crate) fn request(
+        self: &Rc<Self>,
+        method: &str,
+        data: Option<sockeye_core::codec::Payload>,
+        timeout: Option<sockeye_core::Duration>,
+        signal: Option<AbortSignal>,
+        resolve: Function,
+        reject: Function,
+    ) {
+        self.with(
+            |st, now| match st.conn.request(now, method, data, timeout) {
+                Err(e) => {
+                    let _ = reject.call1(&JsValue::UNDEFINED, &errors::send_error(&e));
+                }
+                Ok(id) => {
+                    let abort = signal.map(|signal| {
+                        let weak = st.weak.clone();
+                        let handler = callback(move |_| {
+                            if let Some(inner) = weak.upgrade() {
+                                inner.with(|st, now| st.conn.cancel(now, RequestId(id.0)));
+                            }
+                        });
+                        let _ = signal.add_event_listener_with_callback(
+                            "abort",
+                            handler.as_ref().unchecked_ref(),
+                        );
+                        Abort { signal, handler }
+                    });
+                    st.requests.push((
+                        id.0,
+                        Pending {
+                            resolve,
+                            reject,
+                            _abort: abort,
+                        },
+                    ));
+                }
+            },
+        );
+    }
+
+    pub(crate) fn send(
+        self: &Rc<Self>,
+        name: &str,
+        data: Option<sockeye_core::codec::Payload>,
+    ) -> Result<(), JsValue> {
+        self.with(|st, now| st.conn.send(now, name, data))
+            .map_err(|e| errors::send_error(&e))
+    }
+
+    pub(crate) fn publish(
+        self: &Rc<Self>,
+        topic: &str,
+        data: Option<sockeye_core::codec::Payload>,
+    ) -> Result<(), JsValue> {
+        self.with(|st, now| st.conn.publish(now, topic, data))
+            .map_err(|e| errors::send_error(&e))
+    }
+
+    pub(crate) fn subscribe(
+        self: &Rc<Self>,
+        topic: String,
+        handler: Function,
+        on_error: Option<Function>,
+    ) -> Result<JsValue, JsValue> {
+        let id = self.with(|st, now| {
+            st.conn
+                .subscribe(now, &topic)
+                .map_err(|e| errors::send_error(&e))?;
+            let id = st.next_id();
+            st.topics.push(TopicListener {
+                id,
+                topic: topic.clone(),
+                handler,
+                on_error,
+            });
+            Ok::<_, JsValue>(id)
+        })?;
+        Ok(self.unsubscriber(move |st, now| {
+            let before = st.topics.len();
+            st.topics.retain(|l| l.id != id);
+            let last = !st.topics.iter().any(|l| l.topic == topic);
+            if st.topics.len() < before && last {
+                st.conn.unsubscribe(now, &topic);
+            }
+        }))
+    }
+
+    pub(crate) fn on_transition(self: &Rc<Self>, handler: Function) -> JsValue {
+        let id = self.with(|st, _| {
+            let id = st.next_id();
+            st.transitions.push((id, handler));
+            id
+        });
+        self.unsubscriber(move |st, _| st.transitions.retain(|(i, _)| *i != id))
+    }
+
+    pub(crate) fn on_message(self: &Rc<Self>, name: String, handler: Function) -> JsValue {
+        let id = self.with(|st, _| {
+            let id = st.next_id();
+            st.messages.push((id, name, handler));
+            id
+        });
+        self.unsubscriber(move |st, _| st.messages.retain(|(i, _, _)| *i != id))
+    }
+
+    pub(crate) fn on_request(self: &Rc<Self>, method: String, handler: Function) -> JsValue {
+        let id = self.with(|st, _| {
+            let id = st.next_id();
+            st.handlers.retain(|(_, m, _)| *m != method);
+            st.handlers.push((id, method.clone(), handler));
+            id
+        });
+        self.unsubscriber(move |st, _| {
+            st.handlers.retain(|(i, _, _)| *i != id);
+        })
+    }
+
+    /// A JS function that runs `undo` on the state; idempotent, a no-op once the client is gone. The function is
+    /// handed to JS (`into_js_value`): the GC frees it with its last reference.
+    fn unsubscriber(self: &Rc<Self>, undo: impl Fn(&mut State, Instant) + 'static) -> JsValue {
+        let weak = Rc::downgrade(self);
+        callback(move |_| {
+            if let Some(inner) = weak.upgrade() {
+                inner.with(|st, now| undo(st, now));
+            }
+        })
+        .into_js_value()
+    }
+}
+
+/// The one closure type the shell hands to the browser (each distinct closure type costs package size).
+type Callback = Closure<dyn FnMut(JsValue)>;
+
+fn callback(f: impl FnMut(JsValue) + 'static) -> Callback {
+    Closure::new(f)
+}
+
+/// `[ok, value]` from `settle`.
+fn outcome_parts(outcome: &JsValue) -> (bool, JsValue) {
+    let parts: &js_sys::Array = outcome.unchecked_ref();
+    (parts.get(0).is_truthy(), parts.get(1))
+}
+
+/// `{ from, to, at, ... }`: status names, `at` in ms on the `performance.now()` clock, and the new state's data.
+fn transition_object(t: &Transition) -> JsValue {
+    let o = Object::new();
+    set(&o, "from", &t.from.name().into());
+    set(&o, "to", &t.to.name().into());
+    set(&o, "at", &(t.at.as_millis() as f64).into());
+    match &t.to {
+        Status::Connecting { attempt } | Status::Connected { attempt } => {
+            set(&o, "attempt", &(*attempt).into());
+        }
+        Status::Reconnecting { attempt, delay, .. } => {
+            set(&o, "attempt", &(*attempt).into());
+            set(&o, "delayMs", &(delay.as_millis() as f64).into());
+        }
+        Status::Disconnected { reason: Some(r) } => {
+            set(&o, "reason", &r.as_str().into());
+            let (code, message) = match r {
+                DisconnectReason::AuthFailed { reason } => {
+                    (Some(CloseCode::AUTH_FAILED), reason.as_str())
+                }
+                DisconnectReason::PolicyViolation { reason } => {
+                    (Some(CloseCode::POLICY_VIOLATION), reason.as_str())
+                }
+                DisconnectReason::Closed { code, reason }
+                | DisconnectReason::MaxAttemptsExceeded { code, reason, .. } => {
+                    (Some(*code), reason.as_str())
+                }
+                _ => (None, ""),
+            };
+            if let Some(code) = code {
+                set(&o, "code", &code.0.into());
+            }
+            set(&o, "message", &message.into());
+        }
+        _ => {}
+    }
+    o.into()
+}
+
+/// `document.hidden` (false outside a window).
+fn page_hidden() -> bool {
+    web_sys::window()
+        .and_then(|w| w.document())
+        .is_some_and(|d| d.hidden())
+}
+
+fn set(o: &Object, key: &str, value: &JsValue) {
+    let _ = Reflect::set(o, &key.into(), value);
+}
+
+fn get(o: &JsValue, key: &str) -> JsValue {
+    if !o.is_object() {
+        return JsValue::UNDEFINED;
+    }
+    Reflect::get(o, &key.into()).unwrap_or(JsValue::UNDEFINED)
+}
+
+/// Calls an application callback; an exception is reported on the console and does not stop the client.
+fn call(f: &Function, args: &[&JsValue]) {
+    let result = match args {
+        [] => f.call0(&JsValue::UNDEFINED),
+        [a] => f.call1(&JsValue::UNDEFINED, a),
+        [a, b, ..] => f.call2(&JsValue::UNDEFINED, a, b),
+    };
+    if let Err(e) = result {
+        console_error("sockeye: a callback threw", &e);
+    }
+}
+
+/// `prefix: message` for a thrown value: its `message` when it has one, else the value if it is a string.
+fn describe(prefix: &str, e: &JsValue) -> String {
+    let message = e
+        .as_string()
+        .or_else(|| get(e, "message").as_string())
+        .unwrap_or_else(|| "unknown error".into());
+    if prefix.is_empty() {
+        message
+    } else {
+        format!("{prefix}: {message}")
+    }
+}
