@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Starts the Sockeye demo: builds the browser package into www/pkg and serves www/ from the reference server.
+# Starts the Sockeye demo: builds the npm package, puts it in www/pkg and serves www/ from the reference server.
 #
 #   scripts/demo.sh               then open the printed URL (default http://127.0.0.1:8080/)
 #   PORT=9000 scripts/demo.sh     another port
@@ -15,14 +15,14 @@ source "$ROOT/scripts/install.sh"
 
 PORT="${PORT:-8080}"
 
-printf '\n==> npm package: wasm-pack build client-wasm --target web --profile wasm-release --out-dir ../www/pkg\n'
-# wasm-pack's --profile builds with the workspace's [profile.wasm-release] (like --release, but opt-level "z");
-# wasm-opt's arguments come from [package.metadata.wasm-pack.profile.custom] in client-wasm/Cargo.toml.
-wasm-pack build client-wasm --target web --profile wasm-release --out-dir ../www/pkg
-ls -l www/pkg/*.wasm
+printf '\n==> npm package: scripts/build-npm.sh web, copied to www/pkg\n'
+# The same build users get (profile wasm-release + wasm-opt, package.json named `sockeye`, error classes exported).
+scripts/build-npm.sh web
+rm -rf www/pkg
+cp -r client-wasm/pkg www/pkg
+ls -l www/pkg/sockeye_bg.wasm
 
 printf '\n==> reference server: cargo run --release -p sockeye-server -- --addr 127.0.0.1:%s --static-dir www\n' "$PORT"
-
 
 if [[ "$PORT" == 0 ]]; then
     printf '\n    Open the address the server prints below ("sockeye-server listening on ...") in a browser.\n\n'

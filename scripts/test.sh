@@ -4,8 +4,9 @@
 #   scripts/test.sh
 #
 # Installs what is missing (scripts/install.sh), then runs, stopping at the first failure:
-#   fmt, clippy, cargo test (host), the core built for wasm32, the reference server on a free loopback port,
-#   the browser tests (headless Chromium through wasm-bindgen-test-runner + chromedriver), and the package hook.
+#   fmt, clippy, cargo test (host), the core built for wasm32, two reference servers on free loopback ports,
+#   the browser tests (headless Chromium through wasm-bindgen-test-runner + chromedriver), the npm package and
+#   the demo page (tests/e2e, playwright-core).
 # Every section prints a header and its time; a summary of all section times ends the run, pass or fail.
 # Logs of the reference server go to target/sockeye-test/.
 set -euo pipefail
@@ -14,15 +15,15 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 LOG_DIR="$ROOT/target/sockeye-test"
-SERVER_PID=""
+SERVER_PIDS=()
 SECTION=""
 SECTION_T0=0
 SUMMARY=()
 RUN_T0="$(date +%s%N)"
 if [[ -t 1 ]]; then
-    BOLD=$'\033[1m' RED=$'\033[1;31m' GREEN=$'\033[1;32m' YELLOW=$'\033[1;33m' RESET=$'\033[0m'
+    BOLD=$'\033[1m' RED=$'\033[1;31m' GREEN=$'\033[1;32m' RESET=$'\033[0m'
 else
-    BOLD="" RED="" GREEN="" YELLOW="" RESET=""
+    BOLD="" RED="" GREEN="" RESET=""
 fi
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -57,7 +58,7 @@ run_section() {
 on_exit() {
     local rc=$?
     set +e
-    stop_test_server
+    stop_test_servers
     if [[ -n "$SECTION" ]]; then
         local ms
         ms="$(_ms_since "$SECTION_T0")"
@@ -94,21 +95,24 @@ for line in sys.stdin:
 '
 }
 
-start_test_server() {
+# start_server ENV_VAR LOG_NAME [ARGS...]: starts sockeye-server on 127.0.0.1 with a port picked at run time, waits
+# for its `sockeye-server listening on http://127.0.0.1:PORT` line and exports ENV_VAR=ws://127.0.0.1:PORT/ws.
+start_server() {
+    local var="$1" name="$2" bin out err line port pattern deadline pid
+    shift 2
     mkdir -p "$LOG_DIR"
-
-
-    local bin out err line port pattern deadline
     bin="$(server_binary)"
     [[ -n "$bin" && -x "$bin" ]] || {
         echo "scripts/test.sh: could not find the sockeye-server binary after building it" >&2
         return 1
     }
-    out="$LOG_DIR/server.stdout"
-    err="$LOG_DIR/server.stderr"
-    echo "starting: $bin --addr 127.0.0.1:0   (stdout: ${out#"$ROOT"/}, stderr: ${err#"$ROOT"/})"
-    "$bin" --addr 127.0.0.1:0 --drain-window-ms 200 >"$out" 2>"$err" </dev/null &
-    SERVER_PID=$!
+    out="$LOG_DIR/$name.stdout"
+    err="$LOG_DIR/$name.stderr"
+    echo "starting: $bin --addr 127.0.0.1:0 $*   (stdout: ${out#"$ROOT"/}, stderr: ${err#"$ROOT"/})"
+    # A short drain window: at the end of the run the server exits promptly on SIGTERM.
+    "$bin" --addr 127.0.0.1:0 --drain-window-ms 200 "$@" >"$out" 2>"$err" </dev/null &
+    pid=$!
+    SERVER_PIDS+=("$pid")
 
     pattern='^sockeye-server listening on http://127\.0\.0\.1:([0-9]+)$'
     deadline=$((SECONDS + 30))
@@ -117,10 +121,9 @@ start_test_server() {
         line="$(head -n 1 "$out" 2>/dev/null || true)"
         if [[ "$line" =~ $pattern ]]; then
             port="${BASH_REMATCH[1]}"
-        elif ! kill -0 "$SERVER_PID" 2>/dev/null; then
+        elif ! kill -0 "$pid" 2>/dev/null; then
             echo "scripts/test.sh: sockeye-server exited before printing its address; stderr:" >&2
             tail -n 20 "$err" >&2
-            SERVER_PID=""
             return 1
         elif ((SECONDS >= deadline)); then
             echo "scripts/test.sh: sockeye-server printed no 'sockeye-server listening on http://127.0.0.1:PORT' line" \
@@ -130,23 +133,31 @@ start_test_server() {
             sleep 0.1
         fi
     done
-    export SOCKEYE_TEST_SERVER="ws://127.0.0.1:$port/ws"
-    echo "sockeye-server (pid $SERVER_PID) listening on 127.0.0.1:$port; SOCKEYE_TEST_SERVER=$SOCKEYE_TEST_SERVER"
+    export "$var=ws://127.0.0.1:$port/ws"
+    echo "sockeye-server (pid $pid) listening on 127.0.0.1:$port; $var=ws://127.0.0.1:$port/ws"
 }
 
-stop_test_server() {
-    [[ -n "$SERVER_PID" ]] || return 0
-    if kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill "$SERVER_PID" 2>/dev/null || true
-        for _ in $(seq 50); do
-            kill -0 "$SERVER_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -9 "$SERVER_PID" 2>/dev/null || true
-    fi
-    wait "$SERVER_PID" 2>/dev/null || true
-    echo "stopped sockeye-server (pid $SERVER_PID)"
-    SERVER_PID=""
+# The servers the browser tests talk to: one open, one that accepts only the token `secret`.
+start_test_servers() {
+    start_server SOCKEYE_TEST_SERVER server
+    start_server SOCKEYE_TEST_AUTH_SERVER auth-server --token secret
+}
+
+stop_test_servers() {
+    local pid
+    for pid in "${SERVER_PIDS[@]}"; do
+        if kill -0 "$pid" 2>/dev/null; then
+            kill "$pid" 2>/dev/null || true
+            for _ in $(seq 50); do
+                kill -0 "$pid" 2>/dev/null || break
+                sleep 0.1
+            done
+            kill -9 "$pid" 2>/dev/null || true
+        fi
+        wait "$pid" 2>/dev/null || true
+        echo "stopped sockeye-server (pid $pid)"
+    done
+    SERVER_PIDS=()
 }
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -156,22 +167,27 @@ browser_tests() {
     # No extra configuration needed, also as root: wasm-bindgen-test-runner itself passes headless, no-sandbox and
     # disable-dev-shm-usage to Chrome (checked with wasm-bindgen-cli 0.2.130 + Debian chromium 156). Its per-test
     # timeout is WASM_BINDGEN_TEST_TIMEOUT (default 20s), read from the environment if set.
-    echo "SOCKEYE_TEST_SERVER=${SOCKEYE_TEST_SERVER:-<unset>} WASM_BINDGEN_TEST_TIMEOUT=${WASM_BINDGEN_TEST_TIMEOUT:-<default 20s>}"
+    echo "SOCKEYE_TEST_SERVER=${SOCKEYE_TEST_SERVER:-<unset>} SOCKEYE_TEST_AUTH_SERVER=${SOCKEYE_TEST_AUTH_SERVER:-<unset>} WASM_BINDGEN_TEST_TIMEOUT=${WASM_BINDGEN_TEST_TIMEOUT:-<default 20s>}"
     CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
         CHROMEDRIVER=/usr/bin/chromedriver \
         cargo test -p sockeye-wasm --target wasm32-unknown-unknown
 }
 
 # ---------------------------------------------------------------------------------------------------------------
-# HOOK: npm package, package size, page tests
+# The npm package: both wasm-pack targets, checked by scripts/build-npm.sh, and its size
 # ---------------------------------------------------------------------------------------------------------------
-# Runs after the browser tests, while the reference server started above is still up (SOCKEYE_TEST_SERVER).
-# To be added here:
-#   - the npm package build:  wasm-pack build client-wasm --target web --profile wasm-release --out-dir ../www/pkg
-#   - the package size report (scripts/size.sh; the figure goes into README.md "Package size")
-#   - Playwright page tests against the demo page (playwright-core with executablePath /usr/bin/chromium)
-package_and_page_tests() {
-    echo "(nothing here yet: npm package build, package size report and Playwright page tests go here)"
+npm_package() {
+    scripts/build-npm.sh all
+    scripts/size.sh client-wasm/pkg
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+# The demo page in headless Chromium (playwright-core driving Debian's /usr/bin/chromium; no browser download)
+# ---------------------------------------------------------------------------------------------------------------
+demo_page_tests() {
+    rm -rf www/pkg
+    cp -r client-wasm/pkg www/pkg
+    SOCKEYE_SERVER_BIN="$(server_binary)" npm --prefix tests/e2e test
 }
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -188,6 +204,7 @@ run_section "cargo clippy --workspace --all-targets -- -D warnings" \
 run_section "cargo test --workspace" cargo test --workspace
 run_section "cargo build -p sockeye-core --target wasm32-unknown-unknown --no-default-features" \
     cargo build -p sockeye-core --target wasm32-unknown-unknown --no-default-features
-run_section "start reference server (sockeye-server --addr 127.0.0.1:0)" start_test_server
+run_section "start reference servers (sockeye-server --addr 127.0.0.1:0, open and with --token)" start_test_servers
 run_section "browser tests: cargo test -p sockeye-wasm --target wasm32-unknown-unknown (headless Chrome)" browser_tests
-run_section "package build, size report, page tests (hook)" package_and_page_tests
+run_section "npm package: scripts/build-npm.sh, scripts/size.sh" npm_package
+run_section "demo page tests: tests/e2e (playwright-core, headless Chromium)" demo_page_tests

@@ -21,10 +21,15 @@ function item(list, text) {
   list.prepend(li);
 }
 
-client.subscribeToTransitions(({ from, to, at }) => {
-  $("status").textContent = to.status ?? to;
-  $("status").dataset.status = to.status ?? to;
-  item($("transitions"), `${(at / 1000).toFixed(3)}s  ${from.status ?? from} → ${to.status ?? to}`);
+client.subscribeToTransitions(({ from, to, at, attempt, delayMs, reason }) => {
+  $("status").textContent = to;
+  $("status").dataset.status = to;
+  const detail = [
+    attempt && `attempt ${attempt}`,
+    delayMs !== undefined && `in ${Math.round(delayMs)} ms`,
+    reason && `reason ${reason}`,
+  ].filter(Boolean);
+  item($("transitions"), `${(at / 1000).toFixed(3)}s  ${from} → ${to}  ${detail.join(", ")}`);
 });
 
 client.subscribe("room-1", (data, meta) => {
