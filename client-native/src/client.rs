@@ -1,0 +1,858 @@
+//! The application-facing handle and its futures and streams.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::Stream;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sockeye_core::codec::{validate_topic, Payload};
+use sockeye_core::{Status, Transition};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::builder::ClientBuilder;
+use crate::handlers::{self, decode_optional, Handlers};
+use crate::Error;
+
+/// What a [`Client`] handle asks of its driver task. One unbounded channel carries them all, so their order
+/// is total: a `Cancel` can never overtake the `Request` it cancels.
+pub(crate) enum Command {
+    Send {
+        name: String,
+        data: Option<Payload>,
+        ack: oneshot::Sender<Result<(), Error>>,
+    },
+    Publish {
+        topic: String,
+        data: Option<Payload>,
+        ack: oneshot::Sender<Result<(), Error>>,
+    },
+    Request {
+        key: u64,
+        method: String,
+        data: Option<Payload>,
+        timeout: Option<Duration>,
+        reply: oneshot::Sender<Result<Option<Payload>, Error>>,
+    },
+    Cancel {
+        key: u64,
+    },
+    Subscribe {
+        topic: String,
+        key: u64,
+        feed: Feed<RawEvent>,
+    },
+    Unsubscribe {
+        topic: String,
+        key: u64,
+    },
+    Listen {
+        key: u64,
+        listener: Listener,
+    },
+    Unlisten {
+        key: u64,
+    },
+    Close,
+}
+
+/// A topic event before the subscriber's type is applied.
+pub(crate) struct RawEvent {
+    pub topic: String,
+    pub seq: u64,
+    pub data: Option<Payload>,
+}
+
+/// A listener stream's sending half.
+pub(crate) enum Listener {
+    Incoming(Feed<Message>),
+    Transitions(Feed<Transition>),
+}
+
+/// The sending half of a bounded stream that never blocks the driver: when the application falls behind,
+/// items are dropped and counted, and the stream reports [`Error::Lagged`].
+pub(crate) struct Feed<T> {
+    tx: mpsc::Sender<Result<T, Error>>,
+    lagged: Arc<AtomicU64>,
+}
+
+impl<T> Feed<T> {
+    /// Delivers an item; false when the receiving stream is gone.
+    pub fn deliver(&self, item: Result<T, Error>) -> bool {
+        match self.tx.try_send(item) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.lagged.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+/// The receiving half of a [`Feed`].
+struct Tap<T> {
+    rx: mpsc::Receiver<Result<T, Error>>,
+    lagged: Arc<AtomicU64>,
+}
+
+fn feed<T>(capacity: usize) -> (Feed<T>, Tap<T>) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let lagged = Arc::new(AtomicU64::new(0));
+    (
+        Feed {
+            tx,
+            lagged: Arc::clone(&lagged),
+        },
+        Tap { rx, lagged },
+    )
+}
+
+impl<T> Tap<T> {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T, Error>>> {
+        let skipped = self.lagged.swap(0, Ordering::Relaxed);
+        if skipped > 0 {
+            return Poll::Ready(Some(Err(Error::Lagged { skipped })));
+        }
+        self.rx.poll_recv(cx)
+    }
+}
+
+pub(crate) struct Inner {
+    pub commands: mpsc::UnboundedSender<Command>,
+    pub status: watch::Receiver<Status>,
+    pub handlers: Arc<Handlers>,
+    pub next_key: AtomicU64,
+    pub stream_buffer: usize,
+}
+
+/// A Sockeye client: one reconnecting, authenticated WebSocket connection, driven by a background task.
+///
+/// Cheap to clone (an `Arc`), `Send + Sync`, usable from many tasks at once. Build one with
+/// [`Client::builder`]. The connection lives until [`Client::close`] is called, or until every handle
+/// (clients, subscriptions, listener streams, pending requests) has been dropped.
+///
+/// # Example
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let server = sockeye_server::Server::builder()
+/// #     .bind("127.0.0.1:0".parse()?)
+/// #     .start()
+/// #     .await?;
+/// # let url = server.ws_url();
+/// use sockeye::Client;
+///
+/// let client = Client::builder(url).connect().await?;
+/// let echoed: String = client.request("echo", "hello").await?;
+/// assert_eq!(echoed, "hello");
+/// client.close().await;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("status", &*self.inner.status.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Starts configuring a client for `url` (`ws://host:port/ws` or `wss://…`).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), sockeye::Error> {
+    /// use std::time::Duration;
+    ///
+    /// let client = sockeye::Client::builder("ws://127.0.0.1:9/ws")
+    ///     .header("X-Service", "billing")
+    ///     .request_timeout(Duration::from_secs(5))
+    ///     .build()?; // connects in the background
+    /// assert_ne!(client.state(), sockeye::Status::Ready);
+    /// client.close().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn builder(url: impl Into<String>) -> ClientBuilder {
+        ClientBuilder::new(url.into())
+    }
+
+    fn submit(&self, command: Command) -> Result<(), Error> {
+        self.inner.commands.send(command).map_err(|_| Error::Closed)
+    }
+
+    fn key(&self) -> u64 {
+        self.inner.next_key.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Sends a one-way message (`msg`) named `name` with `data` as its payload.
+    ///
+    /// Sent at once when the connection is `ready`, otherwise queued in the offline queue and sent, in order,
+    /// on the next `ready`. The future resolves when the message was handed to the socket or queued; it is not
+    /// an acknowledgement from the server.
+    ///
+    /// # Errors
+    /// [`Error::ResourceExhausted`] when the offline queue is full (or the message is too large to frame),
+    /// [`Error::Payload`] when `data` cannot be encoded, [`Error::Closed`] after [`Client::close`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let server = sockeye_server::Server::builder().bind("127.0.0.1:0".parse()?).start().await?;
+    /// let client = sockeye::Client::builder(server.ws_url()).connect().await?;
+    /// client.send("audit", &serde_json::json!({ "event": "login" })).await?;
+    /// # client.close().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn send<T: Serialize + ?Sized>(&self, name: &str, data: &T) -> SendFuture {
+        let (ack, rx) = oneshot::channel();
+        SendFuture::new(Payload::encode(data).map_err(Error::from).and_then(|data| {
+            self.submit(Command::Send {
+                name: name.to_owned(),
+                data: Some(data),
+                ack,
+            })?;
+            Ok(rx)
+        }))
+    }
+
+    /// Publishes `data` to `topic` (`pub`); queued while offline, like [`Client::send`].
+    ///
+    /// # Errors
+    /// As [`Client::send`], and [`Error::InvalidTopic`] for a name PROTOCOL §4 forbids.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let server = sockeye_server::Server::builder().bind("127.0.0.1:0".parse()?).start().await?;
+    /// let client = sockeye::Client::builder(server.ws_url()).connect().await?;
+    /// client.publish("prices", &42.5).await?;
+    /// assert!(client.publish("$reserved", &1).await.is_err());
+    /// # client.close().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn publish<T: Serialize + ?Sized>(&self, topic: &str, data: &T) -> SendFuture {
+        let (ack, rx) = oneshot::channel();
+        let submitted = validate_topic(topic)
+            .map_err(Error::from)
+            .and_then(|()| Payload::encode(data).map_err(Error::from))
+            .and_then(|data| {
+                self.submit(Command::Publish {
+                    topic: topic.to_owned(),
+                    data: Some(data),
+                    ack,
+                })?;
+                Ok(rx)
+            });
+        SendFuture::new(submitted)
+    }
+
+    /// Calls `method` on the server with `req` as the payload and decodes the reply as `Resp`.
+    ///
+    /// The request is issued when the returned future is first polled; its deadline (the builder's
+    /// [`request_timeout`](ClientBuilder::request_timeout), or [`RequestFuture::timeout`]) counts from then.
+    /// Issued while offline, it waits in the offline queue (still subject to its deadline). Dropping the
+    /// future before it completes cancels the request (a queued one is never sent).
+    ///
+    /// # Errors
+    /// The future resolves to [`Error::DeadlineExceeded`] on timeout, [`Error::Unavailable`] when the
+    /// connection dropped while the request was in flight, [`Error::Server`] for the server's `err` reply,
+    /// [`Error::Payload`] when `req` cannot be encoded or the reply does not decode as `Resp`,
+    /// [`Error::ResourceExhausted`] when the offline queue is full, [`Error::Cancelled`] when the client was
+    /// closed meanwhile.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let server = sockeye_server::Server::builder().bind("127.0.0.1:0".parse()?).start().await?;
+    /// use std::time::Duration;
+    /// use sockeye::{Error, ErrorCode};
+    ///
+    /// let client = sockeye::Client::builder(server.ws_url()).connect().await?;
+    /// let reply: Vec<u32> = client.request("echo", &[1, 2, 3]).await?;
+    /// assert_eq!(reply, [1, 2, 3]);
+    ///
+    /// // The built-in `sleep` method answers after `ms` milliseconds: too late for this deadline.
+    /// let late = client
+    ///     .request::<_, serde_json::Value>("sleep", &serde_json::json!({ "ms": 2000 }))
+    ///     .timeout(Duration::from_millis(50))
+    ///     .await;
+    /// assert!(matches!(late, Err(Error::DeadlineExceeded { .. })));
+    /// assert_eq!(late.unwrap_err().code(), ErrorCode::DeadlineExceeded);
+    /// # client.close().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn request<Req, Resp>(&self, method: &str, req: &Req) -> RequestFuture<Resp>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
+        RequestFuture {
+            client: self.clone(),
+            state: RequestState::Unsent {
+                method: method.to_owned(),
+                data: Payload::encode(req).map(Some).map_err(Error::from),
+                timeout: None,
+            },
+            _resp: PhantomData,
+        }
+    }
+
+    /// Subscribes to `topic` and returns its events, decoded as `T`.
+    ///
+    /// The subscription survives reconnects: `sub` is re-sent on every `ready`. Several streams may follow
+    /// the same topic; dropping the last one unsubscribes. The stream yields `Err` items without ending for
+    /// an event whose payload does not decode as `T` ([`Error::Payload`]) or when the application fell more
+    /// than the builder's [`stream_buffer`](ClientBuilder::stream_buffer) behind ([`Error::Lagged`]). When
+    /// the server refuses the subscription, the stream yields [`Error::Server`] and ends.
+    ///
+    /// Subscribing does not wait for the server's acknowledgement: events published before the server has
+    /// processed the `sub` are not delivered.
+    ///
+    /// # Errors
+    /// [`Error::InvalidTopic`] for a name PROTOCOL §4 forbids, [`Error::Closed`] after [`Client::close`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let server = sockeye_server::Server::builder().bind("127.0.0.1:0".parse()?).start().await?;
+    /// use futures_util::StreamExt;
+    /// use std::time::Duration;
+    ///
+    /// let client = sockeye::Client::builder(server.ws_url()).connect().await?;
+    /// let mut prices = client.subscribe::<f64>("prices")?;
+    /// // Publish until the subscription is live (it is acknowledged asynchronously).
+    /// let event = loop {
+    ///     client.publish("prices", &42.5).await?;
+    ///     if let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(50), prices.next()).await {
+    ///         break event?;
+    ///     }
+    /// };
+    /// assert_eq!((event.topic.as_str(), event.data), ("prices", 42.5));
+    /// # client.close().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn subscribe<T: DeserializeOwned>(&self, topic: &str) -> Result<Subscription<T>, Error> {
+        validate_topic(topic)?;
+        let key = self.key();
+        let (feed, tap) = feed(self.inner.stream_buffer);
+        self.submit(Command::Subscribe {
+            topic: topic.to_owned(),
+            key,
+            feed,
+        })?;
+        Ok(Subscription {
+            topic: topic.to_owned(),
+            key,
+            tap,
+            commands: self.inner.commands.clone(),
+            _data: PhantomData,
+        })
+    }
+
+    /// A stream of the server's one-way messages (`msg`).
+    ///
+    /// Every stream gets every message that arrives while it exists. Messages arriving when no stream exists
+    /// are dropped. See [`Subscription`] for `Err` items ([`Error::Lagged`]).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let server = sockeye_server::Server::builder().bind("127.0.0.1:0".parse()?).start().await?;
+    /// use futures_util::StreamExt;
+    ///
+    /// let client = sockeye::Client::builder(server.ws_url()).connect().await?;
+    /// let mut incoming = client.incoming();
+    /// client.send("echo", "ping me back").await?; // the reference server echoes `echo` messages
+    /// let message = incoming.next().await.expect("stream open")?;
+    /// assert_eq!(message.name, "echo");
+    /// assert_eq!(message.decode::<String>()?, "ping me back");
+    /// # client.close().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn incoming(&self) -> Incoming {
+        let key = self.key();
+        let (feed, tap) = feed(self.inner.stream_buffer);
+        // A closed client: the feed is dropped with the command, and the stream ends at once.
+        let _ = self.submit(Command::Listen {
+            key,
+            listener: Listener::Incoming(feed),
+        });
+        Incoming {
+            key,
+            tap,
+            commands: self.inner.commands.clone(),
+        }
+    }
+
+    /// Registers (or replaces) the handler for server requests (`req`) calling `method`.
+    ///
+    /// `Req` is decoded from the request's payload (an absent payload as `null`; failure answers
+    /// `INVALID_ARGUMENT`); the handler's `Ok` becomes the `res` payload, its `Err` an `err` reply with
+    /// [`Error::code`]. Requests for methods without a handler are answered `UNIMPLEMENTED`. Handlers run as
+    /// their own tasks; a reply is dropped if the connection it was requested on is gone by then.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), sockeye::Error> {
+    /// let client = sockeye::Client::builder("ws://127.0.0.1:9/ws").build()?;
+    /// client.on_request("health", |_: ()| async { Ok::<_, sockeye::Error>("ok") });
+    /// # client.close().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn on_request<Req, Resp, F, Fut>(&self, method: impl Into<String>, handler: F)
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + Send + 'static,
+        F: Fn(Req) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, Error>> + Send + 'static,
+    {
+        self.inner
+            .handlers
+            .insert(method.into(), handlers::typed(handler));
+    }
+
+    /// The connection's current state.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let server = sockeye_server::Server::builder().bind("127.0.0.1:0".parse()?).start().await?;
+    /// let client = sockeye::Client::builder(server.ws_url()).connect().await?;
+    /// assert_eq!(client.state(), sockeye::Status::Ready);
+    /// client.close().await;
+    /// assert_eq!(client.state().name(), "disconnected");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn state(&self) -> Status {
+        self.inner.status.borrow().clone()
+    }
+
+    /// A stream of every state change from now on (`{from, to, at}`; `at` is milliseconds since the client
+    /// was built). It ends when the client is closed.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let server = sockeye_server::Server::builder().bind("127.0.0.1:0".parse()?).start().await?;
+    /// use futures_util::StreamExt;
+    ///
+    /// let client = sockeye::Client::builder(server.ws_url()).connect().await?;
+    /// let transitions = client.transitions();
+    /// client.close().await;
+    /// let seen: Vec<_> = transitions.collect().await;
+    /// let last = seen.last().expect("one transition").as_ref().expect("no lag");
+    /// assert_eq!((last.from.name(), last.to.name()), ("ready", "disconnected"));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn transitions(&self) -> Transitions {
+        let key = self.key();
+        let (feed, tap) = feed(self.inner.stream_buffer);
+        let _ = self.submit(Command::Listen {
+            key,
+            listener: Listener::Transitions(feed),
+        });
+        Transitions {
+            key,
+            tap,
+            commands: self.inner.commands.clone(),
+        }
+    }
+
+    /// Waits until the state is `status`, compared by kind ([`Status::name`]: the attempt numbers of
+    /// `Connecting { .. }` and friends are ignored), for at most `timeout`.
+    ///
+    /// # Errors
+    /// [`Error::DeadlineExceeded`] on timeout; [`Error::Disconnected`] as soon as the client gives up
+    /// (authentication failed, attempts exhausted, reconnect disabled, closed) while waiting for another
+    /// state; [`Error::Closed`] when the client's task has ended.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let server = sockeye_server::Server::builder().bind("127.0.0.1:0".parse()?).start().await?;
+    /// use std::time::Duration;
+    /// use sockeye::Status;
+    ///
+    /// let client = sockeye::Client::builder(server.ws_url()).build()?;
+    /// client.wait_for(Status::Ready, Duration::from_secs(5)).await?;
+    /// # client.close().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn wait_for(&self, status: Status, timeout: Duration) -> Result<(), Error> {
+        match tokio::time::timeout(timeout, self.wait_until(&status)).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::DeadlineExceeded {
+                message: format!(
+                    "not {} within {} ms (still {})",
+                    status,
+                    timeout.as_millis(),
+                    self.state()
+                ),
+            }),
+        }
+    }
+
+    pub(crate) async fn wait_until(&self, target: &Status) -> Result<(), Error> {
+        let mut rx = self.inner.status.clone();
+        let wanted = target.name();
+        let mut outcome = Ok(());
+        let waited = rx
+            .wait_for(|status| {
+                if status.name() == wanted {
+                    outcome = Ok(());
+                    return true;
+                }
+                if let Status::Disconnected {
+                    reason: Some(reason),
+                } = status
+                {
+                    outcome = Err(Error::Disconnected(reason.clone()));
+                    return true;
+                }
+                false
+            })
+            .await;
+        match waited {
+            Ok(_) => outcome,
+            Err(_) => match self.state() {
+                // The driver ended; its last state says why.
+                Status::Disconnected {
+                    reason: Some(reason),
+                } if wanted != "disconnected" => Err(Error::Disconnected(reason)),
+                status if status.name() == wanted => Ok(()),
+                _ => Err(Error::Closed),
+            },
+        }
+    }
+
+    /// Closes the connection for good: close code 1000, no reconnect. Pending requests fail with
+    /// [`Error::Cancelled`], the offline queue is discarded (nothing further is sent), subscriptions and
+    /// listener streams end. Resolves when the background task has finished (the close handshake is given a
+    /// short grace period). Calling it again, from any clone, just waits for the same end.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let server = sockeye_server::Server::builder().bind("127.0.0.1:0".parse()?).start().await?;
+    /// let client = sockeye::Client::builder(server.ws_url()).connect().await?;
+    /// client.close().await;
+    /// assert!(matches!(client.send("late", &1).await, Err(sockeye::Error::Closed)));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn close(&self) {
+        let _ = self.submit(Command::Close);
+        let mut rx = self.inner.status.clone();
+        // Resolves with an error once the driver has dropped its sender, i.e. has finished.
+        while rx.changed().await.is_ok() {}
+    }
+}
+
+/// The future of [`Client::send`] and [`Client::publish`]: resolves once the connection accepted the message
+/// (sent or queued).
+#[must_use = "futures do nothing unless awaited; the message is already submitted, but its outcome is lost"]
+#[derive(Debug)]
+pub struct SendFuture {
+    state: Result<oneshot::Receiver<Result<(), Error>>, Option<Error>>,
+}
+
+impl SendFuture {
+    fn new(submitted: Result<oneshot::Receiver<Result<(), Error>>, Error>) -> Self {
+        SendFuture {
+            state: submitted.map_err(Some),
+        }
+    }
+}
+
+impl Future for SendFuture {
+    type Output = Result<(), Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.state {
+            Ok(rx) => Pin::new(rx)
+                .poll(cx)
+                .map(|r| r.unwrap_or(Err(Error::Closed))),
+            Err(error) => Poll::Ready(Err(error.take().unwrap_or(Error::Closed))),
+        }
+    }
+}
+
+enum RequestState {
+    Unsent {
+        method: String,
+        data: Result<Option<Payload>, Error>,
+        timeout: Option<Duration>,
+    },
+    Sent {
+        key: u64,
+        rx: oneshot::Receiver<Result<Option<Payload>, Error>>,
+    },
+    Done,
+}
+
+/// The future of [`Client::request`]. Dropping it before it completes cancels the request.
+#[must_use = "a request is issued when its future is first polled"]
+pub struct RequestFuture<Resp> {
+    client: Client,
+    state: RequestState,
+    _resp: PhantomData<fn() -> Resp>,
+}
+
+impl<Resp> std::fmt::Debug for RequestFuture<Resp> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            RequestState::Unsent { method, .. } => format!("unsent {method:?}"),
+            RequestState::Sent { key, .. } => format!("pending #{key}"),
+            RequestState::Done => "done".to_owned(),
+        };
+        f.debug_struct("RequestFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl<Resp> RequestFuture<Resp> {
+    /// This request's own deadline instead of the builder's
+    /// [`request_timeout`](ClientBuilder::request_timeout), counted from the first poll. No effect once the
+    /// future has been polled.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        if let RequestState::Unsent { timeout: t, .. } = &mut self.state {
+            *t = Some(timeout);
+        }
+        self
+    }
+}
+
+impl<Resp: DeserializeOwned> Future for RequestFuture<Resp> {
+    type Output = Result<Resp, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        match std::mem::replace(&mut this.state, RequestState::Done) {
+            RequestState::Unsent {
+                method,
+                data,
+                timeout,
+            } => {
+                let data = match data {
+                    Ok(data) => data,
+                    Err(e) => return Poll::Ready(Err(e)),
+                };
+                let key = this.client.key();
+                let (reply, rx) = oneshot::channel();
+                if let Err(e) = this.client.submit(Command::Request {
+                    key,
+                    method,
+                    data,
+                    timeout,
+                    reply,
+                }) {
+                    return Poll::Ready(Err(e));
+                }
+                this.state = RequestState::Sent { key, rx };
+            }
+            other => this.state = other,
+        }
+        let RequestState::Sent { rx, .. } = &mut this.state else {
+            return Poll::Ready(Err(Error::Cancelled {
+                message: "polled after completion".into(),
+            }));
+        };
+        let result = match Pin::new(rx).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(result)) => result,
+            Poll::Ready(Err(_)) => Err(Error::Closed),
+        };
+        this.state = RequestState::Done;
+        Poll::Ready(result.and_then(|data| decode_optional(data.as_ref())))
+    }
+}
+
+impl<Resp> Drop for RequestFuture<Resp> {
+    fn drop(&mut self) {
+        if let RequestState::Sent { key, .. } = self.state {
+            // Cancelled by drop. A closed client has nothing left to cancel.
+            let _ = self.client.inner.commands.send(Command::Cancel { key });
+        }
+    }
+}
+
+/// One event on a subscribed topic.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct TopicEvent<T> {
+    pub topic: String,
+    /// The server's per-topic sequence number.
+    pub seq: u64,
+    pub data: T,
+}
+
+/// The stream of [`Client::subscribe`]. Dropping it unsubscribes (when it is the topic's last stream).
+#[must_use = "dropping a subscription unsubscribes"]
+pub struct Subscription<T> {
+    topic: String,
+    key: u64,
+    tap: Tap<RawEvent>,
+    commands: mpsc::UnboundedSender<Command>,
+    _data: PhantomData<fn() -> T>,
+}
+
+impl<T> Subscription<T> {
+    /// The subscribed topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+}
+
+impl<T> std::fmt::Debug for Subscription<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: DeserializeOwned> Stream for Subscription<T> {
+    type Item = Result<TopicEvent<T>, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.tap.poll_next(cx).map(|item| {
+            item.map(|raw| {
+                let raw = raw?;
+                let data = decode_optional(raw.data.as_ref())?;
+                Ok(TopicEvent {
+                    topic: raw.topic,
+                    seq: raw.seq,
+                    data,
+                })
+            })
+        })
+    }
+}
+
+impl<T> Drop for Subscription<T> {
+    fn drop(&mut self) {
+        let _ = self.commands.send(Command::Unsubscribe {
+            topic: std::mem::take(&mut self.topic),
+            key: self.key,
+        });
+    }
+}
+
+/// A one-way message (`msg`) from the server.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Message {
+    pub name: String,
+    /// The payload; `None` when the envelope had no `d`.
+    pub data: Option<Payload>,
+}
+
+impl Message {
+    /// The payload decoded as `T` (an absent payload as `null`).
+    ///
+    /// # Errors
+    /// [`Error::Payload`] when it does not fit `T`.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        decode_optional(self.data.as_ref())
+    }
+}
+
+/// The stream of [`Client::incoming`].
+pub struct Incoming {
+    key: u64,
+    tap: Tap<Message>,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl std::fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Incoming").finish_non_exhaustive()
+    }
+}
+
+impl Stream for Incoming {
+    type Item = Result<Message, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.tap.poll_next(cx)
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        let _ = self.commands.send(Command::Unlisten { key: self.key });
+    }
+}
+
+/// The stream of [`Client::transitions`].
+pub struct Transitions {
+    key: u64,
+    tap: Tap<Transition>,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl std::fmt::Debug for Transitions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transitions").finish_non_exhaustive()
+    }
+}
+
+impl Stream for Transitions {
+    type Item = Result<Transition, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.tap.poll_next(cx)
+    }
+}
+
+impl Drop for Transitions {
+    fn drop(&mut self) {
+        let _ = self.commands.send(Command::Unlisten { key: self.key });
+    }
+}

@@ -1,0 +1,738 @@
+//! The driver task: the only owner of the core's [`Connection`].
+//!
+//! One `tokio::select!` loop waits on the application's commands, the connect attempt in progress, the
+//! socket's read half, the write half (while frames are waiting), and one timer armed for
+//! [`Connection::poll_timeout`]. Whatever wakes it is fed to the core, and the core's outputs are drained and
+//! acted on in order before the loop waits again (the drain rule). The driver decides nothing itself: when to
+//! connect, close, retry, ping or fail a request is the core's decision; the driver only performs it.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use futures_util::future::{poll_fn, BoxFuture};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use sockeye_core::codec::Payload;
+use sockeye_core::{
+    CloseCode, Connection, ErrorCode, Event, Input, Instant as CoreInstant, Output, RequestError,
+    RequestId, SocketId, Status, Transition,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, Sleep};
+use tokio_tungstenite::tungstenite::error::Error as WsError;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tracing::{debug, info, trace, warn};
+
+use crate::client::{Command, Feed, Listener, Message, RawEvent};
+use crate::handlers::Handlers;
+use crate::transport::{ConnectError, Transport, WsStream};
+use crate::Error;
+
+/// How long a closing socket may take to finish its close handshake before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// While this many bytes wait to be written, commands are held back (their futures wait): backpressure for
+/// senders. `close` is never held back.
+const WRITE_HIGH_WATER: usize = 4 << 20;
+/// Timeouts handled per wake-up before the loop yields (a guard against a deadline that does not move).
+const MAX_TIMEOUT_ROUNDS: usize = 16;
+/// Stands in for deadlines too far away to represent.
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+/// The longest close reason a close frame can carry (RFC 6455 §5.5).
+const MAX_CLOSE_REASON: usize = 123;
+
+struct Connecting {
+    socket: SocketId,
+    attempt: u32,
+    future: BoxFuture<'static, Result<WsStream, ConnectError>>,
+}
+
+struct Reader {
+    socket: SocketId,
+    stream: SplitStream<WsStream>,
+}
+
+struct Writer {
+    socket: SocketId,
+    sink: SplitSink<WsStream, WsMessage>,
+    /// Frames the core decided to send, not yet handed to the sink.
+    out: VecDeque<WsMessage>,
+    out_bytes: usize,
+    /// Frames were handed to the sink since the last flush.
+    unflushed: bool,
+}
+
+impl Writer {
+    fn busy(&self) -> bool {
+        !self.out.is_empty() || self.unflushed
+    }
+
+    /// Feeds every waiting frame, then flushes once (PERF.md: one syscall for a batch).
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        while !self.out.is_empty() {
+            ready!(self.sink.poll_ready_unpin(cx))?;
+            if let Some(frame) = self.out.pop_front() {
+                self.out_bytes -= frame.len();
+                self.sink.start_send_unpin(frame)?;
+                self.unflushed = true;
+            }
+        }
+        if self.unflushed {
+            ready!(self.sink.poll_flush_unpin(cx))?;
+            self.unflushed = false;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// A request handler's answer, to be sent on the connection the request came on.
+struct Response {
+    socket: SocketId,
+    id: u64,
+    result: Result<Option<Payload>, RequestError>,
+}
+
+struct PendingRequest {
+    key: u64,
+    reply: oneshot::Sender<Result<Option<Payload>, Error>>,
+}
+
+/// What woke the loop.
+enum Wake {
+    Command(Option<Command>),
+    Response(Response),
+    /// Boxed: a WebSocket stream is large, and every other wake-up would pay for its size.
+    Connected(Box<Result<WsStream, ConnectError>>),
+    Frame(SocketId, Option<Result<WsMessage, WsError>>),
+    Written(Result<(), WsError>),
+    Timer,
+    Reaped,
+}
+
+pub(crate) struct Driver {
+    conn: Connection,
+    origin: Instant,
+    transport: Arc<Transport>,
+    handlers: Arc<Handlers>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    /// Commands read while the write backlog was too large, to be handled in order once it has drained.
+    held: VecDeque<Command>,
+    responses: mpsc::UnboundedReceiver<Response>,
+    responses_tx: mpsc::UnboundedSender<Response>,
+    status: watch::Sender<Status>,
+    connecting: Option<Connecting>,
+    reader: Option<Reader>,
+    writer: Option<Writer>,
+    closers: JoinSet<()>,
+    timer: Pin<Box<Sleep>>,
+    /// The deadline the timer is armed for.
+    armed: Option<CoreInstant>,
+    /// The deadline last handled, to never re-arm for a past instant in a loop.
+    last_timeout: Option<CoreInstant>,
+    requests: BTreeMap<RequestId, PendingRequest>,
+    request_keys: HashMap<u64, RequestId>,
+    topics: BTreeMap<String, Vec<(u64, Feed<RawEvent>)>>,
+    incoming: BTreeMap<u64, Feed<Message>>,
+    transitions: BTreeMap<u64, Feed<Transition>>,
+    stopped: bool,
+}
+
+impl Driver {
+    pub fn new(
+        conn: Connection,
+        transport: Arc<Transport>,
+        handlers: Arc<Handlers>,
+        commands: mpsc::UnboundedReceiver<Command>,
+        status: watch::Sender<Status>,
+    ) -> Self {
+        let (responses_tx, responses) = mpsc::unbounded_channel();
+        let origin = Instant::now();
+        Driver {
+            conn,
+            origin,
+            transport,
+            handlers,
+            commands,
+            held: VecDeque::new(),
+            responses,
+            responses_tx,
+            status,
+            connecting: None,
+            reader: None,
+            writer: None,
+            closers: JoinSet::new(),
+            timer: Box::pin(tokio::time::sleep_until(origin)),
+            armed: None,
+            last_timeout: None,
+            requests: BTreeMap::new(),
+            request_keys: HashMap::new(),
+            topics: BTreeMap::new(),
+            incoming: BTreeMap::new(),
+            transitions: BTreeMap::new(),
+            stopped: false,
+        }
+    }
+
+    /// The core's clock: milliseconds since this driver started.
+    fn now(&self) -> CoreInstant {
+        CoreInstant::from_millis(
+            u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX),
+        )
+    }
+
+    fn input(&mut self, input: Input<'_>) {
+        let now = self.now();
+        self.conn.handle_input(now, input);
+        self.drain();
+    }
+
+    pub async fn run(mut self) {
+        // Commands issued before the task first ran (a `transitions()` stream, a `subscribe`) apply before the
+        // first attempt, so they see it from its start.
+        while let Ok(command) = self.commands.try_recv() {
+            self.handle_command(command);
+        }
+        if !self.stopped {
+            self.input(Input::Start);
+        }
+        while !self.stopped {
+            // Held-back commands go first, in order, once the backlog has drained.
+            while self.accepting() {
+                let Some(command) = self.held.pop_front() else {
+                    break;
+                };
+                self.handle_command(command);
+            }
+            if self.stopped {
+                break;
+            }
+            self.arm_timer();
+            let writing = self.writer.as_ref().is_some_and(Writer::busy);
+            let wake = tokio::select! {
+                command = self.commands.recv() => Wake::Command(command),
+                Some(response) = self.responses.recv() => Wake::Response(response),
+                result = connect_progress(&mut self.connecting) => Wake::Connected(Box::new(result)),
+                (socket, frame) = next_frame(&mut self.reader) => Wake::Frame(socket, frame),
+                result = write_progress(&mut self.writer), if writing => Wake::Written(result),
+                () = &mut self.timer, if self.armed.is_some() => Wake::Timer,
+                Some(_) = self.closers.join_next(), if !self.closers.is_empty() => Wake::Reaped,
+            };
+            match wake {
+                Wake::Command(Some(Command::Close)) => self.handle_command(Command::Close),
+                Wake::Command(Some(command)) if self.held.is_empty() && self.accepting() => {
+                    self.handle_command(command)
+                }
+                Wake::Command(Some(command)) => self.held.push_back(command),
+                Wake::Command(None) => {
+                    debug!("every handle was dropped; closing");
+                    self.stop();
+                }
+                Wake::Response(response) => self.handle_response(response),
+                Wake::Connected(result) => self.handle_connected(*result),
+                Wake::Frame(socket, frame) => self.handle_frame(socket, frame),
+                Wake::Written(result) => self.handle_written(result),
+                Wake::Timer => self.handle_timer(),
+                Wake::Reaped => {}
+            }
+        }
+        self.shutdown().await;
+    }
+
+    /// False while the write backlog is above [`WRITE_HIGH_WATER`].
+    fn accepting(&self) -> bool {
+        self.writer
+            .as_ref()
+            .is_none_or(|w| w.out_bytes < WRITE_HIGH_WATER)
+    }
+
+    /// Arms the one timer for the core's earliest deadline; an unchanged deadline is left alone.
+    fn arm_timer(&mut self) {
+        let wanted = self.conn.poll_timeout();
+        if wanted == self.armed {
+            return;
+        }
+        self.armed = wanted;
+        if let Some(at) = wanted {
+            // A deadline the core did not move after it was handled would wake us in a loop: wait 1 ms.
+            let at = match self.last_timeout {
+                Some(handled) if at <= handled => handled + Duration::from_millis(1),
+                _ => at,
+            };
+            // A deadline beyond what the clock can represent (a huge configured timeout) is "far future".
+            let deadline = self
+                .origin
+                .checked_add(Duration::from_millis(at.as_millis()))
+                .unwrap_or_else(|| Instant::now() + FAR_FUTURE);
+            self.timer.as_mut().reset(deadline);
+        }
+    }
+
+    /// The timer fired: feed `Timeout` while a deadline is due by our own clock (a timeout can produce work
+    /// that is itself due, and a wake-up may come early).
+    fn handle_timer(&mut self) {
+        self.armed = None;
+        for _ in 0..MAX_TIMEOUT_ROUNDS {
+            let now = self.now();
+            match self.conn.poll_timeout() {
+                Some(at) if at <= now => self.last_timeout = Some(at),
+                _ => return,
+            }
+            self.input(Input::Timeout);
+        }
+    }
+
+    fn handle_command(&mut self, command: Command) {
+        let now = self.now();
+        match command {
+            Command::Send { name, data, ack } => {
+                let result = self.conn.send(now, &name, data).map_err(Error::from);
+                self.drain();
+                let _ = ack.send(result);
+            }
+            Command::Publish { topic, data, ack } => {
+                let result = self.conn.publish(now, &topic, data).map_err(Error::from);
+                self.drain();
+                let _ = ack.send(result);
+            }
+            Command::Request {
+                key,
+                method,
+                data,
+                timeout,
+                reply,
+            } => {
+                if reply.is_closed() {
+                    return; // dropped before the driver saw it; its Cancel follows
+                }
+                match self.conn.request(now, &method, data, timeout) {
+                    Ok(id) => {
+                        trace!(id = id.0, %method, "request issued");
+                        self.requests.insert(id, PendingRequest { key, reply });
+                        self.request_keys.insert(key, id);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                    }
+                }
+                self.drain();
+            }
+            Command::Cancel { key } => {
+                if let Some(id) = self.request_keys.remove(&key) {
+                    trace!(id = id.0, "request cancelled by drop");
+                    self.conn.cancel(now, id);
+                    self.drain();
+                }
+            }
+            Command::Subscribe { topic, key, feed } => {
+                if !self.topics.contains_key(&topic) {
+                    if let Err(e) = self.conn.subscribe(now, &topic) {
+                        feed.deliver(Err(e.into()));
+                        return;
+                    }
+                    debug!(%topic, "subscribed");
+                    self.drain();
+                }
+                self.topics.entry(topic).or_default().push((key, feed));
+            }
+            Command::Unsubscribe { topic, key } => {
+                let Some(feeds) = self.topics.get_mut(&topic) else {
+                    return;
+                };
+                feeds.retain(|(k, _)| *k != key);
+                if feeds.is_empty() {
+                    self.topics.remove(&topic);
+                    debug!(%topic, "unsubscribed");
+                    self.conn.unsubscribe(now, &topic);
+                    self.drain();
+                }
+            }
+            Command::Listen { key, listener } => match listener {
+                Listener::Incoming(feed) => {
+                    self.incoming.insert(key, feed);
+                }
+                Listener::Transitions(feed) => {
+                    self.transitions.insert(key, feed);
+                }
+            },
+            Command::Unlisten { key } => {
+                self.incoming.remove(&key);
+                self.transitions.remove(&key);
+            }
+            Command::Close => {
+                debug!("closed by the application");
+                self.stop();
+            }
+        }
+    }
+
+    fn stop(&mut self) {
+        self.input(Input::Stop);
+        self.stopped = true;
+    }
+
+    fn current_socket(&self) -> Option<SocketId> {
+        self.reader.as_ref().map(|r| r.socket)
+    }
+
+    fn handle_response(&mut self, response: Response) {
+        // The core would send it on whatever connection is current; a reply belongs to the one the request
+        // came on (whose requests the server has already failed if it is gone).
+        if self.current_socket() != Some(response.socket) {
+            debug!(
+                id = response.id,
+                "dropping a handler's reply: its connection is gone"
+            );
+            return;
+        }
+        let now = self.now();
+        self.conn.respond(now, response.id, response.result);
+        self.drain();
+    }
+
+    fn handle_connected(&mut self, result: Result<WsStream, ConnectError>) {
+        let Some(Connecting {
+            socket, attempt, ..
+        }) = self.connecting.take()
+        else {
+            return;
+        };
+        match result {
+            Ok(ws) => {
+                debug!(attempt, "socket open");
+                let (sink, stream) = ws.split();
+                self.reader = Some(Reader { socket, stream });
+                self.writer = Some(Writer {
+                    socket,
+                    sink,
+                    out: VecDeque::new(),
+                    out_bytes: 0,
+                    unflushed: false,
+                });
+                self.input(Input::SocketOpened { socket });
+            }
+            Err(ConnectError::Auth(reason)) => {
+                warn!(attempt, %reason, "upgrade refused");
+                self.input(Input::SocketClosed {
+                    socket,
+                    code: CloseCode::AUTH_FAILED,
+                    reason: &reason,
+                });
+            }
+            Err(ConnectError::Other(message)) => {
+                debug!(attempt, error = %message, "connect attempt failed");
+                self.input(Input::SocketError {
+                    socket,
+                    message: &message,
+                });
+            }
+        }
+    }
+
+    fn handle_frame(&mut self, socket: SocketId, frame: Option<Result<WsMessage, WsError>>) {
+        match frame {
+            Some(Ok(WsMessage::Text(text))) => self.input(Input::SocketText {
+                socket,
+                text: text.as_str(),
+            }),
+            Some(Ok(WsMessage::Binary(data))) => self.input(Input::SocketBinary {
+                socket,
+                data: &data,
+            }),
+            // tungstenite answers pings itself; keepalive is the application-level `ping` word.
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {}
+            Some(Ok(WsMessage::Close(frame))) => {
+                let (code, reason) = match &frame {
+                    Some(frame) => (CloseCode(u16::from(frame.code)), frame.reason.as_str()),
+                    // RFC 6455 §7.4.1: 1005, no status code was present.
+                    None => (CloseCode(1005), ""),
+                };
+                debug!(%code, reason, "closed by the server");
+                let reason = reason.to_owned();
+                self.retire_socket();
+                self.input(Input::SocketClosed {
+                    socket,
+                    code,
+                    reason: &reason,
+                });
+            }
+            Some(Err(e)) => {
+                let message = e.to_string();
+                debug!(error = %message, "socket failed");
+                self.retire_socket();
+                self.input(Input::SocketError {
+                    socket,
+                    message: &message,
+                });
+            }
+            None => {
+                debug!("socket ended without a close frame");
+                self.retire_socket();
+                self.input(Input::SocketClosed {
+                    socket,
+                    code: CloseCode::ABNORMAL,
+                    reason: "connection ended without a close frame",
+                });
+            }
+        }
+    }
+
+    fn handle_written(&mut self, result: Result<(), WsError>) {
+        if let Err(e) = result {
+            let Some(socket) = self.writer.as_ref().map(|w| w.socket) else {
+                return;
+            };
+            let message = e.to_string();
+            debug!(error = %message, "write failed");
+            self.retire_socket();
+            self.input(Input::SocketError {
+                socket,
+                message: &message,
+            });
+        }
+    }
+
+    /// The peer ended the socket (or it failed): finish the close handshake in the background.
+    fn retire_socket(&mut self) {
+        let reader = self.reader.take();
+        if let Some(mut writer) = self.writer.take() {
+            self.closers.spawn(async move {
+                // Flushes tungstenite's reply to the peer's close frame, if any.
+                let _ = tokio::time::timeout(CLOSE_GRACE, writer.sink.close()).await;
+                drop(reader);
+            });
+        }
+    }
+
+    /// The core closes a socket: send what was decided before, then the close frame, then wait (briefly) for
+    /// the peer's close frame.
+    fn close_socket(&mut self, socket: SocketId, code: CloseCode, reason: String) {
+        if self.connecting.as_ref().is_some_and(|c| c.socket == socket) {
+            debug!("connect attempt abandoned");
+            self.connecting = None;
+        }
+        if self.writer.as_ref().is_none_or(|w| w.socket != socket) {
+            return;
+        }
+        let (Some(mut writer), Some(mut reader)) = (self.writer.take(), self.reader.take()) else {
+            return;
+        };
+        debug!(%code, %reason, "closing the socket");
+        let frame = CloseFrame {
+            code: WsCloseCode::from(code.0),
+            reason: truncate(reason).into(),
+        };
+        self.closers.spawn(async move {
+            let _ = tokio::time::timeout(CLOSE_GRACE, async move {
+                for message in writer.out.drain(..) {
+                    writer.sink.feed(message).await?;
+                }
+                writer.sink.send(WsMessage::Close(Some(frame))).await?;
+                // The peer's close frame ends the stream.
+                while let Some(Ok(_)) = reader.stream.next().await {}
+                Ok::<(), WsError>(())
+            })
+            .await;
+        });
+    }
+
+    /// Acts on every output of the core, in order (the drain rule).
+    fn drain(&mut self) {
+        while let Some(output) = self.conn.poll_output() {
+            match output {
+                Output::OpenSocket { socket, attempt } => {
+                    debug!(attempt, "connecting");
+                    if self.reader.is_some() {
+                        // The core closes a socket before it opens the next; be safe anyway.
+                        self.retire_socket();
+                    }
+                    let future = Arc::clone(&self.transport).connect().boxed();
+                    self.connecting = Some(Connecting {
+                        socket,
+                        attempt,
+                        future,
+                    });
+                }
+                Output::CloseSocket {
+                    socket,
+                    code,
+                    reason,
+                } => self.close_socket(socket, code, reason),
+                Output::SendText(text) => self.write(WsMessage::text(text)),
+                Output::SendBinary(frame) => self.write(WsMessage::binary(frame)),
+                Output::Event(event) => self.dispatch(event),
+            }
+        }
+    }
+
+    fn write(&mut self, message: WsMessage) {
+        match &mut self.writer {
+            Some(writer) => {
+                writer.out_bytes += message.len();
+                writer.out.push_back(message);
+            }
+            None => debug!("no open socket for an outgoing frame; dropped"),
+        }
+    }
+
+    fn dispatch(&mut self, event: Event) {
+        match event {
+            Event::StateChanged(transition) => self.transitioned(transition),
+            Event::Message { name, data } => {
+                if self.incoming.is_empty() {
+                    trace!(%name, "message dropped: no incoming() stream");
+                }
+                self.incoming.retain(|_, feed| {
+                    feed.deliver(Ok(Message {
+                        name: name.clone(),
+                        data: data.clone(),
+                    }))
+                });
+            }
+            Event::TopicEvent { topic, seq, data } => {
+                if let Some(feeds) = self.topics.get_mut(&topic) {
+                    feeds.retain(|(_, feed)| {
+                        feed.deliver(Ok(RawEvent {
+                            topic: topic.clone(),
+                            seq,
+                            data: data.clone(),
+                        }))
+                    });
+                }
+            }
+            Event::Reply { id, result } => {
+                if let Some(PendingRequest { key, reply }) = self.requests.remove(&id) {
+                    self.request_keys.remove(&key);
+                    let _ = reply.send(result.map_err(Error::from));
+                }
+            }
+            Event::Request { id, method, data } => self.serve(id, method, data),
+            Event::SubscribeFailed { topic, error } => {
+                warn!(%topic, %error, "subscription refused");
+                let error = Error::from(error);
+                for (_, feed) in self.topics.remove(&topic).unwrap_or_default() {
+                    feed.deliver(Err(error.clone()));
+                }
+            }
+            Event::Notice(error) => warn!(%error, "the server reported an error"),
+            Event::Draining => info!("the server is draining"),
+        }
+    }
+
+    /// A server `req`: run its handler as a task, or answer `UNIMPLEMENTED`.
+    fn serve(&mut self, id: u64, method: String, data: Option<Payload>) {
+        let Some(socket) = self.current_socket() else {
+            return;
+        };
+        let Some(handler) = self.handlers.get(&method) else {
+            let shown: String = method.chars().take(64).collect();
+            debug!(method = %shown, "no handler; answering UNIMPLEMENTED");
+            let error = RequestError::local(
+                ErrorCode::Unimplemented,
+                format!("no handler for method {shown:?}"),
+            );
+            let now = self.now();
+            self.conn.respond(now, id, Err(error));
+            return;
+        };
+        let responses = self.responses_tx.clone();
+        tokio::spawn(async move {
+            let result = match AssertUnwindSafe(handler(data)).catch_unwind().await {
+                Ok(Ok(data)) => Ok(data),
+                Ok(Err(e)) => Err(e.to_request_error()),
+                Err(_) => Err(RequestError::local(
+                    ErrorCode::Internal,
+                    "the request handler panicked",
+                )),
+            };
+            let _ = responses.send(Response { socket, id, result });
+        });
+    }
+
+    fn transitioned(&mut self, transition: Transition) {
+        match &transition.to {
+            Status::Reconnecting { attempt, delay, .. } => {
+                info!(
+                    attempt,
+                    delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                    "reconnecting"
+                );
+            }
+            Status::Disconnected {
+                reason: Some(reason),
+            } => info!(%reason, "disconnected"),
+            to => info!(from = %transition.from, %to, "state changed"),
+        }
+        self.status.send_replace(transition.to.clone());
+        self.transitions
+            .retain(|_, feed| feed.deliver(Ok(transition.clone())));
+    }
+
+    async fn shutdown(mut self) {
+        self.connecting = None;
+        self.retire_socket();
+        // Requests the core still holds (none after `Stop`) end with their senders: `Error::Closed`.
+        self.requests.clear();
+        self.topics.clear();
+        self.incoming.clear();
+        self.transitions.clear();
+        let closers = async { while self.closers.join_next().await.is_some() {} };
+        let _ = tokio::time::timeout(CLOSE_GRACE + Duration::from_millis(500), closers).await;
+        debug!("client task finished");
+        // Dropping `self.status` here tells `Client::close` that the task has ended.
+    }
+}
+
+/// Resolves when the connect attempt in progress ends; never while there is none.
+async fn connect_progress(connecting: &mut Option<Connecting>) -> Result<WsStream, ConnectError> {
+    match connecting {
+        Some(c) => (&mut c.future).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next frame from the open socket; never resolves while there is none.
+async fn next_frame(reader: &mut Option<Reader>) -> (SocketId, Option<Result<WsMessage, WsError>>) {
+    match reader {
+        Some(r) => (r.socket, r.stream.next().await),
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when every waiting frame is written and flushed (or writing failed).
+async fn write_progress(writer: &mut Option<Writer>) -> Result<(), WsError> {
+    match writer {
+        Some(w) => poll_fn(|cx| w.poll_write(cx)).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Cuts a close reason to what a close frame can carry, on a character boundary.
+fn truncate(mut reason: String) -> String {
+    if reason.len() > MAX_CLOSE_REASON {
+        let mut end = MAX_CLOSE_REASON;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+    reason
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truncate;
+
+    #[test]
+    fn close_reasons_are_cut_on_a_char_boundary() {
+        assert_eq!(truncate("short".into()), "short");
+        let long = "é".repeat(100); // 200 bytes
+        let cut = truncate(long);
+        assert!(cut.len() <= 123 && cut.chars().all(|c| c == 'é'));
+    }
+}
