@@ -1,7 +1,7 @@
 //! Reconnect delays: exponential with full jitter (PROTOCOL §7), from a seeded generator.
 
 use crate::config::ReconnectConfig;
-use crate::time::Duration;
+use crate::time::{millis, Duration};
 
 /// A small, seedable generator (SplitMix64). Jitter is its only use; seeding it from the config makes every
 /// run of the core reproducible, and keeps `getrandom` out of the core.
@@ -53,10 +53,6 @@ pub fn delay(config: &ReconnectConfig, attempt: u32, rng: &mut Rng) -> Duration 
         cap.saturating_add(rng.below(cap / 5 + 1))
     };
     Duration::from_millis(ms)
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use crate::error::{CloseCode, ErrorCode};
 use crate::queue::{OfflineQueue, Queued};
 use crate::requests::{RequestError, RequestId, Requests, Stage};
 use crate::state::{terminal_reason, DisconnectReason, Status, Transition};
-use crate::time::{Duration, Instant};
+use crate::time::{millis, Duration, Instant};
 use crate::topics::Topics;
 
 /// Names one socket the core asked the shell to open. Inputs about any other socket are stale and ignored, so
@@ -205,6 +205,35 @@ fn due(deadline: Option<Instant>, now: Instant) -> bool {
 
 const PING: &str = "ping";
 
+/// Appends the first `max` characters of `text` in double quotes, escaping quotes, backslashes and control
+/// characters the way `{:?}` does (`\"`, `\\`, `\n`, `\u{1b}`) — without the `Debug` machinery, which costs the
+/// browser package several KB. (`{:?}` would also escape a few other unprintable characters.)
+fn push_quoted(out: &mut String, text: &str, max: usize) {
+    out.push('"');
+    for c in text.chars().take(max) {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\0' => out.push_str("\\0"),
+            c if c.is_control() => {
+                let n = u32::from(c);
+                out.push_str("\\u{");
+                for digit in [n >> 4, n & 0xf].into_iter().skip(usize::from(n < 0x10)) {
+                    out.extend(char::from_digit(digit, 16));
+                }
+                out.push('}');
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
 impl Connection {
     /// A connection in `disconnected`, not yet started.
     ///
@@ -327,11 +356,12 @@ impl Connection {
                 "the connection was closed by the application",
             );
         }
-        if self.status
-            != (Status::Disconnected {
-                reason: Some(DisconnectReason::Stopped),
-            })
-        {
+        if !matches!(
+            self.status,
+            Status::Disconnected {
+                reason: Some(DisconnectReason::Stopped)
+            }
+        ) {
             self.transition(
                 now,
                 Status::Disconnected {
@@ -339,6 +369,12 @@ impl Connection {
                 },
             );
         }
+    }
+
+    /// `matches!` rather than `==`: comparing whole `Status` values would pull the derived `PartialEq` (with
+    /// its string comparisons) into the browser package.
+    fn is_ready(&self) -> bool {
+        matches!(self.status, Status::Ready)
     }
 
     fn is_current(&self, socket: SocketId) -> bool {
@@ -373,8 +409,9 @@ impl Connection {
             "pong" => {}
             "bye" => self.push(Output::Event(Event::Draining)),
             other => {
-                let word: String = other.chars().take(32).collect();
-                self.refuse(now, format!("unexpected text frame {word:?}"));
+                let mut reason = String::from("unexpected text frame ");
+                push_quoted(&mut reason, other, 32);
+                self.refuse(now, reason);
             }
         }
     }
@@ -384,7 +421,7 @@ impl Connection {
             return;
         }
         self.timers.pong = None;
-        if self.status != Status::Ready {
+        if !self.is_ready() {
             self.refuse(now, "binary frame before ready".into());
             return;
         }
@@ -641,14 +678,14 @@ impl Connection {
         if due(self.timers.connect, now) {
             let reason = format!(
                 "connect timeout: not ready within {} ms",
-                self.config.connect_timeout.as_millis()
+                millis(self.config.connect_timeout)
             );
             return self.close_and_retry(now, CloseCode::KEEPALIVE_TIMEOUT, reason);
         }
         if due(self.timers.pong, now) {
             let reason = format!(
                 "keepalive timeout: no frame within {} ms",
-                self.config.keepalive_timeout.as_millis()
+                millis(self.config.keepalive_timeout)
             );
             return self.close_and_retry(now, CloseCode::KEEPALIVE_TIMEOUT, reason);
         }
@@ -782,7 +819,7 @@ impl Connection {
         id: u64,
         result: Result<Option<Payload>, RequestError>,
     ) -> bool {
-        if self.status != Status::Ready {
+        if !self.is_ready() {
             return false;
         }
         let envelope = match result {
@@ -810,7 +847,7 @@ impl Connection {
     pub fn subscribe(&mut self, _now: Instant, topic: &str) -> Result<bool, SendError> {
         validate_topic(topic).map_err(SendError::InvalidTopic)?;
         let added = self.topics.insert(topic);
-        if added && self.status == Status::Ready {
+        if added && self.is_ready() {
             self.send_sub(topic.to_owned());
         }
         Ok(added)
@@ -819,7 +856,7 @@ impl Connection {
     /// Unsubscribes; `unsub` is sent when `ready`. Returns false when it was not subscribed.
     pub fn unsubscribe(&mut self, _now: Instant, topic: &str) -> bool {
         let removed = self.topics.remove(topic);
-        if removed && self.status == Status::Ready {
+        if removed && self.is_ready() {
             let id = self.requests.allocate_id();
             self.send_now(&Envelope::Unsub {
                 id,
@@ -839,7 +876,7 @@ impl Connection {
                 threshold,
             }));
         }
-        if self.status == Status::Ready {
+        if self.is_ready() {
             let outputs = &mut self.outputs;
             self.fragmenter
                 .encode_bytes(&bytes, |frame| outputs.push_back(Output::SendBinary(frame)))
@@ -888,5 +925,33 @@ impl Connection {
 
     fn push(&mut self, output: Output) {
         self.outputs.push_back(output);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_matches_debug_for_ascii_controls_and_printable_text() {
+        let mut all_controls: String = (0u32..0x20)
+            .chain(0x7f..0xa0)
+            .filter_map(char::from_u32)
+            .collect();
+        all_controls.push_str("\"quoted\" back\\slash, 'single', é ü 日本 🎉");
+        for text in [
+            "",
+            "hello",
+            "a\"b\\c",
+            "tab\there\nnew\rline\0nul",
+            &all_controls,
+        ] {
+            let mut out = String::new();
+            push_quoted(&mut out, text, usize::MAX);
+            assert_eq!(out, format!("{text:?}"));
+        }
+        let mut out = String::new();
+        push_quoted(&mut out, "ééééé", 3);
+        assert_eq!(out, "\"ééé\"");
     }
 }

@@ -1,7 +1,5 @@
 //! Request correlation: ids, the pending table, and per-request deadlines counted from issue time.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use core::fmt;
 
 use crate::codec::Payload;
@@ -57,16 +55,23 @@ pub(crate) enum Stage {
 
 #[derive(Debug)]
 struct Pending {
+    id: u64,
     deadline: Instant,
     stage: Stage,
 }
 
 /// The table of requests that have neither a reply nor a failure yet.
+///
+/// Two sorted `Vec`s rather than B-trees (each `BTreeMap`/`BTreeSet` instantiation costs the browser package
+/// several KB of code): `pending` sorted by id (ids are allocated in increasing order, so inserts append), and
+/// `deadlines` sorted by `(deadline, id)`, so the next deadline is its first element and expiry drains a prefix.
+/// Lookups are binary searches; inserting and removing shift the tail, which is cheap for the few thousand
+/// requests a client keeps in flight.
 #[derive(Debug, Default)]
 pub(crate) struct Requests {
     next_id: u64,
-    pending: BTreeMap<u64, Pending>,
-    deadlines: BTreeSet<(Instant, u64)>,
+    pending: Vec<Pending>,
+    deadlines: Vec<(Instant, u64)>,
 }
 
 impl Requests {
@@ -76,26 +81,45 @@ impl Requests {
         self.next_id
     }
 
+    /// Where `id` is in `pending`: `Ok(index)` when pending, else `Err(insertion point)`.
+    fn find(&self, id: u64) -> Result<usize, usize> {
+        self.pending.binary_search_by_key(&id, |p| p.id)
+    }
+
+    /// Inserts a request; an id already pending is replaced.
     pub fn insert(&mut self, id: u64, deadline: Instant, stage: Stage) {
-        self.pending.insert(id, Pending { deadline, stage });
-        self.deadlines.insert((deadline, id));
+        self.remove(id);
+        let Err(at) = self.find(id) else { return };
+        self.pending.insert(
+            at,
+            Pending {
+                id,
+                deadline,
+                stage,
+            },
+        );
+        let key = (deadline, id);
+        let at = self.deadlines.partition_point(|d| *d < key);
+        self.deadlines.insert(at, key);
     }
 
     pub fn set_stage(&mut self, id: u64, stage: Stage) {
-        if let Some(p) = self.pending.get_mut(&id) {
-            p.stage = stage;
+        if let Ok(i) = self.find(id) {
+            self.pending[i].stage = stage;
         }
     }
 
     /// Removes a request; returns its stage if it was pending.
     pub fn remove(&mut self, id: u64) -> Option<Stage> {
-        let p = self.pending.remove(&id)?;
-        self.deadlines.remove(&(p.deadline, id));
+        let p = self.pending.remove(self.find(id).ok()?);
+        if let Ok(i) = self.deadlines.binary_search(&(p.deadline, id)) {
+            self.deadlines.remove(i);
+        }
         Some(p.stage)
     }
 
     pub fn contains(&self, id: u64) -> bool {
-        self.pending.contains_key(&id)
+        self.find(id).is_ok()
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
@@ -104,15 +128,20 @@ impl Requests {
 
     /// Removes and returns every request whose deadline is at or before `now`, earliest first.
     pub fn take_expired(&mut self, now: Instant) -> Vec<(u64, Stage)> {
-        let mut expired = Vec::new();
-        while let Some(&(at, id)) = self.deadlines.first() {
-            if at > now {
-                break;
-            }
-            if let Some(stage) = self.remove(id) {
-                expired.push((id, stage));
+        let due = self.deadlines.partition_point(|(at, _)| *at <= now);
+        if due == 0 {
+            return Vec::new();
+        }
+        let mut expired = Vec::with_capacity(due);
+        for &(_, id) in &self.deadlines[..due] {
+            if let Ok(i) = self.find(id) {
+                expired.push((id, self.pending[i].stage));
             }
         }
+        self.deadlines.drain(..due);
+        // `deadlines` mirrors `pending`: what was due there is exactly what is due here. One pass, not one
+        // shift per expired request.
+        self.pending.retain(|p| p.deadline > now);
         expired
     }
 
@@ -120,8 +149,8 @@ impl Requests {
     pub fn ids_in(&self, stage: Stage) -> Vec<u64> {
         self.pending
             .iter()
-            .filter(|(_, p)| p.stage == stage)
-            .map(|(id, _)| *id)
+            .filter(|p| p.stage == stage)
+            .map(|p| p.id)
             .collect()
     }
 
@@ -141,6 +170,76 @@ mod tests {
         r.insert(a, Instant::from_millis(5), Stage::InFlight);
         r.remove(a);
         assert_ne!(r.allocate_id(), a);
+    }
+
+    /// The sorted-`Vec` table against a model of its contract (B-trees, as it once was), over random operations.
+    #[test]
+    fn behaves_like_the_btree_model() {
+        use std::collections::{BTreeMap, BTreeSet};
+
+        let mut rng = crate::backoff::Rng::new(11);
+        let mut table = Requests::default();
+        let mut pending: BTreeMap<u64, (Instant, Stage)> = BTreeMap::new();
+        let mut deadlines: BTreeSet<(Instant, u64)> = BTreeSet::new();
+        let mut now = 0;
+        for _ in 0..20_000 {
+            match rng.below(6) {
+                0 | 1 => {
+                    let id = table.allocate_id();
+                    let at = Instant::from_millis(now + rng.below(500));
+                    let stage = if rng.below(2) == 0 {
+                        Stage::Queued
+                    } else {
+                        Stage::InFlight
+                    };
+                    table.insert(id, at, stage);
+                    pending.insert(id, (at, stage));
+                    deadlines.insert((at, id));
+                }
+                2 => {
+                    let id = rng.below(table.next_id + 2);
+                    let expected = pending.remove(&id).map(|(at, stage)| {
+                        deadlines.remove(&(at, id));
+                        stage
+                    });
+                    assert_eq!(table.remove(id), expected);
+                }
+                3 => {
+                    let id = rng.below(table.next_id + 2);
+                    table.set_stage(id, Stage::InFlight);
+                    if let Some(p) = pending.get_mut(&id) {
+                        p.1 = Stage::InFlight;
+                    }
+                }
+                4 => {
+                    now += rng.below(100);
+                    let at = Instant::from_millis(now);
+                    let mut expected = Vec::new();
+                    while let Some(&(deadline, id)) = deadlines.first() {
+                        if deadline > at {
+                            break;
+                        }
+                        deadlines.pop_first();
+                        expected.push((id, pending.remove(&id).unwrap().1));
+                    }
+                    assert_eq!(table.take_expired(at), expected);
+                }
+                _ => {
+                    let id = rng.below(table.next_id + 2);
+                    assert_eq!(table.contains(id), pending.contains_key(&id));
+                }
+            }
+            assert_eq!(table.len(), pending.len());
+            assert_eq!(table.next_deadline(), deadlines.first().map(|(at, _)| *at));
+            for stage in [Stage::Queued, Stage::InFlight] {
+                let ids: Vec<u64> = pending
+                    .iter()
+                    .filter(|(_, (_, s))| *s == stage)
+                    .map(|(id, _)| *id)
+                    .collect();
+                assert_eq!(table.ids_in(stage), ids);
+            }
+        }
     }
 
     #[test]

@@ -30,12 +30,19 @@ impl Instant {
     }
 }
 
+/// Whole milliseconds in `d`, saturating at `u64::MAX`: `Duration::as_millis` without its `u128` (whose
+/// arithmetic and formatting cost the browser package code).
+pub(crate) fn millis(d: Duration) -> u64 {
+    d.as_secs()
+        .saturating_mul(1000)
+        .saturating_add(u64::from(d.subsec_millis()))
+}
+
 impl Add<Duration> for Instant {
     type Output = Instant;
     /// Saturates instead of overflowing: a huge configured timeout means "practically never".
     fn add(self, rhs: Duration) -> Instant {
-        let ms = u64::try_from(rhs.as_millis()).unwrap_or(u64::MAX);
-        Instant(self.0.saturating_add(ms))
+        Instant(self.0.saturating_add(millis(rhs)))
     }
 }
 
@@ -56,5 +63,22 @@ mod tests {
         assert_eq!(t + Duration::from_millis(5), Instant::from_millis(15));
         assert_eq!(Instant::from_millis(3) - t, Duration::ZERO);
         assert_eq!(t + Duration::MAX, Instant::from_millis(u64::MAX));
+    }
+
+    #[test]
+    fn millis_matches_duration_as_millis_and_saturates() {
+        for d in [
+            Duration::ZERO,
+            Duration::from_nanos(999_999),
+            Duration::from_micros(1_500),
+            Duration::from_millis(12_345),
+            Duration::from_secs(u64::MAX / 1000),
+            Duration::new(u64::MAX / 1000, 807_999_999),
+            Duration::new(u64::MAX / 1000, 808_000_000),
+            Duration::MAX,
+        ] {
+            let expected = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+            assert_eq!(millis(d), expected, "{d:?}");
+        }
     }
 }

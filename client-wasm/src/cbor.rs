@@ -1,4 +1,6 @@
-//! JS values ↔ CBOR, written with `ciborium-ll` and `js-sys` (no serde, no JSON strings in between).
+//! JS values ↔ CBOR, read and written here byte by byte with `js-sys` (no serde, no CBOR library, no JSON
+//! strings in between: each generic CBOR library costs the package kilobytes, and a payload needs only item
+//! headers).
 //!
 //! | JS | CBOR | back to JS |
 //! |---|---|---|
@@ -17,20 +19,39 @@
 //! Functions, symbols, bigger `BigInt`s and nesting deeper than [`MAX_DEPTH`] (or cycles) throw a `TypeError`.
 //! Decoding keeps tags' content and drops the tag; unassigned simple values decode as `undefined`; invalid UTF-8
 //! in text is replaced (U+FFFD). Plain objects are built with `Object.fromEntries`, so a `"__proto__"` key is an
-//! own property, never the prototype. Decoding never allocates from a declared length: strings are read in
-//! fixed-size chunks and containers grow as their items arrive.
+//! own property, never the prototype. Decoding never allocates from a declared length: every length is checked
+//! against the bytes actually left first, and containers grow as their items arrive.
+//!
+//! Headers use the shortest form (RFC 8949 §4.2.1 preferred serialization); a float is written in the shortest of
+//! half, single and double precision that gives back exactly the same bits.
 
-use ciborium_ll::{simple, Decoder, Encoder, Header};
 use js_sys::{Array, ArrayBuffer, Map, Object, Set, Uint8Array};
 use sockeye_core::codec::{Payload, MAX_DEPTH};
 use wasm_bindgen::{JsCast, JsValue};
 
 use crate::errors::type_error;
+use crate::shell::get;
 
 /// The largest integer a JS number holds exactly (`Number.MAX_SAFE_INTEGER`).
 const MAX_SAFE: u64 = (1 << 53) - 1;
 
-type Enc<'a> = Encoder<&'a mut Vec<u8>>;
+const MAJOR_UINT: u8 = 0;
+const MAJOR_NINT: u8 = 1;
+const MAJOR_BYTES: u8 = 2;
+const MAJOR_TEXT: u8 = 3;
+const MAJOR_ARRAY: u8 = 4;
+const MAJOR_MAP: u8 = 5;
+const MAJOR_TAG: u8 = 6;
+const MAJOR_SIMPLE: u8 = 7;
+
+const FALSE: u8 = 0xf4;
+const TRUE: u8 = 0xf5;
+const NULL: u8 = 0xf6;
+const UNDEFINED: u8 = 0xf7;
+const BREAK: u8 = 0xff;
+
+/// The additional information that marks an indefinite length.
+const INDEFINITE: u8 = 31;
 
 /// Encodes `data` as a payload: `undefined` is no payload (the envelope's `d` is left out).
 ///
@@ -41,7 +62,7 @@ pub(crate) fn encode(data: &JsValue) -> Result<Option<Payload>, JsValue> {
         return Ok(None);
     }
     let mut bytes = Vec::new();
-    encode_value(&mut Encoder::from(&mut bytes), data, 0)?;
+    encode_value(&mut bytes, data, 0)?;
     // Re-checks the invariant Payload keeps (one well-formed item within MAX_DEPTH); cannot fail for what the
     // encoder above writes, but a TypeError is better than a panic if it ever did.
     Payload::from_cbor(bytes)
@@ -49,38 +70,50 @@ pub(crate) fn encode(data: &JsValue) -> Result<Option<Payload>, JsValue> {
         .map_err(|e| type_error(&format!("data: {e}")))
 }
 
-fn encode_value(enc: &mut Enc<'_>, v: &JsValue, depth: usize) -> Result<(), JsValue> {
-    // Writing into a Vec cannot fail.
-    let put = |enc: &mut Enc<'_>, h| {
-        let _ = enc.push(h);
+/// Appends an item header with the shortest encoding of `value`.
+fn head(out: &mut Vec<u8>, major: u8, value: u64) {
+    let major = major << 5;
+    let width = match value {
+        0..=23 => return out.push(major | value as u8),
+        24..=0xff => 0,
+        0x100..=0xffff => 1,
+        0x1_0000..=0xffff_ffff => 2,
+        _ => 3,
     };
+    out.push(major | (24 + width));
+    out.extend_from_slice(&value.to_be_bytes()[8 - (1 << width)..]);
+}
+
+/// Appends a definite byte or text string.
+fn string(out: &mut Vec<u8>, major: u8, bytes: &[u8]) {
+    head(out, major, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+fn encode_value(out: &mut Vec<u8>, v: &JsValue, depth: usize) -> Result<(), JsValue> {
     if v.is_null() {
-        put(enc, Header::Simple(simple::NULL));
+        out.push(NULL);
     } else if v.is_undefined() {
-        put(enc, Header::Simple(simple::UNDEFINED));
+        out.push(UNDEFINED);
     } else if let Some(b) = v.as_bool() {
-        put(
-            enc,
-            Header::Simple(if b { simple::TRUE } else { simple::FALSE }),
-        );
+        out.push(if b { TRUE } else { FALSE });
     } else if let Some(n) = v.as_f64() {
-        put(enc, number(n));
+        number(out, n);
     } else if let Some(s) = v.as_string() {
-        let _ = enc.text(&s, None);
+        string(out, MAJOR_TEXT, s.as_bytes());
     } else if v.is_bigint() {
-        let n = i128::try_from(v.clone())
-            .map_err(|_| type_error("data: BigInt outside -2^64..2^64"))?;
-        put(
-            enc,
-            integer(n).ok_or_else(|| type_error("data: BigInt outside -2^64..2^64"))?,
-        );
+        let n = i128::try_from(v.clone()).ok();
+        if !n.is_some_and(|n| integer(out, n)) {
+            return Err(type_error("data: BigInt outside -2^64..2^64"));
+        }
     } else if v.is_object() && !v.is_function() {
         if depth >= MAX_DEPTH {
-            return Err(type_error(&format!(
-                "data: nested deeper than {MAX_DEPTH} levels (or cyclic)"
-            )));
+            const _: () = assert!(MAX_DEPTH == 128, "update the message below");
+            return Err(type_error(
+                "data: nested deeper than 128 levels (or cyclic)",
+            ));
         }
-        encode_object(enc, v, depth + 1)?;
+        encode_object(out, v, depth + 1)?;
     } else {
         let what = v.js_typeof().as_string().unwrap_or_default();
         return Err(type_error(&format!("data: cannot encode a {what}")));
@@ -88,75 +121,141 @@ fn encode_value(enc: &mut Enc<'_>, v: &JsValue, depth: usize) -> Result<(), JsVa
     Ok(())
 }
 
-fn encode_object(enc: &mut Enc<'_>, v: &JsValue, depth: usize) -> Result<(), JsValue> {
-    if let Some(bytes) = v.dyn_ref::<Uint8Array>() {
-        let _ = enc.bytes(&bytes.to_vec(), None);
-    } else if let Some(buffer) = v.dyn_ref::<ArrayBuffer>() {
-        let _ = enc.bytes(&Uint8Array::new(buffer).to_vec(), None);
+fn encode_object(out: &mut Vec<u8>, v: &JsValue, depth: usize) -> Result<(), JsValue> {
+    if let Some(buffer) = v.dyn_ref::<ArrayBuffer>() {
+        string(out, MAJOR_BYTES, &Uint8Array::new(buffer).to_vec());
     } else if ArrayBuffer::is_view(v) {
-        let view: &js_sys::DataView = v.unchecked_ref(); // any view has buffer, byteOffset and byteLength
+        // Any view (a `Uint8Array` too) has buffer, byteOffset and byteLength (read with `Reflect.get`: typed
+        // getters are one import each).
+        let number = |key| get(v, key).as_f64().unwrap_or(0.0) as u32;
         let bytes = Uint8Array::new_with_byte_offset_and_length(
-            &view.buffer(),
-            view.byte_offset() as u32,
-            view.byte_length() as u32,
+            &get(v, "buffer"),
+            number("byteOffset"),
+            number("byteLength"),
         );
-        let _ = enc.bytes(&bytes.to_vec(), None);
+        string(out, MAJOR_BYTES, &bytes.to_vec());
     } else if Array::is_array(v) {
-        encode_items(enc, v.unchecked_ref(), depth)?;
+        encode_items(out, v.unchecked_ref(), depth)?;
     } else if let Some(set) = v.dyn_ref::<Set>() {
-        encode_items(enc, &Array::from(set), depth)?;
+        encode_items(out, &Array::from(set), depth)?;
     } else if let Some(map) = v.dyn_ref::<Map>() {
-        let _ = enc.push(Header::Map(Some(map.size() as usize)));
+        let size = get(map, "size").as_f64().unwrap_or(0.0) as u64;
+        head(out, MAJOR_MAP, size);
         let mut result = Ok(());
         map.for_each(&mut |value, key| {
             if result.is_ok() {
                 result =
-                    encode_value(enc, &key, depth).and_then(|()| encode_value(enc, &value, depth));
+                    encode_value(out, &key, depth).and_then(|()| encode_value(out, &value, depth));
             }
         });
         result?;
     } else {
         // Own enumerable string-keyed properties, like JSON; `undefined` values are left out.
-        let entries: Vec<Array> = Object::entries(v.unchecked_ref())
-            .iter()
+        let entries: Vec<Array> = items(&Object::entries(v.unchecked_ref()))
             .map(JsCast::unchecked_into::<Array>)
             .filter(|e| !e.get(1).is_undefined())
             .collect();
-        let _ = enc.push(Header::Map(Some(entries.len())));
+        head(out, MAJOR_MAP, entries.len() as u64);
         for entry in entries {
-            encode_value(enc, &entry.get(0), depth)?;
-            encode_value(enc, &entry.get(1), depth)?;
+            encode_value(out, &entry.get(0), depth)?;
+            encode_value(out, &entry.get(1), depth)?;
         }
     }
     Ok(())
 }
 
-fn encode_items(enc: &mut Enc<'_>, items: &Array, depth: usize) -> Result<(), JsValue> {
-    let _ = enc.push(Header::Array(Some(items.length() as usize)));
-    for item in items.iter() {
-        encode_value(enc, &item, depth)?;
+fn encode_items(out: &mut Vec<u8>, items: &Array, depth: usize) -> Result<(), JsValue> {
+    head(out, MAJOR_ARRAY, u64::from(items.length()));
+    for item in self::items(items) {
+        encode_value(out, &item, depth)?;
     }
     Ok(())
 }
 
-/// A safe integer as a CBOR integer, anything else as a float (ciborium-ll picks the shortest lossless width).
-fn number(n: f64) -> Header {
+/// The items of a JS array, read by index. (`Array::iter` needs an import of its own.)
+pub(crate) fn items(array: &Array) -> impl Iterator<Item = JsValue> + '_ {
+    (0..array.length()).map(|i| array.get(i))
+}
+
+/// A safe integer as a CBOR integer, anything else as the shortest float that holds it exactly.
+fn number(out: &mut Vec<u8>, n: f64) {
     let safe =
         n.fract() == 0.0 && n.abs() <= MAX_SAFE as f64 && !(n == 0.0 && n.is_sign_negative());
-    if safe {
-        if let Some(h) = integer(n as i128) {
-            return h;
-        }
+    if safe && n >= 0.0 {
+        head(out, MAJOR_UINT, n as u64);
+    } else if safe {
+        head(out, MAJOR_NINT, (-1.0 - n) as u64);
+    } else if let Some(half) = f16_bits(n) {
+        out.push(0xf9);
+        out.extend_from_slice(&half.to_be_bytes());
+    } else if f64::from(n as f32).to_bits() == n.to_bits() {
+        out.push(0xfa);
+        out.extend_from_slice(&(n as f32).to_be_bytes());
+    } else {
+        out.push(0xfb);
+        out.extend_from_slice(&n.to_be_bytes());
     }
-    Header::Float(n)
 }
 
-fn integer(n: i128) -> Option<Header> {
-    if n >= 0 {
-        u64::try_from(n).ok().map(Header::Positive)
+/// Appends `n` as a CBOR integer; false (nothing written) outside -2^64..2^64.
+fn integer(out: &mut Vec<u8>, n: i128) -> bool {
+    let (major, value) = if n >= 0 {
+        (MAJOR_UINT, u64::try_from(n))
     } else {
-        u64::try_from(-1 - n).ok().map(Header::Negative)
+        (MAJOR_NINT, u64::try_from(-1 - n))
+    };
+    let Ok(value) = value else { return false };
+    head(out, major, value);
+    true
+}
+
+/// The IEEE 754 half-precision bits of `n` when converting them back gives exactly `n`'s bits (the same rule
+/// as `f64::from(half::f16::from_f64(n)).to_bits() == n.to_bits()`): zeros, infinities, quiet NaNs whose payload
+/// fits, and finite values whose significand fits in 11 bits within the half range, subnormals included.
+fn f16_bits(n: f64) -> Option<u16> {
+    let bits = n.to_bits();
+    let sign = ((bits >> 48) & 0x8000) as u16;
+    let exp = ((bits >> 52) & 0x7ff) as i32;
+    let man = bits & ((1 << 52) - 1);
+    // Half precision keeps the top 10 of the 52 significand bits.
+    let lost = man & ((1 << 42) - 1);
+    let half = |bits: u64| Some(sign | bits as u16);
+    match exp {
+        // ±0 (f64 subnormals are far below the smallest half).
+        0 => (man == 0).then_some(sign),
+        // ±Infinity, and NaNs: converting back sets the quiet bit, so only quiet NaNs round-trip.
+        0x7ff if lost == 0 && (man == 0 || man >> 51 == 1) => half(0x7c00 | man >> 42),
+        0x7ff => None,
+        _ => match exp - 1023 {
+            // Normal halves: exponent -14..=15.
+            e @ -14..=15 if lost == 0 => half(((e + 15) as u64) << 10 | man >> 42),
+            // Subnormal halves: m · 2^-24 with 0 < m < 1024, so 1.man · 2^e needs its low (28 - e) bits zero.
+            e @ -24..=-15 => {
+                let significand = man | 1 << 52;
+                let shift = 28 - e;
+                (significand & ((1 << shift) - 1) == 0)
+                    .then(|| sign | (significand >> shift) as u16)
+            }
+            _ => None,
+        },
     }
+}
+
+/// The f64 a half-precision float holds (NaNs keep their payload, with the quiet bit set).
+fn f16_to_f64(half: u16) -> f64 {
+    let sign = u64::from(half & 0x8000) << 48;
+    let exp = u64::from(half >> 10 & 0x1f);
+    let man = u64::from(half & 0x3ff);
+    f64::from_bits(
+        sign | match exp {
+            // Zero or subnormal: man · 2^-24, exact in f64.
+            0 => (man as f64 / 16_777_216.0).to_bits(),
+            0x1f if man == 0 => 0x7ff0_0000_0000_0000,
+            0x1f => 0x7ff8_0000_0000_0000 | man << 42,
+            // Rebias the exponent: -15 + 1023.
+            _ => (exp + 1008) << 52 | man << 42,
+        },
+    )
 }
 
 /// The payload as a JS value; no payload is `undefined`.
@@ -164,122 +263,224 @@ pub(crate) fn decode(payload: Option<&Payload>) -> JsValue {
     let Some(payload) = payload else {
         return JsValue::UNDEFINED;
     };
-    let mut dec = Decoder::from(payload.as_cbor());
+    let mut reader = Reader {
+        bytes: payload.as_cbor(),
+        pos: 0,
+    };
     // A Payload is one well-formed item within MAX_DEPTH (its invariant), so this does not fail in practice.
-    decode_value(&mut dec, 0).unwrap_or(JsValue::UNDEFINED)
+    decode_item(&mut reader, 0).unwrap_or(JsValue::UNDEFINED)
 }
 
 /// Why decoding stopped; the walker already checked the payload, so this only guards the invariant.
 struct Invalid;
 
-impl<T> From<ciborium_ll::Error<T>> for Invalid {
-    fn from(_: ciborium_ll::Error<T>) -> Self {
-        Invalid
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+/// An item header: major type, additional information, and its argument (0 for an indefinite length).
+struct Head {
+    major: u8,
+    info: u8,
+    arg: u64,
+}
+
+impl Head {
+    /// The definite length or count; `None` for an indefinite one.
+    fn len(&self) -> Option<u64> {
+        (self.info != INDEFINITE).then_some(self.arg)
     }
 }
 
-type Dec<'a> = Decoder<&'a [u8]>;
+impl<'a> Reader<'a> {
+    /// The next `n` bytes; never more than are left.
+    fn take(&mut self, n: u64) -> Result<&'a [u8], Invalid> {
+        let left = &self.bytes[self.pos..];
+        let n = usize::try_from(n)
+            .ok()
+            .filter(|&n| n <= left.len())
+            .ok_or(Invalid)?;
+        self.pos += n;
+        Ok(&left[..n])
+    }
 
-fn decode_value(dec: &mut Dec<'_>, depth: usize) -> Result<JsValue, Invalid> {
-    let header = dec.pull()?;
-    decode_item(dec, header, depth)
+    fn head(&mut self) -> Result<Head, Invalid> {
+        let initial = self.take(1)?[0];
+        let (major, info) = (initial >> 5, initial & 0x1f);
+        let arg = match info {
+            0..=23 => u64::from(info),
+            24..=27 => self
+                .take(1 << (info - 24))?
+                .iter()
+                .fold(0, |acc, &b| acc << 8 | u64::from(b)),
+            INDEFINITE if matches!(major, MAJOR_BYTES..=MAJOR_MAP | MAJOR_SIMPLE) => 0,
+            _ => return Err(Invalid),
+        };
+        Ok(Head { major, info, arg })
+    }
+
+    /// True (and the break consumed) at the end of an indefinite container.
+    fn at_break(&mut self) -> bool {
+        let at = self.bytes.get(self.pos) == Some(&BREAK);
+        self.pos += usize::from(at);
+        at
+    }
+
+    /// The content of a byte or text string; an indefinite one's chunks must be definite strings of the same
+    /// major type (RFC 8949 §3.2.3).
+    fn string(&mut self, head: &Head) -> Result<Vec<u8>, Invalid> {
+        if let Some(len) = head.len() {
+            return Ok(self.take(len)?.to_vec());
+        }
+        let mut out = Vec::new();
+        while !self.at_break() {
+            let chunk = self.head()?;
+            match chunk.len() {
+                Some(len) if chunk.major == head.major => out.extend_from_slice(self.take(len)?),
+                _ => return Err(Invalid),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether a container of `len` items (`None`: indefinite) that has `seen` so far has another one.
+    fn more(&mut self, len: Option<u64>, seen: u32) -> bool {
+        match len {
+            Some(len) => u64::from(seen) < len,
+            None => !self.at_break(),
+        }
+    }
 }
 
-fn decode_item(dec: &mut Dec<'_>, header: Header, depth: usize) -> Result<JsValue, Invalid> {
+fn decode_item(r: &mut Reader<'_>, depth: usize) -> Result<JsValue, Invalid> {
     if depth > MAX_DEPTH {
         return Err(Invalid);
     }
-    Ok(match header {
-        Header::Positive(n) if n <= MAX_SAFE => JsValue::from(n as f64),
-        Header::Positive(n) => JsValue::from(n),
-        Header::Negative(n) if n < MAX_SAFE => JsValue::from(-1.0 - n as f64),
-        Header::Negative(n) => JsValue::from(-1 - i128::from(n)),
-        Header::Float(f) => JsValue::from(f),
-        Header::Simple(simple::FALSE) => JsValue::FALSE,
-        Header::Simple(simple::TRUE) => JsValue::TRUE,
-        Header::Simple(simple::NULL) => JsValue::NULL,
-        Header::Simple(_) => JsValue::UNDEFINED,
-        Header::Tag(_) => decode_value(dec, depth + 1)?,
-        Header::Break => return Err(Invalid),
-        Header::Bytes(len) => {
-            let bytes = read_bytes(dec, len, false)?;
-            Uint8Array::from(bytes.as_slice()).into()
-        }
-        Header::Text(len) => {
-            let bytes = read_bytes(dec, len, true)?;
+    let head = r.head()?;
+    let n = head.arg;
+    Ok(match head.major {
+        MAJOR_UINT if n <= MAX_SAFE => JsValue::from(n as f64),
+        MAJOR_UINT => JsValue::from(n),
+        MAJOR_NINT if n < MAX_SAFE => JsValue::from(-1.0 - n as f64),
+        MAJOR_NINT => JsValue::from(-1 - i128::from(n)),
+        MAJOR_BYTES => Uint8Array::from(r.string(&head)?.as_slice()).into(),
+        MAJOR_TEXT => {
+            let bytes = r.string(&head)?;
             let text = String::from_utf8(bytes)
                 .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
             JsValue::from(text)
         }
-        Header::Array(len) => {
+        MAJOR_ARRAY => {
             let items = Array::new();
-            while let Some(header) = next(dec, len, items.length() as usize)? {
-                items.push(&decode_item(dec, header, depth + 1)?);
+            while r.more(head.len(), items.length()) {
+                items.push(&decode_item(r, depth + 1)?);
             }
             items.into()
         }
-        Header::Map(len) => {
+        MAJOR_MAP => {
             let entries = Array::new();
             let mut text_keys = true;
-            while let Some(header) = next(dec, len, entries.length() as usize)? {
-                text_keys &= matches!(header, Header::Text(_));
-                let key = decode_item(dec, header, depth + 1)?;
-                let value = decode_value(dec, depth + 1)?;
-                entries.push(&Array::of2(&key, &value));
+            while r.more(head.len(), entries.length()) {
+                text_keys &= r.bytes.get(r.pos).is_some_and(|b| b >> 5 == MAJOR_TEXT);
+                let key = decode_item(r, depth + 1)?;
+                let value = decode_item(r, depth + 1)?;
+                let entry = Array::new();
+                entry.push(&key);
+                entry.push(&value);
+                entries.push(&entry);
             }
             if text_keys {
                 Object::from_entries(&entries).map_err(|_| Invalid)?.into()
             } else {
                 let map = Map::new();
-                for entry in entries.iter() {
+                for entry in items(&entries) {
                     let entry: Array = entry.unchecked_into();
                     map.set(&entry.get(0), &entry.get(1));
                 }
                 map.into()
             }
         }
+        MAJOR_TAG => decode_item(r, depth + 1)?,
+        // Major 7: simple values and floats.
+        _ => match head.info {
+            25 => JsValue::from(f16_to_f64(n as u16)),
+            26 => JsValue::from(f64::from(f32::from_bits(n as u32))),
+            27 => JsValue::from(f64::from_bits(n)),
+            INDEFINITE => return Err(Invalid), // a break where an item belongs
+            _ => match n {
+                20 => JsValue::FALSE,
+                21 => JsValue::TRUE,
+                22 => JsValue::NULL,
+                _ => JsValue::UNDEFINED,
+            },
+        },
     })
 }
 
-/// The next item's header in a container of `len` items (`None`: indefinite) that has `seen` so far, or `None`
-/// at its end.
-fn next(dec: &mut Dec<'_>, len: Option<usize>, seen: usize) -> Result<Option<Header>, Invalid> {
-    match len {
-        Some(len) if seen >= len => Ok(None),
-        Some(_) => Ok(Some(dec.pull()?)),
-        None => match dec.pull()? {
-            Header::Break => Ok(None),
-            header => Ok(Some(header)),
-        },
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
 
-/// The content of a byte or text string, read in fixed-size pieces: the buffer grows only as bytes actually
-/// arrive, never from the declared length. Text is read as bytes too (its UTF-8 is checked once, by the caller,
-/// which replaces what is invalid); an indefinite-length text's chunks must be definite texts (RFC 8949 §3.2.3).
-fn read_bytes(dec: &mut Dec<'_>, len: Option<usize>, text: bool) -> Result<Vec<u8>, Invalid> {
-    let mut out = Vec::new();
-    match (len, text) {
-        (Some(_), _) | (None, false) => append(dec, len, &mut out)?,
-        (None, true) => loop {
-            match dec.pull()? {
-                Header::Break => break,
-                Header::Text(Some(chunk)) => append(dec, Some(chunk), &mut out)?,
-                _ => return Err(Invalid),
+    wasm_bindgen_test_configure!(run_in_browser);
+
+    /// Every half-precision value, and its neighbours among f64s, against the definition.
+    #[wasm_bindgen_test(unsupported = test)]
+    fn f16_bits_is_exact_round_trip_through_half_precision() {
+        for half in 0..=u16::MAX {
+            let n = f16_to_f64(half);
+            if n.is_nan() {
+                // NaN payloads: the quiet bit is set on the way back; every half NaN is then a quiet f64 NaN.
+                let back = f16_bits(n).expect("a quiet NaN with a 10-bit payload fits");
+                assert_eq!(f16_to_f64(back).to_bits(), n.to_bits(), "{half:#06x}");
+                continue;
             }
-        },
+            assert_eq!(f16_bits(n), Some(half), "{half:#06x} = {n}");
+            for delta in [1u64, 1 << 20, 1 << 41, 1 << 42] {
+                for m in [
+                    n.to_bits().wrapping_add(delta),
+                    n.to_bits().wrapping_sub(delta),
+                ] {
+                    let m = f64::from_bits(m);
+                    if let Some(h) = f16_bits(m) {
+                        assert_eq!(
+                            f16_to_f64(h).to_bits(),
+                            m.to_bits(),
+                            "{m:e} from {half:#06x}"
+                        );
+                    }
+                }
+            }
+        }
+        assert_eq!(f16_bits(1.0 / 3.0), None);
+        assert_eq!(f16_bits(65520.0), None);
+        assert_eq!(f16_bits(f64::from_bits(0x7ff0_0000_0000_0001)), None); // signaling NaN
+        assert_eq!(f16_bits(5e-324), None);
     }
-    Ok(out)
-}
 
-/// Appends a byte string's content (`Decoder::bytes` re-reads the header it is given).
-fn append(dec: &mut Dec<'_>, len: Option<usize>, out: &mut Vec<u8>) -> Result<(), Invalid> {
-    let mut buf = [0u8; 4096];
-    let mut segments = dec.bytes(len);
-    while let Some(mut segment) = segments.pull()? {
-        while let Some(chunk) = segment.pull(&mut buf)? {
-            out.extend_from_slice(chunk);
+    #[wasm_bindgen_test(unsupported = test)]
+    fn headers_are_shortest() {
+        for (value, expected) in [
+            (0u64, &[0x00][..]),
+            (23, &[0x17]),
+            (24, &[0x18, 24]),
+            (255, &[0x18, 255]),
+            (256, &[0x19, 1, 0]),
+            (65536, &[0x1a, 0, 1, 0, 0]),
+            (
+                u64::MAX,
+                &[0x1b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+            ),
+        ] {
+            let mut out = Vec::new();
+            head(&mut out, MAJOR_UINT, value);
+            assert_eq!(out, expected);
+            let mut r = Reader {
+                bytes: &out,
+                pos: 0,
+            };
+            assert!(r.head().is_ok_and(|h| h.arg == value && r.pos == out.len()));
         }
     }
-    Ok(())
 }

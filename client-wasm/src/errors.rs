@@ -29,6 +29,39 @@ pub(crate) fn promise() -> (js_sys::Promise, Function, Function) {
     )
 }
 
+/// A promise already rejected with `e`. (Built with `deferred()` rather than `Promise.reject`: one import fewer.)
+pub(crate) fn rejected(e: &JsValue) -> js_sys::Promise {
+    let (promise, _, reject) = promise();
+    let _ = apply(&reject, &[e]);
+    promise
+}
+
+/// A promise already resolved with `undefined`.
+pub(crate) fn resolved() -> js_sys::Promise {
+    let (promise, resolve, _) = promise();
+    let _ = apply(&resolve, &[]);
+    promise
+}
+
+/// Calls `f` with `args` and `this` undefined. (`Function.prototype.apply` for every arity: one import where
+/// `call0`, `call1` and `call2` are three.)
+pub(crate) fn apply(f: &Function, args: &[&JsValue]) -> Result<JsValue, JsValue> {
+    apply_to(&JsValue::UNDEFINED, f, args)
+}
+
+/// Calls `f` with `args` and `this`.
+pub(crate) fn apply_to(
+    this: &JsValue,
+    f: &Function,
+    args: &[&JsValue],
+) -> Result<JsValue, JsValue> {
+    let list = js_sys::Array::new();
+    for arg in args {
+        list.push(arg);
+    }
+    f.apply(this, &list)
+}
+
 /// Which class `makeError` builds (the numbers `js/errors.js` switches on).
 #[derive(Clone, Copy)]
 #[repr(u8)]

@@ -67,7 +67,7 @@ const RECONNECT: &[&str] = &[
     "fullJitter",
 ];
 const QUEUE: &[&str] = &["maxMessages", "maxBytes"];
-const LIFECYCLE: &[&str] = &[
+const LIFECYCLE: [&str; 7] = [
     "onStateChange",
     "onDisconnect",
     "onReconnecting",
@@ -118,25 +118,22 @@ pub(crate) fn parse(options: &JsValue, seed: u64) -> Result<Options, JsValue> {
     if let Some(enabled) = reconnect.as_bool() {
         config.reconnect.enabled = enabled;
     } else if let Some(r) = object(&reconnect, "options.reconnect", RECONNECT)? {
+        const PREFIX: &str = "options.reconnect.";
         let c = &mut config.reconnect;
-        if let Some(b) = boolean(&r, "enabled", "options.reconnect.enabled")? {
-            c.enabled = b;
+        for (key, slot) in [
+            ("enabled", &mut c.enabled),
+            ("fullJitter", &mut c.full_jitter),
+        ] {
+            if let Some(b) = boolean(&r, PREFIX, key)? {
+                *slot = b;
+            }
         }
-        if let Some(b) = boolean(&r, "fullJitter", "options.reconnect.fullJitter")? {
-            c.full_jitter = b;
+        for (key, slot) in [
+            ("baseDelayMs", &mut c.base_delay),
+            ("maxDelayMs", &mut c.max_delay),
+        ] {
+            set_ms(&r, PREFIX, key, slot)?;
         }
-        set_ms(
-            &r,
-            "baseDelayMs",
-            "options.reconnect.baseDelayMs",
-            &mut c.base_delay,
-        )?;
-        set_ms(
-            &r,
-            "maxDelayMs",
-            "options.reconnect.maxDelayMs",
-            &mut c.max_delay,
-        )?;
         let max = get(&r, "maxAttempts");
         if max.is_null() || max.as_f64() == Some(f64::INFINITY) {
             c.max_attempts = None;
@@ -152,74 +149,54 @@ pub(crate) fn parse(options: &JsValue, seed: u64) -> Result<Options, JsValue> {
         }
     }
 
-    set_ms(
-        &top,
-        "keepaliveIntervalMs",
-        "options.keepaliveIntervalMs",
-        &mut config.keepalive_interval,
-    )?;
-    set_ms(
-        &top,
-        "keepaliveTimeoutMs",
-        "options.keepaliveTimeoutMs",
-        &mut config.keepalive_timeout,
-    )?;
-    set_ms(
-        &top,
-        "connectTimeoutMs",
-        "options.connectTimeoutMs",
-        &mut config.connect_timeout,
-    )?;
-    set_ms(
-        &top,
-        "stablePeriodMs",
-        "options.stablePeriodMs",
-        &mut config.stable_period,
-    )?;
-    set_ms(
-        &top,
-        "requestTimeoutMs",
-        "options.requestTimeoutMs",
-        &mut config.request_timeout,
-    )?;
+    // One loop per kind of option: the same checks, in the same order, without a copy of the code for each.
+    for (key, slot) in [
+        ("keepaliveIntervalMs", &mut config.keepalive_interval),
+        ("keepaliveTimeoutMs", &mut config.keepalive_timeout),
+        ("connectTimeoutMs", &mut config.connect_timeout),
+        ("stablePeriodMs", &mut config.stable_period),
+        ("requestTimeoutMs", &mut config.request_timeout),
+    ] {
+        set_ms(&top, "options.", key, slot)?;
+    }
     set_count(
         &top,
+        "options.",
         "fragmentThreshold",
-        "options.fragmentThreshold",
         &mut config.fragment_threshold,
     )?;
     if let Some(q) = object(&get(&top, "queue"), "options.queue", QUEUE)? {
-        set_count(
-            &q,
-            "maxMessages",
-            "options.queue.maxMessages",
-            &mut config.queue.max_messages,
-        )?;
-        set_count(
-            &q,
-            "maxBytes",
-            "options.queue.maxBytes",
-            &mut config.queue.max_bytes,
-        )?;
+        for (key, slot) in [
+            ("maxMessages", &mut config.queue.max_messages),
+            ("maxBytes", &mut config.queue.max_bytes),
+        ] {
+            set_count(&q, "options.queue.", key, slot)?;
+        }
     }
 
     let mut lifecycle = Lifecycle::default();
-    if let Some(l) = object(&get(&top, "lifecycle"), "options.lifecycle", LIFECYCLE)? {
-        let f = |key: &str| optional_function(&l, key, "options.lifecycle.");
+    if let Some(l) = object(&get(&top, "lifecycle"), "options.lifecycle", &LIFECYCLE)? {
+        let mut callbacks = [const { None }; LIFECYCLE.len()];
+        for (key, slot) in LIFECYCLE.iter().zip(&mut callbacks) {
+            *slot = optional_function(&l, key, "options.lifecycle.")?;
+        }
+        // In LIFECYCLE's order.
+        let [on_state_change, on_disconnect, on_reconnecting, on_reconnected, on_ready, on_error, on_draining] =
+            callbacks;
         lifecycle = Lifecycle {
-            on_state_change: f("onStateChange")?,
-            on_disconnect: f("onDisconnect")?,
-            on_reconnecting: f("onReconnecting")?,
-            on_reconnected: f("onReconnected")?,
-            on_ready: f("onReady")?,
-            on_error: f("onError")?,
-            on_draining: f("onDraining")?,
+            on_state_change,
+            on_disconnect,
+            on_reconnecting,
+            on_reconnected,
+            on_ready,
+            on_error,
+            on_draining,
         };
     }
 
     let mut handlers = Vec::new();
     if let Some(h) = object(&get(&top, "handlers"), "options.handlers", &[])? {
-        for key in Object::keys(h.unchecked_ref::<Object>()).iter() {
+        for key in crate::cbor::items(&Object::keys(h.unchecked_ref::<Object>())) {
             let method = key.as_string().unwrap_or_default();
             let name = format!("options.handlers.{method}");
             let handler = function(get(&h, &method), &name)?;
@@ -274,7 +251,7 @@ fn object(v: &JsValue, name: &str, known: &[&str]) -> Result<Option<JsValue>, Js
         return Err(type_error(&format!("{name} must be an object")));
     }
     if !known.is_empty() {
-        for key in Object::keys(v.unchecked_ref::<Object>()).iter() {
+        for key in crate::cbor::items(&Object::keys(v.unchecked_ref::<Object>())) {
             let key = key.as_string().unwrap_or_default();
             if !known.contains(&key.as_str()) {
                 return Err(type_error(&format!("{name}.{key} is not a known option")));
@@ -297,14 +274,15 @@ fn optional_function(obj: &JsValue, key: &str, prefix: &str) -> Result<Option<Fu
     function(v, &format!("{prefix}{key}")).map(Some)
 }
 
-fn boolean(obj: &JsValue, key: &str, name: &str) -> Result<Option<bool>, JsValue> {
+/// `obj[key]` as a boolean, `None` when absent; the error names the option as `{prefix}{key}`.
+fn boolean(obj: &JsValue, prefix: &str, key: &str) -> Result<Option<bool>, JsValue> {
     let v = get(obj, key);
     if v.is_undefined() {
         return Ok(None);
     }
     v.as_bool()
         .map(Some)
-        .ok_or_else(|| type_error(&format!("{name} must be a boolean")))
+        .ok_or_else(|| type_error(&format!("{prefix}{key} must be a boolean")))
 }
 
 /// A non-negative integer number.
@@ -313,22 +291,22 @@ fn count(v: &JsValue) -> Option<u64> {
     (n >= 0.0 && n.fract() == 0.0 && n <= (1u64 << 53) as f64).then_some(n as u64)
 }
 
-fn set_count(obj: &JsValue, key: &str, name: &str, slot: &mut usize) -> Result<(), JsValue> {
+fn set_count(obj: &JsValue, prefix: &str, key: &str, slot: &mut usize) -> Result<(), JsValue> {
     let v = get(obj, key);
     if !v.is_undefined() {
         *slot = count(&v)
             .and_then(|n| usize::try_from(n).ok())
-            .ok_or_else(|| type_error(&format!("{name} must be a non-negative integer")))?;
+            .ok_or_else(|| type_error(&format!("{prefix}{key} must be a non-negative integer")))?;
     }
     Ok(())
 }
 
-fn set_ms(obj: &JsValue, key: &str, name: &str, slot: &mut Duration) -> Result<(), JsValue> {
+fn set_ms(obj: &JsValue, prefix: &str, key: &str, slot: &mut Duration) -> Result<(), JsValue> {
     let v = get(obj, key);
     if !v.is_undefined() {
         *slot = Duration::from_millis(count(&v).ok_or_else(|| {
             type_error(&format!(
-                "{name} must be a non-negative integer (milliseconds)"
+                "{prefix}{key} must be a non-negative integer (milliseconds)"
             ))
         })?);
     }
@@ -336,9 +314,10 @@ fn set_ms(obj: &JsValue, key: &str, name: &str, slot: &mut Duration) -> Result<(
 }
 
 /// `{ timeoutMs }` of `request` and `waitForStatus`: `Ok(None)` when the options or the key are absent.
+/// `prefix` names the options object in errors, e.g. `"request options."`.
 pub(crate) fn timeout_ms(
     options: Option<&JsValue>,
-    name: &str,
+    prefix: &str,
 ) -> Result<Option<Duration>, JsValue> {
     let Some(options) = options.filter(|o| !o.is_undefined() && !o.is_null()) else {
         return Ok(None);
@@ -347,6 +326,6 @@ pub(crate) fn timeout_ms(
         return Ok(None);
     }
     let mut d = Duration::ZERO;
-    set_ms(options, "timeoutMs", &format!("{name}.timeoutMs"), &mut d)?;
+    set_ms(options, prefix, "timeoutMs", &mut d)?;
     Ok(Some(d))
 }

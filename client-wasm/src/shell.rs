@@ -33,10 +33,10 @@ use sockeye_core::{
 };
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
-use web_sys::{AbortSignal, BinaryType, CloseEvent, MessageEvent, WebSocket, Window};
+use web_sys::{AbortSignal, EventTarget, MessageEvent, WebSocket};
 
 use crate::cbor;
-use crate::errors::{self, error, request_error, settle, Kind};
+use crate::errors::{self, apply, apply_to, error, request_error, settle, Kind};
 use crate::options::{Lifecycle, Options, Token, Url};
 
 /// PROTOCOL §1.
@@ -52,6 +52,26 @@ extern "C" {
     fn clear_timeout(handle: &JsValue);
     #[wasm_bindgen(js_namespace = console, js_name = error)]
     fn console_error(what: &str, error: &JsValue);
+    /// `window`, or `undefined` outside a page (a worker).
+    #[wasm_bindgen(thread_local_v2, js_name = window)]
+    static WINDOW: Option<JsValue>;
+}
+
+/// The page's `window`; `None` in a worker. (Not `web_sys::window()`, which finds the global object through
+/// four imports first.)
+///
+/// Properties the shell reads once in a while (`window.document`, `navigator.onLine`, `document.hidden`,
+/// `readyState`, a close event's `code` and `reason`) go through `Reflect.get` ([`get`]) rather than a typed
+/// getter each: every typed getter is one more import in the package's `.wasm` and JS glue.
+fn window() -> Option<EventTarget> {
+    WINDOW.with(Option::clone).map(JsCast::unchecked_into)
+}
+
+/// `window.document`, when there is a window.
+fn document() -> Option<EventTarget> {
+    let window = window()?;
+    let document = get(&window, "document");
+    document.is_object().then(|| document.unchecked_into())
 }
 
 /// The shell's clock: `performance.now()` in whole milliseconds.
@@ -126,19 +146,27 @@ struct State {
 struct Socket {
     id: SocketId,
     ws: WebSocket,
-    _handler: Callback,
+    handler: Callback,
 }
+
+/// The socket events the shell follows, all with one handler. (`addEventListener` rather than the `on…`
+/// properties: one import instead of four setters.)
+const SOCKET_EVENTS: [&str; 4] = ["open", "message", "close", "error"];
 
 impl Drop for Socket {
     /// Detaches the shell's handler and makes sure the socket does not stay open without an owner.
     fn drop(&mut self) {
         let ws = &self.ws;
-        ws.set_onopen(None);
-        ws.set_onmessage(None);
-        ws.set_onclose(None);
-        ws.set_onerror(None);
-        if ws.ready_state() <= WebSocket::OPEN {
-            let _ = ws.close_with_code_and_reason(1000, "client closed");
+        let f = self.handler.as_ref().unchecked_ref();
+        for kind in SOCKET_EVENTS {
+            let _ = ws.remove_event_listener_with_callback(kind, f);
+        }
+        // CONNECTING (0) or OPEN (1).
+        if get(ws, "readyState")
+            .as_f64()
+            .is_some_and(|state| state <= 1.0)
+        {
+            close(ws, 1000, "client closed");
         }
     }
 }
@@ -155,7 +183,8 @@ impl Drop for Timer {
 }
 
 struct Listeners {
-    window: Window,
+    window: EventTarget,
+    document: Option<EventTarget>,
     handler: Callback,
 }
 
@@ -165,7 +194,7 @@ const VISIBILITY: &str = "visibilitychange";
 impl Listeners {
     /// `None` outside a window (a worker): no page events to follow there.
     fn attach(weak: Weak<Inner>) -> Option<Listeners> {
-        let window = web_sys::window()?;
+        let window = window()?;
         let handler = callback(move |event| {
             if let Some(inner) = weak.upgrade() {
                 inner.page_event(&event.unchecked_into::<web_sys::Event>().type_());
@@ -175,10 +204,15 @@ impl Listeners {
         for kind in WINDOW_EVENTS {
             let _ = window.add_event_listener_with_callback(kind, f);
         }
-        if let Some(document) = window.document() {
+        let document = document();
+        if let Some(document) = &document {
             let _ = document.add_event_listener_with_callback(VISIBILITY, f);
         }
-        Some(Listeners { window, handler })
+        Some(Listeners {
+            window,
+            document,
+            handler,
+        })
     }
 }
 
@@ -188,7 +222,7 @@ impl Drop for Listeners {
         for kind in WINDOW_EVENTS {
             let _ = self.window.remove_event_listener_with_callback(kind, f);
         }
-        if let Some(document) = self.window.document() {
+        if let Some(document) = &self.document {
             let _ = document.remove_event_listener_with_callback(VISIBILITY, f);
         }
     }
@@ -253,10 +287,7 @@ impl State {
                         self.opening = None;
                     }
                     if let Some(s) = self.socket.take_if(|s| s.id == socket) {
-                        // Browsers send only 1000 and 3000–4999, and at most 123 bytes of reason.
-                        if s.ws.close_with_code_and_reason(code.0, &reason).is_err() {
-                            let _ = s.ws.close();
-                        }
+                        close(&s.ws, code.0, &reason);
                     }
                     self.last_close = (code.0, reason);
                 }
@@ -283,10 +314,8 @@ impl State {
                 if let Some(i) = self.requests.iter().position(|(r, _)| *r == id.0) {
                     let (_, p) = self.requests.swap_remove(i);
                     let _ = match result {
-                        Ok(data) => p
-                            .resolve
-                            .call1(&JsValue::UNDEFINED, &cbor::decode(data.as_ref())),
-                        Err(e) => p.reject.call1(&JsValue::UNDEFINED, &request_error(&e)),
+                        Ok(data) => apply(&p.resolve, &[&cbor::decode(data.as_ref())]),
+                        Err(e) => apply(&p.reject, &[&request_error(&e)]),
                     };
                 }
             }
@@ -295,12 +324,13 @@ impl State {
                 self.waiters.retain(|w| {
                     let reached = w.status == name;
                     if reached {
-                        let _ = w.resolve.call0(&JsValue::UNDEFINED);
+                        let _ = apply(&w.resolve, &[]);
                     }
                     !reached
                 });
-                let reconnected = transition.to == Status::Ready && self.ever_ready;
-                if transition.to == Status::Ready {
+                let ready = matches!(transition.to, Status::Ready);
+                let reconnected = ready && self.ever_ready;
+                if ready {
                     self.ever_ready = true;
                 }
                 self.actions.push_back(Action::Transition {
@@ -350,9 +380,9 @@ impl State {
     /// Rejects every `waitForStatus` still waiting.
     fn reject_waiters(&mut self, message: &str) {
         for w in self.waiters.drain(..) {
-            let _ = w.reject.call1(
-                &JsValue::UNDEFINED,
-                &error(Kind::ConnectionClosed, "UNAVAILABLE", message),
+            let _ = apply(
+                &w.reject,
+                &[&error(Kind::ConnectionClosed, "UNAVAILABLE", message)],
             );
         }
     }
@@ -459,9 +489,9 @@ impl Inner {
                 let expired = w.deadline.is_some_and(|d| d <= now);
                 if expired {
                     let message = format!("status \"{}\" not reached in time", w.status);
-                    let _ = w.reject.call1(
-                        &JsValue::UNDEFINED,
-                        &error(Kind::Timeout, "DEADLINE_EXCEEDED", &message),
+                    let _ = apply(
+                        &w.reject,
+                        &[&error(Kind::Timeout, "DEADLINE_EXCEEDED", &message)],
                     );
                 }
                 !expired
@@ -511,7 +541,7 @@ impl Inner {
         };
         let url = match url {
             Ok(url) => url,
-            Err(f) => match f.call1(&JsValue::UNDEFINED, &attempt.into()) {
+            Err(f) => match apply(&f, &[&attempt.into()]) {
                 Ok(v) => match v.as_string() {
                     Some(url) => url,
                     None => {
@@ -525,7 +555,7 @@ impl Inner {
         };
         match token {
             Ok(token) => self.connect(socket, &url, token.as_deref()),
-            Err(get_token) => match get_token.call0(&JsValue::UNDEFINED) {
+            Err(get_token) => match apply(&get_token, &[]) {
                 Err(e) => self.fail_open(socket, &describe("getToken() threw", &e)),
                 Ok(promise) => {
                     let weak = Rc::downgrade(self);
@@ -566,22 +596,21 @@ impl Inner {
             st.opening = None;
             match WebSocket::new_with_str(&url, SUBPROTOCOL) {
                 Ok(ws) => {
-                    ws.set_binary_type(BinaryType::Arraybuffer);
+                    set(ws.unchecked_ref(), "binaryType", &"arraybuffer".into());
                     let weak = st.weak.clone();
                     let handler = callback(move |event| {
                         if let Some(inner) = weak.upgrade() {
                             inner.socket_event(socket, event.unchecked_ref());
                         }
                     });
-                    let f = Some(handler.as_ref().unchecked_ref());
-                    ws.set_onopen(f);
-                    ws.set_onmessage(f);
-                    ws.set_onclose(f);
-                    ws.set_onerror(f);
+                    let f = handler.as_ref().unchecked_ref();
+                    for kind in SOCKET_EVENTS {
+                        let _ = ws.add_event_listener_with_callback(kind, f);
+                    }
                     st.socket = Some(Socket {
                         id: socket,
                         ws,
-                        _handler: handler,
+                        handler,
                     });
                     None
                 }
@@ -626,8 +655,8 @@ impl Inner {
                 }
             }
             "close" => {
-                let event = event.unchecked_ref::<CloseEvent>();
-                let (code, reason) = (event.code(), event.reason());
+                let code = get(event, "code").as_f64().unwrap_or(0.0) as u16;
+                let reason = get(event, "reason").as_string().unwrap_or_default();
                 self.with(|st, now| {
                     st.finish_socket(socket, code, &reason);
                     st.feed(
@@ -811,7 +840,7 @@ impl Inner {
         let meta = Object::new();
         set(&meta, "method", &method.into());
         set(&meta, "id", &(id as f64).into());
-        let outcome = handler.call2(&JsValue::UNDEFINED, &cbor::decode(data), &meta);
+        let outcome = apply(&handler, &[&cbor::decode(data), &meta]);
         let weak = Rc::downgrade(self);
         match outcome {
             Ok(value) => {
@@ -862,7 +891,8 @@ impl Inner {
                 st.listeners = Listeners::attach(st.weak.clone());
                 st.hidden = page_hidden();
             }
-            let online = web_sys::window().is_none_or(|w| w.navigator().on_line());
+            let online = window()
+                .is_none_or(|w| get(&get(&w, "navigator"), "onLine").as_bool() == Some(true));
             st.feed(now, Input::NetworkChanged { online });
             st.feed(now, Input::Start);
         });
@@ -915,7 +945,7 @@ impl Inner {
     ) {
         self.with(|st, now| {
             if st.conn.status().name() == status {
-                let _ = resolve.call0(&JsValue::UNDEFINED);
+                let _ = apply(&resolve, &[]);
                 return;
             }
             st.waiters.push(Waiter {
@@ -939,7 +969,7 @@ impl Inner {
         self.with(
             |st, now| match st.conn.request(now, method, data, timeout) {
                 Err(e) => {
-                    let _ = reject.call1(&JsValue::UNDEFINED, &errors::send_error(&e));
+                    let _ = apply(&reject, &[&errors::send_error(&e)]);
                 }
                 Ok(id) => {
                     let abort = signal.map(|signal| {
@@ -1068,7 +1098,7 @@ fn callback(f: impl FnMut(JsValue) + 'static) -> Callback {
 /// `[ok, value]` from `settle`.
 fn outcome_parts(outcome: &JsValue) -> (bool, JsValue) {
     let parts: &js_sys::Array = outcome.unchecked_ref();
-    (parts.get(0).is_truthy(), parts.get(1))
+    (parts.get(0).as_bool() == Some(true), parts.get(1))
 }
 
 /// `{ from, to, at, ... }`: status names, `at` in ms on the `performance.now()` clock, and the new state's data.
@@ -1110,18 +1140,27 @@ fn transition_object(t: &Transition) -> JsValue {
     o.into()
 }
 
+/// `ws.close(code, reason)`; when the browser refuses those (it sends only 1000 and 3000–4999, and at most 123
+/// bytes of reason), `ws.close()`. Called through `Reflect.get` and `apply` rather than two typed imports: a
+/// socket is closed once.
+fn close(ws: &WebSocket, code: u16, reason: &str) {
+    let close: Function = get(ws, "close").unchecked_into();
+    if apply_to(ws, &close, &[&code.into(), &reason.into()]).is_err() {
+        let _ = apply_to(ws, &close, &[]);
+    }
+}
+
 /// `document.hidden` (false outside a window).
 fn page_hidden() -> bool {
-    web_sys::window()
-        .and_then(|w| w.document())
-        .is_some_and(|d| d.hidden())
+    document().is_some_and(|d| get(&d, "hidden").as_bool() == Some(true))
 }
 
 fn set(o: &Object, key: &str, value: &JsValue) {
     let _ = Reflect::set(o, &key.into(), value);
 }
 
-fn get(o: &JsValue, key: &str) -> JsValue {
+/// `o[key]`; `undefined` when `o` is not an object.
+pub(crate) fn get(o: &JsValue, key: &str) -> JsValue {
     if !o.is_object() {
         return JsValue::UNDEFINED;
     }
@@ -1130,12 +1169,7 @@ fn get(o: &JsValue, key: &str) -> JsValue {
 
 /// Calls an application callback; an exception is reported on the console and does not stop the client.
 fn call(f: &Function, args: &[&JsValue]) {
-    let result = match args {
-        [] => f.call0(&JsValue::UNDEFINED),
-        [a] => f.call1(&JsValue::UNDEFINED, a),
-        [a, b, ..] => f.call2(&JsValue::UNDEFINED, a, b),
-    };
-    if let Err(e) = result {
+    if let Err(e) = apply(f, args) {
         console_error("sockeye: a callback threw", &e);
     }
 }

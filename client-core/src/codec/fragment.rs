@@ -2,7 +2,6 @@
 //! (PROTOCOL §3).
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 
 use super::envelope::Envelope;
 use super::frame::{FragmentHeader, Frame, ProtocolViolation, FRAGMENT_HEADER_LEN, KIND_COMPLETE};
@@ -158,6 +157,7 @@ impl Default for ReassemblyLimits {
 /// One fragmented message in progress.
 #[derive(Debug)]
 struct Partial {
+    msg_id: u32,
     count: u16,
     next_index: u16,
     bytes: Vec<u8>,
@@ -171,8 +171,10 @@ struct Partial {
 #[derive(Debug)]
 pub struct Reassembler {
     limits: ReassemblyLimits,
-    /// Keyed by `msg_id`; a BTreeMap keeps the expiry order deterministic.
-    partials: BTreeMap<u32, Partial>,
+    /// Sorted by `msg_id`, which keeps the expiry order deterministic. A `Vec`, not a `BTreeMap`: there are
+    /// at most `max_partial_messages` (default 8), and every B-tree instantiation costs the browser package
+    /// several KB of code.
+    partials: Vec<Partial>,
     buffered: usize,
 }
 
@@ -181,7 +183,7 @@ impl Reassembler {
     pub fn new(limits: ReassemblyLimits) -> Self {
         Reassembler {
             limits,
-            partials: BTreeMap::new(),
+            partials: Vec::new(),
             buffered: 0,
         }
     }
@@ -220,7 +222,9 @@ impl Reassembler {
             index,
             count,
         } = header;
-        let Some(partial) = self.partials.get_mut(&msg_id) else {
+        let found = self.partials.binary_search_by_key(&msg_id, |p| p.msg_id);
+        let (Ok(at) | Err(at)) = found;
+        let Some(partial) = found.ok().map(|at| &mut self.partials[at]) else {
             // A new message: it must start at index 0 and fit the limits.
             if index != 0 {
                 return Err(ProtocolViolation::UnexpectedIndex {
@@ -242,8 +246,9 @@ impl Reassembler {
             }
             let deadline = now + self.limits.completion_timeout;
             self.partials.insert(
-                msg_id,
+                at,
                 Partial {
+                    msg_id,
                     count,
                     next_index: 1,
                     bytes: chunk.to_vec(),
@@ -277,18 +282,14 @@ impl Reassembler {
         if partial.next_index < count {
             return Ok(None);
         }
-        let done = self
-            .partials
-            .remove(&msg_id)
-            .map(|p| p.bytes)
-            .unwrap_or_default();
+        let done = self.partials.remove(at).bytes;
         self.buffered -= done.len();
         Ok(Some(Cow::Owned(done)))
     }
 
     /// The earliest completion deadline of a partial message, or `None` when there is none.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.partials.values().map(|p| p.deadline).min()
+        self.partials.iter().map(|p| p.deadline).min()
     }
 
     /// Refuses partial messages whose deadline is at or before `now`. Early (or repeated) calls are harmless.
@@ -299,12 +300,12 @@ impl Reassembler {
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), ProtocolViolation> {
         let mut first_expired: Option<(Instant, u32)> = None;
         let mut freed = 0;
-        self.partials.retain(|&msg_id, partial| {
+        self.partials.retain(|partial| {
             if partial.deadline > now {
                 return true;
             }
             if first_expired.is_none_or(|(deadline, _)| partial.deadline < deadline) {
-                first_expired = Some((partial.deadline, msg_id));
+                first_expired = Some((partial.deadline, partial.msg_id));
             }
             freed += partial.bytes.len();
             false

@@ -150,7 +150,11 @@ impl fmt::Display for ProtocolViolation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ProtocolViolation::EmptyFrame => f.write_str("empty binary frame"),
-            ProtocolViolation::UnknownKind(kind) => write!(f, "unknown frame kind 0x{kind:02x}"),
+            ProtocolViolation::UnknownKind(kind) => {
+                // `{kind:02x}` by hand: the padded hex formatter costs the browser package code.
+                let hex = |n: u8| char::from(b"0123456789abcdef"[usize::from(n & 0xf)]);
+                write!(f, "unknown frame kind 0x{}{}", hex(kind >> 4), hex(*kind))
+            }
             ProtocolViolation::TruncatedHeader { len } => {
                 write!(f, "fragment frame of {len} bytes is shorter than its {FRAGMENT_HEADER_LEN}-byte header")
             }
@@ -246,6 +250,12 @@ mod tests {
         let e = Frame::decode(&[0x02, 0xa0]).unwrap_err();
         assert_eq!(e, ProtocolViolation::UnknownKind(2));
         assert_eq!(e.close_code(), CloseCode::PROTOCOL_ERROR);
+        for kind in [0x02, 0x0a, 0x10, 0xab, 0xff] {
+            assert_eq!(
+                ProtocolViolation::UnknownKind(kind).to_string(),
+                format!("unknown frame kind 0x{kind:02x}")
+            );
+        }
     }
 
     #[test]
