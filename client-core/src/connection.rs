@@ -80,8 +80,9 @@ pub enum Event {
     StateChanged(Transition),
     /// A server `msg`.
     Message { name: String, data: Option<Payload> },
-    /// A server `req`; answer it with [`Connection::respond`].
+    /// A server `req` that arrived on `socket`; answer it with [`Connection::respond`] naming the same socket.
     Request {
+        socket: SocketId,
         id: u64,
         method: String,
         data: Option<Payload>,
@@ -98,6 +99,8 @@ pub enum Event {
         id: RequestId,
         result: Result<Option<Payload>, RequestError>,
     },
+    /// The server acknowledged a `sub` (on every `ready`, for every topic): events flow from now on.
+    Subscribed { topic: String },
     /// The server refused a `sub`; the topic is no longer subscribed.
     SubscribeFailed { topic: String, error: RequestError },
     /// A connection-level `err` (one without an `id`).
@@ -162,6 +165,8 @@ pub struct Connection {
     requests: Requests,
     queue: OfflineQueue,
     topics: Topics,
+    /// Ids of server `req`s received on the current socket and not answered yet.
+    inbound_requests: Vec<u64>,
     fragmenter: Fragmenter,
     reassembler: Reassembler,
 }
@@ -256,6 +261,7 @@ impl Connection {
             timers: Timers::default(),
             requests: Requests::default(),
             topics: Topics::default(),
+            inbound_requests: Vec::new(),
         })
     }
 
@@ -329,7 +335,11 @@ impl Connection {
             return;
         }
         self.attempts = 0;
-        self.begin_attempt(now, 1, Duration::ZERO);
+        if self.online {
+            self.open_socket(now, 1);
+        } else {
+            self.begin_attempt(now, 1, Duration::ZERO);
+        }
     }
 
     fn stop(&mut self, now: Instant) {
@@ -343,6 +353,7 @@ impl Connection {
         self.timers = Timers::default();
         self.reassembler.reset();
         self.topics.forget_acks();
+        self.inbound_requests.clear();
         self.queue.clear();
         for id in self
             .requests
@@ -431,7 +442,7 @@ impl Connection {
             Err(violation) => return self.refuse(now, violation.to_string()),
         };
         match envelope {
-            Ok(envelope) => self.dispatch(now, envelope),
+            Ok(envelope) => self.dispatch(socket, envelope),
             Err(error) => match error.refusal() {
                 Refusal::Reply(reply) => self.send_now(&reply),
                 Refusal::Close(_, reason) => self.refuse(now, reason),
@@ -439,11 +450,17 @@ impl Connection {
         }
     }
 
-    fn dispatch(&mut self, _now: Instant, envelope: Envelope) {
+    fn dispatch(&mut self, socket: SocketId, envelope: Envelope) {
         match envelope {
             Envelope::Msg { name, data } => self.push(Output::Event(Event::Message { name, data })),
             Envelope::Req { id, method, data } => {
-                self.push(Output::Event(Event::Request { id, method, data }))
+                self.inbound_requests.push(id);
+                self.push(Output::Event(Event::Request {
+                    socket,
+                    id,
+                    method,
+                    data,
+                }))
             }
             Envelope::Res { id, data } => self.complete(id, Ok(data)),
             Envelope::Err {
@@ -451,24 +468,15 @@ impl Connection {
                 code,
                 message,
                 data,
-            } => self.complete(
-                id,
-                Err(RequestError {
-                    code,
-                    message,
-                    data,
-                }),
-            ),
+            } => self.complete(id, Err(RequestError::from_peer(code, message, data))),
             Envelope::Err {
                 id: None,
                 code,
                 message,
                 data,
-            } => self.push(Output::Event(Event::Notice(RequestError {
-                code,
-                message,
-                data,
-            }))),
+            } => self.push(Output::Event(Event::Notice(RequestError::from_peer(
+                code, message, data,
+            )))),
             Envelope::Evt { topic, seq, data } => {
                 // An `evt` for a topic already unsubscribed locally is late, not an error.
                 if self.topics.contains(&topic) {
@@ -495,11 +503,14 @@ impl Connection {
     /// A `res`/`err` arrived for `id`: a request, a `sub` acknowledgement, or something already ended.
     fn complete(&mut self, id: u64, result: Result<Option<Payload>, RequestError>) {
         if let Some(topic) = self.topics.take_ack(id) {
-            if let Err(error) = result {
-                self.topics.remove(&topic);
-                self.push(Output::Event(Event::SubscribeFailed { topic, error }));
-            }
-            return;
+            let event = match result {
+                Ok(_) => Event::Subscribed { topic },
+                Err(error) => {
+                    self.topics.remove(&topic);
+                    Event::SubscribeFailed { topic, error }
+                }
+            };
+            return self.push(Output::Event(event));
         }
         // A reply for a request that already timed out or was cancelled is dropped: it ended once already.
         if self.requests.remove(id).is_some() {
@@ -553,6 +564,7 @@ impl Connection {
         self.timers.clear_socket_timers();
         self.reassembler.reset();
         self.topics.forget_acks();
+        self.inbound_requests.clear();
         for id in self.requests.ids_in(Stage::InFlight) {
             self.fail_request(
                 id,
@@ -599,12 +611,8 @@ impl Connection {
         self.begin_attempt(now, attempt, delay);
     }
 
-    /// Attempt `attempt` after `delay`: at once when the delay is zero and the network is up, otherwise
-    /// through `reconnecting`.
+    /// Attempt `attempt` after `delay`, always through `reconnecting`; while offline it waits for the network.
     fn begin_attempt(&mut self, now: Instant, attempt: u32, delay: Duration) {
-        if delay.is_zero() && self.online {
-            return self.open_socket(now, attempt);
-        }
         let next_attempt_at = now + delay;
         // Offline: no deadline; `NetworkChanged { online: true }` starts the attempt.
         self.timers.backoff = self.online.then_some(next_attempt_at);
@@ -616,6 +624,10 @@ impl Connection {
                 next_attempt_at,
             },
         );
+        // A zero jitter draw still shows `reconnecting` to observers, then attempts at once.
+        if delay.is_zero() && self.online {
+            self.open_socket(now, attempt);
+        }
     }
 
     fn open_socket(&mut self, now: Instant, attempt: u32) {
@@ -811,23 +823,30 @@ impl Connection {
         true
     }
 
-    /// Answers a server `req`. Returns false when the connection it came on is gone (the server has already
-    /// failed it then).
+    /// Answers the server `req` `id` that arrived on `socket` ([`Event::Request`]). Returns false, sending
+    /// nothing, when that connection is gone (the server has failed the request then, and a newer connection
+    /// may be using the same id for another request) or when it was answered already.
     pub fn respond(
         &mut self,
         _now: Instant,
+        socket: SocketId,
         id: u64,
         result: Result<Option<Payload>, RequestError>,
     ) -> bool {
-        if !self.is_ready() {
+        if !self.is_current(socket) {
             return false;
         }
+        let Some(pos) = self.inbound_requests.iter().position(|&i| i == id) else {
+            return false;
+        };
+        self.inbound_requests.swap_remove(pos);
         let envelope = match result {
             Ok(data) => Envelope::Res { id, data },
             Err(RequestError {
                 code,
                 message,
                 data,
+                ..
             }) => Envelope::Err {
                 id: Some(id),
                 code,

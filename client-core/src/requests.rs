@@ -24,14 +24,29 @@ pub struct RequestError {
     pub message: String,
     /// The `d` of a server `err`, if any.
     pub data: Option<Payload>,
+    /// True when the peer sent this `err`; false for failures raised locally. A server may answer with any
+    /// code, `UNAVAILABLE` included, so the code alone cannot tell a timeout from a server's refusal.
+    pub from_server: bool,
 }
 
 impl RequestError {
+    /// A failure raised on this side (timeout, lost connection, cancellation, or a local handler's error).
     pub fn local(code: ErrorCode, message: impl Into<String>) -> Self {
         RequestError {
             code,
             message: message.into(),
             data: None,
+            from_server: false,
+        }
+    }
+
+    /// An `err` the peer sent.
+    pub fn from_peer(code: ErrorCode, message: String, data: Option<Payload>) -> Self {
+        RequestError {
+            code,
+            message,
+            data,
+            from_server: true,
         }
     }
 }

@@ -523,7 +523,9 @@ fn server_requests_reach_the_application_and_responses_go_back() {
         data: None,
     });
     assert_eq!(describe_all(&outs), ["request:hello"]);
-    assert!(sim.conn.respond(sim.now, 9, Ok(Some(payload(&"hi")))));
+    assert!(sim
+        .conn
+        .respond(sim.now, sim.socket, 9, Ok(Some(payload(&"hi")))));
     assert_eq!(
         sent_envelopes(&sim.drain()),
         [Envelope::Res {
@@ -617,5 +619,116 @@ fn bye_is_reported_as_draining() {
     assert_eq!(describe_all(&sim.text("bye")), ["draining"]);
     assert!(
         matches!(describe_all(&sim.closed(1001))[..], [ref s] if s == "state:ready>reconnecting")
+    );
+}
+
+#[test]
+fn a_response_never_reaches_a_newer_connection_and_is_sent_once() {
+    let mut sim = Sim::new(test_config());
+    sim.connect();
+    let old = sim.socket;
+    sim.server_sends(&Envelope::Req {
+        id: 3,
+        method: "slow".into(),
+        data: None,
+    });
+    sim.server_sends(&Envelope::Req {
+        id: 4,
+        method: "fast".into(),
+        data: None,
+    });
+    assert!(sim.conn.respond(sim.now, old, 4, Ok(None)));
+    assert!(
+        !sim.conn.respond(sim.now, old, 4, Ok(None)),
+        "answered already"
+    );
+    assert_eq!(sent_envelopes(&sim.drain()).len(), 1);
+    sim.closed(1012);
+    sim.fire_next_timeout();
+    sim.open();
+    sim.text("ready");
+    // The new connection's server reuses id 3 for another request.
+    sim.server_sends(&Envelope::Req {
+        id: 3,
+        method: "other".into(),
+        data: None,
+    });
+    // Request 3 of the old socket: the server already failed it; its answer must not reach the new request 3.
+    assert!(!sim.conn.respond(sim.now, old, 3, Ok(None)));
+    assert!(sent_envelopes(&sim.drain()).is_empty());
+    assert!(sim.conn.respond(sim.now, sim.socket, 3, Ok(None)));
+}
+
+#[test]
+fn an_acknowledged_subscription_is_reported_on_every_ready() {
+    let mut sim = Sim::new(test_config());
+    sim.conn.subscribe(sim.now, "news").unwrap();
+    for _ in 0..2 {
+        let outs = if sim.conn.status() == &Status::Ready {
+            sim.closed(1012);
+            sim.fire_next_timeout();
+            sim.open();
+            sim.text("ready")
+        } else {
+            sim.connect()
+        };
+        let Envelope::Sub { id, .. } = sent_envelopes(&outs).remove(0) else {
+            panic!("sub first")
+        };
+        assert_eq!(
+            describe_all(&sim.server_sends(&Envelope::Res { id, data: None })),
+            ["subscribed:news"]
+        );
+    }
+}
+
+#[test]
+fn server_errors_are_told_apart_from_local_failures_with_the_same_code() {
+    let mut sim = Sim::new(test_config());
+    sim.connect();
+    let remote = sim.conn.request(sim.now, "a", None, None).unwrap();
+    let local = sim
+        .conn
+        .request(sim.now, "b", None, Some(Duration::from_millis(10)))
+        .unwrap();
+    sim.drain();
+    let mut outs = sim.server_sends(&Envelope::Err {
+        id: Some(remote.0),
+        code: ErrorCode::DeadlineExceeded,
+        message: "upstream timed out".into(),
+        data: None,
+    });
+    outs.extend(sim.advance(10));
+    let origins: Vec<(RequestId, ErrorCode, bool)> = events(&outs)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Reply { id, result: Err(e) } => Some((*id, e.code.clone(), e.from_server)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        origins,
+        [
+            (remote, ErrorCode::DeadlineExceeded, true),
+            (local, ErrorCode::DeadlineExceeded, false)
+        ]
+    );
+}
+
+#[test]
+fn a_zero_backoff_draw_still_passes_through_reconnecting() {
+    let mut config = test_config();
+    config.reconnect.base_delay = Duration::ZERO;
+    config.reconnect.max_delay = Duration::ZERO;
+    let mut sim = Sim::new(config);
+    sim.connect();
+    let outs = sim.closed(1001);
+    assert_eq!(
+        describe_all(&outs),
+        [
+            "state:ready>reconnecting",
+            "state:reconnecting>connecting",
+            "open#2 attempt 2"
+        ]
     );
 }

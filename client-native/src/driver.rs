@@ -376,22 +376,18 @@ impl Driver {
         self.stopped = true;
     }
 
-    fn current_socket(&self) -> Option<SocketId> {
-        self.reader.as_ref().map(|r| r.socket)
-    }
-
     fn handle_response(&mut self, response: Response) {
-        // The core would send it on whatever connection is current; a reply belongs to the one the request
-        // came on (whose requests the server has already failed if it is gone).
-        if self.current_socket() != Some(response.socket) {
+        let now = self.now();
+        // The core refuses a reply whose connection is gone (the server has failed that request already).
+        if !self
+            .conn
+            .respond(now, response.socket, response.id, response.result)
+        {
             debug!(
                 id = response.id,
-                "dropping a handler's reply: its connection is gone"
+                "dropped a handler's reply: its connection is gone"
             );
-            return;
         }
-        let now = self.now();
-        self.conn.respond(now, response.id, response.result);
         self.drain();
     }
 
@@ -611,7 +607,13 @@ impl Driver {
                     let _ = reply.send(result.map_err(Error::from));
                 }
             }
-            Event::Request { id, method, data } => self.serve(id, method, data),
+            Event::Request {
+                socket,
+                id,
+                method,
+                data,
+            } => self.serve(socket, id, method, data),
+            Event::Subscribed { topic } => debug!(%topic, "subscribed"),
             Event::SubscribeFailed { topic, error } => {
                 warn!(%topic, %error, "subscription refused");
                 let error = Error::from(error);
@@ -625,10 +627,7 @@ impl Driver {
     }
 
     /// A server `req`: run its handler as a task, or answer `UNIMPLEMENTED`.
-    fn serve(&mut self, id: u64, method: String, data: Option<Payload>) {
-        let Some(socket) = self.current_socket() else {
-            return;
-        };
+    fn serve(&mut self, socket: SocketId, id: u64, method: String, data: Option<Payload>) {
         let Some(handler) = self.handlers.get(&method) else {
             let shown: String = method.chars().take(64).collect();
             debug!(method = %shown, "no handler; answering UNIMPLEMENTED");
@@ -637,7 +636,7 @@ impl Driver {
                 format!("no handler for method {shown:?}"),
             );
             let now = self.now();
-            self.conn.respond(now, id, Err(error));
+            self.conn.respond(now, socket, id, Err(error));
             return;
         };
         let responses = self.responses_tx.clone();

@@ -122,6 +122,7 @@ impl Error {
                 code: code.clone(),
                 message: message.clone(),
                 data: details.clone(),
+                from_server: false,
             },
             other => RequestError::local(other.code(), other.to_string()),
         }
@@ -129,24 +130,23 @@ impl Error {
 }
 
 impl From<RequestError> for Error {
-    /// Local failures (which never carry details) become their own variants; everything else is
-    /// [`Error::Server`]. The core reports both with the same type, so a server `err` with one of the four
-    /// local codes and no details also becomes the local variant; its [`Error::code`] is the same either way.
+    /// A server `err` is always [`Error::Server`], whatever its code; local failures become their own variants.
     fn from(e: RequestError) -> Self {
         let RequestError {
             code,
             message,
             data,
+            from_server,
         } = e;
-        match (code, data) {
-            (ErrorCode::DeadlineExceeded, None) => Error::DeadlineExceeded { message },
-            (ErrorCode::Unavailable, None) => Error::Unavailable { message },
-            (ErrorCode::Cancelled, None) => Error::Cancelled { message },
-            (ErrorCode::ResourceExhausted, None) => Error::ResourceExhausted { message },
-            (code, details) => Error::Server {
+        match (from_server, code) {
+            (false, ErrorCode::DeadlineExceeded) => Error::DeadlineExceeded { message },
+            (false, ErrorCode::Unavailable) => Error::Unavailable { message },
+            (false, ErrorCode::Cancelled) => Error::Cancelled { message },
+            (false, ErrorCode::ResourceExhausted) => Error::ResourceExhausted { message },
+            (_, code) => Error::Server {
                 code,
                 message,
-                details,
+                details: data,
             },
         }
     }
@@ -219,17 +219,18 @@ mod tests {
     }
 
     #[test]
-    fn local_request_failures_become_their_own_variants() {
+    fn local_failures_become_their_own_variants_and_server_errs_stay_server_errors() {
         let e = Error::from(RequestError::local(
             ErrorCode::DeadlineExceeded,
             "request timed out",
         ));
         assert!(matches!(e, Error::DeadlineExceeded { .. }));
-        let e = Error::from(RequestError {
-            code: ErrorCode::Unavailable,
-            message: "busy".into(),
-            data: Some(Payload::null()),
-        });
+        // A server `err` with a code clients also raise locally is still the server's.
+        let e = Error::from(RequestError::from_peer(
+            ErrorCode::Unavailable,
+            "busy".into(),
+            None,
+        ));
         assert!(matches!(
             e,
             Error::Server {

@@ -78,13 +78,13 @@ pub(crate) fn error(kind: Kind, code: &str, message: &str) -> JsValue {
     make_error(kind as u8, code, message, &JsValue::UNDEFINED)
 }
 
-/// The error a failed request rejects with. The class follows the code: local failures use the codes
-/// PROTOCOL §4 assigns them (`DEADLINE_EXCEEDED`, `UNAVAILABLE`, `CANCELLED`); every other code is a server `err`.
+/// The error a failed request rejects with: a server `err` is a `ServerError` whatever its code; local failures
+/// get the class of the code PROTOCOL §4 assigns them (`DEADLINE_EXCEEDED`, `UNAVAILABLE`, `CANCELLED`).
 pub(crate) fn request_error(e: &RequestError) -> JsValue {
-    let kind = match e.code {
-        ErrorCode::DeadlineExceeded => Kind::Timeout,
-        ErrorCode::Unavailable => Kind::ConnectionClosed,
-        ErrorCode::Cancelled => Kind::Abort,
+    let kind = match (e.from_server, &e.code) {
+        (false, ErrorCode::DeadlineExceeded) => Kind::Timeout,
+        (false, ErrorCode::Unavailable) => Kind::ConnectionClosed,
+        (false, ErrorCode::Cancelled) => Kind::Abort,
         _ => Kind::Server,
     };
     let details = cbor::decode(e.data.as_ref());

@@ -798,7 +798,14 @@ impl Inner {
                     }
                 }
             }
-            Event::Request { id, method, data } => self.serve(id, &method, data.as_ref()),
+            Event::Request {
+                socket,
+                id,
+                method,
+                data,
+            } => self.serve(socket, id, &method, data.as_ref()),
+            // Events flow once acknowledged; nothing for the page to do.
+            Event::Subscribed { .. } => {}
             Event::Notice(e) => {
                 let f = self.state.borrow().lifecycle.on_error.clone();
                 match f {
@@ -818,7 +825,13 @@ impl Inner {
     }
 
     /// A server `req`: the handler's value (or promise) becomes `res`, its exception (or rejection) `err`.
-    fn serve(self: &Rc<Self>, id: u64, method: &str, data: Option<&sockeye_core::codec::Payload>) {
+    fn serve(
+        self: &Rc<Self>,
+        socket: SocketId,
+        id: u64,
+        method: &str,
+        data: Option<&sockeye_core::codec::Payload>,
+    ) {
         let handler = self
             .state
             .borrow()
@@ -831,6 +844,7 @@ impl Inner {
             self.with(|st, now| {
                 st.conn.respond(
                     now,
+                    socket,
                     id,
                     Err(RequestError::local(ErrorCode::Unimplemented, message)),
                 )
@@ -847,16 +861,16 @@ impl Inner {
                 let done = callback(move |outcome| {
                     if let Some(inner) = weak.upgrade() {
                         let (ok, value) = outcome_parts(&outcome);
-                        inner.respond(id, ok, &value);
+                        inner.respond(socket, id, ok, &value);
                     }
                 });
                 settle(&value, &done.into_js_value());
             }
-            Err(e) => self.respond(id, false, &e),
+            Err(e) => self.respond(socket, id, false, &e),
         }
     }
 
-    fn respond(self: &Rc<Self>, id: u64, ok: bool, value: &JsValue) {
+    fn respond(self: &Rc<Self>, socket: SocketId, id: u64, ok: bool, value: &JsValue) {
         let result = if ok {
             cbor::encode(value).map_err(|e| {
                 RequestError::local(
@@ -873,9 +887,10 @@ impl Inner {
                 code,
                 message: describe("", value),
                 data: details,
+                from_server: false,
             })
         };
-        self.with(|st, now| st.conn.respond(now, id, result));
+        self.with(|st, now| st.conn.respond(now, socket, id, result));
     }
 
     // ---------------------------------------------------------------------------------------------------------

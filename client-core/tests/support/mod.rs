@@ -153,6 +153,7 @@ pub fn describe(out: &Output) -> String {
             Ok(_) => format!("reply:{}:ok", id.0),
             Err(e) => format!("reply:{}:{}", id.0, e.code),
         },
+        Output::Event(Event::Subscribed { topic }) => format!("subscribed:{topic}"),
         Output::Event(Event::SubscribeFailed { topic, error }) => {
             format!("subfail:{topic}:{}", error.code)
         }
