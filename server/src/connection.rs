@@ -825,6 +825,12 @@ impl Conn {
             }
         }
         self.publish_counters();
+        // Handlers already started run to completion: a `msg` followed at once by the client's close must
+        // still be handled. Their replies have nowhere to go and are dropped.
+        let mut inflight = std::mem::take(&mut self.inflight);
+        if !inflight.is_empty() {
+            tokio::spawn(async move { while inflight.next().await.is_some() {} });
+        }
     }
 }
 

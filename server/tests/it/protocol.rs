@@ -411,3 +411,36 @@ impl Inbox {
         self.recv(ws).await
     }
 }
+
+#[tokio::test]
+async fn a_message_followed_at_once_by_the_close_is_still_handled() {
+    let handled = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&handled);
+    let server = start(
+        Server::builder().message("note", move |_ctx: Context, _note: Note| {
+            let seen = Arc::clone(&seen);
+            async move {
+                // Slower than the close that follows the message.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                seen.fetch_add(1, Ordering::SeqCst);
+            }
+        }),
+    )
+    .await;
+    let mut ws = connect(&server).await;
+    send(
+        &mut ws,
+        &map(&[
+            ("t", text("msg")),
+            ("m", text("note")),
+            ("d", map(&[("text", text("bye"))])),
+        ]),
+    )
+    .await;
+    ws.close(None).await.expect("close frame sent");
+    drop(ws);
+    eventually("the message handler ran", || {
+        handled.load(Ordering::SeqCst) == 1
+    })
+    .await;
+}
