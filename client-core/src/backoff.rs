@@ -4,7 +4,7 @@ use crate::config::ReconnectConfig;
 use crate::time::{millis, Duration};
 
 /// A small, seedable generator (SplitMix64). Jitter is its only use; seeding it from the config makes every
-/// run of the core reproducible, and keeps `getrandom` out of the core.
+/// run of the core reproducible, and keeps OS randomness out of the core.
 #[derive(Clone, Debug)]
 pub struct Rng(u64);
 

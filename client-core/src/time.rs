@@ -1,4 +1,4 @@
-//! Time as the shell gives it. The core never reads a clock (`std::time::Instant::now()` panics on
+//! Time as the shell gives it. The core never reads a clock (the standard library's clock panics on
 //! wasm32-unknown-unknown); every input carries `now`.
 
 use core::ops::{Add, Sub};
