@@ -732,3 +732,41 @@ fn a_zero_backoff_draw_still_passes_through_reconnecting() {
         ]
     );
 }
+
+#[test]
+fn a_late_ack_of_an_earlier_subscription_does_not_count_for_a_new_one() {
+    let mut sim = Sim::new(test_config());
+    sim.connect();
+    sim.conn.subscribe(sim.now, "news").unwrap();
+    let Envelope::Sub { id: first, .. } = sent_envelopes(&sim.drain()).remove(0) else {
+        panic!("sub")
+    };
+    assert!(sim.conn.unsubscribe(sim.now, "news"));
+    sim.conn.subscribe(sim.now, "news").unwrap();
+    let second = sent_envelopes(&sim.drain())
+        .into_iter()
+        .find_map(|e| match e {
+            Envelope::Sub { id, .. } => Some(id),
+            _ => None,
+        })
+        .expect("a second sub");
+    // The first `sub`'s refusal arrives late: it must not remove the new subscription.
+    let outs = sim.server_sends(&Envelope::Err {
+        id: Some(first),
+        code: ErrorCode::PermissionDenied,
+        message: "late".into(),
+        data: None,
+    });
+    assert!(outs.is_empty(), "{:?}", describe_all(&outs));
+    let outs = sim.server_sends(&Envelope::Res {
+        id: second,
+        data: None,
+    });
+    assert_eq!(describe_all(&outs), ["subscribed:news"]);
+    let outs = sim.server_sends(&Envelope::Evt {
+        topic: "news".into(),
+        seq: 1,
+        data: None,
+    });
+    assert_eq!(describe_all(&outs), ["evt:news#1"]);
+}

@@ -46,6 +46,7 @@ pub(crate) enum Command {
         topic: String,
         key: u64,
         feed: Feed<RawEvent>,
+        state: watch::Sender<SubState>,
     },
     Unsubscribe {
         topic: String,
@@ -59,6 +60,17 @@ pub(crate) enum Command {
         key: u64,
     },
     Close,
+}
+
+/// Whether a subscription's `sub` is acknowledged on the current connection ([`Subscription::subscribed`]).
+#[derive(Clone, Debug)]
+pub(crate) enum SubState {
+    /// Not acknowledged (yet, or again after a reconnect).
+    Pending,
+    /// Acknowledged on the current connection: events published from now on are delivered.
+    Live,
+    /// Refused by the server; the subscription has ended.
+    Failed(Error),
 }
 
 /// A topic event before the subscriber's type is applied.
@@ -331,7 +343,7 @@ impl Client {
     /// the server refuses the subscription, the stream yields [`Error::Server`] and ends.
     ///
     /// Subscribing does not wait for the server's acknowledgement: events published before the server has
-    /// processed the `sub` are not delivered.
+    /// processed the `sub` are not delivered. Await [`Subscription::subscribed`] to know when it is live.
     ///
     /// # Errors
     /// [`Error::InvalidTopic`] for a name PROTOCOL §4 forbids, [`Error::Closed`] after [`Client::close`].
@@ -347,13 +359,10 @@ impl Client {
     ///
     /// let client = sockeye::Client::builder(server.ws_url()).connect().await?;
     /// let mut prices = client.subscribe::<f64>("prices")?;
-    /// // Publish until the subscription is live (it is acknowledged asynchronously).
-    /// let event = loop {
-    ///     client.publish("prices", &42.5).await?;
-    ///     if let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(50), prices.next()).await {
-    ///         break event?;
-    ///     }
-    /// };
+    /// // Wait for the server's acknowledgement: from then on, every event is delivered.
+    /// tokio::time::timeout(Duration::from_secs(5), prices.subscribed()).await??;
+    /// client.publish("prices", &42.5).await?;
+    /// let event = prices.next().await.expect("stream open")?;
     /// assert_eq!((event.topic.as_str(), event.data), ("prices", 42.5));
     /// # client.close().await;
     /// # Ok(())
@@ -363,15 +372,18 @@ impl Client {
         validate_topic(topic)?;
         let key = self.key();
         let (feed, tap) = feed(self.inner.stream_buffer);
+        let (state_tx, state) = watch::channel(SubState::Pending);
         self.submit(Command::Subscribe {
             topic: topic.to_owned(),
             key,
             feed,
+            state: state_tx,
         })?;
         Ok(Subscription {
             topic: topic.to_owned(),
             key,
             tap,
+            state,
             commands: self.inner.commands.clone(),
             _data: PhantomData,
         })
@@ -420,7 +432,11 @@ impl Client {
     /// `Req` is decoded from the request's payload (an absent payload as `null`; failure answers
     /// `INVALID_ARGUMENT`); the handler's `Ok` becomes the `res` payload, its `Err` an `err` reply with
     /// [`Error::code`]. Requests for methods without a handler are answered `UNIMPLEMENTED`. Handlers run as
-    /// their own tasks; a reply is dropped if the connection it was requested on is gone by then.
+    /// their own tasks; a reply is dropped if the connection it was requested on is gone by then. Handlers
+    /// still running when the client ends are stopped.
+    ///
+    /// A handler that holds a [`Client`] clone keeps the connection alive (the client's task ends when every
+    /// handle is gone): call [`Client::close`] to end such a client.
     ///
     /// # Example
     ///
@@ -738,6 +754,7 @@ pub struct Subscription<T> {
     topic: String,
     key: u64,
     tap: Tap<RawEvent>,
+    state: watch::Receiver<SubState>,
     commands: mpsc::UnboundedSender<Command>,
     _data: PhantomData<fn() -> T>,
 }
@@ -746,6 +763,47 @@ impl<T> Subscription<T> {
     /// The subscribed topic.
     pub fn topic(&self) -> &str {
         &self.topic
+    }
+
+    /// Resolves once the server has acknowledged the subscription on the current connection: every event
+    /// published after that is delivered (at once when it is acknowledged already). After a reconnect it
+    /// waits for the new connection's acknowledgement. The returned future does not borrow the
+    /// subscription, so the stream can be polled meanwhile.
+    ///
+    /// # Errors
+    /// [`Error::Server`] when the server refused the subscription (the stream yields the same error and
+    /// ends), [`Error::Closed`] when the client is closed first.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let server = sockeye_server::Server::builder().bind("127.0.0.1:0".parse()?).start().await?;
+    /// use futures_util::StreamExt;
+    ///
+    /// let client = sockeye::Client::builder(server.ws_url()).connect().await?;
+    /// let mut news = client.subscribe::<String>("news")?;
+    /// news.subscribed().await?;
+    /// server.publish("news", Some(sockeye::Payload::encode(&"hello")?))?;
+    /// assert_eq!(news.next().await.expect("stream open")?.data, "hello");
+    /// # client.close().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn subscribed(&self) -> impl Future<Output = Result<(), Error>> + Send + 'static {
+        let mut state = self.state.clone();
+        async move {
+            let outcome = state
+                .wait_for(|s| !matches!(s, SubState::Pending))
+                .await
+                .map(|s| s.clone());
+            match outcome {
+                Ok(SubState::Failed(e)) => Err(e),
+                Ok(_) => Ok(()),
+                Err(_) => Err(Error::Closed),
+            }
+        }
     }
 }
 

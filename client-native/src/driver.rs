@@ -30,7 +30,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tracing::{debug, info, trace, warn};
 
-use crate::client::{Command, Feed, Listener, Message, RawEvent};
+use crate::client::{Command, Feed, Listener, Message, RawEvent, SubState};
 use crate::handlers::Handlers;
 use crate::transport::{ConnectError, Transport, WsStream};
 use crate::Error;
@@ -115,6 +115,19 @@ enum Wake {
     Reaped,
 }
 
+/// The streams following one topic, and whether the server has acknowledged its `sub` on this connection.
+#[derive(Default)]
+struct TopicFeeds {
+    live: bool,
+    feeds: Vec<TopicFeed>,
+}
+
+struct TopicFeed {
+    key: u64,
+    feed: Feed<RawEvent>,
+    state: watch::Sender<SubState>,
+}
+
 pub(crate) struct Driver {
     conn: Connection,
     origin: Instant,
@@ -123,8 +136,9 @@ pub(crate) struct Driver {
     commands: mpsc::UnboundedReceiver<Command>,
     /// Commands read while the write backlog was too large, to be handled in order once it has drained.
     held: VecDeque<Command>,
-    responses: mpsc::UnboundedReceiver<Response>,
-    responses_tx: mpsc::UnboundedSender<Response>,
+    /// Request handlers at work, each ending with its answer. Aborted when the client ends, so a handler that
+    /// never finishes cannot outlive the client.
+    serving: JoinSet<Response>,
     status: watch::Sender<Status>,
     connecting: Option<Connecting>,
     reader: Option<Reader>,
@@ -137,7 +151,7 @@ pub(crate) struct Driver {
     last_timeout: Option<CoreInstant>,
     requests: BTreeMap<RequestId, PendingRequest>,
     request_keys: HashMap<u64, RequestId>,
-    topics: BTreeMap<String, Vec<(u64, Feed<RawEvent>)>>,
+    topics: BTreeMap<String, TopicFeeds>,
     incoming: BTreeMap<u64, Feed<Message>>,
     transitions: BTreeMap<u64, Feed<Transition>>,
     stopped: bool,
@@ -151,7 +165,6 @@ impl Driver {
         commands: mpsc::UnboundedReceiver<Command>,
         status: watch::Sender<Status>,
     ) -> Self {
-        let (responses_tx, responses) = mpsc::unbounded_channel();
         let origin = Instant::now();
         Driver {
             conn,
@@ -160,8 +173,7 @@ impl Driver {
             handlers,
             commands,
             held: VecDeque::new(),
-            responses,
-            responses_tx,
+            serving: JoinSet::new(),
             status,
             connecting: None,
             reader: None,
@@ -216,7 +228,10 @@ impl Driver {
             let writing = self.writer.as_ref().is_some_and(Writer::busy);
             let wake = tokio::select! {
                 command = self.commands.recv() => Wake::Command(command),
-                Some(response) = self.responses.recv() => Wake::Response(response),
+                Some(joined) = self.serving.join_next(), if !self.serving.is_empty() => match joined {
+                    Ok(response) => Wake::Response(response),
+                    Err(_) => Wake::Reaped, // aborted; handler panics are caught inside the task
+                },
                 result = connect_progress(&mut self.connecting) => Wake::Connected(Box::new(result)),
                 (socket, frame) = next_frame(&mut self.reader) => Wake::Frame(socket, frame),
                 result = write_progress(&mut self.writer), if writing => Wake::Written(result),
@@ -329,23 +344,34 @@ impl Driver {
                     self.drain();
                 }
             }
-            Command::Subscribe { topic, key, feed } => {
+            Command::Subscribe {
+                topic,
+                key,
+                feed,
+                state,
+            } => {
                 if !self.topics.contains_key(&topic) {
                     if let Err(e) = self.conn.subscribe(now, &topic) {
-                        feed.deliver(Err(e.into()));
+                        let e = Error::from(e);
+                        state.send_replace(SubState::Failed(e.clone()));
+                        feed.deliver(Err(e));
                         return;
                     }
-                    debug!(%topic, "subscribed");
+                    debug!(%topic, "subscribing");
                     self.drain();
                 }
-                self.topics.entry(topic).or_default().push((key, feed));
+                let entry = self.topics.entry(topic).or_default();
+                if entry.live {
+                    state.send_replace(SubState::Live);
+                }
+                entry.feeds.push(TopicFeed { key, feed, state });
             }
             Command::Unsubscribe { topic, key } => {
-                let Some(feeds) = self.topics.get_mut(&topic) else {
+                let Some(entry) = self.topics.get_mut(&topic) else {
                     return;
                 };
-                feeds.retain(|(k, _)| *k != key);
-                if feeds.is_empty() {
+                entry.feeds.retain(|f| f.key != key);
+                if entry.feeds.is_empty() {
                     self.topics.remove(&topic);
                     debug!(%topic, "unsubscribed");
                     self.conn.unsubscribe(now, &topic);
@@ -591,8 +617,8 @@ impl Driver {
                 });
             }
             Event::TopicEvent { topic, seq, data } => {
-                if let Some(feeds) = self.topics.get_mut(&topic) {
-                    feeds.retain(|(_, feed)| {
+                if let Some(entry) = self.topics.get_mut(&topic) {
+                    entry.feeds.retain(|TopicFeed { feed, .. }| {
                         feed.deliver(Ok(RawEvent {
                             topic: topic.clone(),
                             seq,
@@ -613,12 +639,21 @@ impl Driver {
                 method,
                 data,
             } => self.serve(socket, id, method, data),
-            Event::Subscribed { topic } => debug!(%topic, "subscribed"),
+            Event::Subscribed { topic } => {
+                debug!(%topic, "subscribed");
+                if let Some(entry) = self.topics.get_mut(&topic) {
+                    entry.live = true;
+                    for f in &entry.feeds {
+                        f.state.send_replace(SubState::Live);
+                    }
+                }
+            }
             Event::SubscribeFailed { topic, error } => {
                 warn!(%topic, %error, "subscription refused");
                 let error = Error::from(error);
-                for (_, feed) in self.topics.remove(&topic).unwrap_or_default() {
-                    feed.deliver(Err(error.clone()));
+                for f in self.topics.remove(&topic).unwrap_or_default().feeds {
+                    f.state.send_replace(SubState::Failed(error.clone()));
+                    f.feed.deliver(Err(error.clone()));
                 }
             }
             Event::Notice(error) => warn!(%error, "the server reported an error"),
@@ -639,8 +674,7 @@ impl Driver {
             self.conn.respond(now, socket, id, Err(error));
             return;
         };
-        let responses = self.responses_tx.clone();
-        tokio::spawn(async move {
+        self.serving.spawn(async move {
             let result = match AssertUnwindSafe(handler(data)).catch_unwind().await {
                 Ok(Ok(data)) => Ok(data),
                 Ok(Err(e)) => Err(e.to_request_error()),
@@ -649,7 +683,7 @@ impl Driver {
                     "the request handler panicked",
                 )),
             };
-            let _ = responses.send(Response { socket, id, result });
+            Response { socket, id, result }
         });
     }
 
@@ -667,6 +701,15 @@ impl Driver {
             } => info!(%reason, "disconnected"),
             to => info!(from = %transition.from, %to, "state changed"),
         }
+        if !matches!(transition.to, Status::Ready) {
+            // The server forgets subscriptions with the connection; they are live again once re-acknowledged.
+            for entry in self.topics.values_mut().filter(|e| e.live) {
+                entry.live = false;
+                for f in &entry.feeds {
+                    f.state.send_replace(SubState::Pending);
+                }
+            }
+        }
         self.status.send_replace(transition.to.clone());
         self.transitions
             .retain(|_, feed| feed.deliver(Ok(transition.clone())));
@@ -674,6 +717,9 @@ impl Driver {
 
     async fn shutdown(mut self) {
         self.connecting = None;
+        // Answers could only be dropped now: stop the handlers still at work.
+        self.serving.abort_all();
+        self.handlers.clear();
         self.retire_socket();
         // Requests the core still holds (none after `Stop`) end with their senders: `Error::Closed`.
         self.requests.clear();

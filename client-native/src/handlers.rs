@@ -31,6 +31,15 @@ impl Handlers {
             .insert(method, handler);
     }
 
+    /// Drops every handler. A handler may hold a [`crate::Client`] (which holds this registry): clearing it when
+    /// the client ends breaks that cycle.
+    pub fn clear(&self) {
+        self.0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
     pub fn get(&self, method: &str) -> Option<Handler> {
         self.0
             .read()

@@ -172,7 +172,8 @@ pub(crate) enum ConnectError {
 /// Everything needed to open a socket, fixed when the client is built.
 pub(crate) struct Transport {
     url: String,
-    /// `scheme://authority/path`, without the query (which may carry a token): the only form ever logged.
+    /// `scheme://host:port/path`, without user info or query (either may carry a credential): the only form
+    /// ever logged.
     pub display_url: String,
     headers: Vec<(HeaderName, HeaderValue)>,
     token: Option<TokenSource>,
@@ -227,10 +228,15 @@ impl Transport {
         let Some(authority) = uri.authority() else {
             return Err(Error::Config("the URL has no host".into()));
         };
+        // Without the user info (`user:password@`) either: it is a credential.
+        let host = authority
+            .as_str()
+            .rsplit_once('@')
+            .map_or(authority.as_str(), |(_, host)| host);
         let display_url = format!(
             "{}://{}{}",
             uri.scheme_str().unwrap_or("ws"),
-            authority,
+            host,
             uri.path()
         );
 
@@ -459,6 +465,8 @@ mod tests {
         assert!(Transport::new(options("http://h/ws")).is_err());
         assert!(Transport::new(options("not a url")).is_err());
         let t = Transport::new(options("ws://h:1/ws?token=secret")).unwrap();
+        assert_eq!(t.display_url, "ws://h:1/ws");
+        let t = Transport::new(options("ws://user:pa55word@h:1/ws")).unwrap();
         assert_eq!(t.display_url, "ws://h:1/ws");
         let mut o = options("ws://h/ws");
         o.headers.push(("X-Key".into(), "bad\nvalue".into()));

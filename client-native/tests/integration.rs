@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sockeye::{
@@ -49,26 +49,24 @@ fn names(seen: &Mutex<Vec<(Instant, Transition)>>) -> Vec<&'static str> {
         .collect()
 }
 
-/// Publishes from the server until the subscription delivers (its `sub` is acknowledged asynchronously).
-async fn publish_until_received<T: serde::de::DeserializeOwned>(
+/// Waits until the subscription is acknowledged, then publishes once from the server: the event must arrive.
+async fn publish_when_subscribed<T: serde::de::DeserializeOwned>(
     server: &sockeye_server::ServerHandle,
     subscription: &mut sockeye::Subscription<T>,
     topic: &str,
     value: i64,
 ) -> sockeye::TopicEvent<T> {
-    within("an event on the subscription", async {
-        loop {
-            server
-                .publish(topic, Some(Payload::encode(&value).unwrap()))
-                .expect("valid topic");
-            if let Ok(Some(event)) =
-                tokio::time::timeout(Duration::from_millis(50), subscription.next()).await
-            {
-                return event.expect("event decodes");
-            }
-        }
-    })
-    .await
+    within("the acknowledgement", subscription.subscribed())
+        .await
+        .expect("subscribed");
+    let delivered = server
+        .publish(topic, Some(Payload::encode(&value).unwrap()))
+        .expect("valid topic");
+    assert_eq!(delivered, 1, "one subscriber");
+    within("the event", subscription.next())
+        .await
+        .expect("stream open")
+        .expect("event decodes")
 }
 
 #[tokio::test]
@@ -332,7 +330,7 @@ async fn subscriptions_resume_after_reconnect() {
     let client = fast(server.ws_url()).connect().await.unwrap();
     let seen = record(&client);
     let mut news = client.subscribe::<i64>("news").unwrap();
-    let event = publish_until_received(&server, &mut news, "news", 1).await;
+    let event = publish_when_subscribed(&server, &mut news, "news", 1).await;
     assert_eq!((event.topic.as_str(), event.data), ("news", 1));
 
     client
@@ -343,12 +341,12 @@ async fn subscriptions_resume_after_reconnect() {
     ready(&client).await;
 
     // No new subscribe call: the client re-subscribed on `ready` by itself.
-    let event = publish_until_received(&server, &mut news, "news", 2).await;
+    let event = publish_when_subscribed(&server, &mut news, "news", 2).await;
     assert_eq!(event.data, 2);
-    // Drain anything else published meanwhile; all decode as i64.
-    while let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(50), news.next()).await {
-        event.unwrap();
-    }
+    // Nothing else was published.
+    assert!(tokio::time::timeout(Duration::from_millis(50), news.next())
+        .await
+        .is_err());
 
     // Dropping the stream unsubscribes: the server's topic goes away.
     drop(news);
@@ -362,19 +360,13 @@ async fn client_publish_reaches_subscribers() {
     let alice = fast(server.ws_url()).connect().await.unwrap();
     let bob = fast(server.ws_url()).connect().await.unwrap();
     let mut room = bob.subscribe::<String>("room").unwrap();
-    let event = within("bob's event", async {
-        loop {
-            alice.publish("room", "hi").await.unwrap();
-            if let Ok(Some(event)) =
-                tokio::time::timeout(Duration::from_millis(50), room.next()).await
-            {
-                break event.unwrap();
-            }
-        }
-    })
-    .await;
+    within("bob's subscription", room.subscribed())
+        .await
+        .unwrap();
+    alice.publish("room", "hi").await.unwrap();
+    let event = within("bob's event", room.next()).await.unwrap().unwrap();
     assert_eq!(event.data, "hi");
-    assert!(event.seq >= 1);
+    assert_eq!(event.seq, 1);
     assert!(matches!(
         alice.publish("$sys", "x").await,
         Err(Error::InvalidTopic(_))
@@ -385,6 +377,63 @@ async fn client_publish_reaches_subscribers() {
     ));
     alice.close().await;
     bob.close().await;
+}
+
+#[tokio::test]
+async fn subscribed_follows_the_servers_acknowledgement_across_reconnects() {
+    let server = start(server_builder().authorize_topics(|_, topic, _| topic != "secret")).await;
+    // A reconnect delay of 300-360 ms: long enough to look at the subscription while disconnected.
+    let client = fast(server.ws_url())
+        .base_delay(Duration::from_millis(300))
+        .max_delay(Duration::from_secs(1))
+        .full_jitter(false)
+        .build()
+        .unwrap();
+    // Issued while offline: acknowledged only once connected.
+    let news = client.subscribe::<i64>("news").unwrap();
+    let acked = news.subscribed();
+    ready(&client).await;
+    within("the acknowledgement", acked).await.unwrap();
+    // A second stream on a live topic is live at once.
+    let also = client.subscribe::<i64>("news").unwrap();
+    within("the second stream", also.subscribed())
+        .await
+        .unwrap();
+
+    // Lost with the connection; live again once the new connection acknowledged the re-subscription.
+    client
+        .request::<_, ()>("close", &json!({ "code": 1012 }))
+        .await
+        .unwrap();
+    within("the disconnect", async {
+        while client.state() == Status::Ready {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(
+        news.subscribed().now_or_never().is_none(),
+        "still live while disconnected"
+    );
+    within("the new acknowledgement", news.subscribed())
+        .await
+        .unwrap();
+    assert_eq!(client.state(), Status::Ready);
+
+    // Refused: the error, and the stream ends.
+    let mut secret = client.subscribe::<i64>("secret").unwrap();
+    let err = within("the refusal", secret.subscribed())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Server { .. }), "{err:?}");
+    assert!(matches!(
+        within("the error item", secret.next()).await,
+        Some(Err(Error::Server { .. }))
+    ));
+    assert!(within("the end", secret.next()).await.is_none());
+
+    client.close().await;
+    assert!(matches!(news.subscribed().await, Err(Error::Closed)));
 }
 
 #[tokio::test]
@@ -864,6 +913,71 @@ async fn server_requests_are_answered_by_registered_handlers() {
 }
 
 #[tokio::test]
+async fn close_stops_request_handlers_still_at_work() {
+    let server = mini::Server::start(true).await;
+    let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+    let client = fast(server.url())
+        .on_request("hang", move |_: ()| {
+            let started_tx = started_tx.clone();
+            async move {
+                let alive = Arc::new(());
+                let _ = started_tx.send(Arc::downgrade(&alive));
+                std::future::pending::<()>().await;
+                drop(alive);
+                Ok::<_, Error>(())
+            }
+        })
+        .connect();
+    let client = within("connect", client).await.unwrap();
+    server.send_request(1, "hang", &());
+    let alive = within("the handler to start", started.recv())
+        .await
+        .unwrap();
+    assert!(alive.upgrade().is_some());
+    within("close", client.close()).await;
+    eventually("the handler to be stopped", || alive.upgrade().is_none()).await;
+}
+
+#[tokio::test]
+async fn a_handler_holding_its_client_does_not_keep_it_alive_after_close() {
+    let server = server().await;
+    let client = fast(server.ws_url()).connect().await.unwrap();
+    let guard = Arc::new(());
+    let (held, in_handler) = (client.clone(), Arc::clone(&guard));
+    client.on_request("status", move |_: ()| {
+        let state = held.state();
+        let _ = &in_handler;
+        async move { Ok::<_, Error>(state.name()) }
+    });
+    client.close().await;
+    drop(client);
+    // The handler (and the client it holds) is freed: no cycle through the handler registry.
+    eventually("the handler to be dropped", || {
+        Arc::strong_count(&guard) == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn dropping_every_handle_closes_the_connection() {
+    let server = server().await;
+    let client = fast(server.ws_url()).connect().await.unwrap();
+    let subscription = client.subscribe::<i64>("t").unwrap();
+    within("the acknowledgement", subscription.subscribed())
+        .await
+        .unwrap();
+    drop(client);
+    // A subscription is a handle too: the connection stays.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(server.stats().connections_open, 1);
+    drop(subscription);
+    eventually("the server sees the close", || {
+        server.stats().connections_open == 0
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_server_that_does_not_echo_the_subprotocol_is_accepted() {
     let server = mini::Server::start(false).await;
     let client = within("connect", fast(server.url()).connect())
@@ -949,6 +1063,18 @@ mod mini {
             format!("ws://{}/ws", self.addr)
         }
 
+        /// Sends a `req` without waiting for the answer.
+        pub fn send_request<T: Serialize + ?Sized>(&self, id: u64, method: &str, data: &T) {
+            let envelope = Envelope::Req {
+                id,
+                method: method.to_owned(),
+                data: Some(Payload::encode(data).unwrap()),
+            };
+            let mut frame = vec![0u8];
+            frame.extend(envelope.encode());
+            self.to_client.send(frame).unwrap();
+        }
+
         /// Sends a `req` and waits for the client's `res` or `err` with the same id.
         pub async fn request<T: Serialize + ?Sized>(
             &self,
@@ -982,4 +1108,71 @@ mod mini {
             }
         }
     }
+}
+
+/// Everything the client logs at every level, for a connection made with every kind of credential.
+#[test]
+fn credentials_never_reach_the_logs() {
+    use tracing_subscriber::filter::filter_fn;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::Layer;
+
+    #[derive(Clone, Default)]
+    struct Logs(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Logs {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let layer = tracing_subscriber::fmt::layer()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .with_filter(filter_fn(|meta| {
+            meta.target() == "sockeye" || meta.target().starts_with("sockeye::")
+        }));
+    let subscriber = tracing_subscriber::registry().with(layer);
+    let _guard = tracing::subscriber::set_default(subscriber);
+    // One thread: every task of the client logs through the subscriber set above.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let server = start(server_builder().tokens(["tok-SECRET-A"])).await;
+        let port = server.local_addr().port();
+        let client = fast(format!("ws://user:SECRET-U@127.0.0.1:{port}/ws?x=SECRET-Q"))
+            .token_provider(|| async { Ok::<_, std::io::Error>("tok-SECRET-A".to_owned()) })
+            .header("X-Api-Key", "SECRET-H")
+            .connect()
+            .await
+            .unwrap();
+        let _: String = client.request("echo", "hi").await.unwrap();
+        client.close().await;
+        // Refused, and unreachable with the token in the query.
+        let err = fast(server.ws_url())
+            .token("SECRET-BAD")
+            .connect()
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), ErrorCode::Unauthenticated);
+        let addr = free_port().await;
+        let err = fast(format!("ws://{addr}/ws"))
+            .token("SECRET-QUERY")
+            .token_in_query(true)
+            .max_attempts(Some(1))
+            .connect()
+            .await
+            .unwrap_err();
+        assert!(!err.to_string().contains("SECRET"), "{err}");
+    });
+    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("connecting"), "nothing logged: {logs}");
+    assert!(!logs.contains("SECRET"), "{logs}");
 }
