@@ -16,7 +16,9 @@
 //! | `Map` | map, keys encoded as values | plain object when every key is text, else `Map` |
 //! | other objects | map of own enumerable string keys; `undefined` values are left out | plain object |
 //!
-//! Functions, symbols, bigger `BigInt`s and nesting deeper than [`MAX_DEPTH`] (or cycles) throw a `TypeError`.
+//! Functions, symbols, bigger `BigInt`s and nesting deeper than [`MAX_DEPTH`] (or cycles) throw a `TypeError`; a
+//! getter or proxy trap that throws makes the encoding fail with its error (as `JSON.stringify` does), which
+//! `request` turns into a rejection. A detached `ArrayBuffer` (or a view of one) encodes as empty bytes.
 //! Decoding keeps tags' content and drops the tag; unassigned simple values decode as `undefined`; invalid UTF-8
 //! in text is replaced (U+FFFD). Plain objects are built with `Object.fromEntries`, so a `"__proto__"` key is an
 //! own property, never the prototype. Decoding never allocates from a declared length: every length is checked
@@ -25,8 +27,9 @@
 //! Headers use the shortest form (RFC 8949 §4.2.1 preferred serialization); a float is written in the shortest of
 //! half, single and double precision that gives back exactly the same bits.
 
-use js_sys::{Array, ArrayBuffer, Map, Object, Set, Uint8Array};
+use js_sys::{Array, ArrayBuffer, Map, Object, Reflect, Set, Uint8Array};
 use sockeye_core::codec::{Payload, MAX_DEPTH};
+use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::{JsCast, JsValue};
 
 use crate::errors::type_error;
@@ -52,6 +55,15 @@ const BREAK: u8 = 0xff;
 
 /// The additional information that marks an indefinite length.
 const INDEFINITE: u8 = 31;
+
+#[wasm_bindgen]
+extern "C" {
+    /// `Object.entries(o)`, with a throwing getter or proxy trap as an `Err`. (js-sys's binding has no `catch`:
+    /// the exception would unwind through the wasm frames, out of `request` as a synchronous throw and past
+    /// wasm-bindgen's borrow of the `Client`.)
+    #[wasm_bindgen(catch, js_namespace = Object, js_name = entries)]
+    fn entries(o: &JsValue) -> Result<Array, JsValue>;
+}
 
 /// Encodes `data` as a payload: `undefined` is no payload (the envelope's `d` is left out).
 ///
@@ -122,18 +134,23 @@ fn encode_value(out: &mut Vec<u8>, v: &JsValue, depth: usize) -> Result<(), JsVa
 }
 
 fn encode_object(out: &mut Vec<u8>, v: &JsValue, depth: usize) -> Result<(), JsValue> {
-    if let Some(buffer) = v.dyn_ref::<ArrayBuffer>() {
-        string(out, MAJOR_BYTES, &Uint8Array::new(buffer).to_vec());
-    } else if ArrayBuffer::is_view(v) {
-        // Any view (a `Uint8Array` too) has buffer, byteOffset and byteLength (read with `Reflect.get`: typed
-        // getters are one import each).
+    let view = ArrayBuffer::is_view(v);
+    if view || v.is_instance_of::<ArrayBuffer>() {
+        // Any view (a `Uint8Array` too) has buffer, byteOffset and byteLength; a buffer has byteLength (read with
+        // `Reflect.get`: typed getters are one import each). A detached buffer (transferred elsewhere) reads as
+        // empty: `new Uint8Array` would throw on it.
         let number = |key| get(v, key).as_f64().unwrap_or(0.0) as u32;
-        let bytes = Uint8Array::new_with_byte_offset_and_length(
-            &get(v, "buffer"),
-            number("byteOffset"),
-            number("byteLength"),
-        );
-        string(out, MAJOR_BYTES, &bytes.to_vec());
+        let (buffer, offset) = if view {
+            (get(v, "buffer"), number("byteOffset"))
+        } else {
+            (v.clone(), 0)
+        };
+        let length = number("byteLength");
+        let bytes = match length {
+            0 => Vec::new(),
+            _ => Uint8Array::new_with_byte_offset_and_length(&buffer, offset, length).to_vec(),
+        };
+        string(out, MAJOR_BYTES, &bytes);
     } else if Array::is_array(v) {
         encode_items(out, v.unchecked_ref(), depth)?;
     } else if let Some(set) = v.dyn_ref::<Set>() {
@@ -151,7 +168,7 @@ fn encode_object(out: &mut Vec<u8>, v: &JsValue, depth: usize) -> Result<(), JsV
         result?;
     } else {
         // Own enumerable string-keyed properties, like JSON; `undefined` values are left out.
-        let entries: Vec<Array> = items(&Object::entries(v.unchecked_ref()))
+        let entries: Vec<Array> = items(&entries(v)?)
             .map(JsCast::unchecked_into::<Array>)
             .filter(|e| !e.get(1).is_undefined())
             .collect();
@@ -166,8 +183,9 @@ fn encode_object(out: &mut Vec<u8>, v: &JsValue, depth: usize) -> Result<(), JsV
 
 fn encode_items(out: &mut Vec<u8>, items: &Array, depth: usize) -> Result<(), JsValue> {
     head(out, MAJOR_ARRAY, u64::from(items.length()));
-    for item in self::items(items) {
-        encode_value(out, &item, depth)?;
+    // `Reflect.get` rather than `items()`: an index may be a getter (or a proxy trap) that throws.
+    for i in 0..items.length() {
+        encode_value(out, &Reflect::get(items, &i.into())?, depth)?;
     }
     Ok(())
 }

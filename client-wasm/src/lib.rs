@@ -273,7 +273,8 @@ impl Client {
             let payload = cbor::encode(&data)?;
             let timeout = options::timeout_ms(options.as_ref(), "request options.")?;
             let signal = match options.as_ref().map(|o| options::get(o, "signal")) {
-                Some(s) if !s.is_undefined() => Some(
+                // `null` is no signal, as for `fetch`.
+                Some(s) if !s.is_undefined() && !s.is_null() => Some(
                     s.dyn_into::<AbortSignal>()
                         .map_err(|_| type_error("request options.signal must be an AbortSignal"))?,
                 ),
@@ -326,9 +327,16 @@ impl Client {
         &self,
         topic: String,
         handler: JsValue,
-        on_error: Option<Function>,
+        on_error: JsValue,
     ) -> Result<JsValue, JsValue> {
         let handler = callback(handler, "subscribe: handler")?;
+        // Checked here: wasm-bindgen does not check an `Option<Function>` argument, and a bad one would only
+        // fail (on the console) when the server refuses the subscription.
+        let on_error = if on_error.is_undefined() || on_error.is_null() {
+            None
+        } else {
+            Some(callback(on_error, "subscribe: onError")?)
+        };
         self.inner.subscribe(topic, handler, on_error)
     }
 

@@ -588,41 +588,41 @@ impl Inner {
             }
             None => url.to_owned(),
         };
-        let failed = {
-            let mut st = self.state.borrow_mut();
-            if st.opening != Some(socket) {
-                return;
-            }
-            st.opening = None;
-            match WebSocket::new_with_str(&url, SUBPROTOCOL) {
-                Ok(ws) => {
-                    set(ws.unchecked_ref(), "binaryType", &"arraybuffer".into());
-                    let weak = st.weak.clone();
-                    let handler = callback(move |event| {
-                        if let Some(inner) = weak.upgrade() {
-                            inner.socket_event(socket, event.unchecked_ref());
-                        }
-                    });
-                    let f = handler.as_ref().unchecked_ref();
-                    for kind in SOCKET_EVENTS {
-                        let _ = ws.add_event_listener_with_callback(kind, f);
-                    }
-                    st.socket = Some(Socket {
-                        id: socket,
-                        ws,
-                        handler,
-                    });
-                    None
-                }
-                Err(e) => Some(describe("new WebSocket() failed", &e)),
-            }
-        };
-        if let Some(message) = failed {
-            self.input(Input::SocketError {
-                socket,
-                message: &message,
-            });
+        if self.state.borrow().opening != Some(socket) {
+            return;
         }
+        // No borrow is held from here until the socket is stored: `WebSocket` may be the application's (a wrapper,
+        // a test double) and call back into the client. `opening` stays set meanwhile, so a `close()` (or any
+        // other end of this attempt) from there is noticed below.
+        let ws = match WebSocket::new_with_str(&url, SUBPROTOCOL) {
+            Ok(ws) => ws,
+            Err(e) => return self.fail_open(socket, &describe("new WebSocket() failed", &e)),
+        };
+        set(ws.unchecked_ref(), "binaryType", &"arraybuffer".into());
+        let weak = Rc::downgrade(self);
+        let handler = callback(move |event| {
+            if let Some(inner) = weak.upgrade() {
+                inner.socket_event(socket, event.unchecked_ref());
+            }
+        });
+        let f = handler.as_ref().unchecked_ref();
+        for kind in SOCKET_EVENTS {
+            let _ = ws.add_event_listener_with_callback(kind, f);
+        }
+        let mut created = Some(Socket {
+            id: socket,
+            ws,
+            handler,
+        });
+        {
+            let mut st = self.state.borrow_mut();
+            if st.opening == Some(socket) {
+                st.opening = None;
+                st.socket = created.take();
+            }
+        }
+        // Not wanted any more: dropping it detaches the handler and closes the socket.
+        drop(created);
     }
 
     fn fail_open(self: &Rc<Self>, socket: SocketId, message: &str) {
@@ -711,7 +711,7 @@ impl Inner {
         let (on_disconnect, on_reconnecting, on_ready, on_reconnected) = lc;
         let object = transition_object(t);
         for f in &listeners {
-            call(f, &[&object]);
+            self.call(f, &[&object]);
         }
         let was_open = matches!(t.from, Status::Connected { .. } | Status::Ready);
         let is_open = matches!(t.to, Status::Connected { .. } | Status::Ready);
@@ -722,24 +722,32 @@ impl Inner {
                 set(&info, "reason", &close.1.into());
                 let again = !matches!(t.to, Status::Disconnected { .. });
                 set(&info, "willReconnect", &again.into());
-                call(&f, &[&info]);
+                self.call(&f, &[&info]);
             }
         }
         match &t.to {
             Status::Reconnecting { .. } => {
                 if let Some(f) = on_reconnecting {
-                    call(&f, &[&object]);
+                    self.call(&f, &[&object]);
                 }
             }
             Status::Ready => {
                 if let Some(f) = on_ready {
-                    call(&f, &[]);
+                    self.call(&f, &[]);
                 }
                 if let (true, Some(f)) = (reconnected, on_reconnected) {
-                    call(&f, &[]);
+                    self.call(&f, &[]);
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Calls an application callback, unless the client was freed meanwhile (by an earlier callback of the same
+    /// event).
+    fn call(&self, f: &Function, args: &[&JsValue]) {
+        if !self.dead.get() {
+            call(f, args);
         }
     }
 
@@ -761,7 +769,7 @@ impl Inner {
                 let meta = Object::new();
                 set(&meta, "name", &name.into());
                 for f in &handlers {
-                    call(f, &[&data, &meta]);
+                    self.call(f, &[&data, &meta]);
                 }
             }
             Event::TopicEvent { topic, seq, data } => {
@@ -778,7 +786,7 @@ impl Inner {
                 set(&meta, "topic", &topic.into());
                 set(&meta, "seq", &(seq as f64).into());
                 for f in &handlers {
-                    call(f, &[&data, &meta]);
+                    self.call(f, &[&data, &meta]);
                 }
             }
             Event::SubscribeFailed { topic, error } => {
@@ -793,7 +801,7 @@ impl Inner {
                 let e = request_error(&error);
                 for l in removed {
                     match l.on_error {
-                        Some(f) => call(&f, &[&e]),
+                        Some(f) => self.call(&f, &[&e]),
                         None => console_error("sockeye: subscription refused", &e),
                     }
                 }
@@ -809,14 +817,14 @@ impl Inner {
             Event::Notice(e) => {
                 let f = self.state.borrow().lifecycle.on_error.clone();
                 match f {
-                    Some(f) => call(&f, &[&request_error(&e)]),
+                    Some(f) => self.call(&f, &[&request_error(&e)]),
                     None => console_error("sockeye: server error", &request_error(&e)),
                 }
             }
             Event::Draining => {
                 let f = self.state.borrow().lifecycle.on_draining.clone();
                 if let Some(f) = f {
-                    call(&f, &[]);
+                    self.call(&f, &[]);
                 }
             }
             // Settled in `State::event`; transitions come as `Action::Transition`.

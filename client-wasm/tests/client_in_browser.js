@@ -237,6 +237,7 @@ const scenarios = {
       const bad = await rejection(client.request("echo", 1, { signal: 5 }), "bad signal");
       assertError(bad, "TypeError", undefined, "bad signal");
       assert(bad.message.includes("signal"), `names the option: ${bad.message}`);
+      assertEq(await client.request("echo", 9, { signal: null }), 9, "signal: null is no signal (as for fetch)");
       // Aborting a request still in the offline queue: it ends at once and is never sent.
       await client.close();
       const queued = new AbortController();
@@ -671,6 +672,11 @@ const scenarios = {
       const s = thrown(() => client.subscribe("", () => {}), "empty topic");
       assertError(s, "SockeyeError", "INVALID_ARGUMENT", "empty topic");
       assert(thrown(() => client.subscribe("x", 5), "no handler") instanceof TypeError, "handler must be a function");
+      const onError = thrown(() => client.subscribe("x", () => {}, 5), "bad onError");
+      assertError(onError, "TypeError", undefined, "bad onError");
+      assert(onError.message.includes("onError"), `names onError: ${onError.message}`);
+      client.subscribe("x", () => {}, null)();
+      client.subscribe("x", () => {}, undefined)();
     });
   },
 
@@ -700,6 +706,176 @@ const scenarios = {
     });
   },
 };
+
+const extra = {
+  async serverErrorsAreServerErrors(Client, env) {
+    await withClient(Client, { url: env.server }, async (client) => {
+      client.start();
+      await client.waitForStatus("ready", { timeoutMs: 5000 });
+      // A server `err` is a ServerError whatever its code, even one a local failure would also use.
+      for (const code of ["UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED"]) {
+        const e = await rejection(client.request("fail", { code, msg: "x" }), `fail ${code}`);
+        assertError(e, "ServerError", code, `server err ${code}`);
+        assert(!(e instanceof errors.ConnectionClosedError), `${code}: not a ConnectionClosedError`);
+        assert(!(e instanceof errors.TimeoutError), `${code}: not a TimeoutError`);
+        assertEq(e.message, "x", `${code}: the server's message`);
+      }
+      assertEq(client.status, "ready", "the connection is unaffected");
+    });
+  },
+
+  async reentrantCallbacks(Client, env) {
+    const seen = [];
+    let client;
+    let freed = false;
+    let afterFree = 0;
+    const options = {
+      url: env.server,
+      lifecycle: {
+        onStateChange: (t) => {
+          if (freed) return;
+          seen.push(`${t.to}:${client.status}`);
+          if (t.to === "ready") {
+            client.send("echo", "from onStateChange");
+            client.request("echo", "req from onStateChange").then((v) => seen.push(v));
+            client.waitForStatus("ready").then(() => seen.push("waited"));
+          }
+        },
+        onReady: () => {
+          if (freed) afterFree++;
+          else client.publish("reentrant", "from onReady");
+        },
+      },
+    };
+    client = new Client(options);
+    try {
+      client.onMessage("echo", (data) => seen.push(`msg:${data}`));
+      const unsubscribe = client.subscribe("reentrant", (data) => {
+        seen.push(`evt:${data}`);
+        unsubscribe();
+        client.publish("reentrant", "after unsubscribe");
+        client.request("echo", "req from handler").then((v) => seen.push(v));
+      });
+      client.start();
+      await client.waitForStatus("ready", { timeoutMs: 5000 });
+      await until(() => seen.includes("req from handler"), 3000, `callbacks ran: ${JSON.stringify(seen)}`);
+      for (const s of ["msg:from onStateChange", "req from onStateChange", "waited", "evt:from onReady"]) {
+        assert(seen.includes(s), `${s} in ${JSON.stringify(seen)}`);
+      }
+      assertEq(seen.filter((s) => s.startsWith("evt:")).length, 1, "unsubscribed from inside its handler");
+      // close() and start() from inside callbacks.
+      const closing = [];
+      const unsub = client.subscribeToTransitions((t) => {
+        closing.push(t.to);
+        if (t.to === "connecting" && closing.length === 2) client.close();
+      });
+      await client.close();
+      client.start();
+      await client.waitForStatus("disconnected", { timeoutMs: 2000 });
+      await sleep(200);
+      assertEq(client.status, "disconnected", "closed from inside onStateChange");
+      unsub();
+      // free() from inside a callback: no callback runs after it, not even the rest of that transition's.
+      const free = client.subscribeToTransitions((t) => {
+        if (t.to === "ready") {
+          client.free();
+          freed = true;
+        }
+      });
+      client.subscribeToTransitions(() => freed && afterFree++);
+      client.start();
+      await sleep(500);
+      assertEq(afterFree, 0, "callbacks after free()");
+      free();
+    } finally {
+      try { client.free(); } catch (_) {}
+    }
+  },
+
+  async encodeFailuresReject(Client, env) {
+    const sockets = [];
+    const RealWebSocket = globalThis.WebSocket;
+    globalThis.WebSocket = class extends RealWebSocket {
+      constructor(...args) {
+        super(...args);
+        sockets.push(this);
+      }
+    };
+    try {
+      const client = new Client({ url: env.server });
+      client.start();
+      await client.waitForStatus("ready", { timeoutMs: 5000 });
+      const bad = { get boom() { throw new Error("getter threw"); } };
+      let p;
+      try {
+        p = client.request("echo", bad);
+      } catch (e) {
+        throw new Error(`request threw synchronously: ${e}`);
+      }
+      const e = await rejection(p, "throwing getter");
+      assert(e instanceof Error, `rejected with ${e}`);
+      assertEq(e.message, "getter threw", "the getter's error");
+      const t = thrown(() => client.send("echo", bad), "send with a throwing getter");
+      assertEq(t.message, "getter threw", "send throws the getter's error");
+      const items = [1];
+      Object.defineProperty(items, 0, { get() { throw new Error("index getter threw"); } });
+      assertEq((await rejection(client.request("echo", [items]), "index getter")).message, "index getter threw", "index");
+      const trap = new Proxy({}, { ownKeys() { throw new Error("trap threw"); } });
+      assertEq((await rejection(client.request("echo", { trap }), "proxy")).message, "trap threw", "proxy trap");
+      // A transferred (detached) buffer, or a view of one, encodes as empty bytes rather than throwing.
+      const buffer = new ArrayBuffer(8);
+      const view = new Uint8Array(buffer, 2, 4);
+      structuredClone(buffer, { transfer: [buffer] });
+      assertEq(await client.request("echo", buffer), new Uint8Array(0), "detached buffer");
+      assertEq(await client.request("echo", view), new Uint8Array(0), "view of a detached buffer");
+      assertEq(await client.request("echo", 1), 1, "still works");
+      client.free();
+      await sleep(100);
+      assertEq(sockets[0].readyState, RealWebSocket.CLOSED, "freed client's socket closed");
+    } finally {
+      globalThis.WebSocket = RealWebSocket;
+    }
+  },
+
+  async appWebSocketCallsBack(Client, env) {
+    // A `WebSocket` of the application's (a wrapper, a test double) whose constructor calls into the client.
+    const RealWebSocket = globalThis.WebSocket;
+    const sockets = [];
+    const statuses = [];
+    let client;
+    let closeInside = false;
+    globalThis.WebSocket = class extends RealWebSocket {
+      constructor(...args) {
+        statuses.push(client.status);
+        super(...args);
+        sockets.push(this);
+        if (closeInside) client.close();
+      }
+    };
+    client = new Client({ url: env.server, reconnect: fast });
+    try {
+      client.start();
+      await client.waitForStatus("ready", { timeoutMs: 5000 });
+      assertEq(statuses, ["connecting"], "status read inside the constructor");
+      // close() from inside the next attempt's constructor: that socket is closed, not kept.
+      closeInside = true;
+      client.request("close", { code: 1012, reason: "restart" }).catch(() => {});
+      await until(() => sockets.length === 2, 5000, "the second attempt");
+      await sleep(100);
+      assertEq(client.status, "disconnected", "closed from the constructor");
+      assert(sockets[1].readyState >= RealWebSocket.CLOSING, `second socket readyState ${sockets[1].readyState}`);
+      closeInside = false;
+      client.start();
+      await client.waitForStatus("ready", { timeoutMs: 5000 });
+      assertEq(await client.request("echo", 1), 1, "works after");
+    } finally {
+      globalThis.WebSocket = RealWebSocket;
+      await client.close();
+      client.free();
+    }
+  },
+};
+Object.assign(scenarios, extra);
 
 export function runScenario(name, Client, env) {
   const scenario = scenarios[name];

@@ -155,3 +155,23 @@ async fn full_offline_queue_throws_queue_full_error() {
 async fn server_messages_reach_on_message_handlers() {
     scenario("serverMessages").await;
 }
+
+#[wasm_bindgen_test]
+async fn server_errs_are_server_errors_whatever_their_code() {
+    scenario("serverErrorsAreServerErrors").await;
+}
+
+#[wasm_bindgen_test]
+async fn callbacks_may_call_back_into_the_client() {
+    scenario("reentrantCallbacks").await;
+}
+
+#[wasm_bindgen_test]
+async fn data_that_fails_to_encode_rejects_and_leaves_the_client_usable() {
+    scenario("encodeFailuresReject").await;
+}
+
+#[wasm_bindgen_test]
+async fn an_application_websocket_may_call_into_the_client_from_its_constructor() {
+    scenario("appWebSocketCallsBack").await;
+}
