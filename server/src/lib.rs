@@ -42,7 +42,8 @@
 //!   [`ServerBuilder::builtins`].
 //! - **Topics**: `sub`/`unsub` are answered with `res` (or `err INVALID_ARGUMENT` for a bad name,
 //!   `PERMISSION_DENIED` when the authoriser refuses). `pub` fans out as `evt` to every subscriber, the
-//!   publisher included; `seq` starts at 1 and counts per topic while the topic has subscribers. A refused
+//!   publisher included; `seq` starts at 1 and counts every publish to the topic for the server's lifetime (with
+//!   or without subscribers, so a returning subscriber sees a gap); idle topics are forgotten only past a bound. A refused
 //!   `pub` is answered with an `err` without `id`. Each subscriber has a bounded event queue
 //!   ([`Limits::outbound_queue`]); one that overflows is closed with 1013, so a slow subscriber neither stalls
 //!   publishers nor silently misses events.

@@ -34,11 +34,17 @@ struct Topic {
     subscribers: BTreeMap<u64, Subscriber>,
 }
 
-/// Topics with at least one subscriber. A topic's entry (and its `seq`) lives while it has subscribers.
+/// Every topic subscribed to or published to, with its `seq`. A topic's `seq` counts every publish for the
+/// server's lifetime, subscribers or not, so a client that re-subscribes after a reconnect can tell from the
+/// numbers whether it missed events. Topics without subscribers are forgotten only when more than
+/// [`MAX_IDLE_TOPICS`] of them pile up (a bound on what peers can make the server remember).
 #[derive(Default)]
 pub(crate) struct Topics {
     inner: Mutex<HashMap<String, Topic>>,
 }
+
+/// Topics without subscribers kept for their `seq`; beyond this, idle topics are dropped (their `seq` restarts).
+pub(crate) const MAX_IDLE_TOPICS: usize = 65_536;
 
 /// What a publish did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -56,32 +62,14 @@ impl Topics {
 
     pub fn subscribe(&self, topic: &str, connection: u64, subscriber: Subscriber) {
         let mut topics = self.lock();
-        match topics.get_mut(topic) {
-            Some(entry) => {
-                entry.subscribers.insert(connection, subscriber);
-            }
-            None => {
-                let mut subscribers = BTreeMap::new();
-                subscribers.insert(connection, subscriber);
-                topics.insert(
-                    topic.to_owned(),
-                    Topic {
-                        name: Arc::from(topic),
-                        seq: 0,
-                        subscribers,
-                    },
-                );
-            }
-        }
+        entry(&mut topics, topic)
+            .subscribers
+            .insert(connection, subscriber);
     }
 
     pub fn unsubscribe(&self, topic: &str, connection: u64) {
-        let mut topics = self.lock();
-        if let Some(entry) = topics.get_mut(topic) {
+        if let Some(entry) = self.lock().get_mut(topic) {
             entry.subscribers.remove(&connection);
-            if entry.subscribers.is_empty() {
-                topics.remove(topic);
-            }
         }
     }
 
@@ -100,9 +88,7 @@ impl Topics {
         max_bytes: usize,
     ) -> Result<Fanout, usize> {
         let mut topics = self.lock();
-        let Some(entry) = topics.get_mut(topic) else {
-            return Ok(Fanout::default());
-        };
+        let entry = entry(&mut topics, topic);
         let evt = Envelope::Evt {
             topic: topic.to_owned(),
             seq: entry.seq + 1,
@@ -136,14 +122,34 @@ impl Topics {
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             },
         );
-        if entry.subscribers.is_empty() {
-            topics.remove(topic);
-        }
         Ok(fanout)
     }
 
     /// How many topics have subscribers.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock()
+            .values()
+            .filter(|t| !t.subscribers.is_empty())
+            .count()
     }
+}
+
+/// The topic's entry, created with `seq` 0 if new. Creating one past the bound first forgets idle topics.
+fn entry<'a>(topics: &'a mut HashMap<String, Topic>, topic: &str) -> &'a mut Topic {
+    if !topics.contains_key(topic) {
+        if topics.len() >= MAX_IDLE_TOPICS {
+            topics.retain(|_, t| !t.subscribers.is_empty());
+        }
+        topics.insert(
+            topic.to_owned(),
+            Topic {
+                name: Arc::from(topic),
+                seq: 0,
+                subscribers: BTreeMap::new(),
+            },
+        );
+    }
+    topics
+        .get_mut(topic)
+        .expect("inserted above when it was missing")
 }

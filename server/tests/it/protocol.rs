@@ -254,6 +254,29 @@ async fn pub_fans_out_to_every_subscriber_including_the_publisher_with_per_topic
 }
 
 #[tokio::test]
+async fn seq_counts_every_publish_so_a_returning_subscriber_sees_the_gap() {
+    let server = start(Server::builder()).await;
+    let mut a = connect(&server).await;
+    send(&mut a, &sub(1, "news")).await;
+    expect_res(&recv(&mut a).await, 1);
+    send(&mut a, &publish("news", uint(1))).await;
+    expect_evt(&recv(&mut a).await, "news", 1, &uint(1));
+    // The only subscriber leaves (as on a dropped connection); two events are published meanwhile.
+    send(&mut a, &unsub(2, "news")).await;
+    expect_res(&recv(&mut a).await, 2);
+    let mut b = connect(&server).await;
+    for n in 2..=3 {
+        send(&mut b, &publish("news", uint(n))).await;
+    }
+    assert_alive(&mut b, 1).await;
+    // Back again: the next event is seq 4, so the subscriber knows it missed 2 and 3.
+    send(&mut a, &sub(3, "news")).await;
+    expect_res(&recv(&mut a).await, 3);
+    send(&mut b, &publish("news", uint(4))).await;
+    expect_evt(&recv(&mut a).await, "news", 4, &uint(4));
+}
+
+#[tokio::test]
 async fn topic_names_are_checked_and_the_authoriser_is_asked() {
     let server = start(Server::builder().authorize_topics(|_who, topic, access| {
         !(topic == "secret" || (topic == "readonly" && access == TopicAccess::Publish))
