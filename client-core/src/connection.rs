@@ -887,21 +887,21 @@ impl Connection {
 
     /// Sends when `ready`, else queues; says where the envelope went.
     fn submit(&mut self, envelope: Envelope, request: Option<u64>) -> Result<Stage, SendError> {
-        let bytes = envelope.encode();
-        let threshold = self.fragmenter.threshold();
-        if threshold > 0 && bytes.len().div_ceil(threshold) > usize::from(u16::MAX) {
-            return Err(SendError::TooLarge(FragmentError::TooManyFragments {
-                size: bytes.len(),
-                threshold,
-            }));
-        }
         if self.is_ready() {
+            // Encoded straight into the frame: no intermediate copy on the hot path.
             let outputs = &mut self.outputs;
             self.fragmenter
-                .encode_bytes(&bytes, |frame| outputs.push_back(Output::SendBinary(frame)))
+                .encode(&envelope, |frame| {
+                    outputs.push_back(Output::SendBinary(frame))
+                })
                 .map_err(SendError::TooLarge)?;
             return Ok(Stage::InFlight);
         }
+        let bytes = envelope.encode();
+        // Refused now rather than when the queue flushes: what the queue accepts can always be sent.
+        self.fragmenter
+            .check(bytes.len())
+            .map_err(SendError::TooLarge)?;
         self.queue
             .push(Queued { bytes, request })
             .map_err(|_| SendError::QueueFull {

@@ -770,3 +770,26 @@ fn a_late_ack_of_an_earlier_subscription_does_not_count_for_a_new_one() {
     });
     assert_eq!(describe_all(&outs), ["evt:news#1"]);
 }
+
+#[test]
+fn a_message_needing_more_fragments_than_a_header_can_count_is_refused_queued_or_not() {
+    let mut config = test_config();
+    config.fragment_threshold = 1;
+    let mut sim = Sim::new(config);
+    let huge = payload(&"z".repeat(usize::from(u16::MAX) + 1));
+    // Offline: refused before it enters the queue, so a flush can never fail.
+    let err = sim
+        .conn
+        .send(sim.now, "big", Some(huge.clone()))
+        .unwrap_err();
+    assert!(matches!(err, SendError::TooLarge(_)), "{err:?}");
+    assert_eq!(sim.conn.queued(), (0, 0));
+    sim.connect();
+    let err = sim
+        .conn
+        .request(sim.now, "big", Some(huge), None)
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::ResourceExhausted);
+    assert!(sim.drain().is_empty(), "nothing emitted");
+    assert_eq!(sim.conn.pending_requests(), 0);
+}

@@ -81,6 +81,26 @@ async function withClient(Client, options, body) {
   }
 }
 
+// Runs `body(sockets, RealWebSocket)` with `globalThis.WebSocket` replaced by a subclass that records every socket
+// the client creates; `before()` and `after(socket)` run inside its constructor. The real class is restored after.
+async function withSocketSpy(body, { before = () => {}, after = () => {} } = {}) {
+  const RealWebSocket = globalThis.WebSocket;
+  const sockets = [];
+  globalThis.WebSocket = class extends RealWebSocket {
+    constructor(...args) {
+      before();
+      super(...args);
+      sockets.push(this);
+      after(this);
+    }
+  };
+  try {
+    return await body(sockets, RealWebSocket);
+  } finally {
+    globalThis.WebSocket = RealWebSocket;
+  }
+}
+
 const fast = { enabled: true, baseDelayMs: 20, maxDelayMs: 100, maxAttempts: null };
 
 const scenarios = {
@@ -530,15 +550,7 @@ const scenarios = {
   },
 
   async freeClosesSocket(Client, env) {
-    const sockets = [];
-    const RealWebSocket = globalThis.WebSocket;
-    globalThis.WebSocket = class extends RealWebSocket {
-      constructor(...args) {
-        super(...args);
-        sockets.push(this);
-      }
-    };
-    try {
+    await withSocketSpy(async (sockets, RealWebSocket) => {
       const client = new Client({ url: env.server, keepaliveIntervalMs: 50 });
       const transitions = [];
       client.subscribeToTransitions((t) => transitions.push(t.to));
@@ -558,9 +570,7 @@ const scenarios = {
       assertEq(sockets[0].readyState, RealWebSocket.CLOSED, "closed");
       // Methods of a freed client throw rather than acting.
       thrown(() => client.start(), "start after free");
-    } finally {
-      globalThis.WebSocket = RealWebSocket;
-    }
+    });
   },
 
   async browserAwareness(Client, env) {
@@ -793,15 +803,7 @@ const extra = {
   },
 
   async encodeFailuresReject(Client, env) {
-    const sockets = [];
-    const RealWebSocket = globalThis.WebSocket;
-    globalThis.WebSocket = class extends RealWebSocket {
-      constructor(...args) {
-        super(...args);
-        sockets.push(this);
-      }
-    };
-    try {
+    await withSocketSpy(async (sockets, RealWebSocket) => {
       const client = new Client({ url: env.server });
       client.start();
       await client.waitForStatus("ready", { timeoutMs: 5000 });
@@ -832,47 +834,40 @@ const extra = {
       client.free();
       await sleep(100);
       assertEq(sockets[0].readyState, RealWebSocket.CLOSED, "freed client's socket closed");
-    } finally {
-      globalThis.WebSocket = RealWebSocket;
-    }
+    });
   },
 
   async appWebSocketCallsBack(Client, env) {
     // A `WebSocket` of the application's (a wrapper, a test double) whose constructor calls into the client.
-    const RealWebSocket = globalThis.WebSocket;
-    const sockets = [];
     const statuses = [];
     let client;
     let closeInside = false;
-    globalThis.WebSocket = class extends RealWebSocket {
-      constructor(...args) {
-        statuses.push(client.status);
-        super(...args);
-        sockets.push(this);
-        if (closeInside) client.close();
-      }
+    const hooks = {
+      before: () => statuses.push(client.status),
+      after: () => closeInside && client.close(),
     };
-    client = new Client({ url: env.server, reconnect: fast });
-    try {
-      client.start();
-      await client.waitForStatus("ready", { timeoutMs: 5000 });
-      assertEq(statuses, ["connecting"], "status read inside the constructor");
-      // close() from inside the next attempt's constructor: that socket is closed, not kept.
-      closeInside = true;
-      client.request("close", { code: 1012, reason: "restart" }).catch(() => {});
-      await until(() => sockets.length === 2, 5000, "the second attempt");
-      await sleep(100);
-      assertEq(client.status, "disconnected", "closed from the constructor");
-      assert(sockets[1].readyState >= RealWebSocket.CLOSING, `second socket readyState ${sockets[1].readyState}`);
-      closeInside = false;
-      client.start();
-      await client.waitForStatus("ready", { timeoutMs: 5000 });
-      assertEq(await client.request("echo", 1), 1, "works after");
-    } finally {
-      globalThis.WebSocket = RealWebSocket;
-      await client.close();
-      client.free();
-    }
+    await withSocketSpy(async (sockets, RealWebSocket) => {
+      client = new Client({ url: env.server, reconnect: fast });
+      try {
+        client.start();
+        await client.waitForStatus("ready", { timeoutMs: 5000 });
+        assertEq(statuses, ["connecting"], "status read inside the constructor");
+        // close() from inside the next attempt's constructor: that socket is closed, not kept.
+        closeInside = true;
+        client.request("close", { code: 1012, reason: "restart" }).catch(() => {});
+        await until(() => sockets.length === 2, 5000, "the second attempt");
+        await sleep(100);
+        assertEq(client.status, "disconnected", "closed from the constructor");
+        assert(sockets[1].readyState >= RealWebSocket.CLOSING, `second socket readyState ${sockets[1].readyState}`);
+        closeInside = false;
+        client.start();
+        await client.waitForStatus("ready", { timeoutMs: 5000 });
+        assertEq(await client.request("echo", 1), 1, "works after");
+      } finally {
+        await client.close();
+        client.free();
+      }
+    }, hooks);
   },
 };
 Object.assign(scenarios, extra);

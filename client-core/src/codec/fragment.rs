@@ -103,6 +103,21 @@ impl Fragmenter {
         }
     }
 
+    /// Whether an envelope of `len` bytes can be sent at this threshold, without encoding it (the client checks
+    /// before queueing, so nothing it accepts fails later).
+    ///
+    /// # Errors
+    /// [`FragmentError::TooManyFragments`] when it would take more than `u16::MAX` fragments.
+    pub fn check(&self, len: usize) -> Result<u16, FragmentError> {
+        if self.fits(len) {
+            return Ok(1);
+        }
+        u16::try_from(len.div_ceil(self.threshold)).map_err(|_| FragmentError::TooManyFragments {
+            size: len,
+            threshold: self.threshold,
+        })
+    }
+
     /// Whether an envelope of `len` bytes goes out as one COMPLETE frame.
     fn fits(&self, len: usize) -> bool {
         self.threshold == 0 || len <= self.threshold
@@ -111,11 +126,7 @@ impl Fragmenter {
     /// Emits FRAGMENT frames of at most `threshold` chunk bytes each. Only called with `bytes.len() >
     /// threshold > 0`, so there are at least two chunks.
     fn split(&mut self, bytes: &[u8], mut emit: impl FnMut(Vec<u8>)) -> Result<(), FragmentError> {
-        let too_many = FragmentError::TooManyFragments {
-            size: bytes.len(),
-            threshold: self.threshold,
-        };
-        let count = u16::try_from(bytes.len().div_ceil(self.threshold)).map_err(|_| too_many)?;
+        let count = self.check(bytes.len())?;
         let msg_id = self.next_msg_id;
         self.next_msg_id = self.next_msg_id.wrapping_add(1);
         for (index, chunk) in (0..count).zip(bytes.chunks(self.threshold)) {
@@ -332,6 +343,7 @@ impl Reassembler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::frame::tests::fragment;
     use crate::codec::{Payload, KIND_FRAGMENT};
     use crate::error::CloseCode;
 
@@ -343,18 +355,6 @@ mod tests {
             .encode_bytes(bytes, |f| frames.push(f))
             .expect("fits in u16::MAX fragments");
         frames
-    }
-
-    fn fragment(msg_id: u32, index: u16, count: u16, chunk: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        FragmentHeader {
-            msg_id,
-            index,
-            count,
-        }
-        .write_to(&mut out);
-        out.extend_from_slice(chunk);
-        out
     }
 
     fn envelope_bytes(len: usize) -> Vec<u8> {

@@ -206,10 +206,11 @@ impl fmt::Display for ProtocolViolation {
 impl std::error::Error for ProtocolViolation {}
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn fragment(msg_id: u32, index: u16, count: u16, chunk: &[u8]) -> Vec<u8> {
+    /// A FRAGMENT frame built by hand (the codec's tests share it).
+    pub(crate) fn fragment(msg_id: u32, index: u16, count: u16, chunk: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         FragmentHeader {
             msg_id,
