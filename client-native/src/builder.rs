@@ -13,7 +13,7 @@ use sockeye_core::{Config, Connection, QueueLimits, Status};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
-use crate::client::{Client, Inner};
+use crate::client::{Client, Inner, StreamLimits};
 use crate::driver::{Driver, DEFAULT_WRITE_BACKLOG};
 use crate::handlers::{self, Handlers};
 use crate::transport::{self, Certificate, TlsOptions, TokenSource, Transport, TransportOptions};
@@ -28,7 +28,7 @@ use crate::Error;
 /// Limits on what a server can make the client hold (each documented on its method): messages of at most
 /// [16 MiB](ClientBuilder::max_message_size), [4 MiB](ClientBuilder::max_write_backlog) of frames waiting to be
 /// written, [1000](ClientBuilder::max_inbound_requests) server requests awaiting their handlers, and
-/// [1024 items](ClientBuilder::stream_buffer) per stream.
+/// [1024 items](ClientBuilder::stream_buffer) or [16 MiB](ClientBuilder::stream_buffer_bytes) waiting per stream.
 ///
 /// [`build`](ClientBuilder::build) returns a started client that connects in the background;
 /// [`connect`](ClientBuilder::connect) also waits for the first `ready`.
@@ -78,7 +78,7 @@ pub struct ClientBuilder {
     seed: Option<u64>,
     tls: TlsOptions,
     handlers: Handlers,
-    stream_buffer: usize,
+    stream_limits: StreamLimits,
     max_write_backlog: usize,
 }
 
@@ -111,7 +111,10 @@ impl ClientBuilder {
             seed: None,
             tls: TlsOptions::default(),
             handlers: Handlers::default(),
-            stream_buffer: 1024,
+            stream_limits: StreamLimits {
+                items: 1024,
+                bytes: 16 << 20,
+            },
             max_write_backlog: DEFAULT_WRITE_BACKLOG,
         }
     }
@@ -253,7 +256,14 @@ impl ClientBuilder {
     /// Items buffered per subscription or listener stream before it reports [`Error::Lagged`] and drops
     /// (default 1024).
     pub fn stream_buffer(mut self, items: usize) -> Self {
-        self.stream_buffer = items.max(1);
+        self.stream_limits.items = items.max(1);
+        self
+    }
+
+    /// Payload bytes buffered per subscription or listener stream before it reports [`Error::Lagged`] and
+    /// drops (default 16 MiB). One message larger than this is still delivered when nothing else waits.
+    pub fn stream_buffer_bytes(mut self, bytes: usize) -> Self {
+        self.stream_limits.bytes = bytes;
         self
     }
 
@@ -365,7 +375,7 @@ impl ClientBuilder {
                 status: status_rx,
                 handlers,
                 next_key: AtomicU64::new(1),
-                stream_buffer: self.stream_buffer,
+                stream_limits: self.stream_limits,
             }),
         })
     }

@@ -202,3 +202,51 @@ async fn an_oversize_message_is_closed_with_4004_and_reported_as_such() {
     }
     client.close().await;
 }
+
+/// A subscriber that does not keep up holds at most `stream_buffer_bytes` of events (one larger event still
+/// goes through when nothing waits); the rest are dropped and reported as lag. Before, only the item count was
+/// bounded (1024 events of up to 16 MiB each).
+#[tokio::test]
+async fn a_slow_subscriber_holds_a_bounded_number_of_bytes() {
+    let server = RawServer::start(|mut ws| async move {
+        for seq in 1..=5 {
+            let evt = Envelope::Evt {
+                topic: "t".into(),
+                seq,
+                data: Some(Payload::encode(&"x".repeat(400)).unwrap()),
+            };
+            if ws
+                .send(Message::binary(complete_frame(&evt)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        // Frames are handled in order: when this request reaches its handler, every event was delivered.
+        let _ = ws.send(req(1, "done")).await;
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    let done = Arc::new(tokio::sync::Notify::new());
+    let notify = Arc::clone(&done);
+    let client = fast(server.url())
+        .stream_buffer_bytes(1000)
+        .on_request("done", move |(): ()| {
+            notify.notify_one();
+            async { Ok::<_, sockeye::Error>(()) }
+        })
+        .build()
+        .unwrap();
+    let mut events = client.subscribe::<String>("t").unwrap();
+    within("every event", done.notified()).await;
+    match within("lag", events.next()).await.unwrap() {
+        Err(sockeye::Error::Lagged { skipped }) => assert_eq!(skipped, 3),
+        other => panic!("{other:?}"),
+    }
+    for seq in 1..=2 {
+        let event = within("an event", events.next()).await.unwrap().unwrap();
+        assert_eq!(event.seq, seq);
+    }
+    client.close().await;
+}
