@@ -75,7 +75,7 @@ mod topics;
 pub use app::{Context, Identity, RpcError, TopicAccess};
 pub use config::{Auth, Credentials, DrainOptions, DrainResult, Limits};
 pub use http::SUBPROTOCOL;
-pub use server::{Server, ServerBuilder, ServerHandle, Stats};
+pub use server::{default_max_connections, Server, ServerBuilder, ServerHandle, Stats};
 
 /// Re-exported for convenience: payloads, codes and limits used in this crate's API.
 pub use sockeye_core::codec::{Payload, ReassemblyLimits};
