@@ -4,7 +4,7 @@
 //! stderr (`RUST_LOG` filters, default `info`), and drains on SIGTERM or SIGINT, then exits 0. A second signal
 //! during the drain shuts down at once.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -192,6 +192,7 @@ fn init_logging() {
     // Both must let an event through, so no `RUST_LOG` directive lifts a cap.
     let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_filter(wanted.and(caps));
     tracing_subscriber::registry().with(layer).init();
 }
