@@ -62,6 +62,17 @@ pub async fn connect_with(
         .expect("connect in time")
 }
 
+/// Expects the upgrade to `url` to be refused with HTTP `status`.
+pub async fn expect_http_refusal(url: &str, status: u16) {
+    match connect_with(url, &[], true).await {
+        Err(WsError::Http(response)) => assert_eq!(response.status(), status),
+        other => panic!(
+            "expected HTTP {status}, got {:?}",
+            other.map(|(_, r)| r.status())
+        ),
+    }
+}
+
 /// Connects and waits for `ready`.
 pub async fn connect(server: &ServerHandle) -> Client {
     connect_url(&server.ws_url(), &[]).await

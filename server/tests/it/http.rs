@@ -185,15 +185,7 @@ async fn the_websocket_path_is_configurable() {
     let mut ws = connect(&server).await;
     assert_alive(&mut ws, 1).await;
     let url = format!("ws://{}/ws", server.local_addr());
-    match connect_with(&url, &[], true).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            assert_eq!(response.status(), 404)
-        }
-        other => panic!(
-            "expected HTTP 404, got {:?}",
-            other.map(|(_, r)| r.status())
-        ),
-    }
+    expect_http_refusal(&url, 404).await;
 }
 
 /// A FIFO at `path` (opening it for reading blocks until a writer comes).
@@ -445,15 +437,7 @@ async fn the_connection_cap_answers_503_and_frees_slots_as_connections_close() {
     let (status, headers, _) = http(server.local_addr(), &get("/ws")).await;
     assert_eq!(status, 503);
     assert_eq!(headers.get("retry-after").map(String::as_str), Some("1"));
-    match connect_with(&server.ws_url(), &[], true).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            assert_eq!(response.status(), 503)
-        }
-        other => panic!(
-            "expected HTTP 503, got {:?}",
-            other.map(|(_, r)| r.status())
-        ),
-    }
+    expect_http_refusal(&server.ws_url(), 503).await;
     drop(a);
     eventually("a slot is free again", || {
         server.stats().connections_open < 2
