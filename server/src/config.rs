@@ -42,6 +42,10 @@ pub struct Limits {
     /// however many subscribers share it). A reply that does not fit closes its connection with 1013; a
     /// publish that does not fit is refused (`err RESOURCE_EXHAUSTED`). Default 128 MiB.
     pub total_outbound_bytes: usize,
+    /// Bytes read from sockets and not yet handled, across all connections: WebSocket messages still
+    /// arriving (each up to `max_message_bytes`) and the last message of each connection while it is held.
+    /// The connection whose read would go over is closed with 1013. Default 64 MiB.
+    pub total_inbound_bytes: usize,
     /// Bytes of partial (fragmented, incomplete) inbound messages across all connections, besides the
     /// per-connection `reassembly` limits. The connection whose fragment would go over is closed with 1013.
     /// Default 64 MiB.
@@ -67,6 +71,7 @@ impl Default for Limits {
             outbound_queue: 256,
             outbound_bytes: 32 * 1024 * 1024,
             total_outbound_bytes: 128 * 1024 * 1024,
+            total_inbound_bytes: 64 * 1024 * 1024,
             total_reassembly_bytes: 64 * 1024 * 1024,
             max_subscriptions: 1024,
             read_buffer_size: 4 * 1024,

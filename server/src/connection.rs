@@ -13,6 +13,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -29,13 +30,14 @@ use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::app::{Context, Identity, RpcError, TopicAccess};
+use crate::budget::{Charge, InboundBudgetSpent, Metered};
 use crate::builtins::{self, Builtin};
 use crate::config::{Auth, Credentials};
-use crate::outbound::{Charge, Encoded, OutQueue};
+use crate::outbound::{Encoded, OutQueue};
 use crate::server::{ConnControl, Counters, Shared};
 use crate::topics::{Event, Subscriber};
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = WebSocketStream<Metered<TcpStream>>;
 
 /// How long the closing handshake may take before the socket is simply dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -521,6 +523,10 @@ impl Conn {
                         self.protocol_error();
                         Flow::close(CloseCode::INVALID_PAYLOAD, "text frame is not UTF-8")
                     }
+                    WsError::Io(e) if e.get_ref().is_some_and(|e| e.is::<InboundBudgetSpent>()) => {
+                        tracing::info!(connection = self.id, error = %e, "closing");
+                        Flow::close(CloseCode::TRY_AGAIN_LATER, e.to_string())
+                    }
                     _ => Flow::Gone,
                 };
             }
@@ -923,7 +929,17 @@ impl Drop for Conn {
 async fn next_inbound(ws: &mut Ws, held: &mut Option<Bytes>) -> Option<Result<Message, WsError>> {
     std::future::poll_fn(|cx| {
         let polled = ws.poll_next_unpin(cx);
-        *held = None;
+        if let Some(bytes) = held.take() {
+            ws.get_mut().release(bytes.len());
+        }
+        if let Poll::Ready(Some(Ok(message))) = &polled {
+            // Handed over; a binary message is held until the next read (see `Conn::held`).
+            let held = match message {
+                Message::Binary(bytes) => bytes.len(),
+                _ => 0,
+            };
+            ws.get_mut().settle(held);
+        }
         polled
     })
     .await

@@ -15,6 +15,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
+use crate::budget::Metered;
 use crate::connection::{self, Upgraded};
 use crate::server::Shared;
 
@@ -279,7 +280,7 @@ async fn upgrade(
         origin: head.origin,
     };
     let ws = WebSocketStream::from_partially_read(
-        stream,
+        Metered::new(stream, &shared.inbound),
         leftover,
         Role::Server,
         Some(shared.ws_config),

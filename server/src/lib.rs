@@ -66,6 +66,7 @@
 pub mod builtins;
 
 mod app;
+mod budget;
 mod config;
 mod connection;
 mod http;

@@ -68,6 +68,11 @@ struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = 128 * 1024 * 1024)]
     total_outbound_bytes: usize,
 
+    /// Bytes read from sockets and not yet handled, across all connections; the connection whose read would
+    /// pass it is closed with 1013.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024 * 1024)]
+    total_inbound_bytes: usize,
+
     /// Bytes of partial fragmented messages held across all connections; the connection that would pass it
     /// is closed with 1013.
     #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024 * 1024)]
@@ -99,6 +104,7 @@ async fn main() -> ExitCode {
     limits.outbound_queue = args.outbound_queue;
     limits.outbound_bytes = args.outbound_bytes;
     limits.total_outbound_bytes = args.total_outbound_bytes;
+    limits.total_inbound_bytes = args.total_inbound_bytes;
     limits.total_reassembly_bytes = args.total_reassembly_bytes;
     let mut drain = DrainOptions::with_window(Duration::from_millis(args.drain_window_ms));
     drain.bye = args.bye;

@@ -1,97 +1,16 @@
-//! Memory budgets and the per-connection output queue.
+//! The per-connection output queue.
 //!
-//! Every byte a peer can make the server hold is charged to a [`Budget`]: each connection's queued output to
-//! its own, and (once per allocation) to the server-wide output budget; partial inbound messages to the
-//! server-wide reassembly budget. Events are encoded once per publish ([`Encoded`], reference-counted) and
-//! shared by every subscriber; a subscriber's FRAGMENT frames are built from slices of that one encoding,
-//! one frame at a time, as they are written.
+//! Events are encoded once per publish ([`Encoded`], reference-counted) and shared by every subscriber; a
+//! subscriber's FRAGMENT frames are built from slices of that one encoding, one frame at a time, as they are
+//! written. Queued bytes count against the connection's budget and (once per allocation) the server's.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use sockeye_core::codec::{Envelope, FragmentPlan, Fragmenter, KIND_COMPLETE};
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 
-/// A number of bytes that may be held at once.
-#[derive(Debug)]
-pub(crate) struct Budget {
-    used: AtomicUsize,
-    limit: usize,
-}
-
-impl Budget {
-    pub fn new(limit: usize) -> Budget {
-        Budget {
-            used: AtomicUsize::new(0),
-            limit,
-        }
-    }
-
-    /// Takes `bytes` unless that would pass the limit.
-    pub fn try_take(&self, bytes: usize) -> bool {
-        self.used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                used.checked_add(bytes).filter(|&total| total <= self.limit)
-            })
-            .is_ok()
-    }
-
-    /// Gives back bytes taken before.
-    pub fn give(&self, bytes: usize) {
-        self.used.fetch_sub(bytes, Ordering::AcqRel);
-    }
-
-    pub fn used(&self) -> usize {
-        self.used.load(Ordering::Acquire)
-    }
-
-    pub fn limit(&self) -> usize {
-        self.limit
-    }
-}
-
-/// Bytes taken from a budget, given back when dropped.
-#[derive(Debug)]
-pub(crate) struct Charge {
-    budget: Arc<Budget>,
-    bytes: usize,
-}
-
-impl Charge {
-    /// A charge of nothing, to be resized.
-    pub fn empty(budget: &Arc<Budget>) -> Charge {
-        Charge {
-            budget: Arc::clone(budget),
-            bytes: 0,
-        }
-    }
-
-    /// Charges `bytes`, or `None` when the budget cannot take them.
-    pub fn take(budget: &Arc<Budget>, bytes: usize) -> Option<Charge> {
-        let mut charge = Charge::empty(budget);
-        charge.resize(bytes).then_some(charge)
-    }
-
-    /// Makes this charge `bytes`; `false` (and unchanged) when the budget cannot take the increase.
-    pub fn resize(&mut self, bytes: usize) -> bool {
-        if bytes > self.bytes {
-            if !self.budget.try_take(bytes - self.bytes) {
-                return false;
-            }
-        } else {
-            self.budget.give(self.bytes - bytes);
-        }
-        self.bytes = bytes;
-        true
-    }
-}
-
-impl Drop for Charge {
-    fn drop(&mut self) {
-        self.budget.give(self.bytes);
-    }
-}
+use crate::budget::{Budget, Charge};
 
 /// One envelope encoded as a COMPLETE frame (`KIND_COMPLETE`, then the envelope), charged to the server-wide
 /// output budget for as long as anyone holds it. Shared (`Arc`) by every subscriber of an event.

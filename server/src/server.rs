@@ -19,8 +19,8 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::app::{typed_message, typed_method, App, Context, Identity, RpcError, TopicAccess};
+use crate::budget::Budget;
 use crate::config::{Auth, Config, Credentials, DrainOptions, DrainResult, Limits};
-use crate::outbound::Budget;
 use crate::topics::{Refused, Topics};
 use crate::{PublishError, StartError};
 
@@ -48,6 +48,8 @@ pub struct Stats {
     pub outbound_bytes: u64,
     /// Bytes of partial inbound messages held ([`Limits::total_reassembly_bytes`]).
     pub reassembly_bytes: u64,
+    /// Bytes read and not yet handled ([`Limits::total_inbound_bytes`]).
+    pub inbound_bytes: u64,
 }
 
 #[derive(Default)]
@@ -80,6 +82,7 @@ impl Counters {
             topics: 0,
             outbound_bytes: 0,
             reassembly_bytes: 0,
+            inbound_bytes: 0,
         }
     }
 }
@@ -164,6 +167,8 @@ pub(crate) struct Shared {
     pub outbound: Arc<Budget>,
     /// Bytes of partial inbound messages, across every connection.
     pub reassembly: Arc<Budget>,
+    /// Bytes read from sockets and not yet handled, across every connection.
+    pub inbound: Arc<Budget>,
     pub draining: AtomicBool,
     pub shutting_down: AtomicBool,
     /// Ready connections by id.
@@ -217,6 +222,7 @@ impl Shared {
             topics: self.topics.len() as u64,
             outbound_bytes: self.outbound.used() as u64,
             reassembly_bytes: self.reassembly.used() as u64,
+            inbound_bytes: self.inbound.used() as u64,
             ..self.counters.snapshot()
         }
     }
@@ -499,6 +505,7 @@ impl ServerBuilder {
         let (registered, _) = watch::channel(0);
         let outbound = Arc::new(Budget::new(config.limits.total_outbound_bytes));
         let reassembly = Arc::new(Budget::new(config.limits.total_reassembly_bytes));
+        let inbound = Arc::new(Budget::new(config.limits.total_inbound_bytes));
         let shared = Arc::new(Shared {
             config,
             app,
@@ -508,6 +515,7 @@ impl ServerBuilder {
             topics: Topics::default(),
             outbound,
             reassembly,
+            inbound,
             draining: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
             connections: Mutex::new(HashMap::new()),

@@ -7,7 +7,8 @@ use hashlink::LinkedHashMap;
 use sockeye_core::codec::{Envelope, Payload};
 use tokio::sync::mpsc;
 
-use crate::outbound::{Budget, Encoded};
+use crate::budget::Budget;
+use crate::outbound::Encoded;
 use crate::server::ConnControl;
 
 /// One queued event: the `evt` envelope, encoded once and shared by every subscriber, and its topic, so a
