@@ -71,9 +71,11 @@
 pub mod builtins;
 
 mod app;
+mod budget;
 mod config;
 mod connection;
 mod http;
+mod outbound;
 mod server;
 mod topics;
 
@@ -117,4 +119,8 @@ pub enum PublishError {
     Encode(sockeye_core::codec::PayloadError),
     #[error("event of {size} bytes exceeds the message size limit of {limit}")]
     TooLarge { size: usize, limit: usize },
+    /// Replies and events already held for writing fill the server-wide budget
+    /// ([`Limits::total_outbound_bytes`]).
+    #[error("the server's output budget of {limit} bytes is spent: try again later")]
+    Busy { limit: usize },
 }
