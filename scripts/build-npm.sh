@@ -103,6 +103,8 @@ const pkg = {
   // The bundler entry instantiates the .wasm when it is evaluated: a tree-shaker must keep it. Everything else only
   // defines what it exports (the snippet: the error classes and two helpers), so an unused import may be dropped.
   sideEffects: bundler ? ["./bundler/sockeye.js"] : false,
+  // A scoped package is published private unless told otherwise.
+  publishConfig: { access: "public" },
 };
 fs.writeFileSync(path.join(dir, "package.json"), JSON.stringify(pkg, null, 2) + "\n");
 EOF

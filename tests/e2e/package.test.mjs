@@ -66,6 +66,7 @@ test("package.json names @sockeye/client with both builds in its exports", () =>
   assert.equal(pkg.name, "@sockeye/client");
   assert.equal(pkg.type, "module");
   assert.equal(pkg.license, "MIT");
+  assert.equal(pkg.publishConfig?.access, "public", "a scoped package is private unless published public");
   assert.deepEqual(Object.keys(pkg.exports), [".", "./bundler", "./sockeye_bg.wasm", "./package.json"]);
   assert.deepEqual(pkg.sideEffects, ["./bundler/sockeye.js"]);
   assert.match(pkg.repository.url, /github\.com\/sockeye\/sockeye/);
