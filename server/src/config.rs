@@ -41,8 +41,14 @@ pub struct Limits {
     pub read_buffer_size: usize,
     /// tungstenite's write buffer per connection (bytes): written out once it holds this much. Default 4 KiB.
     pub write_buffer_size: usize,
-    /// Time a client has to send its HTTP request head. Default 10 s.
+    /// Time a client has to send a whole HTTP request head, counted from the connection's start or, on a
+    /// keep-alive connection, from the end of the previous response: it is also the keep-alive idle timeout.
+    /// Default 10 s.
     pub handshake_timeout: Duration,
+    /// An HTTP response (a static file) whose client accepts no byte for this long is abandoned and its
+    /// connection closed. Not applied after the upgrade (a WebSocket peer that stops reading is closed by the
+    /// heartbeat). Default 30 s.
+    pub write_timeout: Duration,
     /// Time an asynchronous auth verifier may take before the connection is closed with 4001. Default 10 s.
     pub auth_timeout: Duration,
 }
@@ -57,6 +63,7 @@ impl Default for Limits {
             read_buffer_size: 4 * 1024,
             write_buffer_size: 4 * 1024,
             handshake_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
             auth_timeout: Duration::from_secs(10),
         }
     }
@@ -218,6 +225,8 @@ pub(crate) struct Config {
     pub allowed_origins: Vec<String>,
     pub drain: DrainOptions,
     pub builtins: bool,
+    /// TCP connections served at once; `None` until start, which sizes it to the open-file limit.
+    pub max_connections: Option<usize>,
 }
 
 impl Default for Config {
@@ -233,6 +242,7 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             drain: DrainOptions::default(),
             builtins: true,
+            max_connections: None,
         }
     }
 }

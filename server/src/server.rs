@@ -14,7 +14,7 @@ use sockeye_core::codec::{validate_topic, Payload};
 use sockeye_core::error::CloseCode;
 use sockeye_core::time::Instant as CoreInstant;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -317,6 +317,14 @@ impl ServerBuilder {
         self
     }
 
+    /// TCP connections served at once (WebSocket, static file, or waiting for a request head); beyond it a
+    /// new connection is answered HTTP 503 and closed. Default: sized to the process's open-file limit
+    /// (`RLIMIT_NOFILE`, see [`default_max_connections`]).
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.config.max_connections = Some(max);
+        self
+    }
+
     /// The drain options [`ServerHandle::default_drain_options`] returns (the binary drains with them).
     pub fn drain_options(mut self, options: DrainOptions) -> Self {
         self.config.drain = options;
@@ -386,7 +394,7 @@ impl ServerBuilder {
     /// [`StartError`] when the address cannot be bound, the static directory is missing, or the
     /// configuration is inconsistent.
     pub async fn start(self) -> Result<ServerHandle, StartError> {
-        let ServerBuilder { config, app } = self;
+        let ServerBuilder { mut config, app } = self;
         if !config.path.starts_with('/') {
             return Err(StartError::InvalidConfig(format!(
                 "path {:?} must start with '/'",
@@ -402,6 +410,19 @@ impl ServerBuilder {
         if limits.outbound_queue == 0 {
             return Err(StartError::InvalidConfig(
                 "outbound_queue must be positive".to_owned(),
+            ));
+        }
+        if limits.handshake_timeout.is_zero() || limits.write_timeout.is_zero() {
+            return Err(StartError::InvalidConfig(
+                "handshake_timeout and write_timeout must be positive".to_owned(),
+            ));
+        }
+        let max_connections = *config
+            .max_connections
+            .get_or_insert_with(default_max_connections);
+        if max_connections == 0 {
+            return Err(StartError::InvalidConfig(
+                "max_connections must be positive".to_owned(),
             ));
         }
         let static_root = match &config.static_dir {
@@ -453,8 +474,8 @@ impl ServerBuilder {
             origin: tokio::time::Instant::now(),
             stop_accepting: Notify::new(),
         });
-        tracing::info!(%local_addr, path = %shared.config.path, auth = ?shared.config.auth, "sockeye-server listening");
-        let accept_task = tokio::spawn(accept_loop(Arc::clone(&shared), listener));
+        tracing::info!(%local_addr, path = %shared.config.path, auth = ?shared.config.auth, max_connections, "sockeye-server listening");
+        let accept_task = tokio::spawn(accept_loop(Arc::clone(&shared), listener, max_connections));
         Ok(ServerHandle {
             shared,
             local_addr,
@@ -463,23 +484,100 @@ impl ServerBuilder {
     }
 }
 
-async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+/// Connections past the cap being answered 503 at once; past this many, further ones are closed unanswered
+/// (a storm of connections must not take the descriptors left for files and the listener).
+const MAX_REFUSING: usize = 64;
+/// At most one warning per this interval for refused or failed accepts.
+const WARN_INTERVAL: Duration = Duration::from_secs(10);
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, max_connections: usize) {
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
+    let mut full_warning = Throttle::default();
+    let mut failure_warning = Throttle::default();
     loop {
         tokio::select! {
             () = shared.stop_accepting.notified() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    tokio::spawn(crate::http::serve(Arc::clone(&shared), stream, peer));
+                    if let Ok(slot) = Arc::clone(&slots).try_acquire_owned() {
+                        tokio::spawn(crate::http::serve(Arc::clone(&shared), stream, peer, Some(slot)));
+                        continue;
+                    }
+                    if let Some(suppressed) = full_warning.allow() {
+                        tracing::warn!(max_connections, suppressed, "connection limit reached: refusing with 503");
+                    }
+                    if let Ok(refusal) = Arc::clone(&refusing).try_acquire_owned() {
+                        let shared = Arc::clone(&shared);
+                        tokio::spawn(async move {
+                            let answer = crate::http::serve(shared, stream, peer, None);
+                            let _ = tokio::time::timeout(crate::http::REFUSAL_TIMEOUT * 2, answer).await;
+                            drop(refusal);
+                        });
+                    }
+                    // Otherwise `stream` is dropped here: closed unanswered.
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: wait a little instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    if let Some(suppressed) = failure_warning.allow() {
+                        tracing::warn!(error = %e, suppressed, "accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
         }
     }
     tracing::debug!("accept loop stopped");
+}
+
+/// Lets one warning through per [`WARN_INTERVAL`], counting the ones held back in between.
+#[derive(Default)]
+struct Throttle {
+    last: Option<tokio::time::Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    /// `Some(number suppressed since the last one)` when a warning may be logged now.
+    fn allow(&mut self) -> Option<u64> {
+        let now = tokio::time::Instant::now();
+        if self.last.is_some_and(|last| now < last + WARN_INTERVAL) {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+/// The default connection cap: three quarters of the open-file limit the process has (`RLIMIT_NOFILE`,
+/// soft), less 32, so the listener, stdio, the runtime's own descriptors, connections being refused and
+/// static files being sent still find descriptors when every connection slot is taken. 1 024 without a
+/// known limit.
+pub fn default_max_connections() -> usize {
+    let limit = open_file_limit().unwrap_or(1024).min(1 << 22);
+    (limit / 4 * 3).saturating_sub(32).max(1)
+}
+
+#[cfg(unix)]
+fn open_file_limit() -> Option<usize> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `getrlimit` writes one `rlimit` through a valid pointer to one.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return None;
+    }
+    if limit.rlim_cur == libc::RLIM_INFINITY {
+        return Some(usize::MAX);
+    }
+    usize::try_from(limit.rlim_cur).ok()
+}
+
+#[cfg(not(unix))]
+fn open_file_limit() -> Option<usize> {
+    None
 }
 
 /// Controls a running server. Dropping it shuts the server down without waiting (like
@@ -499,6 +597,11 @@ impl ServerHandle {
     /// The WebSocket URL, `ws://ADDR/PATH`.
     pub fn ws_url(&self) -> String {
         format!("ws://{}{}", self.local_addr, self.shared.config.path)
+    }
+
+    /// The connection cap in force (configured, or sized to the open-file limit).
+    pub fn max_connections(&self) -> usize {
+        self.shared.config.max_connections.unwrap_or(0)
     }
 
     /// A snapshot of the counters.
