@@ -179,8 +179,17 @@ browser_tests() {
 # unpublished sockeye-core and sockeye-server through a local registry of the packages it just made)
 # ---------------------------------------------------------------------------------------------------------------
 crate_packages() {
+    # cargo builds sockeye-server and sockeye against the sockeye-core it just packaged, taken from a local registry
+    # like any crates.io dependency, and so treats it as immutable: the sources unpacked into
+    # $CARGO_HOME/registry/src/-<hash>/NAME-VERSION and the library built from them are reused by every later run
+    # with the same version, even after the crate changed (the check then fails, or passes, on old code). So those
+    # copies are dropped first, and the verification builds in a target directory of its own, where everything
+    # named sockeye* is one of these packages and is cleaned (the dependencies stay built between runs).
+    local target_dir="$ROOT/target/publish-check" crates=(-p sockeye-core -p sockeye-server -p sockeye)
+    rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/sockeye-{core-,server-,}[0-9]*
+    [[ ! -d "$target_dir" ]] || cargo clean -q --target-dir "$target_dir" "${crates[@]}"
     # --allow-dirty: what is checked is the packages, not whether the work tree is committed.
-    cargo publish --dry-run --allow-dirty -p sockeye-core -p sockeye-server -p sockeye
+    cargo publish --dry-run --allow-dirty --target-dir "$target_dir" "${crates[@]}"
     # The library without its CLI (feature `cli`) must not pull in the CLI's dependencies.
     local cli_deps
     cli_deps="$(cargo tree -p sockeye --no-default-features -e normal --prefix none |
