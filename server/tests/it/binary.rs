@@ -373,19 +373,18 @@ async fn no_secret_reaches_the_log_even_at_trace_level() {
     const SECRET: &str = "SECRET-7f3a";
     let (mut child, addr, _) = spawn_with(
         &[
+            "--token",
+            SECRET,
             "--allow-origin",
             "http://good.example",
             "--drain-window-ms",
             "100",
         ],
         |command| {
-            command
-                .stderr(Stdio::piped())
-                .env(
-                    "RUST_LOG",
-                    "trace,hyper=trace,tungstenite=trace,tokio_tungstenite=trace",
-                )
-                .env("SOCKEYE_TOKENS", SECRET);
+            command.stderr(Stdio::piped()).env(
+                "RUST_LOG",
+                "trace,hyper=trace,tungstenite=trace,tokio_tungstenite=trace",
+            );
         },
     )
     .await;
