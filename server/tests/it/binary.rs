@@ -268,6 +268,7 @@ async fn tokens_come_from_a_file_and_the_environment_too() {
 }
 
 /// Raises this process's soft open-file limit to at least `want` (within the hard limit).
+#[cfg(unix)]
 fn raise_own_file_limit(want: u64) {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -282,6 +283,7 @@ fn raise_own_file_limit(want: u64) {
     }
 }
 
+#[cfg(unix)]
 #[tokio::test]
 async fn under_a_1024_file_limit_the_server_caps_connections_and_answers_503() {
     raise_own_file_limit(4096);
