@@ -180,3 +180,54 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
         self.inner.is_write_vectored()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_budget_refuses_what_would_pass_its_limit_and_charges_give_back_on_drop() {
+        let budget = Arc::new(Budget::new(100));
+        let mut a = Charge::take(&budget, 60).expect("fits");
+        assert!(Charge::take(&budget, 41).is_none());
+        assert_eq!(budget.used(), 60);
+        assert!(a.resize(100));
+        assert!(!a.resize(101), "over the limit");
+        assert_eq!(budget.used(), 100);
+        assert!(a.resize(10));
+        let b = Charge::take(&budget, 90).expect("room again");
+        drop(a);
+        drop(b);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn metered_reads_are_charged_until_settled_and_fail_past_the_budget() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let budget = Arc::new(Budget::new(1000));
+        let (mut peer, socket) = tokio::io::duplex(4096);
+        let mut metered = Metered::new(socket, &budget);
+        peer.write_all(&[1; 600]).await.expect("write");
+        let mut buf = [0; 600];
+        metered
+            .read_exact(&mut buf)
+            .await
+            .expect("within the budget");
+        assert_eq!(budget.used(), 600);
+        metered.settle(100);
+        assert_eq!(budget.used(), 100);
+        metered.release(100);
+        assert_eq!(budget.used(), 0);
+        peer.write_all(&[1; 1001]).await.expect("write");
+        let mut buf = [0; 1001];
+        let error = metered
+            .read_exact(&mut buf)
+            .await
+            .expect_err("past the budget");
+        assert!(error
+            .get_ref()
+            .is_some_and(|e| e.is::<InboundBudgetSpent>()));
+        drop(metered);
+        assert_eq!(budget.used(), 0);
+    }
+}

@@ -826,32 +826,25 @@ impl Conn {
             }
             return;
         }
-        let Some(encoded) = Encoded::charge(frame, &self.shared.outbound) else {
-            tracing::warn!(
-                connection = self.id,
-                size,
-                "server output budget spent: closing"
-            );
-            self.control.request_overflow_close(format!(
+        let budget = &self.control.outbound;
+        let charged = match Encoded::charge(frame, &self.shared.outbound) {
+            None => Err(format!(
                 "server output budget of {} bytes spent",
                 self.shared.outbound.limit()
-            ));
-            return;
-        };
-        let budget = &self.control.outbound;
-        if !budget.try_take(encoded.len()) {
-            tracing::info!(
-                connection = self.id,
-                size,
-                "output budget exceeded: closing"
-            );
-            self.control.request_overflow_close(format!(
+            )),
+            Some(encoded) if !budget.try_take(encoded.len()) => Err(format!(
                 "outbound budget of {} bytes exceeded: peer not reading",
                 budget.limit()
-            ));
-            return;
+            )),
+            Some(encoded) => Ok(encoded),
+        };
+        match charged {
+            Ok(encoded) => self.queue(encoded),
+            Err(reason) => {
+                tracing::info!(connection = self.id, size, %reason, "closing");
+                self.control.request_overflow_close(reason);
+            }
         }
-        self.queue(encoded);
     }
 
     /// Queues an event unless this connection has unsubscribed from its topic since it was published (after
