@@ -69,6 +69,8 @@ mod app;
 mod budget;
 mod config;
 mod connection;
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 mod outbound;
 mod server;
