@@ -1,8 +1,9 @@
 //! `sockeye`: a command-line client for the Sockeye protocol, with JSON in and out.
 
 mod json;
+mod terminal;
 
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -191,7 +192,8 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure { code, message }) => {
-            eprintln!("sockeye: error: {message}");
+            // The message may quote the server (an `err` message, a close reason).
+            eprintln!("sockeye: error: {}", terminal::plain(&message));
             ExitCode::from(code)
         }
     }
@@ -207,6 +209,8 @@ fn init_logging(verbose: u8) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colours only for a terminal: a file or pipe gets plain text, without escape sequences.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }
@@ -351,7 +355,7 @@ async fn listen(client: &Client, topics: &[String], count: Option<u64>) -> Resul
                     printed += 1;
                 }
                 Some(Err(Error::Lagged { skipped })) => eprintln!("sockeye: warning: {skipped} events dropped (output too slow)"),
-                Some(Err(e @ Error::Payload(_))) => eprintln!("sockeye: warning: {e}"),
+                Some(Err(e @ Error::Payload(_))) => eprintln!("sockeye: warning: {}", terminal::plain(&e.to_string())),
                 Some(Err(e)) => return Err(e.into()),
                 None => return Ok(()),
             },
@@ -442,9 +446,10 @@ fn parse_json(text: Option<&str>) -> Result<Json, Failure> {
     serde_json::from_str(&text).map_err(|e| Failure::usage(format!("invalid JSON: {e}")))
 }
 
+/// Prints one line of JSON (every line on stdout is one).
 fn print_line(line: &str) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{line}")
+    writeln!(out, "{}", terminal::json(line))
         .and_then(|()| out.flush())
         .map_err(|e| Failure {
             code: 1,
