@@ -205,13 +205,24 @@ fn init_logging(verbose: u8) {
         1 => "info",
         _ => "debug",
     };
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Dependencies log at `debug` at most, whatever RUST_LOG says: their trace output is byte- and frame-level
+    // detail that may carry what the upgrade or the payloads hold (tungstenite once logged the whole upgrade
+    // request there, credentials included; the client no longer lets it see that request).
+    let dependencies_capped = tracing_subscriber::filter::filter_fn(|meta| {
+        *meta.level() != tracing::Level::TRACE || meta.target().starts_with("sockeye")
+    });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         // Colours only for a terminal: a file or pipe gets plain text, without escape sequences.
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
+        .finish()
+        .with(dependencies_capped)
         .try_init();
 }
 
