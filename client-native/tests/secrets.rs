@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
-
 use futures_util::StreamExt;
 use sockeye::Status;
 use tokio::process::Command;
@@ -18,19 +16,6 @@ const SECRETS: [&str; 4] = ["SECRET-T", "SECRET-Q", "SECRET-H", "SECRET-U"];
 /// A server that accepts every upgrade, sends `ready` and reads until the client closes.
 async fn server() -> RawServer {
     RawServer::start(|mut ws| async move { while let Some(Ok(_)) = ws.next().await {} }).await
-}
-
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// Before, tungstenite's handshake logged `Request: "GET /ws?token=… Authorization: Bearer …"` at trace.
@@ -67,7 +52,7 @@ async fn the_library_logs_no_secret_at_trace_level_through_tracing_or_log() {
         assert_eq!(client.state(), Status::Ready);
         client.close().await;
     }
-    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let logs = logs.text();
     // The capture works: trace records of this crate and of tungstenite (through `log`) are in it.
     assert!(
         logs.contains("TRACE") && logs.contains("tungstenite"),
