@@ -452,3 +452,62 @@ async fn the_clis_memory_stays_bounded_whatever_the_server_does() {
         );
     }
 }
+
+/// Control characters a server puts in an `err` message or a close reason reach the terminal escaped, on
+/// stderr and stdout alike (and with `-vv` logging).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escape_sequences_from_the_server_never_reach_the_terminal_raw() {
+    use futures_util::{SinkExt, StreamExt};
+    use sockeye_core::codec::Envelope;
+    use sockeye_core::ErrorCode;
+    use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
+    use tokio_tungstenite::tungstenite::Message;
+
+    const NASTY: &str = "\u{1b}[2J\u{1b}]0;pwned\u{7}\r\u{9b}31m\u{202e}";
+    let erring = RawServer::start(|mut ws| async move {
+        while let Some(Ok(message)) = ws.next().await {
+            if let Message::Binary(frame) = message {
+                if let Ok(Envelope::Req { id, .. }) = Envelope::decode(&frame[1..]) {
+                    let err = Envelope::Err {
+                        id: Some(id),
+                        code: ErrorCode::Other(format!("X{NASTY}")),
+                        message: format!("bad{NASTY}"),
+                        data: None,
+                    };
+                    let _ = ws.send(Message::binary(complete_frame(&err))).await;
+                }
+            }
+        }
+    })
+    .await;
+    // Closes every connection right after `ready` with 1008 (terminal), so the reason is the last word.
+    let closing = RawServer::start(|mut ws| async move {
+        let close = CloseFrame {
+            code: CloseCode::Policy,
+            reason: format!("bye{NASTY}").into(),
+        };
+        let _ = ws.send(Message::Close(Some(close))).await;
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    let (erring, closing) = (erring.url(), closing.url());
+    for args in [
+        vec!["request", &erring, "fail"],
+        vec!["request", "-vv", &erring, "fail"],
+        vec!["status", "--watch", &closing],
+        vec!["status", "--watch", "-vv", &closing],
+    ] {
+        let output = run(&args).await;
+        assert!(!output.status.success(), "{args:?}");
+        for (stream, bytes) in [("stdout", &output.stdout), ("stderr", &output.stderr)] {
+            let text = String::from_utf8_lossy(bytes);
+            let raw: Vec<char> = text
+                .chars()
+                .filter(|&c| (c.is_control() && c != '\n') || c == '\u{202e}')
+                .collect();
+            assert!(raw.is_empty(), "{args:?}: raw {raw:?} on {stream}: {text}");
+        }
+        let err = stderr(&output);
+        assert!(err.contains("[2J"), "{args:?}: {err}");
+    }
+}
