@@ -521,8 +521,8 @@ impl Connection {
                     data: None,
                 })
             }
-            Envelope::Pub { .. } => self.send_now(&Envelope::Err {
-                id: None,
+            Envelope::Pub { id, .. } => self.send_now(&Envelope::Err {
+                id,
                 code: ErrorCode::InvalidArgument,
                 message: "pub goes from client to server only".into(),
                 data: None,
@@ -698,7 +698,11 @@ impl Connection {
     fn send_sub(&mut self, topic: String) {
         let id = self.requests.allocate_id();
         self.topics.expect_ack(id, &topic);
-        self.send_now(&Envelope::Sub { id, topic });
+        self.send_now(&Envelope::Sub {
+            id,
+            topic,
+            since: None,
+        });
     }
 
     fn handle_timeout(&mut self, now: Instant) {
@@ -806,6 +810,7 @@ impl Connection {
         validate_topic(topic).map_err(SendError::InvalidTopic)?;
         self.submit(
             Envelope::Pub {
+                id: None,
                 topic: topic.to_owned(),
                 data,
             },

@@ -7,7 +7,7 @@
 //! The reference server's address, when `scripts/test.sh` started one, is baked in at build time as
 //! `option_env!("SOCKEYE_TEST_SERVER")` (`ws://127.0.0.1:PORT/ws`); the tests here don't need it yet.
 
-use sockeye_core::codec::{Envelope, EnvelopeErrorKind, Payload, Refusal};
+use sockeye_core::codec::{Envelope, EnvelopeErrorKind, Payload, Refusal, TopicPosition};
 use sockeye_core::error::{CloseCode, ErrorCode};
 use sockeye_core::time::{Duration, Instant};
 use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
@@ -171,12 +171,17 @@ fn envelopes_round_trip_through_cbor() {
         Envelope::Sub {
             id: 5,
             topic: "news".into(),
+            since: Some(TopicPosition {
+                ep: "e1".into(),
+                seq: 3,
+            }),
         },
         Envelope::Unsub {
             id: 6,
             topic: "news".into(),
         },
         Envelope::Pub {
+            id: Some(7),
             topic: "chat/room-1".into(),
             data: cbor(&[0x62, 0x68, 0x69]), // "hi"
         },

@@ -637,7 +637,7 @@ impl Conn {
                 self.on_message(name, data);
                 Flow::Continue
             }
-            Envelope::Sub { id, topic } => {
+            Envelope::Sub { id, topic, .. } => {
                 let reply = self.on_subscribe(&topic).map(|()| None);
                 self.reply(id, reply);
                 Flow::Continue
@@ -647,7 +647,7 @@ impl Conn {
                 self.reply(id, reply);
                 Flow::Continue
             }
-            Envelope::Pub { topic, data } => {
+            Envelope::Pub { topic, data, .. } => {
                 if let Err(e) = self.on_publish(&topic, data) {
                     self.notice(e);
                 }

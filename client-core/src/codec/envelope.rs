@@ -62,12 +62,20 @@ pub enum Envelope {
         message: String,
         data: Option<Payload>,
     },
-    /// `t: "sub"`: subscribe to `topic` (client → server).
-    Sub { id: u64, topic: String },
+    /// `t: "sub"`: subscribe to `topic` (client → server). `since` (PROTOCOL §9) is the last event of the topic
+    /// the client delivered: the server replays what followed it, when its history still holds it. The `res`
+    /// carries a [`SubAck`] as its `d`.
+    Sub {
+        id: u64,
+        topic: String,
+        since: Option<TopicPosition>,
+    },
     /// `t: "unsub"`: unsubscribe from `topic` (client → server).
     Unsub { id: u64, topic: String },
-    /// `t: "pub"`: publish to `topic` (client → server).
+    /// `t: "pub"`: publish to `topic` (client → server). With an `id` (PROTOCOL §9) the server acknowledges it:
+    /// `res` with the event's [`TopicPosition`] as `d`, or `err`.
     Pub {
+        id: Option<u64>,
         topic: String,
         data: Option<Payload>,
     },
@@ -77,6 +85,104 @@ pub enum Envelope {
         seq: u64,
         data: Option<Payload>,
     },
+}
+
+/// A place in a topic's sequence (PROTOCOL §9): the epoch `ep` and a `seq` in it.
+///
+/// Three uses on the wire: a `sub`'s `since` (the last event the client delivered), the `d` of the `res` to an
+/// acknowledged `pub` (where the event was stored), and inside a [`SubAck`].
+///
+/// Invariant on decoded values: `ep` is 1..=64 bytes ([`validate_epoch`]). Values built by hand are not checked;
+/// an encoder of its own epochs (a server) keeps to the rule.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TopicPosition {
+    /// The topic's epoch: a new one whenever the server could not continue the old sequence.
+    pub ep: String,
+    /// An event's `seq` in that epoch (the first event is 1; 0 means "before the first").
+    pub seq: u64,
+}
+
+/// The `d` of the `res` to a `sub` (PROTOCOL §9): where the topic stood when the subscription took effect.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SubAck {
+    /// The topic's epoch and the `seq` of its latest event (0 when it has none yet). Live events follow with
+    /// greater `seq`s; replayed ones (`recovered: Some(true)`) have `seq`s up to this one.
+    pub position: TopicPosition,
+    /// `None` when the `sub` had no `since`; `Some(true)` when the events after `since` are replayed right
+    /// after the `res`; `Some(false)` when they cannot be (another epoch, or history too short).
+    pub recovered: Option<bool>,
+}
+
+/// The longest epoch, in bytes of UTF-8 (PROTOCOL §9).
+pub const MAX_EPOCH_BYTES: usize = 64;
+
+/// Checks an epoch against PROTOCOL §9: 1..=64 bytes of UTF-8.
+///
+/// # Errors
+/// The [`EnvelopeErrorKind`] a decoder reports for it. Never panics.
+pub fn validate_epoch(ep: &str) -> Result<(), EnvelopeErrorKind> {
+    if (1..=MAX_EPOCH_BYTES).contains(&ep.len()) {
+        Ok(())
+    } else {
+        Err(EnvelopeErrorKind::WrongType {
+            key: "ep",
+            expected: "text of 1..=64 bytes",
+        })
+    }
+}
+
+impl TopicPosition {
+    /// Encodes `{ep, seq}` as a payload (the `d` of the `res` to an acknowledged `pub`). Never panics.
+    pub fn to_payload(&self) -> Payload {
+        let mut out = Vec::new();
+        self.encode_map(&mut out, 0);
+        Payload(out)
+    }
+
+    /// Reads `{ep, seq}` from a payload (unknown keys are ignored).
+    ///
+    /// # Errors
+    /// [`EnvelopeErrorKind`]: `WrongType` when `d` is not a map, `MissingKey("ep" | "seq")`, or `WrongType` for
+    /// an `ep` that is not 1..=64 bytes of text or a `seq` that is not an unsigned integer. Never panics.
+    pub fn from_payload(payload: &Payload) -> Result<TopicPosition, EnvelopeErrorKind> {
+        let bytes = payload.as_cbor();
+        Ok(read_position(bytes, (0, bytes.len()), "d")?.0)
+    }
+
+    /// Writes `{ep, seq}` plus `extra` more entries the caller appends.
+    fn encode_map(&self, out: &mut Vec<u8>, extra: u64) {
+        cbor::write_header(out, MAJOR_MAP, 2 + extra);
+        write_text_entry(out, "ep", &self.ep);
+        write_uint_entry(out, "seq", self.seq);
+    }
+}
+
+impl SubAck {
+    /// Encodes `{ep, seq, recovered?}` as a payload (the `d` of the `res` to a `sub`). Never panics.
+    pub fn to_payload(&self) -> Payload {
+        let mut out = Vec::new();
+        self.position
+            .encode_map(&mut out, u64::from(self.recovered.is_some()));
+        if let Some(recovered) = self.recovered {
+            cbor::write_text(&mut out, "recovered");
+            out.push(if recovered { 0xf5 } else { 0xf4 });
+        }
+        Payload(out)
+    }
+
+    /// Reads `{ep, seq, recovered?}` from a payload (unknown keys are ignored).
+    ///
+    /// # Errors
+    /// As [`TopicPosition::from_payload`], and `WrongType` for a `recovered` that is not a boolean. Never
+    /// panics.
+    pub fn from_payload(payload: &Payload) -> Result<SubAck, EnvelopeErrorKind> {
+        let bytes = payload.as_cbor();
+        let (position, recovered) = read_position(bytes, (0, bytes.len()), "d")?;
+        Ok(SubAck {
+            position,
+            recovered,
+        })
+    }
 }
 
 /// Bytes inside a well-formed frame that are not a valid envelope.
@@ -260,7 +366,7 @@ impl std::error::Error for PayloadError {}
 impl Envelope {
     /// Encodes the envelope as its CBOR map (no frame kind byte).
     ///
-    /// Keys are written `t`, `id`, `m`, `code`, `msg`, `topic`, `seq`, then `d` last, so a receiver that fails
+    /// Keys are written `t`, `id`, `m`, `code`, `msg`, `topic`, `seq`, `since`, then `d` last, so a receiver that fails
     /// on a broken payload has already seen the `id` to answer with. Absent optional keys are not written.
     /// Never panics.
     pub fn encode(&self) -> Vec<u8> {
@@ -275,11 +381,10 @@ impl Envelope {
         let data = self.data();
         let entries =
             1 + match self {
-                Envelope::Msg { .. } | Envelope::Res { .. } | Envelope::Pub { .. } => 1,
-                Envelope::Req { .. }
-                | Envelope::Sub { .. }
-                | Envelope::Unsub { .. }
-                | Envelope::Evt { .. } => 2,
+                Envelope::Msg { .. } | Envelope::Res { .. } => 1,
+                Envelope::Req { .. } | Envelope::Unsub { .. } | Envelope::Evt { .. } => 2,
+                Envelope::Sub { since, .. } => 2 + u64::from(since.is_some()),
+                Envelope::Pub { id, .. } => 1 + u64::from(id.is_some()),
                 Envelope::Err { id, .. } => 2 + u64::from(id.is_some()),
             } + u64::from(data.is_some());
         cbor::write_header(out, MAJOR_MAP, entries);
@@ -295,9 +400,14 @@ impl Envelope {
                 write_text_entry(out, "code", code.as_str());
                 write_text_entry(out, "msg", message);
             }
-            Envelope::Sub { topic, .. }
-            | Envelope::Unsub { topic, .. }
-            | Envelope::Pub { topic, .. } => {
+            Envelope::Sub { topic, since, .. } => {
+                write_text_entry(out, "topic", topic);
+                if let Some(since) = since {
+                    cbor::write_text(out, "since");
+                    since.encode_map(out, 0);
+                }
+            }
+            Envelope::Unsub { topic, .. } | Envelope::Pub { topic, .. } => {
                 write_text_entry(out, "topic", topic);
             }
             Envelope::Evt { topic, seq, .. } => {
@@ -339,15 +449,16 @@ impl Envelope {
         fields.build(bytes).map_err(fail)
     }
 
-    /// The request `id` this envelope carries, if any (`req`, `res`, `sub`, `unsub`, and `err` with an id).
+    /// The request `id` this envelope carries, if any (`req`, `res`, `sub`, `unsub`, and `err` or `pub` with an
+    /// id).
     pub fn id(&self) -> Option<u64> {
         match self {
             Envelope::Req { id, .. } | Envelope::Res { id, .. } | Envelope::Sub { id, .. } => {
                 Some(*id)
             }
             Envelope::Unsub { id, .. } => Some(*id),
-            Envelope::Err { id, .. } => *id,
-            Envelope::Msg { .. } | Envelope::Pub { .. } | Envelope::Evt { .. } => None,
+            Envelope::Err { id, .. } | Envelope::Pub { id, .. } => *id,
+            Envelope::Msg { .. } | Envelope::Evt { .. } => None,
         }
     }
 
@@ -403,66 +514,41 @@ struct Fields {
     msg: Option<Span>,
     topic: Option<Span>,
     seq: Option<Span>,
+    since: Option<Span>,
     non_text_key: bool,
 }
 
 /// Every `t` this version knows.
 const KINDS: [&str; 8] = ["msg", "req", "res", "err", "sub", "unsub", "pub", "evt"];
 
-/// The longest known key (`topic`); longer keys are unknown without looking further.
+/// The longest known key (`topic`, `since`); longer keys are unknown without looking further.
 const MAX_KEY: usize = 5;
+
+/// The longest key of a §9 map (`recovered`).
+const MAX_POSITION_KEY: usize = 9;
 
 impl Fields {
     /// Walks the whole map once, recording where each known key's value is.
     ///
     /// Stops at the first malformed item; a non-text key is only noted so the scan can still find the `id`.
     fn scan(&mut self, bytes: &[u8]) -> Result<(), EnvelopeErrorKind> {
-        let (header, mut pos) = cbor::read_header(bytes, 0).map_err(walk_error)?;
-        if header.major != MAJOR_MAP {
-            // Say "not a map" only for a well-formed item, so garbage is reported as garbage.
-            return Err(match cbor::skip_item(bytes, 0) {
-                Ok(_) => EnvelopeErrorKind::NotAMap,
-                Err(e) => walk_error(e),
-            });
-        }
-        let mut left = match header.arg {
-            // Each entry takes at least two bytes: a count beyond the input is refused before the loop.
-            Arg::Value(n) if n <= (bytes.len() - pos) as u64 / 2 => Some(n),
-            Arg::Value(_) => return Err(walk_error(WalkError::Truncated { at: 0 })),
-            Arg::Indefinite => None,
-        };
-        loop {
-            match &mut left {
-                Some(0) => break,
-                Some(n) => *n -= 1,
-                None if bytes.get(pos) == Some(&0xff) => {
-                    pos += 1;
-                    break;
-                }
-                None => {}
+        let (end, non_text_key) = walk_map::<MAX_KEY>(bytes, 0, |key, span| {
+            let span = Some(span);
+            match key {
+                Some(b"t") => self.t = span,
+                Some(b"id") => self.id = span,
+                Some(b"m") => self.m = span,
+                Some(b"d") => self.d = span,
+                Some(b"code") => self.code = span,
+                Some(b"msg") => self.msg = span,
+                Some(b"topic") => self.topic = span,
+                Some(b"seq") => self.seq = span,
+                Some(b"since") => self.since = span,
+                _ => {}
             }
-            let key_start = pos;
-            pos = cbor::skip_item(bytes, pos).map_err(walk_error)?;
-            let value_start = pos;
-            pos = cbor::skip_item(bytes, pos).map_err(walk_error)?;
-            let span = Some((value_start, pos));
-            match key_bytes(bytes, key_start) {
-                Some((buf, len)) => match &buf[..len] {
-                    b"t" => self.t = span,
-                    b"id" => self.id = span,
-                    b"m" => self.m = span,
-                    b"d" => self.d = span,
-                    b"code" => self.code = span,
-                    b"msg" => self.msg = span,
-                    b"topic" => self.topic = span,
-                    b"seq" => self.seq = span,
-                    _ => {}
-                },
-                None if key_is_text(bytes, key_start) => {}
-                None => self.non_text_key = true,
-            }
-        }
-        if pos != bytes.len() {
+        })?;
+        self.non_text_key = non_text_key;
+        if end != bytes.len() {
             return Err(EnvelopeErrorKind::TrailingBytes);
         }
         Ok(())
@@ -514,12 +600,20 @@ impl Fields {
             "sub" => Envelope::Sub {
                 id: uint(self.id, "id")?,
                 topic: text(self.topic, "topic")?,
+                since: match self.since {
+                    Some(span) => Some(read_position(bytes, span, "since")?.0),
+                    None => None,
+                },
             },
             "unsub" => Envelope::Unsub {
                 id: uint(self.id, "id")?,
                 topic: text(self.topic, "topic")?,
             },
             "pub" => Envelope::Pub {
+                id: match self.id {
+                    Some(_) => Some(uint(self.id, "id")?),
+                    None => None,
+                },
                 topic: text(self.topic, "topic")?,
                 data,
             },
@@ -537,6 +631,98 @@ impl Fields {
     }
 }
 
+/// Walks the map at `pos`, calling `entry(key, value)` for each entry in order: `key` is the text key's bytes when
+/// it has at most `N` of them, `None` for a longer text key or a non-text one. Returns where the map ends and
+/// whether a key was not text.
+///
+/// Stops at the first malformed item; a non-text key is only noted, so a scan can still find the `id`.
+fn walk_map<const N: usize>(
+    bytes: &[u8],
+    start: usize,
+    mut entry: impl FnMut(Option<&[u8]>, Span),
+) -> Result<(usize, bool), EnvelopeErrorKind> {
+    let (header, mut pos) = cbor::read_header(bytes, start).map_err(walk_error)?;
+    if header.major != MAJOR_MAP {
+        // Say "not a map" only for a well-formed item, so garbage is reported as garbage.
+        return Err(match cbor::skip_item(bytes, start) {
+            Ok(_) => EnvelopeErrorKind::NotAMap,
+            Err(e) => walk_error(e),
+        });
+    }
+    let mut left = match header.arg {
+        // Each entry takes at least two bytes: a count beyond the input is refused before the loop.
+        Arg::Value(n) if n <= (bytes.len() - pos) as u64 / 2 => Some(n),
+        Arg::Value(_) => return Err(walk_error(WalkError::Truncated { at: start })),
+        Arg::Indefinite => None,
+    };
+    let mut non_text_key = false;
+    loop {
+        match &mut left {
+            Some(0) => break,
+            Some(n) => *n -= 1,
+            None if bytes.get(pos) == Some(&0xff) => {
+                pos += 1;
+                break;
+            }
+            None => {}
+        }
+        let key_start = pos;
+        pos = cbor::skip_item(bytes, pos).map_err(walk_error)?;
+        let value_start = pos;
+        pos = cbor::skip_item(bytes, pos).map_err(walk_error)?;
+        let key = key_bytes::<N>(bytes, key_start);
+        non_text_key |= key.is_none() && !key_is_text(bytes, key_start);
+        entry(
+            key.as_ref().map(|(buf, len)| &buf[..*len]),
+            (value_start, pos),
+        );
+    }
+    Ok((pos, non_text_key))
+}
+
+/// Reads a §9 map `{ep, seq, recovered?}` at `span`, the value of `key` (`since`, or a reply's `d`).
+fn read_position(
+    bytes: &[u8],
+    (start, _): Span,
+    key: &'static str,
+) -> Result<(TopicPosition, Option<bool>), EnvelopeErrorKind> {
+    let (mut ep, mut seq, mut recovered) = (None, None, None);
+    walk_map::<MAX_POSITION_KEY>(bytes, start, |k, span| match k {
+        Some(b"ep") => ep = Some(span),
+        Some(b"seq") => seq = Some(span),
+        Some(b"recovered") => recovered = Some(span),
+        _ => {}
+    })
+    .map_err(|e| match e {
+        EnvelopeErrorKind::NotAMap => EnvelopeErrorKind::WrongType {
+            key,
+            expected: "a map {ep, seq}",
+        },
+        e => e,
+    })?;
+    let ep = read_text(bytes, ep.ok_or(EnvelopeErrorKind::MissingKey("ep"))?, "ep")?;
+    validate_epoch(&ep)?;
+    let seq = read_uint(bytes, seq.ok_or(EnvelopeErrorKind::MissingKey("seq"))?).ok_or(
+        EnvelopeErrorKind::WrongType {
+            key: "seq",
+            expected: "unsigned integer",
+        },
+    )?;
+    // A boolean is one byte: simple value 21 (true) or 20 (false).
+    let recovered = match recovered.and_then(|(at, _)| bytes.get(at)) {
+        None => None,
+        Some(0xf5) => Some(true),
+        Some(0xf4) => Some(false),
+        Some(_) => {
+            return Err(EnvelopeErrorKind::WrongType {
+                key: "recovered",
+                expected: "boolean",
+            })
+        }
+    };
+    Ok((TopicPosition { ep, seq }, recovered))
+}
+
 fn walk_error(e: WalkError) -> EnvelopeErrorKind {
     match e {
         WalkError::TooDeep => EnvelopeErrorKind::TooDeep,
@@ -548,14 +734,14 @@ fn key_is_text(bytes: &[u8], pos: usize) -> bool {
     bytes.get(pos).is_some_and(|b| b >> 5 == MAJOR_TEXT)
 }
 
-/// The bytes of a well-formed text key at `pos`, or `None` when it is not text or longer than any known key.
-/// Indefinite-length keys are joined from their chunks.
-fn key_bytes(bytes: &[u8], pos: usize) -> Option<([u8; MAX_KEY], usize)> {
+/// The bytes of a well-formed text key at `pos`, or `None` when it is not text or longer than `N` bytes (than
+/// any known key). Indefinite-length keys are joined from their chunks.
+fn key_bytes<const N: usize>(bytes: &[u8], pos: usize) -> Option<([u8; N], usize)> {
     let (header, mut pos) = cbor::read_header(bytes, pos).ok()?;
     if header.major != MAJOR_TEXT {
         return None;
     }
-    let mut buf = [0u8; MAX_KEY];
+    let mut buf = [0u8; N];
     let mut len = 0;
     let mut append = |chunk: &[u8]| -> Option<()> {
         buf.get_mut(len..len + chunk.len())?.copy_from_slice(chunk);
@@ -769,12 +955,24 @@ mod tests {
             Envelope::Sub {
                 id: 0,
                 topic: "room/1".into(),
+                since: None,
+            },
+            Envelope::Sub {
+                id: 1,
+                topic: "room/1".into(),
+                since: Some(position("é".repeat(32), u64::MAX)),
             },
             Envelope::Unsub {
                 id: 300,
                 topic: "room/1".into(),
             },
             Envelope::Pub {
+                id: None,
+                topic: "room/ü".into(),
+                data: data.clone(),
+            },
+            Envelope::Pub {
+                id: Some(12),
                 topic: "room/ü".into(),
                 data: data.clone(),
             },
@@ -784,6 +982,10 @@ mod tests {
                 data,
             },
         ]
+    }
+
+    fn position(ep: impl Into<String>, seq: u64) -> TopicPosition {
+        TopicPosition { ep: ep.into(), seq }
     }
 
     fn refusal_of(bytes: &[u8]) -> Refusal {
@@ -832,6 +1034,190 @@ mod tests {
     }
 
     #[test]
+    fn sub_writes_since_as_a_map_after_the_topic() {
+        let sub = Envelope::Sub {
+            id: 2,
+            topic: "a".into(),
+            since: Some(position("e", 5)),
+        };
+        let expected = map(&[
+            (text("t"), text("sub")),
+            (text("id"), uint(2)),
+            (text("topic"), text("a")),
+            (
+                text("since"),
+                map(&[(text("ep"), text("e")), (text("seq"), uint(5))]),
+            ),
+        ]);
+        assert_eq!(sub.encode(), expected);
+        let acked_pub = Envelope::Pub {
+            id: Some(3),
+            topic: "a".into(),
+            data: None,
+        };
+        let expected = map(&[
+            (text("t"), text("pub")),
+            (text("id"), uint(3)),
+            (text("topic"), text("a")),
+        ]);
+        assert_eq!(acked_pub.encode(), expected);
+    }
+
+    #[test]
+    fn since_ignores_unknown_keys_and_refuses_a_broken_position_with_the_id() {
+        let sub = |since: Vec<u8>| {
+            map(&[
+                (text("t"), text("sub")),
+                (text("id"), uint(4)),
+                (text("topic"), text("a")),
+                (text("since"), since),
+            ])
+        };
+        let with_extra = sub(map(&[
+            (text("later"), vec![0x81, 0x01]),
+            (text("seq"), uint(9)),
+            (text("ep"), text("x")),
+            (text("recovered"), vec![0xf5]), // no meaning in a `since`: ignored
+        ]));
+        assert_eq!(
+            Envelope::decode(&with_extra),
+            Ok(Envelope::Sub {
+                id: 4,
+                topic: "a".into(),
+                since: Some(position("x", 9)),
+            })
+        );
+        let bad_epoch = EnvelopeErrorKind::WrongType {
+            key: "ep",
+            expected: "text of 1..=64 bytes",
+        };
+        assert_eq!(validate_epoch(""), Err(bad_epoch.clone()));
+        assert_eq!(
+            validate_epoch(&"e".repeat(MAX_EPOCH_BYTES + 1)),
+            Err(bad_epoch.clone())
+        );
+        assert_eq!(validate_epoch(&"é".repeat(MAX_EPOCH_BYTES / 2)), Ok(()));
+        for (since, kind) in [
+            (
+                map(&[(text("ep"), text("")), (text("seq"), uint(1))]),
+                bad_epoch.clone(),
+            ),
+            (
+                map(&[(text("ep"), text(&"e".repeat(65))), (text("seq"), uint(1))]),
+                bad_epoch,
+            ),
+            (
+                map(&[(text("ep"), uint(1)), (text("seq"), uint(1))]),
+                EnvelopeErrorKind::WrongType {
+                    key: "ep",
+                    expected: "text",
+                },
+            ),
+            (
+                map(&[(text("ep"), text("e")), (text("seq"), vec![0x20])]),
+                EnvelopeErrorKind::WrongType {
+                    key: "seq",
+                    expected: "unsigned integer",
+                },
+            ),
+            (
+                map(&[(text("seq"), uint(1))]),
+                EnvelopeErrorKind::MissingKey("ep"),
+            ),
+            (
+                map(&[(text("ep"), text("e"))]),
+                EnvelopeErrorKind::MissingKey("seq"),
+            ),
+            (
+                uint(3),
+                EnvelopeErrorKind::WrongType {
+                    key: "since",
+                    expected: "a map {ep, seq}",
+                },
+            ),
+        ] {
+            assert_replies(&sub(since), 4, kind);
+        }
+    }
+
+    #[test]
+    fn pub_id_must_be_an_unsigned_integer() {
+        let bytes = map(&[
+            (text("t"), text("pub")),
+            (text("id"), text("1")),
+            (text("topic"), text("a")),
+        ]);
+        assert_closes_1007(
+            &bytes,
+            EnvelopeErrorKind::WrongType {
+                key: "id",
+                expected: "unsigned integer",
+            },
+        );
+    }
+
+    #[test]
+    fn acks_round_trip_through_their_payloads() {
+        for recovered in [None, Some(true), Some(false)] {
+            let ack = SubAck {
+                position: position("ep-1", 77),
+                recovered,
+            };
+            assert_eq!(SubAck::from_payload(&ack.to_payload()), Ok(ack));
+        }
+        let stored = position("z", 0);
+        assert_eq!(
+            TopicPosition::from_payload(&stored.to_payload()),
+            Ok(stored)
+        );
+        let ack = payload(&map(&[
+            (text("recovered"), vec![0xf4]),
+            (text("ep"), text("a")),
+            (text("seq"), uint(3)),
+            (text("by"), text("another server version")),
+        ]));
+        assert_eq!(
+            SubAck::from_payload(&ack),
+            Ok(SubAck {
+                position: position("a", 3),
+                recovered: Some(false)
+            })
+        );
+    }
+
+    #[test]
+    fn acks_refuse_what_is_not_a_position() {
+        let not_a_map = EnvelopeErrorKind::WrongType {
+            key: "d",
+            expected: "a map {ep, seq}",
+        };
+        assert_eq!(
+            SubAck::from_payload(&Payload::null()),
+            Err(not_a_map.clone())
+        );
+        assert_eq!(
+            TopicPosition::from_payload(&payload(&text("ok"))),
+            Err(not_a_map)
+        );
+        let bad_recovered = payload(&map(&[
+            (text("ep"), text("a")),
+            (text("seq"), uint(3)),
+            (text("recovered"), uint(1)),
+        ]));
+        assert_eq!(
+            SubAck::from_payload(&bad_recovered),
+            Err(EnvelopeErrorKind::WrongType {
+                key: "recovered",
+                expected: "boolean"
+            })
+        );
+        assert_eq!(
+            SubAck::from_payload(&payload(&map(&[(text("ep"), text("a"))]))),
+            Err(EnvelopeErrorKind::MissingKey("seq"))
+        );
+    }
+
+    #[test]
     fn kind_and_id_name_the_variant() {
         let kinds: Vec<_> = every_kind(None)
             .iter()
@@ -846,8 +1232,10 @@ mod tests {
                 ("err", Some(7)),
                 ("err", None),
                 ("sub", Some(0)),
+                ("sub", Some(1)),
                 ("unsub", Some(300)),
                 ("pub", None),
+                ("pub", Some(12)),
                 ("evt", None),
             ]
         );
@@ -928,6 +1316,7 @@ mod tests {
         assert_eq!(
             Envelope::decode(&bytes),
             Ok(Envelope::Pub {
+                id: None,
                 topic: "a".into(),
                 data: None
             })

@@ -32,8 +32,8 @@ mod fragment;
 mod frame;
 
 pub use envelope::{
-    validate_topic, Envelope, EnvelopeError, EnvelopeErrorKind, InvalidTopic, Payload,
-    PayloadError, Refusal, MAX_DEPTH,
+    validate_epoch, validate_topic, Envelope, EnvelopeError, EnvelopeErrorKind, InvalidTopic,
+    Payload, PayloadError, Refusal, SubAck, TopicPosition, MAX_DEPTH, MAX_EPOCH_BYTES,
 };
 pub use fragment::{
     FragmentError, FragmentPlan, Fragmenter, PlannedFragment, Reassembler, ReassemblyLimits,
@@ -107,6 +107,10 @@ mod tests {
         )
     }
 
+    fn position() -> impl Strategy<Value = TopicPosition> {
+        ("[a-zA-Z0-9ü]{1,16}", any::<u64>()).prop_map(|(ep, seq)| TopicPosition { ep, seq })
+    }
+
     fn envelope() -> impl Strategy<Value = Envelope> {
         let text = "[a-z/ü$]{0,12}";
         prop_oneof![
@@ -127,9 +131,14 @@ mod tests {
                     }
                 }
             ),
-            (any::<u64>(), text).prop_map(|(id, topic)| Envelope::Sub { id, topic }),
+            (any::<u64>(), text, proptest::option::of(position()))
+                .prop_map(|(id, topic, since)| { Envelope::Sub { id, topic, since } }),
             (any::<u64>(), text).prop_map(|(id, topic)| Envelope::Unsub { id, topic }),
-            (text, payload()).prop_map(|(topic, data)| Envelope::Pub { topic, data }),
+            (any::<Option<u64>>(), text, payload()).prop_map(|(id, topic, data)| Envelope::Pub {
+                id,
+                topic,
+                data
+            }),
             (text, any::<u64>(), payload()).prop_map(|(topic, seq, data)| Envelope::Evt {
                 topic,
                 seq,

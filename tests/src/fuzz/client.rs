@@ -507,9 +507,17 @@ impl Run {
                 message: e.text,
                 data,
             },
-            Kind::Sub => Envelope::Sub { id, topic },
+            Kind::Sub => Envelope::Sub {
+                id,
+                topic,
+                since: None,
+            },
             Kind::Unsub => Envelope::Unsub { id, topic },
-            Kind::Pub => Envelope::Pub { topic, data },
+            Kind::Pub => Envelope::Pub {
+                id: None,
+                topic,
+                data,
+            },
             Kind::Evt => Envelope::Evt {
                 topic,
                 seq: e.seq,

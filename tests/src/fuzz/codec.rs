@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use arbitrary::{Arbitrary, Unstructured};
 use sockeye_core::codec::{
     Envelope, Fragmenter, Frame, Payload, ProtocolViolation, Reassembler, ReassemblyLimits,
-    Refusal, KIND_COMPLETE, KIND_FRAGMENT,
+    Refusal, TopicPosition, KIND_COMPLETE, KIND_FRAGMENT,
 };
 use sockeye_core::{CloseCode, Duration, ErrorCode, Instant};
 
@@ -357,6 +357,12 @@ pub(crate) fn seed_envelopes() -> Vec<Envelope> {
                 data: data.clone(),
             },
             Envelope::Pub {
+                id: None,
+                topic: "room/1".into(),
+                data: data.clone(),
+            },
+            Envelope::Pub {
+                id: Some(9),
                 topic: "room/1".into(),
                 data: data.clone(),
             },
@@ -371,6 +377,15 @@ pub(crate) fn seed_envelopes() -> Vec<Envelope> {
         Envelope::Sub {
             id: 4,
             topic: "room/ü".into(),
+            since: None,
+        },
+        Envelope::Sub {
+            id: 7,
+            topic: "room/1".into(),
+            since: Some(TopicPosition {
+                ep: "k3x9".into(),
+                seq: 41,
+            }),
         },
         Envelope::Unsub {
             id: 5,
