@@ -11,6 +11,7 @@
 #   - wasm-bindgen-cli at the wasm-bindgen version in Cargo.lock (cargo install, NOT --locked: its lock file
 #     names a crate the registry lacks); brings wasm-bindgen and wasm-bindgen-test-runner
 #   - Debian chromium + chromium-driver             (apt-get; /usr/bin/chromium, /usr/bin/chromedriver)
+#   - Debian redis-server                           (apt-get; the server's Redis scale-out tests start their own)
 #   - wasm-opt from npm binaryen@$BINARYEN_VERSION  (into .tools/node_modules; Debian's binaryen is too old)
 #   - npm packages of the repo's own JS tests      (every package.json outside node_modules/, pkg/, target/)
 set -euo pipefail
@@ -111,6 +112,22 @@ inst_chromium() {
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver
 }
 
+inst_redis() {
+    if command -v redis-server >/dev/null 2>&1; then
+        _inst_skip "redis-server ($(redis-server --version 2>/dev/null | cut -d' ' -f3 || echo '?'))"
+        return
+    fi
+    local sudo=()
+    if [[ "$(id -u)" -ne 0 ]]; then
+        _inst_need sudo "sudo (or run as root) to apt-get install redis-server"
+        sudo=(sudo)
+    fi
+    _inst_do "apt-get install redis-server"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    # Only the binary is needed: the tests start redis-server themselves on a port of their own.
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server
+}
+
 inst_wasm_opt() {
     _inst_need npm "node and npm"
     local have
@@ -163,6 +180,7 @@ sockeye_install() {
     inst_wasm_pack
     inst_wasm_bindgen
     inst_chromium
+    inst_redis
     inst_wasm_opt
     inst_js_deps
     _inst_say "tools ready in $((SECONDS - t0))s"

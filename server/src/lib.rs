@@ -131,4 +131,7 @@ pub enum PublishError {
     /// ([`Limits::total_outbound_bytes`]).
     #[error("the server's output budget of {limit} bytes is spent: try again later")]
     Busy { limit: usize },
+    /// With Redis: the event cannot be handed to Redis now (too many publishes waiting, or too large).
+    #[error("{0}")]
+    Unavailable(String),
 }
