@@ -202,3 +202,29 @@ async fn while_redis_is_down_acknowledged_publishes_fail_and_fan_out_resumes_aft
         assert_eq!(expect_evt_of(&recv(ws).await, "outage"), (3, Some(uint(3))));
     }
 }
+
+#[tokio::test]
+async fn an_instance_that_lost_the_events_channel_catches_up_from_the_history() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let (a, b) = (instance(&redis).await, instance(&redis).await);
+    let mut on_a = connect(&a).await;
+    subscribe(&mut on_a, 1, "caught", None).await;
+    let mut publisher = connect(&b).await;
+    publish_acked(&mut publisher, 1, "caught", uint(1)).await;
+    assert_eq!(events_until(&mut on_a, "caught", 1).await, [1]);
+    // Both instances lose their channel connection; events published until they are back are missed live.
+    redis
+        .command(&["CLIENT", "KILL", "TYPE", "pubsub"])
+        .await
+        .expect("killed");
+    for n in 2..=30 {
+        publish_acked(&mut publisher, n, "caught", uint(n)).await;
+    }
+    assert_eq!(
+        events_until(&mut on_a, "caught", 30).await,
+        (2..=30).collect::<Vec<_>>()
+    );
+    drop(b);
+}
