@@ -160,6 +160,19 @@ impl Registry {
         }
     }
 
+    /// Moves an active topic left without subscribers to the idle ones.
+    fn park_if_empty(&mut self, name: &str) {
+        if self
+            .active
+            .get(name)
+            .is_some_and(|topic| topic.subscribers.is_empty())
+        {
+            if let Some(topic) = self.active.remove(name) {
+                self.park(topic);
+            }
+        }
+    }
+
     fn get_mut(&mut self, name: &str) -> Option<&mut Topic> {
         match self.active.get_mut(name) {
             Some(topic) => Some(topic),
@@ -374,11 +387,7 @@ impl Topics {
             return;
         };
         entry.subscribers.remove(&connection);
-        if entry.subscribers.is_empty() {
-            if let Some(entry) = registry.active.remove(topic) {
-                registry.park(entry);
-            }
-        }
+        registry.park_if_empty(topic);
     }
 
     /// Assigns the topic's next `seq`, keeps the event in the history, and queues one `evt`, encoded once,
@@ -443,13 +452,8 @@ impl Topics {
             }
             None => Fanout::default(),
         };
-        let emptied = entry.subscribers.is_empty();
         registry.keep(topic, seq, &frame, now);
-        if emptied {
-            if let Some(entry) = registry.active.remove(topic) {
-                registry.park(entry);
-            }
-        }
+        registry.park_if_empty(topic);
         Ok(Published { position, fanout })
     }
 
@@ -507,6 +511,7 @@ impl Topics {
                     .request_overflow_close("server output budget spent".to_owned());
             }
             entry.seq = seq;
+            registry.park_if_empty(topic);
             return fanout;
         };
         entry.seq = seq;
@@ -516,7 +521,9 @@ impl Topics {
             seq,
             encoded,
         };
-        fan_out(&mut entry.subscribers, &event)
+        let fanout = fan_out(&mut entry.subscribers, &event);
+        registry.park_if_empty(topic);
+        fanout
     }
 
     /// Redis answered a subscription of `topic` with `(ep, seq)`. Until an event is delivered here, the topic
