@@ -97,19 +97,24 @@ inst_wasm_bindgen() {
     fi
 }
 
+# apt-get install PACKAGES (as root, or through sudo).
+_inst_apt() {
+    local sudo=()
+    if [[ "$(id -u)" -ne 0 ]]; then
+        _inst_need sudo "sudo (or run as root) to apt-get install $*"
+        sudo=(sudo)
+    fi
+    _inst_do "apt-get install $*"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@"
+}
+
 inst_chromium() {
     if [[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]]; then
         _inst_skip "chromium + chromium-driver ($(/usr/bin/chromium --version 2>/dev/null || echo '?'))"
         return
     fi
-    local sudo=()
-    if [[ "$(id -u)" -ne 0 ]]; then
-        _inst_need sudo "sudo (or run as root) to apt-get install chromium"
-        sudo=(sudo)
-    fi
-    _inst_do "apt-get install chromium chromium-driver"
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver
+    _inst_apt chromium chromium-driver
 }
 
 inst_redis() {
@@ -117,15 +122,8 @@ inst_redis() {
         _inst_skip "redis-server ($(redis-server --version 2>/dev/null | cut -d' ' -f3 || echo '?'))"
         return
     fi
-    local sudo=()
-    if [[ "$(id -u)" -ne 0 ]]; then
-        _inst_need sudo "sudo (or run as root) to apt-get install redis-server"
-        sudo=(sudo)
-    fi
-    _inst_do "apt-get install redis-server"
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
     # Only the binary is needed: the tests start redis-server themselves on a port of their own.
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server
+    _inst_apt redis-server
 }
 
 inst_wasm_opt() {

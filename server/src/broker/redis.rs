@@ -47,44 +47,53 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause between attempts to reach Redis again.
 const RETRY_DELAY: Duration = Duration::from_millis(200);
 
-/// KEYS: ep, seq, history. ARGV: new epoch, payload, history size, history ttl (ms), keep (ms), channel,
-/// topic. Returns `{ep, seq}`.
-const PUBLISH_LUA: &str = r"
-local ep = redis.call('GET', KEYS[1])
-if not ep then
-  ep = ARGV[1]
-  redis.call('SET', KEYS[1], ep)
-  redis.call('DEL', KEYS[2], KEYS[3])
+/// The start of both scripts. KEYS: ep, seq, history. ARGV[1]: an epoch for a new sequence, ARGV[2]: how
+/// long (ms) the topic's keys stay after this use. A topic whose counter is missing (never used, flushed, or
+/// expired) starts a new epoch (`SET NX`) with counter 0 and no history; `ep` and `seq` hold its state after.
+macro_rules! prelude {
+    () => {
+        r"
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('DEL', KEYS[1])
 end
-local seq = redis.call('INCR', KEYS[2])
-local size = tonumber(ARGV[3])
-if size > 0 then
-  redis.call('XADD', KEYS[3], 'MAXLEN', size, '*', 's', seq, 'd', ARGV[2])
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  redis.call('XTRIM', KEYS[3], 'MINID', now - tonumber(ARGV[4]))
-  redis.call('PEXPIRE', KEYS[3], ARGV[5])
-else
+if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
+  redis.call('SET', KEYS[2], 0)
   redis.call('DEL', KEYS[3])
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-redis.call('PEXPIRE', KEYS[2], ARGV[5])
-redis.call('PUBLISH', ARGV[6], ep .. '\n' .. seq .. '\n' .. #ARGV[7] .. '\n' .. ARGV[7] .. ARGV[2])
-return {ep, seq}
-";
-
-/// KEYS: ep, seq, history. ARGV: new epoch, history ttl (ms), keep (ms), since (-1: none), most bytes to
-/// return. Returns `{ep, seq, covered, {seq, payload, …}}`: `covered` is 1 when the history holds every event
-/// after `since` (they are returned), else 0 (nothing is returned).
-const SUBSCRIBE_LUA: &str = r"
 local ep = redis.call('GET', KEYS[1])
-if not ep then
-  ep = ARGV[1]
-  redis.call('SET', KEYS[1], ep)
-  redis.call('DEL', KEYS[2], KEYS[3])
+local seq = tonumber(redis.call('GET', KEYS[2]))
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+redis.call('PEXPIRE', KEYS[3], ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"
+    };
+}
+
+/// ARGV after the prelude's: history ttl (ms), history size, channel, topic, payload. Takes the next `seq`,
+/// keeps the event, publishes it to every instance. Returns `{ep, seq}`.
+const PUBLISH_LUA: &str = concat!(
+    prelude!(),
+    r"
+seq = redis.call('INCR', KEYS[2])
+local size = tonumber(ARGV[4])
+if size > 0 then
+  redis.call('XADD', KEYS[3], 'MAXLEN', size, '*', 's', seq, 'd', ARGV[7])
+  redis.call('XTRIM', KEYS[3], 'MINID', now - tonumber(ARGV[3]))
+  redis.call('PEXPIRE', KEYS[3], ARGV[2])
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
+redis.call('PUBLISH', ARGV[5], ep .. '\n' .. seq .. '\n' .. #ARGV[6] .. '\n' .. ARGV[6] .. ARGV[7])
+return {ep, seq}
+"
+);
+
+/// ARGV after the prelude's: history ttl (ms), since (-1: none), most payload bytes to return. Returns `{ep,
+/// seq, covered, {seq, payload, …}}`: `covered` is 1 when the history holds every event after `since` (they
+/// are returned), else 0 (nothing is returned).
+const SUBSCRIBE_LUA: &str = concat!(
+    prelude!(),
+    r"
 local since = tonumber(ARGV[4])
 if since < 0 or since > seq then
   return {ep, seq, 0, {}}
@@ -92,9 +101,7 @@ end
 if since == seq then
   return {ep, seq, 1, {}}
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('XTRIM', KEYS[3], 'MINID', now - tonumber(ARGV[2]))
+redis.call('XTRIM', KEYS[3], 'MINID', now - tonumber(ARGV[3]))
 local entries = redis.call('XRANGE', KEYS[3], '-', '+')
 local out = {}
 local bytes = 0
@@ -115,7 +122,8 @@ if first == nil or first > since + 1 then
   return {ep, seq, 0, {}}
 end
 return {ep, seq, 1, out}
-";
+"
+);
 
 /// One publish waiting to be sent.
 pub(crate) struct Job {
@@ -242,8 +250,8 @@ impl RedisBroker {
             .key(key(topic, "seq"))
             .key(key(topic, "h"))
             .arg(&*new_ep)
-            .arg(millis(self.history_ttl))
             .arg(millis(self.keep))
+            .arg(millis(self.history_ttl))
             .arg(since_seq)
             .arg(max_bytes)
             .invoke_async(&mut connection)
@@ -289,12 +297,12 @@ impl RedisBroker {
                 .arg(key(&job.topic, "seq"))
                 .arg(key(&job.topic, "h"))
                 .arg(&*new_epoch())
-                .arg(&job.payload)
-                .arg(self.history_size)
-                .arg(millis(self.history_ttl))
                 .arg(millis(self.keep))
+                .arg(millis(self.history_ttl))
+                .arg(self.history_size)
                 .arg(CHANNEL)
-                .arg(&job.topic);
+                .arg(&job.topic)
+                .arg(&job.payload);
         }
         let mut connection = self.connection.clone();
         let result: Result<Vec<(String, u64)>, RedisError> =
