@@ -44,6 +44,8 @@ const PUBLISH_BATCH: usize = 256;
 const MIN_KEEP: Duration = Duration::from_secs(24 * 3600);
 /// Time allowed for one Redis command (or batch) before it counts as failed.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often an idle events channel checks whether its server is still there.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// Pause between attempts to reach Redis again.
 const RETRY_DELAY: Duration = Duration::from_millis(200);
 
@@ -382,9 +384,16 @@ async fn receive_events(shared: Weak<Shared>) {
         set_listening(&strong, true);
         drop(strong);
         let mut messages = pubsub.into_on_message();
-        while let Some(message) = messages.next().await {
+        loop {
+            // Wakes up now and then to notice that the server is gone (and let the connection go).
+            let next = tokio::time::timeout(IDLE_CHECK, messages.next()).await;
             let Some(shared) = shared.upgrade() else {
                 return;
+            };
+            let message = match next {
+                Err(_) => continue,
+                Ok(None) => break,
+                Ok(Some(message)) => message,
             };
             match parse_event(message.get_payload_bytes()) {
                 Some((ep, seq, topic, payload)) => deliver(&shared, topic, ep, seq, payload),
