@@ -260,6 +260,16 @@ pub(crate) struct Config {
     pub redis: Option<String>,
 }
 
+impl Config {
+    pub fn history_limits(&self) -> crate::broker::HistoryLimits {
+        crate::broker::HistoryLimits {
+            size: self.history_size,
+            ttl: self.history_ttl,
+            total_bytes: self.limits.total_history_bytes,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {

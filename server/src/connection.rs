@@ -819,25 +819,14 @@ impl Conn {
         let shared = Arc::clone(&self.shared);
         let topic = topic.to_owned();
         let since = since.cloned();
-        // The replay read from Redis is held (as bytes in transit) against the server-wide output budget
-        // until it is queued, and is at most what this connection's budget has free: however many `sub`s
-        // are in flight, the server holds no more than that budget.
+        // At most what this connection's budget has free; few such reads run at once (`RedisBroker`).
         let budget = &self.control.outbound;
-        let free = budget.limit().saturating_sub(budget.used());
-        let in_transit = since.as_ref().and_then(|_| {
-            let server_free = shared
-                .outbound
-                .limit()
-                .saturating_sub(shared.outbound.used());
-            Charge::take(&shared.outbound, free.min(server_free))
-        });
-        let max_bytes = in_transit.as_ref().map_or(0, Charge::bytes);
+        let max_bytes = budget.limit().saturating_sub(budget.used());
         self.inflight.push(Box::pin(async move {
             let result = match &shared.redis {
                 Some(redis) => redis.subscribe(&topic, since.as_ref(), max_bytes).await,
                 None => Err(RpcError::internal("no redis")),
             };
-            drop(in_transit);
             Some(Done::Subscribed { id, topic, result })
         }));
     }

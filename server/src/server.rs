@@ -206,8 +206,7 @@ impl Shared {
             } else {
                 config.history_size
             },
-            ttl: config.history_ttl,
-            total_bytes: limits.total_history_bytes,
+            ..config.history_limits()
         });
         Shared {
             config,
@@ -642,7 +641,7 @@ impl ServerBuilder {
         })?;
         let redis = match &config.redis {
             Some(url) => Some(
-                RedisBroker::new(url, config.history_size, config.history_ttl)
+                RedisBroker::new(url, &config.history_limits(), &config.limits)
                     .map_err(|e| StartError::InvalidConfig(e.to_string()))?,
             ),
             None => None,
