@@ -332,11 +332,7 @@ impl Conn {
                     if let Some(envelope) = reply {
                         self.send_envelope(envelope);
                     }
-                    while let Some(Some(reply)) = self.inflight.next().now_or_never() {
-                        if let Some(envelope) = reply {
-                            self.send_envelope(envelope);
-                        }
-                    }
+                    self.reap_finished();
                     Flow::Continue
                 }
                 Some(event) = recv_event(&mut self.events) => {
@@ -604,8 +600,22 @@ impl Conn {
         }
     }
 
+    /// Takes the handlers that have finished out of `inflight`, sending their replies. Inbound frames are
+    /// read before `inflight` is polled, so after a burst (a stalled network delivering at once) it holds
+    /// handlers that finished long ago; without this they would count against the limit.
+    fn reap_finished(&mut self) {
+        while let Some(Some(reply)) = self.inflight.next().now_or_never() {
+            if let Some(envelope) = reply {
+                self.send_envelope(envelope);
+            }
+        }
+    }
+
     fn on_request(&mut self, id: u64, method: String, data: Option<Payload>) -> Flow {
         let limit = self.shared.config.limits.max_inflight;
+        if self.inflight.len() >= limit {
+            self.reap_finished();
+        }
         if self.inflight.len() >= limit {
             let message = format!("too many requests in flight (limit {limit})");
             self.reply(
@@ -654,8 +664,11 @@ impl Conn {
     }
 
     fn on_message(&mut self, name: String, data: Option<Payload>) {
+        let limit = self.shared.config.limits.max_inflight;
+        if self.inflight.len() >= limit {
+            self.reap_finished();
+        }
         if let Some(handler) = self.shared.app.messages.get(&name) {
-            let limit = self.shared.config.limits.max_inflight;
             if self.inflight.len() >= limit {
                 let message =
                     format!("too many handlers in flight (limit {limit}): msg {name:?} dropped");
