@@ -462,11 +462,7 @@ impl Conn {
     /// Without a socket (fuzzing): hands over the requests finished and events queued by now, then takes
     /// every frame queued for writing. Returns how many frames that was.
     fn drain_now(&mut self) -> usize {
-        while let Some(Some(reply)) = self.inflight.next().now_or_never() {
-            if let Some(envelope) = reply {
-                self.send_envelope(envelope);
-            }
-        }
+        self.reap_finished();
         while let Some(event) = self.events.as_mut().and_then(|(_, rx)| rx.try_recv().ok()) {
             self.queue_event(event);
         }
