@@ -31,7 +31,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use sockeye::{Client, Error, ErrorCode, Status, Subscription};
 use sockeye_core::Rng;
-use sockeye_server::{RpcError, Server, ServerHandle};
+use sockeye_server::{DrainOptions, RpcError, Server, ServerHandle};
 use sockeye_tests::chaos::{chaos_seed, run_faults, ChaosProxy, Fault, Plan};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -130,10 +130,17 @@ impl Servers {
         panic!("the server could not bind {addr} again");
     }
 
-    /// Shuts the server down (giving its connections a moment, as a crash would not) and starts a new one
-    /// on the same port: its topics start again from `seq` 1.
+    /// Every other restart drains first (PROTOCOL §8: `bye`, closes spread over a short window, HTTP 503 to
+    /// new upgrades); then the server is shut down, giving its connections a moment (as a crash would not),
+    /// and a new one starts on the same port: its topics start again from `seq` 1.
     async fn restart(&self) {
         let mut current = self.current.lock().await;
+        if self.generation.load(Ordering::SeqCst) % 2 == 1 {
+            let mut drain = DrainOptions::with_window(Duration::from_millis(150));
+            drain.bye = true;
+            drain.deadline = Some(Duration::from_millis(400));
+            current.drain(drain).await;
+        }
         let _ = tokio::time::timeout(Duration::from_millis(300), current.shutdown()).await;
         *current = self.next().await;
     }
