@@ -5,7 +5,7 @@
 //! so client and server cannot drift: the `sockeye.v1` subprotocol, `ready` after authentication, `ping` →
 //! `pong`, fragmentation both ways, concurrent requests, topics with per-topic `seq`, heartbeat (4002),
 //! authentication (4003 before `ready`), an origin allowlist (1008 before `ready`), and drain (§8). Static
-//! files are served on the same port, for the demo page and the npm package.
+//! files are served on the same port (hyper + tower-http's `ServeDir`), for the demo page and the npm package.
 //!
 //! ```
 //! use serde::{Deserialize, Serialize};
@@ -55,6 +55,11 @@
 //! - **Heartbeat**: no inbound frame for the configured limit (default 90 s) closes with 4002.
 //! - **Backpressure**: a connection's replies are written before more of its frames are read, so a peer that
 //!   stops reading its replies stops being read, and is closed with 4002 once the heartbeat limit passes.
+//! - **HTTP**: at most [`ServerBuilder::max_connections`] TCP connections at once (default sized to the
+//!   open-file limit, [`default_max_connections`]); beyond it new ones get HTTP 503. A request head must arrive
+//!   within [`Limits::handshake_timeout`] (also the keep-alive idle timeout), and a response the client stops
+//!   reading is abandoned after [`Limits::write_timeout`]. Static files: dotfiles, symlinks leading out of the
+//!   directory and non-regular files are 404. A repeated or non-UTF-8 `Origin` closes with 1008.
 //! - **Drain** ([`ServerHandle::drain`]): new upgrades get HTTP 503, open connections are closed at random
 //!   moments spread across the window (each slot of `window / n` gets one connection at a random moment).
 //!
@@ -66,16 +71,18 @@
 pub mod builtins;
 
 mod app;
+mod budget;
 mod config;
 mod connection;
 mod http;
+mod outbound;
 mod server;
 mod topics;
 
 pub use app::{Context, Identity, RpcError, TopicAccess};
 pub use config::{Auth, Credentials, DrainOptions, DrainResult, Limits};
 pub use http::SUBPROTOCOL;
-pub use server::{Server, ServerBuilder, ServerHandle, Stats};
+pub use server::{default_max_connections, Server, ServerBuilder, ServerHandle, Stats};
 
 /// Re-exported for convenience: payloads, codes and limits used in this crate's API.
 pub use sockeye_core::codec::{Payload, ReassemblyLimits};
@@ -112,4 +119,8 @@ pub enum PublishError {
     Encode(sockeye_core::codec::PayloadError),
     #[error("event of {size} bytes exceeds the message size limit of {limit}")]
     TooLarge { size: usize, limit: usize },
+    /// Replies and events already held for writing fill the server-wide budget
+    /// ([`Limits::total_outbound_bytes`]).
+    #[error("the server's output budget of {limit} bytes is spent: try again later")]
+    Busy { limit: usize },
 }

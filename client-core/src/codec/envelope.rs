@@ -365,8 +365,8 @@ impl Envelope {
         }
     }
 
-    /// The payload `d`, for the kinds that carry one.
-    fn data(&self) -> Option<&Payload> {
+    /// The payload `d`, for the kinds that carry one (`None` for `sub`/`unsub`, or when absent).
+    pub fn data(&self) -> Option<&Payload> {
         match self {
             Envelope::Msg { data, .. }
             | Envelope::Req { data, .. }
