@@ -100,10 +100,20 @@ impl Drop for Charge {
 ///
 /// The connection says when bytes leave tungstenite's hands ([`Metered::settle`]). Read-ahead of the next
 /// message (at most one read, `Limits::read_buffer_size`) is not counted at that moment.
+///
+/// The first [`FREE_INBOUND`] bytes a connection holds are not charged: ordinary traffic (control words,
+/// envelopes and fragments up to the fragment threshold) never fails because other connections hold the
+/// budget, say while they do not read the replies to their large messages.
 pub(crate) struct Metered<S> {
     inner: S,
+    /// Bytes read and not handed over, plus the message held.
+    held: usize,
     charge: Charge,
 }
+
+/// Bytes of input per connection not charged to the server-wide inbound budget (above the default fragment
+/// threshold, so fragmented traffic never touches it).
+pub(crate) const FREE_INBOUND: usize = 128 * 1024;
 
 /// The error a [`Metered`] read fails with when the inbound budget is spent.
 #[derive(Debug, thiserror::Error)]
@@ -116,19 +126,27 @@ impl<S> Metered<S> {
     pub fn new(inner: S, budget: &Arc<Budget>) -> Metered<S> {
         Metered {
             inner,
+            held: 0,
             charge: Charge::empty(budget),
         }
     }
 
+    /// Charges what is held beyond the free allowance; `false` when the budget cannot take it.
+    fn recharge(&mut self) -> bool {
+        self.charge.resize(self.held.saturating_sub(FREE_INBOUND))
+    }
+
     /// Everything read so far has been handed over; `held` bytes of it are still alive.
     pub fn settle(&mut self, held: usize) {
-        // Only shrinks or keeps what reads already charged: never refused.
-        self.charge.resize(held.min(self.charge.bytes));
+        self.held = self.held.min(held);
+        // Shrinking: never refused.
+        self.recharge();
     }
 
     /// `bytes` held before are gone.
     pub fn release(&mut self, bytes: usize) {
-        self.charge.resize(self.charge.bytes.saturating_sub(bytes));
+        self.held = self.held.saturating_sub(bytes);
+        self.recharge();
     }
 }
 
@@ -141,9 +159,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
         let this = self.get_mut();
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        let read = buf.filled().len() - before;
-        let bytes = this.charge.bytes.saturating_add(read);
-        if !this.charge.resize(bytes) {
+        this.held = this.held.saturating_add(buf.filled().len() - before);
+        if !this.recharge() {
             let limit = this.charge.budget.limit();
             return Poll::Ready(Err(io::Error::other(InboundBudgetSpent { limit })));
         }
@@ -178,5 +195,68 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_budget_refuses_what_would_pass_its_limit_and_charges_give_back_on_drop() {
+        let budget = Arc::new(Budget::new(100));
+        let mut a = Charge::take(&budget, 60).expect("fits");
+        assert!(Charge::take(&budget, 41).is_none());
+        assert_eq!(budget.used(), 60);
+        assert!(a.resize(100));
+        assert!(!a.resize(101), "over the limit");
+        assert_eq!(budget.used(), 100);
+        assert!(a.resize(10));
+        let b = Charge::take(&budget, 90).expect("room again");
+        drop(a);
+        drop(b);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn metered_reads_are_charged_beyond_the_allowance_until_settled() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let budget = Arc::new(Budget::new(1000));
+        let (mut peer, socket) = tokio::io::duplex(4096);
+        let mut metered = Metered::new(socket, &budget);
+        let writer = tokio::spawn(async move {
+            let total = FREE_INBOUND + 600 + FREE_INBOUND + 1001;
+            peer.write_all(&vec![1; total]).await.expect("write");
+            peer
+        });
+        // Another connection holds the whole budget: the allowance is still read.
+        let other = Charge::take(&budget, 1000).expect("fits");
+        let mut buf = vec![0; FREE_INBOUND];
+        metered
+            .read_exact(&mut buf)
+            .await
+            .expect("within the allowance");
+        drop(other);
+        let mut buf = [0; 600];
+        metered
+            .read_exact(&mut buf)
+            .await
+            .expect("within the budget");
+        assert_eq!(budget.used(), 600);
+        metered.settle(FREE_INBOUND + 100);
+        assert_eq!(budget.used(), 100);
+        metered.release(FREE_INBOUND + 100);
+        assert_eq!(budget.used(), 0);
+        let mut buf = vec![0; FREE_INBOUND + 1001];
+        let error = metered
+            .read_exact(&mut buf)
+            .await
+            .expect_err("past the budget");
+        assert!(error
+            .get_ref()
+            .is_some_and(|e| e.is::<InboundBudgetSpent>()));
+        drop(metered);
+        assert_eq!(budget.used(), 0);
+        drop(writer);
     }
 }

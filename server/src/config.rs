@@ -31,8 +31,9 @@ pub struct Limits {
     /// Requests (and asynchronous message handlers) running at once on one connection; beyond it a request is
     /// answered with `err RESOURCE_EXHAUSTED`. Default 64.
     pub max_inflight: usize,
-    /// Events queued for one subscriber. A subscriber whose queue overflows is closed with 1013 rather than
-    /// losing events or stalling the publisher. Default 256.
+    /// Events queued for one subscriber. A subscriber whose queue overflows is closed with 1013 (its backlog
+    /// dropped: it has seen an unbroken run of events, then the close) rather than silently losing events or
+    /// stalling the publisher. Default 256.
     pub outbound_queue: usize,
     /// Bytes of replies and events queued for one connection and not yet written. A connection that goes
     /// over (a subscriber too slow for its events, a peer not reading its replies) is closed with 1013 and

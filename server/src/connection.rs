@@ -463,6 +463,24 @@ impl Conn {
         Ok(())
     }
 
+    /// Without a socket (fuzzing): hands over the requests finished and events queued by now, then takes
+    /// every frame queued for writing. Returns how many frames that was.
+    fn drain_now(&mut self) -> usize {
+        while let Some(Some(reply)) = self.inflight.next().now_or_never() {
+            if let Some(envelope) = reply {
+                self.send_envelope(envelope);
+            }
+        }
+        while let Some(event) = self.events.as_mut().and_then(|(_, rx)| rx.try_recv().ok()) {
+            self.queue_event(event);
+        }
+        let mut frames = 0;
+        while self.out.pop().is_some() {
+            frames += 1;
+        }
+        frames
+    }
+
     fn publish_counters(&mut self) {
         let counters = &self.shared.counters;
         Counters::add(&counters.frames_in, std::mem::take(&mut self.frames_in));
@@ -834,32 +852,25 @@ impl Conn {
             }
             return;
         }
-        let Some(encoded) = Encoded::charge(frame, &self.shared.outbound) else {
-            tracing::warn!(
-                connection = self.id,
-                size,
-                "server output budget spent: closing"
-            );
-            self.control.request_overflow_close(format!(
+        let budget = &self.control.outbound;
+        let charged = match Encoded::charge(frame, &self.shared.outbound) {
+            None => Err(format!(
                 "server output budget of {} bytes spent",
                 self.shared.outbound.limit()
-            ));
-            return;
-        };
-        let budget = &self.control.outbound;
-        if !budget.try_take(encoded.len()) {
-            tracing::info!(
-                connection = self.id,
-                size,
-                "output budget exceeded: closing"
-            );
-            self.control.request_overflow_close(format!(
+            )),
+            Some(encoded) if !budget.try_take(encoded.len()) => Err(format!(
                 "outbound budget of {} bytes exceeded: peer not reading",
                 budget.limit()
-            ));
-            return;
+            )),
+            Some(encoded) => Ok(encoded),
+        };
+        match charged {
+            Ok(encoded) => self.queue(encoded),
+            Err(reason) => {
+                tracing::info!(connection = self.id, size, %reason, "closing");
+                self.control.request_overflow_close(reason);
+            }
         }
-        self.queue(encoded);
     }
 
     /// Queues an event unless this connection has unsubscribed from its topic since it was published (after
@@ -930,6 +941,31 @@ impl Drop for Conn {
         self.shared.unregister(self.id);
         self.control.closed.store(true, Ordering::SeqCst);
     }
+}
+
+/// Runs one connection of `shared` (past `ready`) without a socket: each message is handled as if it had
+/// arrived, and what it queued is taken at once. Stops at the first close. Returns the frames written and
+/// the close code and reason, if any. For fuzz targets (`crate::fuzzing`).
+pub(crate) fn feed(shared: Arc<Shared>, messages: Vec<Message>) -> (usize, Option<(u16, String)>) {
+    let id = shared.next_connection_id();
+    let control = Arc::new(ConnControl::new(shared.config.limits.outbound_bytes));
+    let mut conn = Conn::new(shared, id, Arc::clone(&control), Identity::anonymous());
+    conn.out.push_text("ready");
+    let mut frames = conn.drain_now();
+    for message in messages {
+        let flow = conn.on_inbound(Some(Ok(message)));
+        frames += conn.drain_now();
+        let flow = match flow {
+            Flow::Continue => conn.requested_close(),
+            other => other,
+        };
+        match flow {
+            Flow::Continue => {}
+            Flow::Close { code, reason, .. } => return (frames, Some((code.0, reason))),
+            Flow::PeerClosed | Flow::Gone => return (frames, None),
+        }
+    }
+    (frames, None)
 }
 
 /// The next inbound message. The message held from the previous read is dropped once this read has been

@@ -153,3 +153,77 @@ impl Drop for OutQueue {
         self.clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sockeye_core::codec::{Payload, Reassembler, ReassemblyLimits};
+    use sockeye_core::time::Instant;
+
+    /// An `evt` whose payload is a text of `size` bytes.
+    fn event(size: usize, server: &Arc<Budget>) -> Arc<Encoded> {
+        let envelope = Envelope::Evt {
+            topic: "t".to_owned(),
+            seq: 1,
+            data: Some(Payload::encode(&"x".repeat(size)).expect("text encodes")),
+        };
+        Encoded::charge(Encoded::frame_of(&envelope), server).expect("within the budget")
+    }
+
+    #[test]
+    fn one_encoding_serves_every_subscriber_and_budgets_are_given_back_once_written() {
+        let server = Arc::new(Budget::new(1 << 20));
+        let shared = event(50_000, &server);
+        let charged = server.used();
+        assert_eq!(charged, shared.len());
+        let budgets: Vec<Arc<Budget>> = (0..3).map(|_| Arc::new(Budget::new(1 << 20))).collect();
+        for budget in &budgets {
+            let mut queue = OutQueue::new(10_000, Arc::clone(budget));
+            assert!(budget.try_take(shared.len()));
+            queue.push(Arc::clone(&shared)).expect("fragments");
+            assert_eq!(queue.bytes(), shared.len());
+            let mut reassembler = Reassembler::new(ReassemblyLimits::default());
+            let mut whole = None;
+            while let Some(message) = queue.pop() {
+                let Message::Binary(frame) = message else {
+                    panic!("a binary frame")
+                };
+                assert!(frame.len() <= 10_000 + 9);
+                if let Some(envelope) = reassembler
+                    .handle_frame(Instant::from_millis(0), &frame)
+                    .expect("valid fragments")
+                {
+                    whole = Some(envelope.into_owned());
+                }
+            }
+            assert_eq!(whole.as_deref(), Some(shared.envelope()));
+            assert_eq!(budget.used(), 0, "given back once written");
+        }
+        // Still one allocation, charged once, until the last holder lets go.
+        assert_eq!(server.used(), charged);
+        drop(shared);
+        assert_eq!(server.used(), 0);
+    }
+
+    #[test]
+    fn a_complete_frame_is_the_shared_bytes_and_clearing_gives_the_budget_back() {
+        let server = Arc::new(Budget::new(1 << 20));
+        let shared = event(1_000, &server);
+        let budget = Arc::new(Budget::new(1 << 20));
+        let mut queue = OutQueue::new(100_000, Arc::clone(&budget));
+        queue.push_text("ready");
+        for _ in 0..2 {
+            assert!(budget.try_take(shared.len()));
+            queue.push(Arc::clone(&shared)).expect("fits");
+        }
+        assert!(matches!(queue.pop(), Some(Message::Text(t)) if t.as_str() == "ready"));
+        let Some(Message::Binary(frame)) = queue.pop() else {
+            panic!("a binary frame")
+        };
+        assert_eq!(frame.as_ptr(), shared.frame.as_ptr(), "no copy");
+        assert_eq!(budget.used(), shared.len());
+        queue.clear();
+        assert_eq!(budget.used(), 0);
+        assert!(queue.is_empty());
+    }
+}

@@ -182,6 +182,36 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    pub fn new(
+        config: Config,
+        app: App,
+        ws_config: WebSocketConfig,
+        static_root: Option<PathBuf>,
+    ) -> Shared {
+        let limits = &config.limits;
+        let outbound = Arc::new(Budget::new(limits.total_outbound_bytes));
+        let reassembly = Arc::new(Budget::new(limits.total_reassembly_bytes));
+        let inbound = Arc::new(Budget::new(limits.total_inbound_bytes));
+        Shared {
+            config,
+            app,
+            ws_config,
+            static_root,
+            counters: Counters::default(),
+            topics: Topics::default(),
+            outbound,
+            reassembly,
+            inbound,
+            draining: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
+            connections: Mutex::new(HashMap::new()),
+            registered: watch::channel(0).0,
+            next_connection_id: AtomicU64::new(1),
+            origin: tokio::time::Instant::now(),
+            stop_accepting: Notify::new(),
+        }
+    }
+
     /// Now, on the core's clock.
     pub fn core_now(&self) -> CoreInstant {
         CoreInstant::from_millis(
@@ -523,28 +553,7 @@ impl ServerBuilder {
             addr: config.addr,
             source,
         })?;
-        let (registered, _) = watch::channel(0);
-        let outbound = Arc::new(Budget::new(config.limits.total_outbound_bytes));
-        let reassembly = Arc::new(Budget::new(config.limits.total_reassembly_bytes));
-        let inbound = Arc::new(Budget::new(config.limits.total_inbound_bytes));
-        let shared = Arc::new(Shared {
-            config,
-            app,
-            ws_config,
-            static_root,
-            counters: Counters::default(),
-            topics: Topics::default(),
-            outbound,
-            reassembly,
-            inbound,
-            draining: AtomicBool::new(false),
-            shutting_down: AtomicBool::new(false),
-            connections: Mutex::new(HashMap::new()),
-            registered,
-            next_connection_id: AtomicU64::new(1),
-            origin: tokio::time::Instant::now(),
-            stop_accepting: Notify::new(),
-        });
+        let shared = Arc::new(Shared::new(config, app, ws_config, static_root));
         tracing::info!(%local_addr, path = %shared.config.path, auth = ?shared.config.auth, max_connections, "sockeye-server listening");
         let accept_task = tokio::spawn(accept_loop(Arc::clone(&shared), listener, max_connections));
         Ok(ServerHandle {

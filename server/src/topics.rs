@@ -212,3 +212,98 @@ impl Topics {
         self.lock().active.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use sockeye_core::error::CloseCode;
+
+    const MAX: usize = 1 << 20;
+
+    fn subscriber(queue: usize, budget: usize) -> (Subscriber, mpsc::Receiver<Event>) {
+        let (events, rx) = mpsc::channel(queue);
+        let control = Arc::new(ConnControl::new(budget));
+        (Subscriber { events, control }, rx)
+    }
+
+    fn publish(topics: &Topics, topic: &str, outbound: &Arc<Budget>) -> Fanout {
+        topics
+            .publish(topic, None, MAX, outbound)
+            .expect("published")
+    }
+
+    fn seq_of(event: &Event) -> u64 {
+        match Envelope::decode(event.encoded.envelope()).expect("an evt") {
+            Envelope::Evt { seq, .. } => seq,
+            other => panic!("not an evt: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_topic_idle_longest_is_forgotten_first() {
+        let topics = Topics::default();
+        let outbound = Arc::new(Budget::new(MAX));
+        for n in 0..=MAX_IDLE_TOPICS {
+            publish(&topics, &format!("t{n}"), &outbound);
+        }
+        // `t0` was idle longest: forgotten. `t1` was remembered and is now the oldest.
+        publish(&topics, "t1", &outbound);
+        let (sub, mut rx) = subscriber(8, MAX);
+        topics.subscribe("t0", 1, sub.clone());
+        topics.subscribe("t1", 1, sub);
+        publish(&topics, "t0", &outbound);
+        publish(&topics, "t1", &outbound);
+        assert_eq!(seq_of(&rx.try_recv().expect("t0")), 1, "t0 restarted");
+        assert_eq!(seq_of(&rx.try_recv().expect("t1")), 3, "t1 kept its seq");
+        assert_eq!(topics.len(), 2);
+        let registry = topics.lock();
+        assert_eq!(registry.idle.len(), MAX_IDLE_TOPICS - 1);
+    }
+
+    #[test]
+    fn a_subscriber_over_its_output_budget_is_dropped_and_asked_to_close() {
+        let topics = Topics::default();
+        let outbound = Arc::new(Budget::new(MAX));
+        let (small, _small_rx) = subscriber(8, 100);
+        let (large, mut large_rx) = subscriber(8, MAX);
+        let small_control = Arc::clone(&small.control);
+        topics.subscribe("t", 1, small);
+        topics.subscribe("t", 2, large);
+        let data = Payload::encode(&"x".repeat(200)).expect("text encodes");
+        let fanout = topics
+            .publish("t", Some(data), MAX, &outbound)
+            .expect("published");
+        assert_eq!(
+            fanout,
+            Fanout {
+                delivered: 1,
+                overflowed: 1
+            }
+        );
+        let request = small_control.take_close().expect("asked to close");
+        assert_eq!(request.code, CloseCode::TRY_AGAIN_LATER);
+        assert!(request.drop_output);
+        assert_eq!(small_control.outbound.used(), 0, "nothing queued for it");
+        // Charged once for both subscribers, until the last holder drops it.
+        let event = large_rx.try_recv().expect("delivered");
+        assert_eq!(outbound.used(), event.encoded.len());
+        drop(event);
+        assert_eq!(outbound.used(), 0);
+    }
+
+    #[test]
+    fn a_publish_the_server_budget_cannot_hold_is_refused_without_moving_seq() {
+        let topics = Topics::default();
+        let outbound = Arc::new(Budget::new(100));
+        let (sub, mut rx) = subscriber(8, MAX);
+        topics.subscribe("t", 1, sub);
+        let data = Payload::encode(&"x".repeat(200)).expect("text encodes");
+        assert_eq!(
+            topics.publish("t", Some(data), MAX, &outbound),
+            Err(Refused::Busy)
+        );
+        publish(&topics, "t", &outbound);
+        assert_eq!(seq_of(&rx.try_recv().expect("the small one")), 1);
+    }
+}

@@ -1,6 +1,6 @@
 //! Static files and plain HTTP on the WebSocket port.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -189,7 +189,8 @@ async fn the_websocket_path_is_configurable() {
 }
 
 /// A FIFO at `path` (opening it for reading blocks until a writer comes).
-fn mkfifo(path: &Path) {
+#[cfg(unix)]
+fn mkfifo(path: &std::path::Path) {
     use std::os::unix::ffi::OsStrExt;
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("no NUL in the path");
     // SAFETY: a valid NUL-terminated path.
@@ -197,6 +198,7 @@ fn mkfifo(path: &Path) {
     assert_eq!(rc, 0, "mkfifo: {}", std::io::Error::last_os_error());
 }
 
+#[cfg(unix)]
 #[tokio::test]
 async fn dotfiles_escaping_symlinks_and_non_regular_files_are_refused() {
     let www = TempDir::new();
