@@ -533,3 +533,32 @@ async fn escape_sequences_from_the_server_never_reach_the_terminal_raw() {
         assert!(err.contains("[2J"), "{args:?}: {err}");
     }
 }
+
+/// With `RUST_LOG=trace`, no token, `?token=` or header value reaches stderr. Before, tungstenite's handshake
+/// logged the whole upgrade request there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_logs_no_secret_with_rust_log_trace() {
+    let server = silent_server().await;
+    let url = server.url();
+    for extra in [&[][..], &["--token-in-query"][..]] {
+        let output = sockeye()
+            .args([
+                "status",
+                &url,
+                "--token",
+                "SECRET-T",
+                "-H",
+                "X-Api-Key: SECRET-H",
+            ])
+            .args(extra)
+            .env("RUST_LOG", "trace")
+            .output();
+        let output = within("the CLI", output).await.unwrap();
+        assert!(output.status.success(), "{output:?}");
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert!(err.contains("DEBUG"), "nothing logged: {err}");
+        for secret in SECRETS {
+            assert!(!err.contains(secret), "{secret} logged:\n{err}");
+        }
+    }
+}
