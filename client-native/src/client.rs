@@ -501,7 +501,10 @@ impl Client {
     /// `INVALID_ARGUMENT`); the handler's `Ok` becomes the `res` payload, its `Err` an `err` reply with
     /// [`Error::code`]. Requests for methods without a handler are answered `UNIMPLEMENTED`. Handlers run as
     /// their own tasks; a reply is dropped if the connection it was requested on is gone by then. Handlers
-    /// still running when the client ends are stopped.
+    /// still running when the client ends are stopped. At most
+    /// [`max_inbound_requests`](ClientBuilder::max_inbound_requests) handlers run at once: at that bound the
+    /// client reads nothing more from the server until one answers, so a handler that never finishes holds
+    /// its place (and enough of them stall the connection until the keepalive closes it).
     ///
     /// A handler that holds a [`Client`] clone keeps the connection alive (the client's task ends when every
     /// handle is gone): call [`Client::close`] to end such a client.
