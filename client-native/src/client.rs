@@ -138,7 +138,8 @@ impl<T: Weigh> Feed<T> {
     pub fn deliver(&self, item: Result<T, Error>) -> bool {
         let weight = item.as_ref().map_or(0, Weigh::weight);
         let waiting = self.waiting.load(Ordering::Acquire);
-        if waiting > 0 && waiting.saturating_add(weight) > self.max_bytes {
+        // Weightless items (errors, transitions) are bounded by the item count alone.
+        if weight > 0 && waiting > 0 && waiting.saturating_add(weight) > self.max_bytes {
             if self.tx.is_closed() {
                 return false;
             }
@@ -1023,6 +1024,9 @@ mod tests {
             assert!(feed.deliver(message(50)));
         }
         assert!(feed.deliver(message(50)));
+        assert_eq!(feed.lagged.load(Ordering::Relaxed), 1);
+        // An error weighs nothing: it is never dropped for bytes.
+        assert!(feed.deliver(Err(Error::Closed)));
         assert_eq!(feed.lagged.load(Ordering::Relaxed), 1);
         drop(tap);
         assert!(!feed.deliver(message(50)), "the stream is gone");
