@@ -141,6 +141,7 @@ pub(crate) async fn serve(
     };
     let stream = parts.io.into_inner().into_inner();
     let leftover = parts.read_buf.to_vec();
+    // Freed now rather than when this (long-lived) function returns.
     drop(parts.read_buf);
     let ws = WebSocketStream::from_partially_read(
         stream,

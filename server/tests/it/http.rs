@@ -347,7 +347,7 @@ async fn heads_that_never_finish_and_idle_keep_alive_connections_are_closed() {
     let www = TempDir::new();
     www.write("a.txt", b"a");
     let mut limits = Limits::default();
-    limits.handshake_timeout = Duration::from_millis(300);
+    limits.handshake_timeout = Duration::from_secs(1);
     let server = start(Server::builder().static_dir(&www.0).limits(limits)).await;
     let addr = server.local_addr();
 
