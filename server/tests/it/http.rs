@@ -459,3 +459,34 @@ async fn the_connection_cap_answers_503_and_frees_slots_as_connections_close() {
     assert_alive(&mut c, 1).await;
     assert_alive(&mut b, 1).await;
 }
+
+#[tokio::test]
+async fn timeouts_and_the_cap_are_checked_at_start() {
+    let start = |builder: sockeye_server::ServerBuilder| async move {
+        builder
+            .bind("127.0.0.1:0".parse().expect("an address"))
+            .start()
+            .await
+    };
+    for (handshake, write) in [
+        (Duration::ZERO, Duration::from_secs(1)),
+        (Duration::from_secs(1), Duration::MAX),
+    ] {
+        let mut limits = Limits::default();
+        limits.handshake_timeout = handshake;
+        limits.write_timeout = write;
+        assert!(matches!(
+            start(Server::builder().limits(limits)).await,
+            Err(sockeye_server::StartError::InvalidConfig(_))
+        ));
+    }
+    assert!(matches!(
+        start(Server::builder().max_connections(0)).await,
+        Err(sockeye_server::StartError::InvalidConfig(_))
+    ));
+    let server = start(Server::builder()).await.expect("the defaults start");
+    assert_eq!(
+        server.max_connections(),
+        sockeye_server::default_max_connections()
+    );
+}
