@@ -50,6 +50,7 @@ async fn static_files_are_served_with_their_content_types() {
     www.write("data.json", b"{}");
     www.write("pkg/sockeye_wasm_bg.wasm", b"\0asm\x01\0\0\0");
     www.write("pkg/sockeye_wasm.js", b"export {}");
+    www.write("pkg/sockeye.d.ts", b"export {};");
     www.write("sub dir/a b.txt", b"spaced");
     let server = start(Server::builder().static_dir(&www.0)).await;
     let addr = server.local_addr();
@@ -70,6 +71,7 @@ async fn static_files_are_served_with_their_content_types() {
             b"\0asm\x01\0\0\0",
         ),
         ("/pkg/sockeye_wasm.js", "text/javascript", b"export {}"),
+        ("/pkg/sockeye.d.ts", "text/plain", b"export {};"),
         ("/sub%20dir/a%20b.txt", "text/plain", b"spaced"),
         ("/app.js?v=3", "text/javascript", b"console.log('hi')"),
     ] {
