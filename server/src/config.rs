@@ -31,9 +31,26 @@ pub struct Limits {
     /// Requests (and asynchronous message handlers) running at once on one connection; beyond it a request is
     /// answered with `err RESOURCE_EXHAUSTED`. Default 64.
     pub max_inflight: usize,
-    /// Events queued for one subscriber. A subscriber whose queue overflows is closed with 1013 rather than
-    /// losing events or stalling the publisher. Default 256.
+    /// Events queued for one subscriber. A subscriber whose queue overflows is closed with 1013 (its backlog
+    /// dropped: it has seen an unbroken run of events, then the close) rather than silently losing events or
+    /// stalling the publisher. Default 256.
     pub outbound_queue: usize,
+    /// Bytes of replies and events queued for one connection and not yet written. A connection that goes
+    /// over (a subscriber too slow for its events, a peer not reading its replies) is closed with 1013 and
+    /// its backlog dropped. Must exceed `max_message_bytes`. Default 32 MiB.
+    pub outbound_bytes: usize,
+    /// Bytes of encoded replies and events held for writing across all connections (an event counts once,
+    /// however many subscribers share it). A reply that does not fit closes its connection with 1013; a
+    /// publish that does not fit is refused (`err RESOURCE_EXHAUSTED`). Default 128 MiB.
+    pub total_outbound_bytes: usize,
+    /// Bytes read from sockets and not yet handled, across all connections: WebSocket messages still
+    /// arriving (each up to `max_message_bytes`) and the last message of each connection while it is held.
+    /// The connection whose read would go over is closed with 1013. Default 64 MiB.
+    pub total_inbound_bytes: usize,
+    /// Bytes of partial (fragmented, incomplete) inbound messages across all connections, besides the
+    /// per-connection `reassembly` limits. The connection whose fragment would go over is closed with 1013.
+    /// Default 64 MiB.
+    pub total_reassembly_bytes: usize,
     /// Topics one connection may be subscribed to at once; beyond it `sub` is answered with
     /// `err RESOURCE_EXHAUSTED`. Default 1024.
     pub max_subscriptions: usize,
@@ -59,6 +76,10 @@ impl Default for Limits {
             reassembly: ReassemblyLimits::default(),
             max_inflight: 64,
             outbound_queue: 256,
+            outbound_bytes: 32 * 1024 * 1024,
+            total_outbound_bytes: 128 * 1024 * 1024,
+            total_inbound_bytes: 64 * 1024 * 1024,
+            total_reassembly_bytes: 64 * 1024 * 1024,
             max_subscriptions: 1024,
             read_buffer_size: 4 * 1024,
             write_buffer_size: 4 * 1024,

@@ -36,6 +36,7 @@ use tokio_tungstenite::WebSocketStream;
 use tower_http::services::fs::ServeFileSystemResponseBody;
 use tower_http::services::ServeDir;
 
+use crate::budget::Metered;
 use crate::connection::{self, OriginRefused, Upgraded};
 use crate::server::Shared;
 
@@ -144,7 +145,7 @@ pub(crate) async fn serve(
     // Freed now rather than when this (long-lived) function returns.
     drop(parts.read_buf);
     let ws = WebSocketStream::from_partially_read(
-        stream,
+        Metered::new(stream, &shared.inbound),
         leftover,
         Role::Server,
         Some(shared.ws_config),

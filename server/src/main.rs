@@ -71,6 +71,25 @@ struct Args {
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
 
+    /// Bytes of replies and events queued per connection before it is closed with 1013 (more than
+    /// --max-message-bytes).
+    #[arg(long, value_name = "BYTES", default_value_t = 32 * 1024 * 1024)]
+    outbound_bytes: usize,
+
+    /// Bytes of replies and events held for writing across all connections (an event counts once).
+    #[arg(long, value_name = "BYTES", default_value_t = 128 * 1024 * 1024)]
+    total_outbound_bytes: usize,
+
+    /// Bytes read from sockets and not yet handled, across all connections; the connection whose read would
+    /// pass it is closed with 1013.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024 * 1024)]
+    total_inbound_bytes: usize,
+
+    /// Bytes of partial fragmented messages held across all connections; the connection that would pass it
+    /// is closed with 1013.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024 * 1024)]
+    total_reassembly_bytes: usize,
+
     /// On SIGTERM/SIGINT, close connections at random moments spread over this window.
     #[arg(long, value_name = "MS", default_value_t = 5_000)]
     drain_window_ms: u64,
@@ -112,6 +131,10 @@ async fn main() -> ExitCode {
     limits.reassembly.max_message_bytes = args.max_message_bytes;
     limits.max_inflight = args.max_inflight;
     limits.outbound_queue = args.outbound_queue;
+    limits.outbound_bytes = args.outbound_bytes;
+    limits.total_outbound_bytes = args.total_outbound_bytes;
+    limits.total_inbound_bytes = args.total_inbound_bytes;
+    limits.total_reassembly_bytes = args.total_reassembly_bytes;
     let mut drain = DrainOptions::with_window(Duration::from_millis(args.drain_window_ms));
     drain.bye = args.bye;
 

@@ -19,8 +19,9 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::app::{typed_message, typed_method, App, Context, Identity, RpcError, TopicAccess};
+use crate::budget::Budget;
 use crate::config::{Auth, Config, Credentials, DrainOptions, DrainResult, Limits};
-use crate::topics::Topics;
+use crate::topics::{Refused, Topics};
 use crate::{PublishError, StartError};
 
 /// The server's counters, for tests, benchmarks and the `stats` method.
@@ -43,6 +44,12 @@ pub struct Stats {
     pub overflow_closes: u64,
     /// Topics with at least one subscriber.
     pub topics: u64,
+    /// Bytes of encoded replies and events held for writing ([`Limits::total_outbound_bytes`]).
+    pub outbound_bytes: u64,
+    /// Bytes of partial inbound messages held ([`Limits::total_reassembly_bytes`]).
+    pub reassembly_bytes: u64,
+    /// Bytes read and not yet handled ([`Limits::total_inbound_bytes`]).
+    pub inbound_bytes: u64,
 }
 
 #[derive(Default)]
@@ -73,6 +80,9 @@ impl Counters {
             auth_failures: self.auth_failures.load(Ordering::Relaxed),
             overflow_closes: self.overflow_closes.load(Ordering::Relaxed),
             topics: 0,
+            outbound_bytes: 0,
+            reassembly_bytes: 0,
+            inbound_bytes: 0,
         }
     }
 }
@@ -83,11 +93,14 @@ pub(crate) struct CloseRequest {
     pub code: CloseCode,
     pub reason: String,
     pub bye: bool,
+    /// Drop what is queued instead of writing it first (a peer too slow for its output).
+    pub drop_output: bool,
 }
 
-/// The part of a connection other tasks can reach: a close request and the wake-up for it.
-#[derive(Default)]
+/// The part of a connection other tasks can reach: its output budget, a close request and the wake-up for it.
 pub(crate) struct ConnControl {
+    /// Bytes queued for this connection (events and replies), taken when queued, given back once written.
+    pub outbound: Arc<Budget>,
     close: Mutex<Option<CloseRequest>>,
     pub notify: Notify,
     /// Set by the connection's task when it has ended.
@@ -95,11 +108,39 @@ pub(crate) struct ConnControl {
 }
 
 impl ConnControl {
+    pub fn new(outbound_limit: usize) -> ConnControl {
+        ConnControl {
+            outbound: Arc::new(Budget::new(outbound_limit)),
+            close: Mutex::new(None),
+            notify: Notify::new(),
+            closed: AtomicBool::new(false),
+        }
+    }
+
     /// Asks the connection to close. The first request wins; later ones are ignored.
     pub fn request_close(&self, code: CloseCode, reason: String, bye: bool) {
+        self.request(CloseRequest {
+            code,
+            reason,
+            bye,
+            drop_output: false,
+        });
+    }
+
+    /// Asks the connection to close with 1013 because its output is over budget, dropping what is queued.
+    pub fn request_overflow_close(&self, reason: String) {
+        self.request(CloseRequest {
+            code: CloseCode::TRY_AGAIN_LATER,
+            reason,
+            bye: false,
+            drop_output: true,
+        });
+    }
+
+    fn request(&self, request: CloseRequest) {
         let mut slot = self.close.lock().unwrap_or_else(PoisonError::into_inner);
         if slot.is_none() {
-            *slot = Some(CloseRequest { code, reason, bye });
+            *slot = Some(request);
             drop(slot);
             self.notify.notify_one();
         }
@@ -122,6 +163,12 @@ pub(crate) struct Shared {
     pub static_root: Option<PathBuf>,
     pub counters: Counters,
     pub topics: Topics,
+    /// Bytes of encoded replies and events held for writing, across every connection.
+    pub outbound: Arc<Budget>,
+    /// Bytes of partial inbound messages, across every connection.
+    pub reassembly: Arc<Budget>,
+    /// Bytes read from sockets and not yet handled, across every connection.
+    pub inbound: Arc<Budget>,
     pub draining: AtomicBool,
     pub shutting_down: AtomicBool,
     /// Ready connections by id.
@@ -135,6 +182,36 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    pub fn new(
+        config: Config,
+        app: App,
+        ws_config: WebSocketConfig,
+        static_root: Option<PathBuf>,
+    ) -> Shared {
+        let limits = &config.limits;
+        let outbound = Arc::new(Budget::new(limits.total_outbound_bytes));
+        let reassembly = Arc::new(Budget::new(limits.total_reassembly_bytes));
+        let inbound = Arc::new(Budget::new(limits.total_inbound_bytes));
+        Shared {
+            config,
+            app,
+            ws_config,
+            static_root,
+            counters: Counters::default(),
+            topics: Topics::default(),
+            outbound,
+            reassembly,
+            inbound,
+            draining: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
+            connections: Mutex::new(HashMap::new()),
+            registered: watch::channel(0).0,
+            next_connection_id: AtomicU64::new(1),
+            origin: tokio::time::Instant::now(),
+            stop_accepting: Notify::new(),
+        }
+    }
+
     /// Now, on the core's clock.
     pub fn core_now(&self) -> CoreInstant {
         CoreInstant::from_millis(
@@ -173,6 +250,9 @@ impl Shared {
     pub fn stats(&self) -> Stats {
         Stats {
             topics: self.topics.len() as u64,
+            outbound_bytes: self.outbound.used() as u64,
+            reassembly_bytes: self.reassembly.used() as u64,
+            inbound_bytes: self.inbound.used() as u64,
             ..self.counters.snapshot()
         }
     }
@@ -183,8 +263,13 @@ impl Shared {
         let limit = self.config.limits.reassembly.max_message_bytes;
         let fanout = self
             .topics
-            .publish(topic, data, limit)
-            .map_err(|size| PublishError::TooLarge { size, limit })?;
+            .publish(topic, data, limit, &self.outbound)
+            .map_err(|refused| match refused {
+                Refused::TooLarge(size) => PublishError::TooLarge { size, limit },
+                Refused::Busy => PublishError::Busy {
+                    limit: self.outbound.limit(),
+                },
+            })?;
         Counters::add(&self.counters.overflow_closes, fanout.overflowed as u64);
         Ok(fanout.delivered)
     }
@@ -432,6 +517,16 @@ impl ServerBuilder {
                 "max_connections must be positive".to_owned(),
             ));
         }
+        // The largest reply or event (a COMPLETE frame of `max_message_bytes`) must fit an empty queue.
+        let largest = limits.reassembly.max_message_bytes.saturating_add(1);
+        if limits.outbound_bytes < largest || limits.total_outbound_bytes < limits.outbound_bytes {
+            return Err(StartError::InvalidConfig(format!(
+                "need max_message_bytes ({}) < outbound_bytes ({}) <= total_outbound_bytes ({})",
+                limits.reassembly.max_message_bytes,
+                limits.outbound_bytes,
+                limits.total_outbound_bytes
+            )));
+        }
         let static_root = match &config.static_dir {
             Some(dir) => {
                 let root = dir.canonicalize().map_err(|source| StartError::StaticDir {
@@ -465,22 +560,7 @@ impl ServerBuilder {
             addr: config.addr,
             source,
         })?;
-        let (registered, _) = watch::channel(0);
-        let shared = Arc::new(Shared {
-            config,
-            app,
-            ws_config,
-            static_root,
-            counters: Counters::default(),
-            topics: Topics::default(),
-            draining: AtomicBool::new(false),
-            shutting_down: AtomicBool::new(false),
-            connections: Mutex::new(HashMap::new()),
-            registered,
-            next_connection_id: AtomicU64::new(1),
-            origin: tokio::time::Instant::now(),
-            stop_accepting: Notify::new(),
-        });
+        let shared = Arc::new(Shared::new(config, app, ws_config, static_root));
         tracing::info!(%local_addr, path = %shared.config.path, auth = ?shared.config.auth, max_connections, "sockeye-server listening");
         let accept_task = tokio::spawn(accept_loop(Arc::clone(&shared), listener, max_connections));
         Ok(ServerHandle {
