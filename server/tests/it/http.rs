@@ -492,3 +492,35 @@ async fn timeouts_and_the_cap_are_checked_at_start() {
         sockeye_server::default_max_connections()
     );
 }
+
+#[tokio::test]
+async fn bytes_sent_right_behind_the_upgrade_request_reach_the_websocket() {
+    let server = start(Server::builder()).await;
+    let mut stream = TcpStream::connect(server.local_addr())
+        .await
+        .expect("connect");
+    // The upgrade request and a masked `ping` text frame in one write: hyper reads both, and the frame must be
+    // handed over with the socket.
+    let mut bytes = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        .to_vec();
+    let mask = [1u8, 2, 3, 4];
+    bytes.extend([0x81, 0x80 | 4]);
+    bytes.extend(mask);
+    bytes.extend(b"ping".iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+    stream.write_all(&bytes).await.expect("write");
+
+    let mut received = Vec::new();
+    let mut buf = [0u8; 1024];
+    let pong = [0x81, 4, b'p', b'o', b'n', b'g'];
+    tokio::time::timeout(PATIENCE, async {
+        while !received.windows(pong.len()).any(|w| w == pong) {
+            let n = stream.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed before pong: {received:?}");
+            received.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("pong in time");
+    assert!(received.starts_with(b"HTTP/1.1 101 "));
+}
