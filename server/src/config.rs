@@ -60,11 +60,11 @@ pub struct Limits {
     pub write_buffer_size: usize,
     /// Time a client has to send a whole HTTP request head, counted from the connection's start or, on a
     /// keep-alive connection, from the end of the previous response: it is also the keep-alive idle timeout.
-    /// Default 10 s.
+    /// Positive, at most a year. Default 10 s.
     pub handshake_timeout: Duration,
     /// An HTTP response (a static file) whose client accepts no byte for this long is abandoned and its
     /// connection closed. Not applied after the upgrade (a WebSocket peer that stops reading is closed by the
-    /// heartbeat). Default 30 s.
+    /// heartbeat). Positive, at most a year. Default 30 s.
     pub write_timeout: Duration,
     /// Time an asynchronous auth verifier may take before the connection is closed with 4001. Default 10 s.
     pub auth_timeout: Duration,

@@ -158,6 +158,14 @@ async fn main() -> ExitCode {
         builder = builder.static_dir(dir);
     }
 
+    // Before the listening line: a SIGTERM sent as soon as it is read must drain, not kill.
+    let mut signals = match Signals::new() {
+        Ok(signals) => signals,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
     let server = match builder.start().await {
         Ok(server) => server,
         Err(e) => {
@@ -179,13 +187,6 @@ async fn main() -> ExitCode {
         tracing::info!(dir = %dir.display(), "open http://{}/ in a browser", server.local_addr());
     }
 
-    let mut signals = match Signals::new() {
-        Ok(signals) => signals,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot install signal handlers");
-            return ExitCode::FAILURE;
-        }
-    };
     let which = signals.next().await;
     tracing::info!(signal = which, "draining");
     tokio::select! {

@@ -497,10 +497,17 @@ impl ServerBuilder {
                 "outbound_queue must be positive".to_owned(),
             ));
         }
-        if limits.handshake_timeout.is_zero() || limits.write_timeout.is_zero() {
-            return Err(StartError::InvalidConfig(
-                "handshake_timeout and write_timeout must be positive".to_owned(),
-            ));
+        // hyper adds the head timeout to `Instant::now()`, which panics on overflow: a year stands for "never".
+        let year = Duration::from_secs(365 * 86_400);
+        for (name, timeout) in [
+            ("handshake_timeout", limits.handshake_timeout),
+            ("write_timeout", limits.write_timeout),
+        ] {
+            if timeout.is_zero() || timeout > year {
+                return Err(StartError::InvalidConfig(format!(
+                    "{name} must be positive and at most a year"
+                )));
+            }
         }
         let max_connections = *config
             .max_connections
