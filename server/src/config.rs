@@ -41,7 +41,8 @@ pub struct Limits {
     pub outbound_bytes: usize,
     /// Bytes of encoded replies and events held for writing across all connections (an event counts once,
     /// however many subscribers share it). A reply that does not fit closes its connection with 1013; a
-    /// publish that does not fit is refused (`err RESOURCE_EXHAUSTED`). Default 128 MiB.
+    /// publish that does not fit is refused (`err RESOURCE_EXHAUSTED`); either way the connection with the
+    /// most output queued is closed with 1013 too, so room comes back. Default 128 MiB.
     pub total_outbound_bytes: usize,
     /// Bytes read from sockets and not yet handled, across all connections: WebSocket messages still
     /// arriving (each up to `max_message_bytes`) and the last message of each connection while it is held.

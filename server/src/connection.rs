@@ -846,10 +846,13 @@ impl Conn {
         }
         let budget = &self.control.outbound;
         let charged = match Encoded::charge(frame, &self.shared.outbound) {
-            None => Err(format!(
-                "server output budget of {} bytes spent",
-                self.shared.outbound.limit()
-            )),
+            None => {
+                self.shared.shed_largest_backlog();
+                Err(format!(
+                    "server output budget of {} bytes spent",
+                    self.shared.outbound.limit()
+                ))
+            }
             Some(encoded) if !budget.try_take(encoded.len()) => Err(format!(
                 "outbound budget of {} bytes exceeded: peer not reading",
                 budget.limit()

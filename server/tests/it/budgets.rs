@@ -66,7 +66,7 @@ async fn a_message_past_the_server_inbound_budget_closes_with_1013() {
 }
 
 #[tokio::test]
-async fn a_publish_past_the_server_output_budget_is_refused() {
+async fn a_publish_past_the_server_output_budget_is_refused_and_the_largest_backlog_closed() {
     let mut limits = Limits::default();
     limits.reassembly.max_message_bytes = 64 * 1024;
     limits.outbound_bytes = 128 * 1024;
@@ -93,6 +93,7 @@ async fn a_publish_past_the_server_output_budget_is_refused() {
         let envelope = recv(&mut publisher).await;
         if get_text(&envelope, "t") == Some("err") {
             refusal = Some(envelope);
+            expect_res(&recv(&mut publisher).await, id);
             break;
         }
         expect_res(&envelope, id);
@@ -101,6 +102,13 @@ async fn a_publish_past_the_server_output_budget_is_refused() {
     expect_err(&refusal, None, "RESOURCE_EXHAUSTED");
     let message = get_text(&refusal, "msg").expect("msg");
     assert!(message.contains("output budget"), "{message}");
-    drop(slow);
+    // The subscriber holding the budget is closed, so publishing works again.
+    let (ending, _) = read_until_close(&mut slow).await;
+    let Ending::Close(1013, reason) = ending else {
+        panic!("expected 1013, got {ending:?}")
+    };
+    assert!(reason.contains("largest backlog"), "{reason}");
     all_given_back(&server).await;
+    send(&mut publisher, &event).await;
+    assert_alive(&mut publisher, 2000).await;
 }
