@@ -621,7 +621,8 @@ impl ServerHandle {
     /// Publishes raw `data` to `topic`'s subscribers as the server. Returns how many it was queued for.
     ///
     /// # Errors
-    /// [`PublishError::InvalidTopic`] when the name breaks the rules.
+    /// [`PublishError::InvalidTopic`] when the name breaks the rules, [`PublishError::TooLarge`] over the
+    /// message size limit, [`PublishError::Busy`] when the server's output budget cannot hold it now.
     pub fn publish(&self, topic: &str, data: Option<Payload>) -> Result<usize, PublishError> {
         self.shared.publish(topic, data)
     }
