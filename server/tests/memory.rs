@@ -340,6 +340,37 @@ fn twenty_16_mb_echo_replies_never_read_stay_within_the_output_budget() {
     });
 }
 
+#[test]
+fn connections_that_sent_one_large_message_each_do_not_keep_its_size() {
+    scenario(async {
+        let server = Process::start("warn", Stdio::null());
+        let request = complete(&req(
+            1,
+            "no.such.method",
+            Some(Value::Bytes(vec![4; MAX_MESSAGE - 64])),
+        ));
+        let mut open = Vec::new();
+        for n in 0..40 {
+            let mut ws = server.connect().await;
+            assert!(try_send(&mut ws, request.clone()).await, "connection {n}");
+            expect_err(&recv(&mut ws).await, Some(1), "UNIMPLEMENTED");
+            // Ordinary traffic goes on; the connection stays open.
+            for _ in 0..1000 {
+                ws.send(Message::text("ping")).await.expect("ping");
+            }
+            for _ in 0..1000 {
+                expect_text(&mut ws, "pong").await;
+            }
+            open.push(ws);
+        }
+        // tungstenite's read buffer used to keep each one's 16 MiB for as long as the connection lived.
+        server.assert_bounded("40 connections open after one 16 MiB message each");
+        for ws in &mut open {
+            assert_alive(ws, 2).await;
+        }
+    });
+}
+
 /// Server CPU time (user + system) spent publishing one small event to each of `count` topics never used
 /// before, `prefix.0` to `prefix.{count - 1}`.
 async fn cpu_for_new_topics(
