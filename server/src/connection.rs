@@ -30,7 +30,7 @@ use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::app::{Context, Identity, RpcError, TopicAccess};
-use crate::budget::{Charge, InboundBudgetSpent, Metered};
+use crate::budget::{Charge, InboundRefused, Metered};
 use crate::builtins::{self, Builtin};
 use crate::config::{Auth, Credentials};
 use crate::outbound::{Encoded, OutQueue};
@@ -542,9 +542,14 @@ impl Conn {
                         self.protocol_error();
                         Flow::close(CloseCode::INVALID_PAYLOAD, "text frame is not UTF-8")
                     }
-                    WsError::Io(e) if e.get_ref().is_some_and(|e| e.is::<InboundBudgetSpent>()) => {
-                        tracing::info!(connection = self.id, error = %e, "closing");
-                        Flow::close(CloseCode::TRY_AGAIN_LATER, e.to_string())
+                    WsError::Io(e) => {
+                        match e.get_ref().and_then(|e| e.downcast_ref::<InboundRefused>()) {
+                            Some(refused) => {
+                                tracing::info!(connection = self.id, error = %refused, "closing");
+                                Flow::close(refused.close_code(), refused.to_string())
+                            }
+                            None => Flow::Gone,
+                        }
                     }
                     _ => Flow::Gone,
                 };

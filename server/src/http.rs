@@ -280,7 +280,7 @@ async fn upgrade(
         origin: head.origin,
     };
     let ws = WebSocketStream::from_partially_read(
-        Metered::new(stream, &shared.inbound),
+        Metered::new(stream, &shared.inbound, &leftover),
         leftover,
         Role::Server,
         Some(shared.ws_config),

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use ciborium::Value;
 use futures_util::SinkExt;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Message;
 
 use common::*;
@@ -368,6 +370,28 @@ fn connections_that_sent_one_large_message_each_do_not_keep_its_size() {
         for ws in &mut open {
             assert_alive(ws, 2).await;
         }
+        // The same message in two WebSocket frames left no message to hold: refused.
+        let (first, last) = request.split_at(request.len() - 100);
+        for _ in 0..20 {
+            let mut ws = server.connect().await;
+            let _ = ws
+                .send(Message::Frame(Frame::message(
+                    first.to_vec(),
+                    OpCode::Data(Data::Binary),
+                    false,
+                )))
+                .await;
+            let _ = ws
+                .send(Message::Frame(Frame::message(
+                    last.to_vec(),
+                    OpCode::Data(Data::Continue),
+                    true,
+                )))
+                .await;
+            assert_eq!(close_code(&mut ws).await, Some(1009));
+            open.push(ws);
+        }
+        server.assert_bounded("and 20 more sending it in two WebSocket frames");
     });
 }
 

@@ -2,7 +2,11 @@
 //! publish refused), and everything it held is given back.
 
 use ciborium::Value;
+use futures_util::SinkExt;
 use sockeye_server::{Limits, Server, ServerHandle};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::common::*;
 
@@ -111,4 +115,52 @@ async fn a_publish_past_the_server_output_budget_is_refused_and_the_largest_back
     all_given_back(&server).await;
     send(&mut publisher, &event).await;
     assert_alive(&mut publisher, 2000).await;
+}
+
+/// `bytes` as a WebSocket message of two frames: all but the last 100 bytes, then those.
+fn in_two_frames(bytes: &[u8]) -> [Message; 2] {
+    let (first, last) = bytes.split_at(bytes.len() - 100);
+    [
+        Message::Frame(Frame::message(
+            first.to_vec(),
+            OpCode::Data(Data::Binary),
+            false,
+        )),
+        Message::Frame(Frame::message(
+            last.to_vec(),
+            OpCode::Data(Data::Continue),
+            true,
+        )),
+    ]
+}
+
+#[tokio::test]
+async fn a_message_in_several_websocket_frames_must_use_small_frames() {
+    let server = start(Server::builder()).await;
+    let mut ws = connect(&server).await;
+    // Small frames are fine.
+    let small = complete(&req(1, "echo", Some(Value::Bytes(vec![6; 50 * 1024]))));
+    for frame in in_two_frames(&small) {
+        ws.send(frame).await.expect("send");
+    }
+    expect_res(&recv(&mut ws).await, 1);
+    // A large frame would leave tungstenite's buffer at its size for the connection's life.
+    let large = complete(&req(2, "echo", Some(Value::Bytes(vec![6; 300 * 1024]))));
+    for frame in in_two_frames(&large) {
+        if ws.send(frame).await.is_err() {
+            break;
+        }
+    }
+    let (ending, _) = read_until_close(&mut ws).await;
+    let Ending::Close(1009, reason) = ending else {
+        panic!("expected 1009, got {ending:?}")
+    };
+    assert!(reason.contains("several frames"), "{reason}");
+    // One large frame is a message like any other.
+    let mut ws = connect(&server).await;
+    send_binary(&mut ws, large).await;
+    expect_res(&recv(&mut ws).await, 2);
+    // (Its buffer may be held, and charged, until more input comes or the connection ends.)
+    drop(ws);
+    all_given_back(&server).await;
 }
