@@ -55,6 +55,9 @@ pub struct Limits {
     /// Topics one connection may be subscribed to at once; beyond it `sub` is answered with
     /// `err RESOURCE_EXHAUSTED`. Default 1024.
     pub max_subscriptions: usize,
+    /// Subscriptions across all connections (each costs the server up to a few hundred bytes: the topic name
+    /// twice and the entries); beyond it `sub` is answered with `err RESOURCE_EXHAUSTED`. Default 131 072.
+    pub max_total_subscriptions: usize,
     /// tungstenite's read buffer per connection (bytes). Small keeps idle connections cheap. Default 4 KiB.
     pub read_buffer_size: usize,
     /// tungstenite's write buffer per connection (bytes): written out once it holds this much. Default 4 KiB.
@@ -76,6 +79,7 @@ impl Default for Limits {
             total_inbound_bytes: 64 * 1024 * 1024,
             total_reassembly_bytes: 64 * 1024 * 1024,
             max_subscriptions: 1024,
+            max_total_subscriptions: 128 * 1024,
             read_buffer_size: 4 * 1024,
             write_buffer_size: 4 * 1024,
             handshake_timeout: Duration::from_secs(10),

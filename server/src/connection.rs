@@ -768,7 +768,16 @@ impl Conn {
             events: sender.clone(),
             control: Arc::clone(&self.control),
         };
-        self.shared.topics.subscribe(topic, self.id, subscriber);
+        self.shared
+            .topics
+            .subscribe(topic, self.id, subscriber)
+            .map_err(|full| {
+                let message = format!(
+                    "the server's subscription limit ({}) is reached",
+                    full.limit
+                );
+                RpcError::new(ErrorCode::ResourceExhausted, message)
+            })?;
         self.subscriptions.insert(topic.to_owned());
         Ok(())
     }

@@ -192,13 +192,14 @@ impl Shared {
         let outbound = Arc::new(Budget::new(limits.total_outbound_bytes));
         let reassembly = Arc::new(Budget::new(limits.total_reassembly_bytes));
         let inbound = Arc::new(Budget::new(limits.total_inbound_bytes));
+        let topics = Topics::new(limits.max_total_subscriptions);
         Shared {
             config,
             app,
             ws_config,
             static_root,
             counters: Counters::default(),
-            topics: Topics::default(),
+            topics,
             outbound,
             reassembly,
             inbound,

@@ -135,6 +135,11 @@ async fn help_documents_every_flag() {
         "--max-message-bytes",
         "--max-inflight",
         "--outbound-queue",
+        "--outbound-bytes",
+        "--total-outbound-bytes",
+        "--total-inbound-bytes",
+        "--total-reassembly-bytes",
+        "--max-total-subscriptions",
         "--drain-window-ms",
         "--bye",
     ] {

@@ -164,3 +164,30 @@ async fn a_message_in_several_websocket_frames_must_use_small_frames() {
     drop(ws);
     all_given_back(&server).await;
 }
+
+#[tokio::test]
+async fn subscriptions_across_connections_are_bounded() {
+    let mut limits = Limits::default();
+    limits.max_total_subscriptions = 3;
+    let server = start(Server::builder().limits(limits)).await;
+    let sub =
+        |id: u64, topic: &str| map(&[("t", text("sub")), ("id", uint(id)), ("topic", text(topic))]);
+    let mut first = connect(&server).await;
+    for id in 1..=2 {
+        send(&mut first, &sub(id, &format!("t{id}"))).await;
+        expect_res(&recv(&mut first).await, id);
+    }
+    let mut second = connect(&server).await;
+    send(&mut second, &sub(1, "t1")).await;
+    expect_res(&recv(&mut second).await, 1);
+    send(&mut second, &sub(2, "t9")).await;
+    expect_err(&recv(&mut second).await, Some(2), "RESOURCE_EXHAUSTED");
+    // The first connection's subscriptions go with it.
+    drop(first);
+    eventually("the first connection gone", || {
+        server.stats().connections_open == 1
+    })
+    .await;
+    send(&mut second, &sub(3, "t9")).await;
+    expect_res(&recv(&mut second).await, 3);
+}
