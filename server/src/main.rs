@@ -65,11 +65,11 @@ struct Args {
     outbound_bytes: usize,
 
     /// Bytes of replies and events held for writing across all connections (an event counts once).
-    #[arg(long, value_name = "BYTES", default_value_t = 128 * 1024 * 1024)]
+    #[arg(long, value_name = "BYTES", default_value_t = 96 * 1024 * 1024)]
     total_outbound_bytes: usize,
 
     /// Subscriptions across all connections; beyond it `sub` gets `err RESOURCE_EXHAUSTED`.
-    #[arg(long, value_name = "N", default_value_t = 128 * 1024)]
+    #[arg(long, value_name = "N", default_value_t = 64 * 1024)]
     max_total_subscriptions: usize,
 
     /// Bytes read from sockets and not yet handled, across all connections; the connection whose read would
