@@ -30,7 +30,7 @@ use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::app::{Context, Identity, RpcError, TopicAccess};
-use crate::budget::{Charge, InboundBudgetSpent, Metered};
+use crate::budget::{Charge, InboundRefused, Metered};
 use crate::builtins::{self, Builtin};
 use crate::config::{Auth, Credentials};
 use crate::outbound::{Encoded, OutQueue};
@@ -272,10 +272,11 @@ struct Conn {
     reassembler: Reassembler,
     /// The reassembler's buffered bytes, charged to the server-wide reassembly budget.
     reassembly_charge: Charge,
-    /// The last inbound message, kept until the next read has started: tungstenite reads into a buffer
-    /// that shares its allocation with the message it returned, and reuses that allocation (up to the
-    /// largest message size) for as long as it is the only owner. Holding the message makes it allocate a
-    /// small buffer instead, so a connection idle after one big message does not keep its size.
+    /// The last binary message, kept while tungstenite's read buffer still shares its allocation: that
+    /// buffer reuses the allocation of the largest message read (up to the message size limit) whenever it
+    /// is the only owner, so holding the message until tungstenite has moved to a buffer of its own lets a
+    /// big message's allocation go instead of staying for the connection's lifetime. Meanwhile its bytes
+    /// count against the inbound budget (they are alive either way).
     held: Option<Bytes>,
     /// Frames to write, in order.
     out: OutQueue,
@@ -541,9 +542,14 @@ impl Conn {
                         self.protocol_error();
                         Flow::close(CloseCode::INVALID_PAYLOAD, "text frame is not UTF-8")
                     }
-                    WsError::Io(e) if e.get_ref().is_some_and(|e| e.is::<InboundBudgetSpent>()) => {
-                        tracing::info!(connection = self.id, error = %e, "closing");
-                        Flow::close(CloseCode::TRY_AGAIN_LATER, e.to_string())
+                    WsError::Io(e) => {
+                        match e.get_ref().and_then(|e| e.downcast_ref::<InboundRefused>()) {
+                            Some(refused) => {
+                                tracing::info!(connection = self.id, error = %refused, "closing");
+                                Flow::close(refused.close_code(), refused.to_string())
+                            }
+                            None => Flow::Gone,
+                        }
                     }
                     _ => Flow::Gone,
                 };
@@ -568,9 +574,7 @@ impl Conn {
             }
             Message::Binary(bytes) => {
                 self.frames_in += 1;
-                let flow = self.on_binary(&bytes);
-                self.held = Some(bytes);
-                flow
+                self.on_binary(&bytes)
             }
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {
                 // tungstenite queued the pong for a ping; a flush sends it.
@@ -781,7 +785,16 @@ impl Conn {
             events: sender.clone(),
             control: Arc::clone(&self.control),
         };
-        self.shared.topics.subscribe(topic, self.id, subscriber);
+        self.shared
+            .topics
+            .subscribe(topic, self.id, subscriber)
+            .map_err(|full| {
+                let message = format!(
+                    "the server's subscription limit ({}) is reached",
+                    full.limit
+                );
+                RpcError::new(ErrorCode::ResourceExhausted, message)
+            })?;
         self.subscriptions.insert(topic.to_owned());
         Ok(())
     }
@@ -863,10 +876,13 @@ impl Conn {
         }
         let budget = &self.control.outbound;
         let charged = match Encoded::charge(frame, &self.shared.outbound) {
-            None => Err(format!(
-                "server output budget of {} bytes spent",
-                self.shared.outbound.limit()
-            )),
+            None => {
+                self.shared.shed_largest_backlog();
+                Err(format!(
+                    "server output budget of {} bytes spent",
+                    self.shared.outbound.limit()
+                ))
+            }
             Some(encoded) if !budget.try_take(encoded.len()) => Err(format!(
                 "outbound budget of {} bytes exceeded: peer not reading",
                 budget.limit()
@@ -977,21 +993,20 @@ pub(crate) fn feed(shared: Arc<Shared>, messages: Vec<Message>) -> (usize, Optio
     (frames, None)
 }
 
-/// The next inbound message. The message held from the previous read is dropped once this read has been
-/// polled (and tungstenite has set up its buffer for it): see `Conn::held`.
+/// The next inbound message. A binary message is held (see `Conn::held`) until tungstenite's buffer no
+/// longer shares its allocation; the inbound budget is charged for it meanwhile.
 async fn next_inbound(ws: &mut Ws, held: &mut Option<Bytes>) -> Option<Result<Message, WsError>> {
     std::future::poll_fn(|cx| {
         let polled = ws.poll_next_unpin(cx);
-        if let Some(bytes) = held.take() {
+        if let Some(bytes) = held.take_if(|bytes| bytes.is_unique()) {
             ws.get_mut().release(bytes.len());
         }
         if let Poll::Ready(Some(Ok(message))) = &polled {
-            // Handed over; a binary message is held until the next read (see `Conn::held`).
-            let held = match message {
-                Message::Binary(bytes) => bytes.len(),
-                _ => 0,
-            };
-            ws.get_mut().settle(held);
+            if let Message::Binary(bytes) = message {
+                // A reference count, not a copy.
+                *held = Some(bytes.clone());
+            }
+            ws.get_mut().settle(held.as_ref().map_or(0, Bytes::len));
         }
         polled
     })

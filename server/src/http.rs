@@ -145,7 +145,7 @@ pub(crate) async fn serve(
     // Freed now rather than when this (long-lived) function returns.
     drop(parts.read_buf);
     let ws = WebSocketStream::from_partially_read(
-        Metered::new(stream, &shared.inbound),
+        Metered::new(stream, &shared.inbound, &leftover),
         leftover,
         Role::Server,
         Some(shared.ws_config),

@@ -192,13 +192,14 @@ impl Shared {
         let outbound = Arc::new(Budget::new(limits.total_outbound_bytes));
         let reassembly = Arc::new(Budget::new(limits.total_reassembly_bytes));
         let inbound = Arc::new(Budget::new(limits.total_inbound_bytes));
+        let topics = Topics::new(limits.max_total_subscriptions);
         Shared {
             config,
             app,
             ws_config,
             static_root,
             counters: Counters::default(),
-            topics: Topics::default(),
+            topics,
             outbound,
             reassembly,
             inbound,
@@ -266,12 +267,34 @@ impl Shared {
             .publish(topic, data, limit, &self.outbound)
             .map_err(|refused| match refused {
                 Refused::TooLarge(size) => PublishError::TooLarge { size, limit },
-                Refused::Busy => PublishError::Busy {
-                    limit: self.outbound.limit(),
-                },
+                Refused::Busy => {
+                    self.shed_largest_backlog();
+                    PublishError::Busy {
+                        limit: self.outbound.limit(),
+                    }
+                }
             })?;
         Counters::add(&self.counters.overflow_closes, fanout.overflowed as u64);
         Ok(fanout.delivered)
+    }
+
+    /// When the server-wide output budget is spent: asks the connection with the most output queued to close
+    /// with 1013 (its backlog dropped), so peers that stop reading cannot keep everyone else's replies and
+    /// events refused until the heartbeat closes them.
+    pub fn shed_largest_backlog(&self) {
+        let largest = self
+            .lock_connections()
+            .values()
+            .max_by_key(|control| control.outbound.used())
+            .filter(|control| control.outbound.used() > 0)
+            .cloned();
+        if let Some(control) = largest {
+            Counters::add(&self.counters.overflow_closes, 1);
+            control.request_overflow_close(format!(
+                "server output budget of {} bytes spent: the largest backlog is dropped",
+                self.outbound.limit()
+            ));
+        }
     }
 
     /// Closes every registered connection with `code` now.
@@ -709,7 +732,8 @@ impl ServerHandle {
     /// Publishes raw `data` to `topic`'s subscribers as the server. Returns how many it was queued for.
     ///
     /// # Errors
-    /// [`PublishError::InvalidTopic`] when the name breaks the rules.
+    /// [`PublishError::InvalidTopic`] when the name breaks the rules, [`PublishError::TooLarge`] over the
+    /// message size limit, [`PublishError::Busy`] when the server's output budget cannot hold it now.
     pub fn publish(&self, topic: &str, data: Option<Payload>) -> Result<usize, PublishError> {
         self.shared.publish(topic, data)
     }
