@@ -208,3 +208,4 @@ run_section "start reference servers (sockeye-server --addr 127.0.0.1:0, open an
 run_section "browser tests: cargo test -p sockeye-wasm --target wasm32-unknown-unknown (headless Chrome)" browser_tests
 run_section "npm package: scripts/build-npm.sh, scripts/size.sh" npm_package
 run_section "demo page tests: tests/e2e (playwright-core, headless Chromium)" demo_page_tests
+run_section "benchmark suite builds (release; scripts/bench.sh --quick runs it)" cargo build --release -p sockeye-bench --all-targets
