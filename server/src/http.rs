@@ -439,7 +439,7 @@ async fn inside(root: &Path, path: &Path) -> bool {
 ///
 /// Written here rather than taken from `tokio-io-timeout`: that crate's stream is `!Unpin` and cannot be taken
 /// apart once boxed, and the upgrade must get the bare `TcpStream` back so an idle WebSocket holds no timer
-/// (memory per idle connection, see `bench/idle_memory.py`). The timer is only allocated on the first stall.
+/// (memory per idle connection, measured by `scripts/bench.sh`). The timer is only allocated on the first stall.
 pub(crate) struct WriteTimeout {
     stream: TcpStream,
     timeout: Duration,
