@@ -196,7 +196,7 @@ pub(crate) fn parse(options: &JsValue, seed: u64) -> Result<Options, JsValue> {
 
     let mut handlers = Vec::new();
     if let Some(h) = object(&get(&top, "handlers"), "options.handlers", &[])? {
-        for key in crate::cbor::items(&Object::keys(h.unchecked_ref::<Object>())) {
+        for key in items(&Object::keys(h.unchecked_ref::<Object>())) {
             let method = key.as_string().unwrap_or_default();
             let name = format!("options.handlers.{method}");
             let handler = function(get(&h, &method), &name)?;
@@ -237,6 +237,11 @@ fn config_error(e: &ConfigError) -> JsValue {
     type_error(&format!("options.{option} {problem}"))
 }
 
+/// The items of a JS array, read by index. (`Array::iter` needs an import of its own.)
+fn items(array: &js_sys::Array) -> impl Iterator<Item = JsValue> + '_ {
+    (0..array.length()).map(|i| array.get(i))
+}
+
 pub(crate) fn get(obj: &JsValue, key: &str) -> JsValue {
     Reflect::get(obj, &JsValue::from_str(key)).unwrap_or(JsValue::UNDEFINED)
 }
@@ -251,7 +256,7 @@ fn object(v: &JsValue, name: &str, known: &[&str]) -> Result<Option<JsValue>, Js
         return Err(type_error(&format!("{name} must be an object")));
     }
     if !known.is_empty() {
-        for key in crate::cbor::items(&Object::keys(v.unchecked_ref::<Object>())) {
+        for key in items(&Object::keys(v.unchecked_ref::<Object>())) {
             let key = key.as_string().unwrap_or_default();
             if !known.contains(&key.as_str()) {
                 return Err(type_error(&format!("{name}.{key} is not a known option")));
