@@ -97,7 +97,7 @@ impl Drop for Charge {
 /// A socket whose reads are charged to the server-wide inbound budget: tungstenite buffers a whole message
 /// (up to the largest message size) before handing it over, so without a total, connections sending large
 /// messages at once could hold that much each. A read that would pass the budget fails with
-/// [`InboundBudgetSpent`] (the connection is closed with 1013).
+/// [`InboundRefused::BudgetSpent`] (the connection is closed with 1013).
 ///
 /// The connection says when bytes leave tungstenite's hands ([`Metered::settle`]). Read-ahead of the next
 /// message (at most one read, `Limits::read_buffer_size`) is not counted at that moment.
