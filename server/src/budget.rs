@@ -97,7 +97,7 @@ impl Drop for Charge {
 /// A socket whose reads are charged to the server-wide inbound budget: tungstenite buffers a whole message
 /// (up to the largest message size) before handing it over, so without a total, connections sending large
 /// messages at once could hold that much each. A read that would pass the budget fails with
-/// [`InboundBudgetSpent`] (the connection is closed with 1013).
+/// [`InboundRefused::BudgetSpent`] (the connection is closed with 1013).
 ///
 /// The connection says when bytes leave tungstenite's hands ([`Metered::settle`]). Read-ahead of the next
 /// message (at most one read, `Limits::read_buffer_size`) is not counted at that moment.
@@ -152,7 +152,7 @@ impl InboundRefused {
 struct FrameWatch {
     /// The header of the frame being read so far (at most 14 bytes).
     header: [u8; 14],
-    have: usize,
+    have: u8,
     /// Payload bytes of the current frame still to come.
     payload_left: u64,
 }
@@ -173,7 +173,7 @@ impl FrameWatch {
                 bytes = &bytes[skip..];
                 continue;
             }
-            self.header[self.have] = first;
+            self.header[usize::from(self.have)] = first;
             self.have += 1;
             bytes = rest;
             if let Some((fragmented, size)) = self.complete_header() {
@@ -190,7 +190,7 @@ impl FrameWatch {
     /// Once the header is complete: whether the frame is a data frame of a fragmented message, and its
     /// payload length.
     fn complete_header(&self) -> Option<(bool, u64)> {
-        let header = &self.header[..self.have];
+        let header = &self.header[..usize::from(self.have)];
         let (&[first, second], rest) = header.split_first_chunk::<2>()?;
         let (extended, short) = match second & 0x7f {
             126 => (2, None),

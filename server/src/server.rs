@@ -100,7 +100,7 @@ pub(crate) struct CloseRequest {
 /// The part of a connection other tasks can reach: its output budget, a close request and the wake-up for it.
 pub(crate) struct ConnControl {
     /// Bytes queued for this connection (events and replies), taken when queued, given back once written.
-    pub outbound: Arc<Budget>,
+    pub outbound: Budget,
     close: Mutex<Option<CloseRequest>>,
     pub notify: Notify,
     /// Set by the connection's task when it has ended.
@@ -110,7 +110,7 @@ pub(crate) struct ConnControl {
 impl ConnControl {
     pub fn new(outbound_limit: usize) -> ConnControl {
         ConnControl {
-            outbound: Arc::new(Budget::new(outbound_limit)),
+            outbound: Budget::new(outbound_limit),
             close: Mutex::new(None),
             notify: Notify::new(),
             closed: AtomicBool::new(false),
