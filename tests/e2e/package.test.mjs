@@ -21,7 +21,8 @@ const tsPackageJson = createRequire(import.meta.url).resolve("typescript/package
 const tsc = path.join(path.dirname(tsPackageJson), JSON.parse(readFileSync(tsPackageJson, "utf8")).bin.tsc);
 
 // What a user needs and nothing else: the web build at the root, the bundler build in bundler/, the typings of
-// each, the JS snippets (error classes, option checks, the CBOR walk), README, LICENSE. The snippet directory carries a hash of the crate.
+// each, the JS snippets (error classes, option checks, the CBOR walk), README, LICENSE. The snippet directory
+// carries a hash of the crate.
 const EXPECTED_FILES = [
   "LICENSE",
   "README.md",
