@@ -10,7 +10,7 @@ use crate::codec::{
     Reassembler, Refusal,
 };
 use crate::config::{Config, ConfigError, QueueLimits};
-use crate::error::{CloseCode, ErrorCode};
+use crate::error::{CloseCode, CloseReason, ErrorCode};
 use crate::queue::{OfflineQueue, Queued};
 use crate::requests::{RequestError, RequestId, Requests, Stage};
 use crate::state::{terminal_reason, DisconnectReason, Status, Transition};
@@ -63,11 +63,11 @@ pub enum Output {
     /// Open a WebSocket (offering subprotocol `sockeye.v1`; fetching a fresh token first) and report its events
     /// with this id.
     OpenSocket { socket: SocketId, attempt: u32 },
-    /// Close this socket with the code and reason. Its later events are ignored.
+    /// Close this socket with the code and reason (bounded to fit a close frame). Its later events are ignored.
     CloseSocket {
         socket: SocketId,
         code: CloseCode,
-        reason: String,
+        reason: CloseReason,
     },
     /// Send a text frame on the current socket (`ping`).
     SendText(&'static str),
@@ -360,7 +360,7 @@ impl Connection {
             self.push(Output::CloseSocket {
                 socket,
                 code: CloseCode::NORMAL,
-                reason: "client closed".into(),
+                reason: CloseReason::new("client closed"),
             });
         }
         self.timers = Timers::default();
@@ -577,7 +577,7 @@ impl Connection {
             self.push(Output::CloseSocket {
                 socket,
                 code,
-                reason: reason.clone(),
+                reason: CloseReason::new(reason.as_str()),
             });
         }
         self.connection_lost(now, code, &reason, None);

@@ -91,7 +91,7 @@ mod topics;
 pub use backoff::{cap_ms as backoff_cap_ms, delay as backoff_delay, Rng};
 pub use config::{Config, ConfigError, QueueLimits, ReconnectConfig};
 pub use connection::{Connection, Event, Input, Output, SendError, SocketId};
-pub use error::{CloseCode, ErrorCode};
+pub use error::{CloseCode, CloseReason, ErrorCode};
 pub use requests::{RequestError, RequestId};
 pub use state::{terminal_reason, DisconnectReason, Status, Transition};
 pub use time::{Duration, Instant};

@@ -18,8 +18,8 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use sockeye_core::codec::Payload;
 use sockeye_core::{
-    CloseCode, Connection, ErrorCode, Event, Input, Instant as CoreInstant, Output, RequestError,
-    RequestId, SocketId, Status, Transition,
+    CloseCode, CloseReason, Connection, ErrorCode, Event, Input, Instant as CoreInstant, Output,
+    RequestError, RequestId, SocketId, Status, Transition,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
@@ -43,8 +43,6 @@ pub(crate) const DEFAULT_WRITE_BACKLOG: usize = 4 << 20;
 const MAX_TIMEOUT_ROUNDS: usize = 16;
 /// Stands in for deadlines too far away to represent.
 const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
-/// The longest close reason a close frame can carry (RFC 6455 §5.5).
-const MAX_CLOSE_REASON: usize = 123;
 
 struct Connecting {
     socket: SocketId,
@@ -546,7 +544,7 @@ impl Driver {
 
     /// The core closes a socket: send what was decided before, then the close frame, then wait (briefly) for
     /// the peer's close frame.
-    fn close_socket(&mut self, socket: SocketId, code: CloseCode, reason: String) {
+    fn close_socket(&mut self, socket: SocketId, code: CloseCode, reason: CloseReason) {
         if self.connecting.as_ref().is_some_and(|c| c.socket == socket) {
             debug!("connect attempt abandoned");
             self.connecting = None;
@@ -557,10 +555,11 @@ impl Driver {
         let (Some(mut writer), Some(mut reader)) = (self.writer.take(), self.reader.take()) else {
             return;
         };
-        debug!(%code, reason = ?reason, "closing the socket"); // may quote the server
+        debug!(%code, reason = reason.as_str(), "closing the socket"); // may quote the server
         let frame = CloseFrame {
             code: WsCloseCode::from(code.0),
-            reason: truncate(reason).into(),
+            // The core bounds its reasons to what a close frame carries.
+            reason: reason.into_string().into(),
         };
         self.closers.spawn(async move {
             let _ = tokio::time::timeout(CLOSE_GRACE, async move {
@@ -770,30 +769,5 @@ async fn write_progress(writer: &mut Option<Writer>) -> Result<(), WsError> {
     match writer {
         Some(w) => poll_fn(|cx| w.poll_write(cx)).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Cuts a close reason to what a close frame can carry, on a character boundary.
-fn truncate(mut reason: String) -> String {
-    if reason.len() > MAX_CLOSE_REASON {
-        let mut end = MAX_CLOSE_REASON;
-        while !reason.is_char_boundary(end) {
-            end -= 1;
-        }
-        reason.truncate(end);
-    }
-    reason
-}
-
-#[cfg(test)]
-mod tests {
-    use super::truncate;
-
-    #[test]
-    fn close_reasons_are_cut_on_a_char_boundary() {
-        assert_eq!(truncate("short".into()), "short");
-        let long = "é".repeat(100); // 200 bytes
-        let cut = truncate(long);
-        assert!(cut.len() <= 123 && cut.chars().all(|c| c == 'é'));
     }
 }

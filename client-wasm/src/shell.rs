@@ -289,7 +289,7 @@ impl State {
                     if let Some(s) = self.socket.take_if(|s| s.id == socket) {
                         close(&s.ws, code.0, &reason);
                     }
-                    self.last_close = (code.0, reason);
+                    self.last_close = (code.0, reason.into_string());
                 }
                 Output::SendText(text) => {
                     if let Some(s) = &self.socket {
@@ -1164,7 +1164,7 @@ fn transition_object(t: &Transition) -> JsValue {
 }
 
 /// `ws.close(code, reason)`; when the browser refuses those (it sends only 1000 and 3000–4999, and at most 123
-/// bytes of reason), `ws.close()`. Called through `Reflect.get` and `apply` rather than two typed imports: a
+/// bytes of reason, which the core's `CloseReason` keeps to), `ws.close()`. Called through `Reflect.get` and `apply` rather than two typed imports: a
 /// socket is closed once.
 fn close(ws: &WebSocket, code: u16, reason: &str) {
     let close: Function = get(ws, "close").unchecked_into();
