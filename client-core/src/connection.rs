@@ -182,6 +182,10 @@ struct Timers {
     backoff: Option<Instant>,
     ping: Option<Instant>,
     pong: Option<Instant>,
+    /// The probe awaiting `pong` was sent because time jumped or the shell woke us. Another jump before an
+    /// answer does not renew it: where timers are always late (an intensively throttled tab), renewing on
+    /// every jump would never declare a dead connection dead.
+    pong_after_wake: bool,
     stable: Option<Instant>,
 }
 
@@ -314,6 +318,11 @@ impl Connection {
             self.outputs.is_empty(),
             "drain poll_output() before the next input"
         );
+        // Checked before the input acts: an overdue pong deadline must not end a connection whose answer may
+        // be waiting, unread, in the socket after a sleep.
+        if self.time_jumped(now) && !matches!(input, Input::Wake) {
+            self.handle_wake(now);
+        }
         match input {
             Input::Start => self.start(now),
             Input::Stop => self.stop(now),
@@ -419,7 +428,7 @@ impl Connection {
             return;
         }
         // Any inbound frame proves liveness.
-        self.timers.pong = None;
+        self.heard_from_server();
         match text {
             "ready" => {
                 // `ready` may beat the `open` event: `connecting` goes straight to `ready`.
@@ -444,7 +453,7 @@ impl Connection {
         if !self.is_current(socket) {
             return;
         }
-        self.timers.pong = None;
+        self.heard_from_server();
         if !self.is_ready() {
             self.refuse(now, "binary frame before ready".into());
             return;
@@ -746,6 +755,22 @@ impl Connection {
         }
     }
 
+    /// `now` lies further past the earliest deadline (the one the shell's timer was armed for) than
+    /// [`Config::time_jump_threshold`] allows.
+    fn time_jumped(&self, now: Instant) -> bool {
+        let threshold = self.config.time_jump_threshold;
+        !threshold.is_zero()
+            && self
+                .poll_timeout()
+                .is_some_and(|deadline| now > deadline + threshold)
+    }
+
+    /// An inbound frame proves the socket alive.
+    fn heard_from_server(&mut self) {
+        self.timers.pong = None;
+        self.timers.pong_after_wake = false;
+    }
+
     /// Sends `ping` and expects a frame within the keepalive timeout.
     fn probe(&mut self, now: Instant) {
         self.push(Output::SendText(PING));
@@ -754,10 +779,23 @@ impl Connection {
         }
     }
 
+    /// Liveness is unknown (time jumped, or the shell says the page or machine woke up): attempt a pending
+    /// reconnect now, or probe a `ready` connection now, giving the server a whole keepalive timeout from now
+    /// to answer (an overdue deadline says nothing while the clock was not running for us).
     fn handle_wake(&mut self, now: Instant) {
         match self.status {
             Status::Reconnecting { attempt, .. } if self.online => self.open_socket(now, attempt),
-            Status::Ready if !self.config.keepalive_timeout.is_zero() => self.probe(now),
+            Status::Ready if !self.config.keepalive_timeout.is_zero() => {
+                if self.timers.pong_after_wake && self.timers.pong.is_some() {
+                    return; // already probing since the last wake; its deadline decides
+                }
+                self.timers.pong = None;
+                self.probe(now);
+                self.timers.pong_after_wake = true;
+                if !self.config.keepalive_interval.is_zero() {
+                    self.timers.ping = Some(now + self.config.keepalive_interval);
+                }
+            }
             _ => {}
         }
     }

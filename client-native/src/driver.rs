@@ -11,7 +11,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::future::{poll_fn, BoxFuture};
 use futures_util::stream::{SplitSink, SplitStream};
@@ -148,6 +148,8 @@ pub(crate) struct Driver {
     timer: Pin<Box<Sleep>>,
     /// The deadline the timer is armed for.
     armed: Option<CoreInstant>,
+    /// When the timer was armed and for how long, to notice it firing far later than asked.
+    arming: Option<Arming>,
     /// The deadline last handled, to never re-arm for a past instant in a loop.
     last_timeout: Option<CoreInstant>,
     requests: BTreeMap<RequestId, PendingRequest>,
@@ -184,6 +186,7 @@ impl Driver {
             closers: JoinSet::new(),
             timer: Box::pin(tokio::time::sleep_until(origin)),
             armed: None,
+            arming: None,
             last_timeout: None,
             requests: BTreeMap::new(),
             request_keys: HashMap::new(),
@@ -291,6 +294,7 @@ impl Driver {
                 .checked_add(Duration::from_millis(at.as_millis()))
                 .unwrap_or_else(|| Instant::now() + FAR_FUTURE);
             self.timer.as_mut().reset(deadline);
+            self.arming = Some(Arming::new(deadline));
         }
     }
 
@@ -298,6 +302,13 @@ impl Driver {
     /// that is itself due, and a wake-up may come early).
     fn handle_timer(&mut self) {
         self.armed = None;
+        let threshold = self.conn.config().time_jump_threshold;
+        if self.arming.take().is_some_and(|a| a.fired_late(threshold)) {
+            // The core sees lateness on the monotonic clock itself; a suspended machine stops that clock, and
+            // only the wall clock shows the sleep.
+            debug!("the timer fired far later than asked: liveness unknown");
+            self.input(Input::Wake);
+        }
         for _ in 0..MAX_TIMEOUT_ROUNDS {
             let now = self.now();
             match self.conn.poll_timeout() {
@@ -748,6 +759,43 @@ impl Driver {
     }
 }
 
+/// When the one timer was armed, on the monotonic and the wall clock, and the wait it asked for.
+struct Arming {
+    at: Instant,
+    wall: SystemTime,
+    asked: Duration,
+}
+
+impl Arming {
+    fn new(deadline: Instant) -> Self {
+        let at = Instant::now();
+        Arming {
+            at,
+            wall: SystemTime::now(),
+            asked: deadline.saturating_duration_since(at),
+        }
+    }
+
+    /// The timer fired more than `threshold` later than asked, on either clock. The monotonic clock stops
+    /// while the machine is suspended (Linux's `CLOCK_MONOTONIC`, macOS's uptime clock); the wall clock does
+    /// not, but may be stepped: a false alarm costs one `ping`.
+    fn fired_late(&self, threshold: Duration) -> bool {
+        let waited_wall = SystemTime::now()
+            .duration_since(self.wall)
+            .unwrap_or_default();
+        late_by_more_than(self.asked, self.at.elapsed(), waited_wall, threshold)
+    }
+}
+
+fn late_by_more_than(
+    asked: Duration,
+    waited_monotonic: Duration,
+    waited_wall: Duration,
+    threshold: Duration,
+) -> bool {
+    !threshold.is_zero() && waited_monotonic.max(waited_wall) > asked.saturating_add(threshold)
+}
+
 /// Resolves when the connect attempt in progress ends; never while there is none.
 async fn connect_progress(connecting: &mut Option<Connecting>) -> Result<WsStream, ConnectError> {
     match connecting {
@@ -769,5 +817,24 @@ async fn write_progress(writer: &mut Option<Writer>) -> Result<(), WsError> {
     match writer {
         Some(w) => poll_fn(|cx| w.poll_write(cx)).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timer_is_late_when_either_clock_waited_past_the_threshold() {
+        let s = Duration::from_secs;
+        // On time, or late within the threshold.
+        assert!(!late_by_more_than(s(30), s(30), s(30), s(5)));
+        assert!(!late_by_more_than(s(30), s(34), s(34), s(5)));
+        // A stopped process: the monotonic clock ran on.
+        assert!(late_by_more_than(s(30), s(90), s(90), s(5)));
+        // A suspended machine: only the wall clock shows the hour.
+        assert!(late_by_more_than(s(30), s(30), s(3600), s(5)));
+        // Detection off.
+        assert!(!late_by_more_than(s(30), s(3600), s(3600), Duration::ZERO));
     }
 }

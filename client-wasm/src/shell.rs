@@ -1,5 +1,5 @@
 //! The browser shell around `sockeye_core::Connection`: one `WebSocket` at a time, one `setTimeout`, the page's
-//! `online`/`offline`/`visibilitychange` events, and the application's callbacks and promises.
+//! `online`/`offline`/`visibilitychange`/`resume` events, and the application's callbacks and promises.
 //!
 //! # Borrow discipline (STYLE.md pitfall 3)
 //!
@@ -131,7 +131,7 @@ struct State {
     /// The one timer, armed for the earliest deadline (the core's, or a `waitForStatus` timeout).
     timer: Option<Timer>,
     tick: Callback,
-    /// `online`/`offline`/`visibilitychange`, attached by `start()`, removed by `close()`.
+    /// `online`/`offline`/`visibilitychange`/`resume`, attached by `start()`, removed by `close()`.
     listeners: Option<Listeners>,
     hidden: bool,
     ever_ready: bool,
@@ -190,6 +190,9 @@ struct Listeners {
 
 const WINDOW_EVENTS: [&str; 2] = ["online", "offline"];
 const VISIBILITY: &str = "visibilitychange";
+/// `visibilitychange`, and the Page Lifecycle's `resume` (a frozen page runs again: its timers and socket
+/// may have been stopped for any length of time).
+const DOCUMENT_EVENTS: [&str; 2] = [VISIBILITY, "resume"];
 
 impl Listeners {
     /// `None` outside a window (a worker): no page events to follow there.
@@ -206,7 +209,9 @@ impl Listeners {
         }
         let document = document();
         if let Some(document) = &document {
-            let _ = document.add_event_listener_with_callback(VISIBILITY, f);
+            for kind in DOCUMENT_EVENTS {
+                let _ = document.add_event_listener_with_callback(kind, f);
+            }
         }
         Some(Listeners {
             window,
@@ -223,7 +228,9 @@ impl Drop for Listeners {
             let _ = self.window.remove_event_listener_with_callback(kind, f);
         }
         if let Some(document) = &self.document {
-            let _ = document.remove_event_listener_with_callback(VISIBILITY, f);
+            for kind in DOCUMENT_EVENTS {
+                let _ = document.remove_event_listener_with_callback(kind, f);
+            }
         }
     }
 }
@@ -506,6 +513,8 @@ impl Inner {
                 st.feed(now, Input::Wake);
             }
             "offline" => st.feed(now, Input::NetworkChanged { online: false }),
+            // Fed here, in the event's handler: the probe is sent before the page does anything else.
+            "resume" => st.feed(now, Input::Wake),
             _ => {
                 if page_hidden() {
                     st.hidden = true;
