@@ -28,6 +28,10 @@
 //! half, single and double precision that gives back exactly the same bits.
 
 use js_sys::{Array, ArrayBuffer, Map, Object, Reflect, Set, Uint8Array};
+use sockeye_core::codec::cbor::{
+    read_header, write_header as head, Arg, Header, MAJOR_ARRAY, MAJOR_BYTES, MAJOR_MAP,
+    MAJOR_NINT, MAJOR_SIMPLE, MAJOR_TAG, MAJOR_TEXT, MAJOR_UINT,
+};
 use sockeye_core::codec::{Payload, MAX_DEPTH};
 use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::{JsCast, JsValue};
@@ -37,15 +41,6 @@ use crate::shell::get;
 
 /// The largest integer a JS number holds exactly (`Number.MAX_SAFE_INTEGER`).
 const MAX_SAFE: u64 = (1 << 53) - 1;
-
-const MAJOR_UINT: u8 = 0;
-const MAJOR_NINT: u8 = 1;
-const MAJOR_BYTES: u8 = 2;
-const MAJOR_TEXT: u8 = 3;
-const MAJOR_ARRAY: u8 = 4;
-const MAJOR_MAP: u8 = 5;
-const MAJOR_TAG: u8 = 6;
-const MAJOR_SIMPLE: u8 = 7;
 
 const FALSE: u8 = 0xf4;
 const TRUE: u8 = 0xf5;
@@ -80,20 +75,6 @@ pub(crate) fn encode(data: &JsValue) -> Result<Option<Payload>, JsValue> {
     Payload::from_cbor(bytes)
         .map(Some)
         .map_err(|e| type_error(&format!("data: {e}")))
-}
-
-/// Appends an item header with the shortest encoding of `value`.
-fn head(out: &mut Vec<u8>, major: u8, value: u64) {
-    let major = major << 5;
-    let width = match value {
-        0..=23 => return out.push(major | value as u8),
-        24..=0xff => 0,
-        0x100..=0xffff => 1,
-        0x1_0000..=0xffff_ffff => 2,
-        _ => 3,
-    };
-    out.push(major | (24 + width));
-    out.extend_from_slice(&value.to_be_bytes()[8 - (1 << width)..]);
 }
 
 /// Appends a definite byte or text string.
@@ -297,17 +278,11 @@ struct Reader<'a> {
     pos: usize,
 }
 
-/// An item header: major type, additional information, and its argument (0 for an indefinite length).
-struct Head {
-    major: u8,
-    info: u8,
-    arg: u64,
-}
-
-impl Head {
-    /// The definite length or count; `None` for an indefinite one.
-    fn len(&self) -> Option<u64> {
-        (self.info != INDEFINITE).then_some(self.arg)
+/// The definite length or count of a header; `None` for an indefinite one.
+fn len(head: &Header) -> Option<u64> {
+    match head.arg {
+        Arg::Value(n) => Some(n),
+        Arg::Indefinite => None,
     }
 }
 
@@ -323,19 +298,17 @@ impl<'a> Reader<'a> {
         Ok(&left[..n])
     }
 
-    fn head(&mut self) -> Result<Head, Invalid> {
-        let initial = self.take(1)?[0];
-        let (major, info) = (initial >> 5, initial & 0x1f);
-        let arg = match info {
-            0..=23 => u64::from(info),
-            24..=27 => self
-                .take(1 << (info - 24))?
-                .iter()
-                .fold(0, |acc, &b| acc << 8 | u64::from(b)),
-            INDEFINITE if matches!(major, MAJOR_BYTES..=MAJOR_MAP | MAJOR_SIMPLE) => 0,
-            _ => return Err(Invalid),
-        };
-        Ok(Head { major, info, arg })
+    /// The next item header, read by the core's codec; an indefinite length only where one may stand (strings,
+    /// containers, and the break).
+    fn head(&mut self) -> Result<Header, Invalid> {
+        let (head, next) = read_header(self.bytes, self.pos).map_err(|_| Invalid)?;
+        if head.arg == Arg::Indefinite
+            && !matches!(head.major, MAJOR_BYTES..=MAJOR_MAP | MAJOR_SIMPLE)
+        {
+            return Err(Invalid);
+        }
+        self.pos = next;
+        Ok(head)
     }
 
     /// True (and the break consumed) at the end of an indefinite container.
@@ -347,14 +320,14 @@ impl<'a> Reader<'a> {
 
     /// The content of a byte or text string; an indefinite one's chunks must be definite strings of the same
     /// major type (RFC 8949 §3.2.3).
-    fn string(&mut self, head: &Head) -> Result<Vec<u8>, Invalid> {
-        if let Some(len) = head.len() {
+    fn string(&mut self, head: &Header) -> Result<Vec<u8>, Invalid> {
+        if let Some(len) = len(head) {
             return Ok(self.take(len)?.to_vec());
         }
         let mut out = Vec::new();
         while !self.at_break() {
             let chunk = self.head()?;
-            match chunk.len() {
+            match len(&chunk) {
                 Some(len) if chunk.major == head.major => out.extend_from_slice(self.take(len)?),
                 _ => return Err(Invalid),
             }
@@ -376,7 +349,8 @@ fn decode_item(r: &mut Reader<'_>, depth: usize) -> Result<JsValue, Invalid> {
         return Err(Invalid);
     }
     let head = r.head()?;
-    let n = head.arg;
+    // 0 for an indefinite length: only strings and containers read it as a length, through `len`.
+    let n = len(&head).unwrap_or(0);
     Ok(match head.major {
         MAJOR_UINT if n <= MAX_SAFE => JsValue::from(n as f64),
         MAJOR_UINT => JsValue::from(n),
@@ -391,7 +365,7 @@ fn decode_item(r: &mut Reader<'_>, depth: usize) -> Result<JsValue, Invalid> {
         }
         MAJOR_ARRAY => {
             let items = Array::new();
-            while r.more(head.len(), items.length()) {
+            while r.more(len(&head), items.length()) {
                 items.push(&decode_item(r, depth + 1)?);
             }
             items.into()
@@ -399,7 +373,7 @@ fn decode_item(r: &mut Reader<'_>, depth: usize) -> Result<JsValue, Invalid> {
         MAJOR_MAP => {
             let entries = Array::new();
             let mut text_keys = true;
-            while r.more(head.len(), entries.length()) {
+            while r.more(len(&head), entries.length()) {
                 text_keys &= r.bytes.get(r.pos).is_some_and(|b| b >> 5 == MAJOR_TEXT);
                 let key = decode_item(r, depth + 1)?;
                 let value = decode_item(r, depth + 1)?;
@@ -498,7 +472,9 @@ mod tests {
                 bytes: &out,
                 pos: 0,
             };
-            assert!(r.head().is_ok_and(|h| h.arg == value && r.pos == out.len()));
+            assert!(r
+                .head()
+                .is_ok_and(|h| h.arg == Arg::Value(value) && r.pos == out.len()));
         }
     }
 }

@@ -27,6 +27,7 @@ use std::collections::VecDeque;
 use std::rc::{Rc, Weak};
 
 use js_sys::{Function, Object, Reflect, Uint8Array};
+use sockeye_core::handshake::{with_query_token, SUBPROTOCOL};
 use sockeye_core::{
     CloseCode, Connection, DisconnectReason, ErrorCode, Event, Input, Instant, Output,
     RequestError, RequestId, SocketId, Status, Transition,
@@ -38,9 +39,6 @@ use web_sys::{AbortSignal, EventTarget, MessageEvent, WebSocket};
 use crate::cbor;
 use crate::errors::{self, apply, apply_to, error, request_error, settle, Kind};
 use crate::options::{Lifecycle, Options, Token, Url};
-
-/// PROTOCOL §1.
-const SUBPROTOCOL: &str = "sockeye.v1";
 
 #[wasm_bindgen]
 extern "C" {
@@ -590,11 +588,7 @@ impl Inner {
     /// Opens the WebSocket for `socket`, unless the core has given up on it meanwhile.
     fn connect(self: &Rc<Self>, socket: SocketId, url: &str, token: Option<&str>) {
         let url = match token {
-            Some(token) => {
-                let sep = if url.contains('?') { '&' } else { '?' };
-                let token = String::from(js_sys::encode_uri_component(token));
-                format!("{url}{sep}token={token}")
-            }
+            Some(token) => with_query_token(url, token),
             None => url.to_owned(),
         };
         if self.state.borrow().opening != Some(socket) {

@@ -14,6 +14,7 @@ import { mkdtempSync, rmSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { fileURLToPath } from "node:url";
 import path from "node:path";
+import { chromiumPath, chromiumArgs } from "./chromium.mjs";
 import { startRawServer } from "./raw-server.mjs";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
@@ -79,20 +80,8 @@ before(async () => {
   server = await startRawServer(pkgDir);
   profile = mkdtempSync(path.join(tmpdir(), "sockeye-chromium-"));
   chrome = spawn(
-    process.env.CHROMIUM ?? "/usr/bin/chromium",
-    [
-      "--headless",
-      "--remote-debugging-pipe",
-      `--user-data-dir=${profile}`,
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-      "about:blank",
-    ],
+    chromiumPath,
+    ["--headless", "--remote-debugging-pipe", `--user-data-dir=${profile}`, ...chromiumArgs, "about:blank"],
     { stdio: ["ignore", "ignore", "ignore", "pipe", "pipe"] },
   );
   cdp = new Cdp(chrome.stdio[3], chrome.stdio[4]);
