@@ -19,7 +19,8 @@
 //!    Early or late timeouts are harmless; the core checks every deadline against `now` itself.
 //!
 //! Randomness (backoff jitter) comes from [`Config::seed`], which shells seed from their platform; tests fix it,
-//! so every run is reproducible.
+//! so every run is reproducible. `client-core/clippy.toml` makes `cargo clippy -p sockeye-core` refuse clock,
+//! randomness and I/O calls in this crate.
 //!
 //! # Example
 //!
