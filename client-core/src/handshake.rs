@@ -1,22 +1,27 @@
 //! What every shell puts on the upgrade request (PROTOCOL §1, §5): the subprotocol, and the token in the URL
 //! for clients that cannot set headers (browsers) or are told to use the query.
 
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-
 /// The WebSocket subprotocol every Sockeye client offers and a Sockeye server selects (PROTOCOL §1).
 pub const SUBPROTOCOL: &str = "sockeye.v1";
 
-/// Everything but RFC 3986's unreserved characters (`A–Z a–z 0–9 - . _ ~`) is percent-encoded.
-const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-
-/// `text` percent-encoded for a query value: UTF-8, every byte outside the unreserved characters as `%XX`.
+/// `text` percent-encoded for a query value: UTF-8, every byte outside RFC 3986's unreserved characters
+/// (`A–Z a–z 0–9 - . _ ~`) as `%XX`.
+///
+/// Hand-written rather than the `percent-encoding` crate: measured in the browser package (wasm-release,
+/// wasm-opt -Oz), the crate's encoder cost 1.3 KB of wasm (0.7 KB gzipped) more than this loop.
 pub fn encode_query_value(text: &str) -> String {
-    // Collected from the encoder's `&str` pieces: no `fmt` machinery in the browser package.
-    utf8_percent_encode(text, QUERY_VALUE).collect()
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(text.len());
+    for &byte in text.as_bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(byte >> 4)]));
+            out.push(char::from(HEX[usize::from(byte & 0xf)]));
+        }
+    }
+    out
 }
 
 /// `url` with `token=<token>` appended to its query (before any `#fragment`), the token percent-encoded.
