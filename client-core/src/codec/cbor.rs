@@ -1,9 +1,6 @@
 //! A minimal CBOR (RFC 8949) reader and writer over byte slices: item headers, and a walker that finds where
 //! one data item ends.
 //!
-//! Public for the browser package's JS value codec, which reads and writes its headers through the same
-//! [`read_header`] and [`write_header`] as the envelope codec.
-//!
 //! The walker is iterative with a fixed-size stack of open containers, so hostile nesting cannot overflow the
 //! call stack; it never allocates, and it refuses any declared length that exceeds the bytes actually left
 //! (a definite array of `n` items needs at least `n` more bytes, a map at least `2n`). It checks
@@ -12,20 +9,20 @@
 
 use super::envelope::MAX_DEPTH;
 
-pub const MAJOR_UINT: u8 = 0;
-pub const MAJOR_NINT: u8 = 1;
-pub const MAJOR_BYTES: u8 = 2;
-pub const MAJOR_TEXT: u8 = 3;
-pub const MAJOR_ARRAY: u8 = 4;
-pub const MAJOR_MAP: u8 = 5;
-pub const MAJOR_TAG: u8 = 6;
-pub const MAJOR_SIMPLE: u8 = 7;
+pub(crate) const MAJOR_UINT: u8 = 0;
+pub(crate) const MAJOR_NINT: u8 = 1;
+pub(crate) const MAJOR_BYTES: u8 = 2;
+pub(crate) const MAJOR_TEXT: u8 = 3;
+pub(crate) const MAJOR_ARRAY: u8 = 4;
+pub(crate) const MAJOR_MAP: u8 = 5;
+pub(crate) const MAJOR_TAG: u8 = 6;
+pub(crate) const MAJOR_SIMPLE: u8 = 7;
 
 const BREAK: u8 = 0xff;
 
 /// Why bytes are not one well-formed item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WalkError {
+pub(crate) enum WalkError {
     /// The input ends inside an item, or a declared length exceeds the bytes left. `at` is the offset of the
     /// header that could not be satisfied.
     Truncated { at: usize },
@@ -50,18 +47,18 @@ impl WalkError {
 
 /// The argument of an item header: a number (value, length or count) or "indefinite length".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Arg {
+pub(crate) enum Arg {
     Value(u64),
     Indefinite,
 }
 
 /// One decoded item header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Header {
-    pub major: u8,
+pub(crate) struct Header {
+    pub(crate) major: u8,
     /// The low five bits of the initial byte, needed to tell floats and simple values apart.
-    pub info: u8,
-    pub arg: Arg,
+    pub(crate) info: u8,
+    pub(crate) arg: Arg,
 }
 
 /// Reads the header at `pos`; returns it and the offset just after it.
@@ -72,7 +69,7 @@ pub struct Header {
 /// # Errors
 /// [`WalkError::Truncated`] when the header runs past the input, [`WalkError::Malformed`] for the reserved
 /// additional-information values 28–30.
-pub fn read_header(bytes: &[u8], pos: usize) -> Result<(Header, usize), WalkError> {
+pub(crate) fn read_header(bytes: &[u8], pos: usize) -> Result<(Header, usize), WalkError> {
     let initial = *bytes.get(pos).ok_or(WalkError::Truncated { at: pos })?;
     let major = initial >> 5;
     let info = initial & 0x1f;
@@ -266,7 +263,7 @@ pub(crate) fn skip_item(bytes: &[u8], mut pos: usize) -> Result<usize, WalkError
 }
 
 /// Appends a header with the shortest encoding of `value` (RFC 8949 §4.2.1 preferred serialization).
-pub fn write_header(out: &mut Vec<u8>, major: u8, value: u64) {
+pub(crate) fn write_header(out: &mut Vec<u8>, major: u8, value: u64) {
     let major = major << 5;
     // The casts below are range-checked by the match arms.
     match value {
