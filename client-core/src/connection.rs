@@ -49,8 +49,11 @@ pub enum Input<'a> {
     MessageTooBig { socket: SocketId, size: usize },
     /// The timer armed from [`Connection::poll_timeout`] fired. Early or late calls are harmless.
     Timeout,
-    /// Liveness is unknown (the page became visible, the laptop woke up): cut a backoff wait short, or probe
-    /// a `ready` connection with a `ping` at once.
+    /// Liveness is unknown (the page became visible or resumed, the network came back, the machine woke up):
+    /// cut a backoff wait short, or probe a `ready` connection with a `ping` at once, giving the server a whole
+    /// keepalive timeout from now to answer. The core does the same by itself when an input's `now` lies past
+    /// the armed deadline by more than [`Config::time_jump_threshold`]; shells feed `Wake` for what the clock
+    /// they hand in cannot show (a monotonic clock stops while a machine sleeps).
     Wake,
     /// The platform's network availability changed (`navigator.onLine`). While offline, attempts wait
     /// instead of being burned; coming online starts a pending attempt at once.
