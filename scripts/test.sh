@@ -7,7 +7,8 @@
 #   fmt, clippy, cargo test (host), the core built for wasm32, the crates as crates.io would get them
 #   (`cargo publish --dry-run`), two reference servers on free loopback ports, the browser tests (headless
 #   Chromium through wasm-bindgen-test-runner + chromedriver), the npm package `@sockeye/client` (built, packed,
-#   installed in a scratch project, imported and type-checked) and the demo page (tests/e2e, playwright-core).
+#   installed in a scratch project, imported and type-checked), the demo page (tests/e2e, playwright-core) and the
+#   package against a scripted server (tests/e2e/liveness.test.mjs, the DevTools protocol).
 # Every section prints a header and its time; a summary of all section times ends the run, pass or fail.
 # Logs of the reference server go to target/sockeye-test/.
 set -euo pipefail
@@ -219,6 +220,9 @@ demo_page_tests() {
     rm -rf www/pkg
     cp -r client-wasm/pkg www/pkg
     SOCKEYE_SERVER_BIN="$(server_binary)" npm --prefix tests/e2e run test:demo
+    # The package against a scripted server in a Chromium driven over the DevTools protocol (close codes as the
+    # server sees them, the probe a frozen page sends as it resumes).
+    npm --prefix tests/e2e run test:liveness
 }
 
 # ---------------------------------------------------------------------------------------------------------------

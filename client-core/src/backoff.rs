@@ -31,6 +31,22 @@ impl Rng {
     }
 }
 
+/// A seed from the process's randomness, for shells that run on an operating system (the native client, the
+/// server): std's `RandomState` keys come from the OS once per thread and differ for every instance. Not a
+/// cryptographic source; jitter needs none. The browser seeds from `Math.random` instead.
+///
+/// The core never calls this: its decisions use [`Config::seed`](crate::Config::seed), so every run is
+/// reproducible. It lives here so that every shell seeds the same way.
+#[allow(
+    clippy::disallowed_methods,
+    clippy::disallowed_types,
+    reason = "the one entropy source, for shells to fill Config::seed; the core itself never draws randomness"
+)]
+pub fn entropy_seed() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(0x5EED_u64)
+}
+
 /// The delay cap before attempt `n` (1-based): `min(max_delay, base_delay · 2^(n-1))`, in milliseconds.
 pub fn cap_ms(config: &ReconnectConfig, attempt: u32) -> u64 {
     let base = millis(config.base_delay);
@@ -125,6 +141,12 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn entropy_seeds_differ_between_calls() {
+        let seeds: std::collections::BTreeSet<u64> = (0..8).map(|_| entropy_seed()).collect();
+        assert_eq!(seeds.len(), 8);
     }
 
     #[test]

@@ -15,6 +15,12 @@ pub struct Config {
     pub keepalive_interval: Duration,
     /// No inbound frame this long after a `ping`: close with 4000 and reconnect. Default 10 s.
     pub keepalive_timeout: Duration,
+    /// An input arriving more than this after the deadline the shell's timer was armed for means time jumped:
+    /// the timer was not serviced (a throttled background tab, a suspended laptop, a stopped process).
+    /// Liveness is then unknown, and the core acts as on [`Input::Wake`](crate::Input::Wake): it probes a
+    /// `ready` connection at once and cuts a backoff wait short. Default 5 s, well above a busy event loop's
+    /// lateness and a hidden tab's 1 s timer alignment. [`Duration::ZERO`] turns detection off.
+    pub time_jump_threshold: Duration,
     /// Staying `ready` this long resets the attempt counter (and with it the backoff). Default 5 s.
     pub stable_period: Duration,
     /// Bounds of the offline queue.
@@ -40,6 +46,7 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(10),
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
+            time_jump_threshold: Duration::from_secs(5),
             stable_period: Duration::from_secs(5),
             queue: QueueLimits::default(),
             fragment_threshold: DEFAULT_FRAGMENT_THRESHOLD,

@@ -10,7 +10,7 @@ use crate::codec::{
     Reassembler, Refusal,
 };
 use crate::config::{Config, ConfigError, QueueLimits};
-use crate::error::{CloseCode, ErrorCode};
+use crate::error::{CloseCode, CloseReason, ErrorCode};
 use crate::queue::{OfflineQueue, Queued};
 use crate::requests::{RequestError, RequestId, Requests, Stage};
 use crate::state::{terminal_reason, DisconnectReason, Status, Transition};
@@ -49,8 +49,11 @@ pub enum Input<'a> {
     MessageTooBig { socket: SocketId, size: usize },
     /// The timer armed from [`Connection::poll_timeout`] fired. Early or late calls are harmless.
     Timeout,
-    /// Liveness is unknown (the page became visible, the laptop woke up): cut a backoff wait short, or probe
-    /// a `ready` connection with a `ping` at once.
+    /// Liveness is unknown (the page became visible or resumed, the network came back, the machine woke up):
+    /// cut a backoff wait short, or probe a `ready` connection with a `ping` at once, giving the server a whole
+    /// keepalive timeout from now to answer. The core does the same by itself when an input's `now` lies past
+    /// the armed deadline by more than [`Config::time_jump_threshold`]; shells feed `Wake` for what the clock
+    /// they hand in cannot show (a monotonic clock stops while a machine sleeps).
     Wake,
     /// The platform's network availability changed (`navigator.onLine`). While offline, attempts wait
     /// instead of being burned; coming online starts a pending attempt at once.
@@ -63,11 +66,11 @@ pub enum Output {
     /// Open a WebSocket (offering subprotocol `sockeye.v1`; fetching a fresh token first) and report its events
     /// with this id.
     OpenSocket { socket: SocketId, attempt: u32 },
-    /// Close this socket with the code and reason. Its later events are ignored.
+    /// Close this socket with the code and reason (bounded to fit a close frame). Its later events are ignored.
     CloseSocket {
         socket: SocketId,
         code: CloseCode,
-        reason: String,
+        reason: CloseReason,
     },
     /// Send a text frame on the current socket (`ping`).
     SendText(&'static str),
@@ -182,6 +185,10 @@ struct Timers {
     backoff: Option<Instant>,
     ping: Option<Instant>,
     pong: Option<Instant>,
+    /// The probe awaiting `pong` was sent because time jumped or the shell woke us. Another jump before an
+    /// answer does not renew it: where timers are always late (an intensively throttled tab), renewing on
+    /// every jump would never declare a dead connection dead.
+    pong_after_wake: bool,
     stable: Option<Instant>,
 }
 
@@ -314,6 +321,11 @@ impl Connection {
             self.outputs.is_empty(),
             "drain poll_output() before the next input"
         );
+        // Checked before the input acts: an overdue pong deadline must not end a connection whose answer may
+        // be waiting, unread, in the socket after a sleep.
+        if self.time_jumped(now) && !matches!(input, Input::Wake) {
+            self.handle_wake(now);
+        }
         match input {
             Input::Start => self.start(now),
             Input::Stop => self.stop(now),
@@ -360,7 +372,7 @@ impl Connection {
             self.push(Output::CloseSocket {
                 socket,
                 code: CloseCode::NORMAL,
-                reason: "client closed".into(),
+                reason: CloseReason::new("client closed"),
             });
         }
         self.timers = Timers::default();
@@ -419,7 +431,7 @@ impl Connection {
             return;
         }
         // Any inbound frame proves liveness.
-        self.timers.pong = None;
+        self.heard_from_server();
         match text {
             "ready" => {
                 // `ready` may beat the `open` event: `connecting` goes straight to `ready`.
@@ -444,7 +456,7 @@ impl Connection {
         if !self.is_current(socket) {
             return;
         }
-        self.timers.pong = None;
+        self.heard_from_server();
         if !self.is_ready() {
             self.refuse(now, "binary frame before ready".into());
             return;
@@ -577,7 +589,7 @@ impl Connection {
             self.push(Output::CloseSocket {
                 socket,
                 code,
-                reason: reason.clone(),
+                reason: CloseReason::new(reason.as_str()),
             });
         }
         self.connection_lost(now, code, &reason, None);
@@ -750,6 +762,22 @@ impl Connection {
         }
     }
 
+    /// `now` lies further past the earliest deadline (the one the shell's timer was armed for) than
+    /// [`Config::time_jump_threshold`] allows.
+    fn time_jumped(&self, now: Instant) -> bool {
+        let threshold = self.config.time_jump_threshold;
+        !threshold.is_zero()
+            && self
+                .poll_timeout()
+                .is_some_and(|deadline| now > deadline + threshold)
+    }
+
+    /// An inbound frame proves the socket alive.
+    fn heard_from_server(&mut self) {
+        self.timers.pong = None;
+        self.timers.pong_after_wake = false;
+    }
+
     /// Sends `ping` and expects a frame within the keepalive timeout.
     fn probe(&mut self, now: Instant) {
         self.push(Output::SendText(PING));
@@ -758,10 +786,23 @@ impl Connection {
         }
     }
 
+    /// Liveness is unknown (time jumped, or the shell says the page or machine woke up): attempt a pending
+    /// reconnect now, or probe a `ready` connection now, giving the server a whole keepalive timeout from now
+    /// to answer (an overdue deadline says nothing while the clock was not running for us).
     fn handle_wake(&mut self, now: Instant) {
         match self.status {
             Status::Reconnecting { attempt, .. } if self.online => self.open_socket(now, attempt),
-            Status::Ready if !self.config.keepalive_timeout.is_zero() => self.probe(now),
+            Status::Ready if !self.config.keepalive_timeout.is_zero() => {
+                if self.timers.pong_after_wake && self.timers.pong.is_some() {
+                    return; // already probing since the last wake; its deadline decides
+                }
+                self.timers.pong = None;
+                self.probe(now);
+                self.timers.pong_after_wake = true;
+                if !self.config.keepalive_interval.is_zero() {
+                    self.timers.ping = Some(now + self.config.keepalive_interval);
+                }
+            }
             _ => {}
         }
     }

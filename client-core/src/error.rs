@@ -101,6 +101,109 @@ impl fmt::Display for CloseCode {
     }
 }
 
+/// A close frame's reason: at most [`CloseReason::MAX_BYTES`] bytes of UTF-8 (RFC 6455 §5.5), so every
+/// shell and the server can put it in a close frame as it is. A longer text is cut on a character boundary and
+/// ends in `…`, so a reader sees that it was cut.
+///
+/// A browser's `WebSocket.close(code, reason)` throws on a longer reason (and a shell falling back to a bare
+/// `close()` would send 1005 instead of the code), and tungstenite refuses to send one: the bound is kept here,
+/// where reasons are made, not in each shell.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CloseReason(String);
+
+impl CloseReason {
+    /// The most a close frame carries: 125 bytes of payload less the 2-byte code.
+    pub const MAX_BYTES: usize = 123;
+
+    /// `reason`, cut to [`Self::MAX_BYTES`] when longer.
+    pub fn new(reason: impl Into<String>) -> Self {
+        let mut reason = reason.into();
+        clip_in_place(&mut reason, Self::MAX_BYTES);
+        CloseReason(reason)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+/// What marks a text cut by [`clip`].
+const CUT_MARK: &str = "…";
+
+/// `text` cut to at most `max` bytes on a character boundary, ending in `…` when cut (peers choose names and
+/// reasons of up to a whole message; nothing quotes them at that size). `max` below the mark's 3 bytes gives
+/// an empty text when cut.
+pub fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut owned = String::with_capacity(max);
+    owned.push_str(&text[..boundary_at_most(text, max.saturating_sub(CUT_MARK.len()))]);
+    if max >= CUT_MARK.len() {
+        owned.push_str(CUT_MARK);
+    }
+    std::borrow::Cow::Owned(owned)
+}
+
+fn clip_in_place(text: &mut String, max: usize) {
+    if text.len() > max {
+        text.truncate(boundary_at_most(text, max.saturating_sub(CUT_MARK.len())));
+        if max >= CUT_MARK.len() {
+            text.push_str(CUT_MARK);
+        }
+    }
+}
+
+/// The largest character boundary of `text` at or below `at`.
+fn boundary_at_most(text: &str, mut at: usize) -> usize {
+    at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
+}
+
+impl From<String> for CloseReason {
+    fn from(reason: String) -> Self {
+        CloseReason::new(reason)
+    }
+}
+
+impl From<&str> for CloseReason {
+    fn from(reason: &str) -> Self {
+        CloseReason::new(reason)
+    }
+}
+
+impl core::ops::Deref for CloseReason {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<str> for CloseReason {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for CloseReason {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,5 +225,37 @@ mod tests {
         ] {
             assert_eq!(ErrorCode::parse(code.as_str()), code);
         }
+    }
+
+    #[test]
+    fn close_reasons_fit_a_close_frame_and_are_cut_on_a_character_boundary() {
+        assert_eq!(CloseReason::new("short"), "short");
+        let exact = "x".repeat(CloseReason::MAX_BYTES);
+        assert_eq!(CloseReason::new(exact.clone()), exact.as_str());
+        // 32 emoji are 128 bytes; with a quoting prefix more still.
+        for long in [
+            "🎉".repeat(32),
+            "é".repeat(100),
+            format!("a{}", "日".repeat(60)),
+        ] {
+            let cut = CloseReason::new(long.clone());
+            assert!(cut.len() <= CloseReason::MAX_BYTES, "{} bytes", cut.len());
+            let kept = cut
+                .strip_suffix(CUT_MARK)
+                .expect("a cut reason ends in the mark");
+            assert!(long.starts_with(kept));
+            assert!(
+                cut.len() > CloseReason::MAX_BYTES - 4 - CUT_MARK.len(),
+                "cut no more than needed"
+            );
+        }
+    }
+
+    #[test]
+    fn clip_borrows_what_fits_and_marks_what_it_cuts() {
+        assert!(matches!(clip("abc", 3), std::borrow::Cow::Borrowed("abc")));
+        assert_eq!(clip("abcdef", 5), "ab…");
+        assert_eq!(clip("ééé", 4), "…");
+        assert_eq!(clip("abcdef", 2), "");
     }
 }

@@ -19,7 +19,8 @@
 //!    Early or late timeouts are harmless; the core checks every deadline against `now` itself.
 //!
 //! Randomness (backoff jitter) comes from [`Config::seed`], which shells seed from their platform; tests fix it,
-//! so every run is reproducible.
+//! so every run is reproducible. `client-core/clippy.toml` makes `cargo clippy -p sockeye-core` refuse clock,
+//! randomness and I/O calls in this crate.
 //!
 //! # Example
 //!
@@ -82,16 +83,18 @@ pub mod codec;
 mod config;
 mod connection;
 pub mod error;
+pub mod handshake;
 mod queue;
 mod requests;
 mod state;
 pub mod time;
 mod topics;
 
-pub use backoff::{cap_ms as backoff_cap_ms, delay as backoff_delay, Rng};
+pub use backoff::{cap_ms as backoff_cap_ms, delay as backoff_delay, entropy_seed, Rng};
 pub use config::{Config, ConfigError, QueueLimits, ReconnectConfig};
 pub use connection::{Connection, Event, Input, Output, SendError, SocketId};
-pub use error::{CloseCode, ErrorCode};
+pub use error::{CloseCode, CloseReason, ErrorCode};
+pub use handshake::SUBPROTOCOL;
 pub use requests::{RequestError, RequestId};
 pub use state::{terminal_reason, DisconnectReason, Status, Transition};
 pub use time::{Duration, Instant};

@@ -5,8 +5,8 @@ mod support;
 
 use sockeye_core::codec::{Envelope, Fragmenter, Payload};
 use sockeye_core::{
-    DisconnectReason, Duration, ErrorCode, Event, Input, Output, QueueLimits, RequestId, SendError,
-    Status,
+    DisconnectReason, Duration, ErrorCode, Event, Input, Instant, Output, QueueLimits, RequestId,
+    SendError, Status,
 };
 use support::{complete_frame, describe_all, events, payload, sent_envelopes, test_config, Sim};
 
@@ -303,6 +303,144 @@ fn keepalive_pings_every_interval_and_closes_4000_when_the_server_is_silent() {
         sim.conn.status(),
         Status::Reconnecting { attempt: 1, .. }
     ));
+}
+
+/// Jumps the clock `ms` forward in one step, as a machine waking from sleep (or a frozen tab resuming) sees it:
+/// the timer armed for the earliest deadline fires only now.
+fn jump(sim: &mut Sim, ms: u64) -> Vec<Output> {
+    sim.advance(ms)
+}
+
+#[test]
+fn a_probe_overdue_after_a_sleep_is_renewed_instead_of_ending_the_connection() {
+    let mut sim = Sim::new(test_config());
+    sim.connect();
+    sim.advance(5_000);
+    assert_eq!(describe_all(&sim.advance(25_000)), ["text:ping"]);
+    // Suspended right after the ping; the server's answer waits, unread, until the machine wakes an hour later.
+    let outs = jump(&mut sim, 3_600_000);
+    assert_eq!(
+        describe_all(&outs),
+        ["text:ping"],
+        "liveness unknown: probe at once"
+    );
+    assert_eq!(
+        sim.conn.poll_timeout(),
+        Some(sim.now + Duration::from_secs(10))
+    );
+    assert!(sim.text("pong").is_empty());
+    assert_eq!(sim.conn.status(), &Status::Ready);
+}
+
+#[test]
+fn after_a_time_jump_a_dead_connection_is_found_within_the_keepalive_timeout() {
+    let mut sim = Sim::new(test_config());
+    sim.connect();
+    sim.advance(5_000);
+    // Asleep for an hour with the next ping 25 s away: the probe goes out at the wake, not an interval later.
+    let woke = sim.now + Duration::from_secs(3_600);
+    sim.now = woke;
+    let outs = sim.input(Input::Timeout);
+    assert_eq!(describe_all(&outs), ["text:ping"]);
+    let outs = sim.fire_next_timeout().expect("the probe's deadline");
+    assert_eq!(
+        describe_all(&outs),
+        ["close#1:4000", "state:ready>reconnecting"]
+    );
+    assert_eq!(sim.now, woke + Duration::from_secs(10));
+}
+
+#[test]
+fn any_input_after_a_time_jump_probes_before_it_acts() {
+    let mut sim = Sim::new(test_config());
+    sim.connect();
+    sim.advance(5_000);
+    sim.advance(25_000); // ping, pong deadline in 10 s
+    sim.now = sim.now + Duration::from_secs(600);
+    // A frame read first after the wake: the probe goes out before it, and the frame answers for the socket.
+    let outs = sim.server_sends(&Envelope::Msg {
+        name: "late".into(),
+        data: None,
+    });
+    assert_eq!(describe_all(&outs), ["text:ping", "message:late"]);
+    assert_eq!(sim.conn.status(), &Status::Ready);
+}
+
+#[test]
+fn where_timers_are_always_late_a_dead_connection_is_still_found() {
+    // An intensively throttled tab: every timer fires a minute late. A probe sent on a jump is not renewed by
+    // the next jump, so silence still ends the connection.
+    let mut sim = Sim::new(test_config());
+    sim.connect();
+    let mut closed_at = None;
+    for _ in 0..10 {
+        let at = sim.conn.poll_timeout().expect("keepalive keeps a deadline");
+        sim.now = at + Duration::from_secs(60);
+        let outs = sim.input(Input::Timeout);
+        if describe_all(&outs).contains(&"close#1:4000".to_string()) {
+            closed_at = Some(sim.now);
+            break;
+        }
+    }
+    let closed_at = closed_at.expect("the silent connection was closed");
+    assert!(
+        closed_at <= Instant::from_millis(5_000 + 3 * 60_000 + 10_000),
+        "{closed_at:?}"
+    );
+}
+
+#[test]
+fn a_time_jump_cuts_a_backoff_wait_short() {
+    let mut config = test_config();
+    config.reconnect.base_delay = Duration::from_secs(20);
+    config.reconnect.max_delay = Duration::from_secs(20);
+    config.reconnect.full_jitter = false;
+    let mut sim = Sim::new(config);
+    sim.connect();
+    sim.closed(1011);
+    assert!(matches!(sim.conn.status(), Status::Reconnecting { .. }));
+    // A request's deadline (1 s) is the earliest; the tab was frozen past it by far, not past the backoff.
+    sim.conn
+        .request(sim.now, "x", None, Some(Duration::from_secs(1)))
+        .expect("queued");
+    sim.drain();
+    let outs = sim.advance(10_000);
+    assert!(
+        describe_all(&outs).contains(&"open#2 attempt 2".to_string()),
+        "{:?}",
+        describe_all(&outs)
+    );
+}
+
+#[test]
+fn with_detection_off_an_overdue_probe_ends_the_connection() {
+    let mut config = test_config();
+    config.time_jump_threshold = Duration::ZERO;
+    let mut sim = Sim::new(config);
+    sim.connect();
+    sim.advance(5_000);
+    sim.advance(25_000);
+    let outs = jump(&mut sim, 3_600_000);
+    assert_eq!(
+        describe_all(&outs),
+        ["close#1:4000", "state:ready>reconnecting"]
+    );
+}
+
+#[test]
+fn a_refusal_quoting_long_non_ascii_text_still_fits_a_close_frame() {
+    let mut sim = Sim::new(test_config());
+    sim.connect();
+    // 32 emoji quoted after the prefix: 152 bytes, more than a close frame carries.
+    let outs = sim.text(&"🎉".repeat(40));
+    match &outs[0] {
+        Output::CloseSocket { code, reason, .. } => {
+            assert_eq!(code.0, 4004);
+            assert!(reason.len() <= 123, "{} bytes", reason.len());
+            assert!(reason.starts_with("unexpected text frame \"🎉"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]

@@ -1,8 +1,6 @@
 //! [`ClientBuilder`]: every option of a client, with the protocol's defaults.
 
-use std::collections::hash_map::RandomState;
 use std::future::Future;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
@@ -353,7 +351,7 @@ impl ClientBuilder {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::Config("build() must be called within a tokio runtime".into()))?;
         let mut config = self.config;
-        config.seed = self.seed.unwrap_or_else(random_seed);
+        config.seed = self.seed.unwrap_or_else(sockeye_core::entropy_seed);
         let transport = Transport::new(TransportOptions {
             url: self.url,
             headers: self.headers,
@@ -428,16 +426,4 @@ impl ClientBuilder {
             }
         }
     }
-}
-
-/// A jitter seed from the process's randomness: std's `RandomState` keys are random per process and
-/// distinct per instance, mixed with the clock.
-fn random_seed() -> u64 {
-    let mut hasher = RandomState::new().build_hasher();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    hasher.write_u128(nanos);
-    hasher.finish()
 }

@@ -11,15 +11,15 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::future::{poll_fn, BoxFuture};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use sockeye_core::codec::Payload;
 use sockeye_core::{
-    CloseCode, Connection, ErrorCode, Event, Input, Instant as CoreInstant, Output, RequestError,
-    RequestId, SocketId, Status, Transition,
+    CloseCode, CloseReason, Connection, ErrorCode, Event, Input, Instant as CoreInstant, Output,
+    RequestError, RequestId, SocketId, Status, Transition,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
@@ -43,8 +43,6 @@ pub(crate) const DEFAULT_WRITE_BACKLOG: usize = 4 << 20;
 const MAX_TIMEOUT_ROUNDS: usize = 16;
 /// Stands in for deadlines too far away to represent.
 const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
-/// The longest close reason a close frame can carry (RFC 6455 §5.5).
-const MAX_CLOSE_REASON: usize = 123;
 
 struct Connecting {
     socket: SocketId,
@@ -150,6 +148,8 @@ pub(crate) struct Driver {
     timer: Pin<Box<Sleep>>,
     /// The deadline the timer is armed for.
     armed: Option<CoreInstant>,
+    /// When the timer was armed and for how long, to notice it firing far later than asked.
+    arming: Option<Arming>,
     /// The deadline last handled, to never re-arm for a past instant in a loop.
     last_timeout: Option<CoreInstant>,
     requests: BTreeMap<RequestId, PendingRequest>,
@@ -186,6 +186,7 @@ impl Driver {
             closers: JoinSet::new(),
             timer: Box::pin(tokio::time::sleep_until(origin)),
             armed: None,
+            arming: None,
             last_timeout: None,
             requests: BTreeMap::new(),
             request_keys: HashMap::new(),
@@ -293,6 +294,7 @@ impl Driver {
                 .checked_add(Duration::from_millis(at.as_millis()))
                 .unwrap_or_else(|| Instant::now() + FAR_FUTURE);
             self.timer.as_mut().reset(deadline);
+            self.arming = Some(Arming::new(deadline));
         }
     }
 
@@ -300,6 +302,13 @@ impl Driver {
     /// that is itself due, and a wake-up may come early).
     fn handle_timer(&mut self) {
         self.armed = None;
+        let threshold = self.conn.config().time_jump_threshold;
+        if self.arming.take().is_some_and(|a| a.fired_late(threshold)) {
+            // The core sees lateness on the monotonic clock itself; a suspended machine stops that clock, and
+            // only the wall clock shows the sleep.
+            debug!("the timer fired far later than asked: liveness unknown");
+            self.input(Input::Wake);
+        }
         for _ in 0..MAX_TIMEOUT_ROUNDS {
             let now = self.now();
             match self.conn.poll_timeout() {
@@ -546,7 +555,7 @@ impl Driver {
 
     /// The core closes a socket: send what was decided before, then the close frame, then wait (briefly) for
     /// the peer's close frame.
-    fn close_socket(&mut self, socket: SocketId, code: CloseCode, reason: String) {
+    fn close_socket(&mut self, socket: SocketId, code: CloseCode, reason: CloseReason) {
         if self.connecting.as_ref().is_some_and(|c| c.socket == socket) {
             debug!("connect attempt abandoned");
             self.connecting = None;
@@ -557,10 +566,11 @@ impl Driver {
         let (Some(mut writer), Some(mut reader)) = (self.writer.take(), self.reader.take()) else {
             return;
         };
-        debug!(%code, reason = ?reason, "closing the socket"); // may quote the server
+        debug!(%code, reason = reason.as_str(), "closing the socket"); // may quote the server
         let frame = CloseFrame {
             code: WsCloseCode::from(code.0),
-            reason: truncate(reason).into(),
+            // The core bounds its reasons to what a close frame carries.
+            reason: reason.into_string().into(),
         };
         self.closers.spawn(async move {
             let _ = tokio::time::timeout(CLOSE_GRACE, async move {
@@ -749,6 +759,43 @@ impl Driver {
     }
 }
 
+/// When the one timer was armed, on the monotonic and the wall clock, and the wait it asked for.
+struct Arming {
+    at: Instant,
+    wall: SystemTime,
+    asked: Duration,
+}
+
+impl Arming {
+    fn new(deadline: Instant) -> Self {
+        let at = Instant::now();
+        Arming {
+            at,
+            wall: SystemTime::now(),
+            asked: deadline.saturating_duration_since(at),
+        }
+    }
+
+    /// The timer fired more than `threshold` later than asked, on either clock. The monotonic clock stops
+    /// while the machine is suspended (Linux's `CLOCK_MONOTONIC`, macOS's uptime clock); the wall clock does
+    /// not, but may be stepped: a false alarm costs one `ping`.
+    fn fired_late(&self, threshold: Duration) -> bool {
+        let waited_wall = SystemTime::now()
+            .duration_since(self.wall)
+            .unwrap_or_default();
+        late_by_more_than(self.asked, self.at.elapsed(), waited_wall, threshold)
+    }
+}
+
+fn late_by_more_than(
+    asked: Duration,
+    waited_monotonic: Duration,
+    waited_wall: Duration,
+    threshold: Duration,
+) -> bool {
+    !threshold.is_zero() && waited_monotonic.max(waited_wall) > asked.saturating_add(threshold)
+}
+
 /// Resolves when the connect attempt in progress ends; never while there is none.
 async fn connect_progress(connecting: &mut Option<Connecting>) -> Result<WsStream, ConnectError> {
     match connecting {
@@ -773,27 +820,21 @@ async fn write_progress(writer: &mut Option<Writer>) -> Result<(), WsError> {
     }
 }
 
-/// Cuts a close reason to what a close frame can carry, on a character boundary.
-fn truncate(mut reason: String) -> String {
-    if reason.len() > MAX_CLOSE_REASON {
-        let mut end = MAX_CLOSE_REASON;
-        while !reason.is_char_boundary(end) {
-            end -= 1;
-        }
-        reason.truncate(end);
-    }
-    reason
-}
-
 #[cfg(test)]
 mod tests {
-    use super::truncate;
+    use super::*;
 
     #[test]
-    fn close_reasons_are_cut_on_a_char_boundary() {
-        assert_eq!(truncate("short".into()), "short");
-        let long = "é".repeat(100); // 200 bytes
-        let cut = truncate(long);
-        assert!(cut.len() <= 123 && cut.chars().all(|c| c == 'é'));
+    fn a_timer_is_late_when_either_clock_waited_past_the_threshold() {
+        let s = Duration::from_secs;
+        // On time, or late within the threshold.
+        assert!(!late_by_more_than(s(30), s(30), s(30), s(5)));
+        assert!(!late_by_more_than(s(30), s(34), s(34), s(5)));
+        // A stopped process: the monotonic clock ran on.
+        assert!(late_by_more_than(s(30), s(90), s(90), s(5)));
+        // A suspended machine: only the wall clock shows the hour.
+        assert!(late_by_more_than(s(30), s(30), s(3600), s(5)));
+        // Detection off.
+        assert!(!late_by_more_than(s(30), s(3600), s(3600), Duration::ZERO));
     }
 }

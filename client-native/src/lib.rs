@@ -87,7 +87,8 @@ pub use client::{
     Client, Incoming, Message, RequestFuture, SendFuture, Subscription, TopicEvent, Transitions,
 };
 pub use error::Error;
-pub use transport::{Certificate, SUBPROTOCOL};
+pub use sockeye_core::SUBPROTOCOL;
+pub use transport::Certificate;
 
 pub use sockeye_core::codec::Payload;
 pub use sockeye_core::{CloseCode, DisconnectReason, ErrorCode, Instant, Status, Transition};

@@ -33,10 +33,9 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::Error;
+use sockeye_core::handshake::{encode_query_value, with_query_token, SUBPROTOCOL};
 
-/// The WebSocket subprotocol every Sockeye client offers (PROTOCOL §1).
-pub const SUBPROTOCOL: &str = "sockeye.v1";
+use crate::Error;
 
 pub(crate) type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -495,37 +494,9 @@ fn redact(message: String, token: Option<&str>) -> String {
     match token {
         Some(token) if !token.is_empty() => message
             .replace(token, "<redacted>")
-            .replace(&percent_encode(token), "<redacted>"),
+            .replace(&encode_query_value(token), "<redacted>"),
         _ => message,
     }
-}
-
-/// Appends `token=<token>` to the URL's query (the browser style of PROTOCOL §5).
-fn with_query_token(url: &str, token: &str) -> String {
-    let (base, fragment) = match url.split_once('#') {
-        Some((base, fragment)) => (base, Some(fragment)),
-        None => (url, None),
-    };
-    let separator = if base.contains('?') { '&' } else { '?' };
-    let mut out = format!("{base}{separator}token={}", percent_encode(token));
-    if let Some(fragment) = fragment {
-        out.push('#');
-        out.push_str(fragment);
-    }
-    out
-}
-
-/// Percent-encodes everything but RFC 3986's unreserved characters.
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for byte in s.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -542,18 +513,6 @@ mod tests {
             max_message_bytes: 1 << 20,
             fragment_threshold: 100 * 1024,
         }
-    }
-
-    #[test]
-    fn query_tokens_are_percent_encoded_and_appended() {
-        assert_eq!(
-            with_query_token("ws://h/ws", "a b+c"),
-            "ws://h/ws?token=a%20b%2Bc"
-        );
-        assert_eq!(
-            with_query_token("ws://h/ws?x=1#f", "t"),
-            "ws://h/ws?x=1&token=t#f"
-        );
     }
 
     #[test]

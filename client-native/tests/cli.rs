@@ -185,6 +185,39 @@ async fn unreachable_servers_exit_3() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_bounds_the_attempts_so_a_server_starting_late_still_gets_the_message() {
+    let addr = free_port().await;
+    let url = format!("ws://{addr}/ws");
+    // Issued while nothing listens, with the default attempt count (3, a second at most of backoff) and a
+    // deadline of 40 s: the server comes up 3 s later, and each command is delivered.
+    let commands = [
+        vec!["request", "--timeout", "40s", &url, "echo", r#""late""#],
+        vec!["send", "--timeout", "40s", &url, "note", "1"],
+        vec!["publish", "--timeout", "40s", &url, "room", "2"],
+    ];
+    let running: Vec<_> = commands
+        .iter()
+        .map(|args| tokio::spawn(sockeye().args(args).output()))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let server = start(server_builder().bind(addr)).await;
+    for (args, run) in commands.iter().zip(running) {
+        // Backoff is capped at 5 s by default: the next attempt comes well within this.
+        let output = tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .expect("the CLI finishes once the server is up")
+            .expect("the task runs")
+            .expect("the CLI runs");
+        assert!(output.status.success(), "{args:?}: {}", stderr(&output));
+        if args[0] == "request" {
+            assert_eq!(json_lines(&output), [json!("late")]);
+        }
+    }
+    // The `req`, the `msg` and the `pub` reached the server.
+    eventually("the three frames", || server.stats().frames_in >= 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_errors_exit_2() {
     let server = server().await;
     for args in [

@@ -1,5 +1,5 @@
 //! The browser shell around `sockeye_core::Connection`: one `WebSocket` at a time, one `setTimeout`, the page's
-//! `online`/`offline`/`visibilitychange` events, and the application's callbacks and promises.
+//! `online`/`offline`/`visibilitychange`/`resume` events, and the application's callbacks and promises.
 //!
 //! # Borrow discipline (STYLE.md pitfall 3)
 //!
@@ -27,6 +27,7 @@ use std::collections::VecDeque;
 use std::rc::{Rc, Weak};
 
 use js_sys::{Function, Object, Reflect, Uint8Array};
+use sockeye_core::handshake::{with_query_token, SUBPROTOCOL};
 use sockeye_core::{
     CloseCode, Connection, DisconnectReason, ErrorCode, Event, Input, Instant, Output,
     RequestError, RequestId, SocketId, Status, Transition,
@@ -38,9 +39,6 @@ use web_sys::{AbortSignal, EventTarget, MessageEvent, WebSocket};
 use crate::cbor;
 use crate::errors::{self, apply, apply_to, error, request_error, settle, Kind};
 use crate::options::{self, Lifecycle, Options, Token, Url};
-
-/// PROTOCOL §1.
-const SUBPROTOCOL: &str = "sockeye.v1";
 
 #[wasm_bindgen]
 extern "C" {
@@ -131,7 +129,7 @@ struct State {
     /// The one timer, armed for the earliest deadline (the core's, or a `waitForStatus` timeout).
     timer: Option<Timer>,
     tick: Callback,
-    /// `online`/`offline`/`visibilitychange`, attached by `start()`, removed by `close()`.
+    /// `online`/`offline`/`visibilitychange`/`resume`, attached by `start()`, removed by `close()`.
     listeners: Option<Listeners>,
     hidden: bool,
     ever_ready: bool,
@@ -190,6 +188,9 @@ struct Listeners {
 
 const WINDOW_EVENTS: [&str; 2] = ["online", "offline"];
 const VISIBILITY: &str = "visibilitychange";
+/// `visibilitychange`, and the Page Lifecycle's `resume` (a frozen page runs again: its timers and socket
+/// may have been stopped for any length of time).
+const DOCUMENT_EVENTS: [&str; 2] = [VISIBILITY, "resume"];
 
 impl Listeners {
     /// `None` outside a window (a worker): no page events to follow there.
@@ -206,7 +207,9 @@ impl Listeners {
         }
         let document = document();
         if let Some(document) = &document {
-            let _ = document.add_event_listener_with_callback(VISIBILITY, f);
+            for kind in DOCUMENT_EVENTS {
+                let _ = document.add_event_listener_with_callback(kind, f);
+            }
         }
         Some(Listeners {
             window,
@@ -223,7 +226,9 @@ impl Drop for Listeners {
             let _ = self.window.remove_event_listener_with_callback(kind, f);
         }
         if let Some(document) = &self.document {
-            let _ = document.remove_event_listener_with_callback(VISIBILITY, f);
+            for kind in DOCUMENT_EVENTS {
+                let _ = document.remove_event_listener_with_callback(kind, f);
+            }
         }
     }
 }
@@ -289,7 +294,7 @@ impl State {
                     if let Some(s) = self.socket.take_if(|s| s.id == socket) {
                         close(&s.ws, code.0, &reason);
                     }
-                    self.last_close = (code.0, reason);
+                    self.last_close = (code.0, reason.into_string());
                 }
                 Output::SendText(text) => {
                     if let Some(s) = &self.socket {
@@ -506,6 +511,8 @@ impl Inner {
                 st.feed(now, Input::Wake);
             }
             "offline" => st.feed(now, Input::NetworkChanged { online: false }),
+            // Fed here, in the event's handler: the probe is sent before the page does anything else.
+            "resume" => st.feed(now, Input::Wake),
             _ => {
                 if page_hidden() {
                     st.hidden = true;
@@ -581,11 +588,7 @@ impl Inner {
     /// Opens the WebSocket for `socket`, unless the core has given up on it meanwhile.
     fn connect(self: &Rc<Self>, socket: SocketId, url: &str, token: Option<&str>) {
         let url = match token {
-            Some(token) => {
-                let sep = if url.contains('?') { "&" } else { "?" };
-                let token = String::from(js_sys::encode_uri_component(token));
-                [url, sep, "token=", &token].concat()
-            }
+            Some(token) => with_query_token(url, token),
             None => url.to_owned(),
         };
         if self.state.borrow().opening != Some(socket) {
@@ -1164,7 +1167,7 @@ fn transition_object(t: &Transition) -> JsValue {
 }
 
 /// `ws.close(code, reason)`; when the browser refuses those (it sends only 1000 and 3000–4999, and at most 123
-/// bytes of reason), `ws.close()`. Called through `Reflect.get` and `apply` rather than two typed imports: a
+/// bytes of reason, which the core's `CloseReason` keeps to), `ws.close()`. Called through `Reflect.get` and `apply` rather than two typed imports: a
 /// socket is closed once.
 fn close(ws: &WebSocket, code: u16, reason: &str) {
     let close: Function = get(ws, "close").unchecked_into();

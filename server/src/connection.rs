@@ -22,7 +22,7 @@ use futures_util::{FutureExt, SinkExt, StreamExt};
 use sockeye_core::codec::{
     validate_topic, Envelope, Payload, Reassembler, Refusal, SubAck, TopicPosition,
 };
-use sockeye_core::error::{CloseCode, ErrorCode};
+use sockeye_core::error::{clip, CloseCode, CloseReason, ErrorCode};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
@@ -51,8 +51,6 @@ const BATCH_BYTES: usize = 256 * 1024;
 const EVENT_BATCH: usize = 256;
 /// How much of a peer-chosen name (method, message name, topic) error replies and logs quote.
 const MAX_QUOTED_NAME: usize = 128;
-/// A close reason fits in 123 bytes (RFC 6455 §5.5).
-const MAX_CLOSE_REASON: usize = 123;
 
 /// What the HTTP layer learned during the upgrade.
 pub(crate) struct Upgraded {
@@ -235,7 +233,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 async fn close_socket(ws: &mut Ws, code: CloseCode, reason: &str) {
     let frame = CloseFrame {
         code: WsCloseCode::from(code.0),
-        reason: clip(reason, MAX_CLOSE_REASON).into_owned().into(),
+        reason: CloseReason::new(reason).into_string().into(),
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
         if ws.close(Some(frame)).await.is_ok() {
@@ -244,20 +242,6 @@ async fn close_socket(ws: &mut Ws, code: CloseCode, reason: &str) {
         }
     })
     .await;
-}
-
-/// `text` cut to at most `max` bytes at a character boundary, ending in `…` when cut: peers choose names
-/// and reasons of up to a whole message, and nothing quotes them at that size.
-fn clip(text: &str, max: usize) -> Cow<'_, str> {
-    const MARK: &str = "…";
-    if text.len() <= max {
-        return Cow::Borrowed(text);
-    }
-    let mut end = max.saturating_sub(MARK.len());
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    Cow::Owned(format!("{}{MARK}", &text[..end]))
 }
 
 /// A peer-chosen name, cut for quoting in a reply or a log.
@@ -1338,15 +1322,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn long_text_is_cut_at_a_character_boundary_with_a_mark() {
-        assert_eq!(clip("short", MAX_CLOSE_REASON), "short");
-        let long = "é".repeat(100);
-        let cut = clip(&long, MAX_CLOSE_REASON);
-        assert!(cut.len() <= MAX_CLOSE_REASON, "{}", cut.len());
-        assert!(cut.ends_with('…'));
-        assert!(cut.trim_end_matches('…').chars().all(|c| c == 'é'));
+    fn quoted_names_are_cut_with_a_mark() {
         let name = "x".repeat(3 * 1024 * 1024);
         assert_eq!(quoted(&name).len(), MAX_QUOTED_NAME);
+        assert!(quoted(&name).ends_with('…'));
     }
 
     #[test]

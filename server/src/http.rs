@@ -41,7 +41,7 @@ use crate::connection::{self, OriginRefused, Upgraded};
 use crate::server::Shared;
 
 /// The subprotocol a Sockeye server echoes (PROTOCOL §1).
-pub const SUBPROTOCOL: &str = "sockeye.v1";
+pub use sockeye_core::SUBPROTOCOL;
 
 /// The largest request head accepted (request line and headers); beyond it hyper answers 431.
 pub(crate) const MAX_HEAD_BYTES: usize = 16 * 1024;

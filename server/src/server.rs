@@ -13,6 +13,7 @@ use serde::Serialize;
 use sockeye_core::codec::{validate_topic, Payload};
 use sockeye_core::error::{CloseCode, ErrorCode};
 use sockeye_core::time::Instant as CoreInstant;
+use sockeye_core::{entropy_seed, Rng};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinHandle;
@@ -870,7 +871,11 @@ impl ServerHandle {
             window_ms = options.window.as_millis() as u64,
             "draining"
         );
-        let schedule = spread_schedule(controls.len(), options.window, &mut Prng::from_entropy());
+        let schedule = spread_schedule(
+            controls.len(),
+            options.window,
+            &mut Rng::new(entropy_seed()),
+        );
         let closer = {
             let controls = controls.clone();
             let options = options.clone();
@@ -950,7 +955,7 @@ fn far(start: tokio::time::Instant, offset: Duration) -> tokio::time::Instant {
 /// When each of `n` connections is closed: the window is cut into `n` equal slots, each slot gets one
 /// connection (in random order) at a uniformly random moment inside it. Every close is at a random moment,
 /// and the closes cover the whole window instead of clumping. Sorted by time.
-fn spread_schedule(n: usize, window: Duration, rng: &mut Prng) -> Vec<(usize, Duration)> {
+fn spread_schedule(n: usize, window: Duration, rng: &mut Rng) -> Vec<(usize, Duration)> {
     let mut order: Vec<usize> = (0..n).collect();
     // Fisher–Yates.
     for i in (1..n).rev() {
@@ -969,40 +974,13 @@ fn spread_schedule(n: usize, window: Duration, rng: &mut Prng) -> Vec<(usize, Du
         .collect()
 }
 
-/// A small PRNG (SplitMix64) for drain jitter and epochs; seeded from std's per-process random hash keys.
-pub(crate) struct Prng(u64);
-
-impl Prng {
-    pub(crate) fn from_entropy() -> Prng {
-        use std::hash::BuildHasher;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        Prng(std::collections::hash_map::RandomState::new().hash_one(nanos))
-    }
-
-    pub(crate) fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..bound` (`bound` > 0); the modulo bias is irrelevant for jitter.
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound.max(1)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn drain_schedule_covers_the_window_with_one_close_per_connection() {
-        let mut rng = Prng(7);
+        let mut rng = Rng::new(7);
         let window = Duration::from_secs(5);
         let schedule = spread_schedule(10, window, &mut rng);
         assert_eq!(schedule.len(), 10);
@@ -1017,8 +995,8 @@ mod tests {
 
     #[test]
     fn drain_schedule_handles_zero_connections_and_zero_window() {
-        assert!(spread_schedule(0, Duration::from_secs(1), &mut Prng(1)).is_empty());
-        let schedule = spread_schedule(3, Duration::ZERO, &mut Prng(1));
+        assert!(spread_schedule(0, Duration::from_secs(1), &mut Rng::new(1)).is_empty());
+        let schedule = spread_schedule(3, Duration::ZERO, &mut Rng::new(1));
         assert!(schedule.iter().all(|(_, at)| at.is_zero()));
     }
 }

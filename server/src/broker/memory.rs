@@ -17,7 +17,8 @@ use tokio::time::Instant;
 
 use crate::budget::{Budget, Charge};
 use crate::outbound::Encoded;
-use crate::server::{ConnControl, Prng};
+use crate::server::ConnControl;
+use sockeye_core::{entropy_seed, Rng};
 
 /// One queued event: the `evt` envelope, encoded once and shared by every subscriber, its topic, epoch and
 /// `seq`, so a connection can drop events of a topic it has unsubscribed from meanwhile, and ones it already
@@ -126,7 +127,7 @@ impl Topic {
 
 /// A random epoch: 16 hex digits.
 pub(crate) fn new_epoch() -> Arc<str> {
-    Arc::from(format!("{:016x}", Prng::from_entropy().next()))
+    Arc::from(format!("{:016x}", Rng::new(entropy_seed()).next_u64()))
 }
 
 /// The front event of every topic that keeps some, by stamp: the first entry is the oldest event overall.

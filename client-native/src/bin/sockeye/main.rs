@@ -113,8 +113,8 @@ struct Options {
     /// Do not reconnect after a lost connection or a failed attempt.
     #[arg(long, global = true)]
     no_reconnect: bool,
-    /// Connection attempts before giving up (0: unlimited). Default: 3, unlimited for `listen` and
-    /// `status --watch`.
+    /// Connection attempts before giving up (0: unlimited). Default: 3; unlimited for `listen`,
+    /// `status --watch`, and whenever --timeout is given (the deadline bounds the attempts then).
     #[arg(long, global = true)]
     max_attempts: Option<u32>,
     /// Backoff base delay in milliseconds.
@@ -291,11 +291,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
-/// The client options every command shares. `long_running` commands retry forever by default.
+/// The client options every command shares. `long_running` commands retry forever by default, and so does
+/// any command given a `--timeout`: `request … --timeout 40s` issued while the server is down keeps its
+/// promise when the server comes up within the 40 s, instead of giving up after the default 3 attempts.
 fn builder(url: &str, options: &Options, long_running: bool) -> Result<ClientBuilder, Failure> {
+    let until_the_deadline = long_running || options.timeout.is_some();
     let attempts = options
         .max_attempts
-        .unwrap_or(if long_running { 0 } else { 3 });
+        .unwrap_or(if until_the_deadline { 0 } else { 3 });
     let mut builder = Client::builder(url)
         // Half the protocol's 8: at most 64 MiB of partial messages, so that with one whole message being
         // read, decoded and printed as JSON the CLI stays under 256 MB whatever the server sends (issue 13).
