@@ -85,6 +85,7 @@ pub mod error;
 mod queue;
 mod requests;
 mod state;
+mod text;
 pub mod time;
 mod topics;
 

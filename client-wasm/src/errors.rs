@@ -97,7 +97,7 @@ pub(crate) fn send_error(e: &SendError) -> JsValue {
         SendError::QueueFull { .. } => Kind::QueueFull,
         _ => Kind::Sockeye,
     };
-    error(kind, e.code().as_str(), &e.to_string())
+    error(kind, e.code().as_str(), &e.message())
 }
 
 /// A `TypeError` for a bad option or argument.
