@@ -1,4 +1,5 @@
-//! The package's typed errors: `Error` subclasses with a `code`, defined in `js/errors.js` and built from Rust.
+//! The package's typed errors: `Error` subclasses with a `code`, defined in `js/errors.js` (the package's one JS
+//! file) and built from Rust.
 
 use js_sys::Function;
 use sockeye_core::{ErrorCode, RequestError, SendError};

@@ -1,7 +1,7 @@
 //! `new Client(options)`: the JS options object read into the core's [`Config`] plus what the shell keeps
-//! (where to connect, the token, the application's callbacks). `js/options.js` checks each option (anything
-//! invalid throws a `TypeError` naming it, e.g. `options.reconnect.maxAttempts must be a positive integer, null
-//! or Infinity`); the core checks their combination (`Config::validate`).
+//! (where to connect, the token, the application's callbacks). `checkOptions` in `js/errors.js` checks each
+//! option (anything invalid throws a `TypeError` naming it, e.g. `options.reconnect.maxAttempts must be a
+//! positive integer, null or Infinity`); the core checks their combination (`Config::validate`).
 
 use js_sys::{Array, Function, Reflect};
 use sockeye_core::{Config, ConfigError, Duration};
@@ -46,7 +46,7 @@ pub(crate) struct Options {
     pub(crate) handlers: Vec<(String, Function)>,
 }
 
-#[wasm_bindgen(module = "/js/options.js")]
+#[wasm_bindgen(module = "/js/errors.js")]
 extern "C" {
     /// Checks every option (a `TypeError` names the first bad one) and returns them as a flat array; see there.
     #[wasm_bindgen(catch, js_name = checkOptions)]
