@@ -16,7 +16,7 @@
 # - package.json is renamed `sockeye` (wasm-pack names it after the crate, `sockeye-wasm`);
 # - the entry module re-exports the error classes (SockeyeError, TimeoutError, ...) from the js/errors.js snippet,
 #   which the .d.ts already declares, so `import { TimeoutError } from "sockeye"` works;
-# - the imports get short names (scripts/minify-wasm-imports.mjs) and every .js is minified with terser: the
+# - the imports and exports get short names (scripts/minify-wasm-names.mjs) and every .js is minified with terser: the
 #   glue is part of what a page downloads;
 # - the outputs are checked: .wasm, .js, .d.ts (with `class Client` and the error classes) and README.md.
 set -euo pipefail
@@ -69,8 +69,9 @@ EOF
     done
     grep -q '"name": "sockeye"' "$dir/package.json"
 
-    # Short import names in the .wasm and the glue (wasm-bindgen's carry 16-digit hashes): 1.6 KB less gzipped.
-    node scripts/minify-wasm-imports.mjs "$dir"
+    # Short import and export names in the .wasm, the glue and the typings (wasm-bindgen's carry 16-digit
+    # hashes): 2 KB less gzipped.
+    node scripts/minify-wasm-names.mjs "$dir"
 
     # The JS glue minified last (terser, from scripts/install.sh): local names and whitespace go; exports,
     # property names and the `@ts-self-types` comment stay. 6.7 KB -> 4.4 KB gzipped (client-wasm/README.md).

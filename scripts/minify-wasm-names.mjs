@@ -1,6 +1,7 @@
-// Renames the imports of a wasm-bindgen package's .wasm to short names, in the .wasm and in its JS glue alike:
+// Renames the imports and exports of a wasm-bindgen package's .wasm to short names, in the .wasm, its JS glue and
+// its typings alike:
 //
-//   node scripts/minify-wasm-imports.mjs DIR      (DIR: a wasm-pack output directory; scripts/build-npm.sh runs it)
+//   node scripts/minify-wasm-names.mjs DIR      (DIR: a wasm-pack output directory; scripts/build-npm.sh runs it)
 //
 // Why: wasm-bindgen names every import `__wbg_<name>_<16 hex digits>`. The hashes cannot be compressed, and each
 // name is stored twice (the .wasm's import section, the glue's import object or exports): ~1.2 KB of the gzipped
@@ -13,7 +14,7 @@ import { readFileSync, writeFileSync, readdirSync } from "node:fs";
 import path from "node:path";
 
 const dir = process.argv[2];
-if (!dir) throw new Error("usage: node scripts/minify-wasm-imports.mjs DIR");
+if (!dir) throw new Error("usage: node scripts/minify-wasm-names.mjs DIR");
 const wasmFile = readdirSync(dir).find((f) => f.endsWith(".wasm"));
 const glueFiles = readdirSync(dir).filter((f) => f.endsWith(".js"));
 const wasm = readFileSync(path.join(dir, wasmFile));
@@ -49,10 +50,33 @@ const shortName = (i) => `$${i.toString(36)}`;
 let pos = 8;
 const parts = [wasm.subarray(0, 8)];
 const renames = new Map();
+const exportRenames = new Map();
 while (pos < wasm.length) {
   const id = wasm[pos];
   const [size, start] = leb(wasm, pos + 1);
   const end = start + size;
+  if (id === 7) {
+    // The export section: count, then (name, kind, index) each. Every export gets a short name too.
+    let p = start;
+    let count;
+    [count, p] = leb(wasm, p);
+    const body = [...toLeb(count)];
+    for (let i = 0; i < count; i++) {
+      let len;
+      [len, p] = leb(wasm, p);
+      const name = utf8.decode(wasm.subarray(p, p + len));
+      p += len;
+      const descStart = p;
+      [, p] = leb(wasm, p + 1); // kind, index
+      exportRenames.set(name, `$${exportRenames.size.toString(36)}`);
+      const newName = encode(exportRenames.get(name));
+      body.push(...toLeb(newName.length), ...newName, ...wasm.subarray(descStart, p));
+    }
+    if (p !== end) throw new Error("export section not read to its end");
+    parts.push(Uint8Array.of(7, ...toLeb(body.length)), Uint8Array.from(body));
+    pos = end;
+    continue;
+  }
   if (id !== 2) {
     parts.push(wasm.subarray(pos, end));
     pos = end;
@@ -109,6 +133,29 @@ for (const [old, name] of renames) {
   }
   if (!found) throw new Error(`import ${old} not found in the glue of ${dir}`);
 }
+// Exports are read as `wasm.NAME` in the glue (both targets name the instance's exports `wasm`) and declared as
+// `readonly NAME:` (web: `InitOutput`) or `export const NAME:` (`*_bg.wasm.d.ts`) in the typings.
+const typings = Object.fromEntries(
+  readdirSync(dir)
+    .filter((f) => f.endsWith(".d.ts"))
+    .map((f) => [f, readFileSync(path.join(dir, f), "utf8")]),
+);
+for (const [old, name] of exportRenames) {
+  const escaped = old.replace(/\$/g, "\\$");
+  for (const file of Object.keys(glue)) {
+    const use = new RegExp(`(?<![\\w$])wasm\\.${escaped}(?![\\w$])`, "g");
+    glue[file] = glue[file].replace(use, `wasm.${name}`);
+  }
+  for (const file of Object.keys(typings)) {
+    const declared = new RegExp(`(readonly |export const )${escaped}:`, "g");
+    typings[file] = typings[file].replace(declared, (_, prefix) => `${prefix}${name}:`);
+  }
+}
+for (const file of Object.keys(glue)) {
+  const left = /(?<![\w$])wasm\.(?!\$)[A-Za-z_]\w*/.exec(glue[file]);
+  if (left) throw new Error(`${file}: ${left[0]} is not an export of ${wasmFile}`);
+}
+for (const [file, text] of Object.entries(typings)) writeFileSync(path.join(dir, file), text);
 writeFileSync(path.join(dir, wasmFile), Buffer.concat(parts));
 for (const [file, text] of Object.entries(glue)) writeFileSync(path.join(dir, file), text);
-console.log(`${dir}: ${renames.size} imports renamed`);
+console.log(`${dir}: ${renames.size} imports and ${exportRenames.size} exports renamed`);
