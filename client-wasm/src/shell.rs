@@ -119,7 +119,7 @@ struct State {
     /// Server-request handlers, one per method: `options.handlers` and `onRequest`. (Lists are `Vec`s
     /// throughout, searched linearly: every `BTreeMap` instantiation costs the package ~5 KB of code, and these
     /// lists are short; `requests` holds the requests in flight.)
-    handlers: Vec<(u32, String, Function)>,
+    handlers: Vec<Listener>,
     /// Application work waiting for the borrow to end.
     actions: VecDeque<Action>,
     /// The current socket.
@@ -136,9 +136,9 @@ struct State {
     hidden: bool,
     ever_ready: bool,
     requests: Vec<(u64, Pending)>,
-    topics: Vec<TopicListener>,
-    transitions: Vec<(u32, Function)>,
-    messages: Vec<(u32, String, Function)>,
+    topics: Vec<Listener>,
+    transitions: Vec<Listener>,
+    messages: Vec<Listener>,
     waiters: Vec<Waiter>,
     next_id: u32,
 }
@@ -248,11 +248,23 @@ impl Drop for Abort {
     }
 }
 
-struct TopicListener {
+/// An application callback under a name: a topic (with its `onError`), a message name, a server-request method,
+/// or none (transitions). One element type for the four lists: each distinct one costs the package its own copy
+/// of `Vec`'s code (~250 bytes gzipped each).
+struct Listener {
     id: u32,
-    topic: String,
-    handler: Function,
+    name: String,
+    f: Function,
     on_error: Option<Function>,
+}
+
+fn listener(id: u32, name: String, f: Function) -> Listener {
+    Listener {
+        id,
+        name,
+        f,
+        on_error: None,
+    }
 }
 
 struct Waiter {
@@ -430,7 +442,7 @@ impl Inner {
             };
             for (method, f) in handlers {
                 let id = state.next_id();
-                state.handlers.push((id, method, f));
+                state.handlers.push(listener(id, method, f));
             }
             Inner {
                 state: RefCell::new(state),
@@ -699,7 +711,7 @@ impl Inner {
             let st = self.state.borrow();
             let l = &st.lifecycle;
             let mut listeners: Vec<Function> = l.on_state_change.iter().cloned().collect();
-            listeners.extend(st.transitions.iter().map(|(_, f)| f.clone()));
+            listeners.extend(st.transitions.iter().map(|l| l.f.clone()));
             let lc = (
                 l.on_disconnect.clone(),
                 l.on_reconnecting.clone(),
@@ -758,8 +770,8 @@ impl Inner {
                     let st = self.state.borrow();
                     st.messages
                         .iter()
-                        .filter(|(_, n, _)| *n == name || n == "*")
-                        .map(|(_, _, f)| f.clone())
+                        .filter(|l| l.name == name || l.name == "*")
+                        .map(|l| l.f.clone())
                         .collect()
                 };
                 if handlers.is_empty() {
@@ -777,8 +789,8 @@ impl Inner {
                     let st = self.state.borrow();
                     st.topics
                         .iter()
-                        .filter(|l| l.topic == topic)
-                        .map(|l| l.handler.clone())
+                        .filter(|l| l.name == topic)
+                        .map(|l| l.f.clone())
                         .collect()
                 };
                 let data = cbor::decode(data.as_ref());
@@ -790,11 +802,11 @@ impl Inner {
                 }
             }
             Event::SubscribeFailed { topic, error } => {
-                let removed: Vec<TopicListener> = {
+                let removed: Vec<Listener> = {
                     let mut st = self.state.borrow_mut();
                     let (gone, kept) = std::mem::take(&mut st.topics)
                         .into_iter()
-                        .partition(|l| l.topic == topic);
+                        .partition(|l| l.name == topic);
                     st.topics = kept;
                     gone
                 };
@@ -845,8 +857,8 @@ impl Inner {
             .borrow()
             .handlers
             .iter()
-            .find(|(_, m, _)| m == method)
-            .map(|(_, _, f)| f.clone());
+            .find(|l| l.name == method)
+            .map(|l| l.f.clone());
         let Some(handler) = handler else {
             let message = ["no handler for method \"", method, "\""].concat();
             self.with(|st, now| {
@@ -1050,10 +1062,10 @@ impl Inner {
                 .subscribe(now, &topic)
                 .map_err(|e| errors::send_error(&e))?;
             let id = st.next_id();
-            st.topics.push(TopicListener {
+            st.topics.push(Listener {
                 id,
-                topic: topic.clone(),
-                handler,
+                name: topic.clone(),
+                f: handler,
                 on_error,
             });
             Ok::<_, JsValue>(id)
@@ -1061,7 +1073,7 @@ impl Inner {
         Ok(self.unsubscriber(move |st, now| {
             let before = st.topics.len();
             st.topics.retain(|l| l.id != id);
-            let last = !st.topics.iter().any(|l| l.topic == topic);
+            let last = !st.topics.iter().any(|l| l.name == topic);
             if st.topics.len() < before && last {
                 st.conn.unsubscribe(now, &topic);
             }
@@ -1071,30 +1083,30 @@ impl Inner {
     pub(crate) fn on_transition(self: &Rc<Self>, handler: Function) -> JsValue {
         let id = self.with(|st, _| {
             let id = st.next_id();
-            st.transitions.push((id, handler));
+            st.transitions.push(listener(id, String::new(), handler));
             id
         });
-        self.unsubscriber(move |st, _| st.transitions.retain(|(i, _)| *i != id))
+        self.unsubscriber(move |st, _| st.transitions.retain(|l| l.id != id))
     }
 
     pub(crate) fn on_message(self: &Rc<Self>, name: String, handler: Function) -> JsValue {
         let id = self.with(|st, _| {
             let id = st.next_id();
-            st.messages.push((id, name, handler));
+            st.messages.push(listener(id, name, handler));
             id
         });
-        self.unsubscriber(move |st, _| st.messages.retain(|(i, _, _)| *i != id))
+        self.unsubscriber(move |st, _| st.messages.retain(|l| l.id != id))
     }
 
     pub(crate) fn on_request(self: &Rc<Self>, method: String, handler: Function) -> JsValue {
         let id = self.with(|st, _| {
             let id = st.next_id();
-            st.handlers.retain(|(_, m, _)| *m != method);
-            st.handlers.push((id, method.clone(), handler));
+            st.handlers.retain(|l| l.name != method);
+            st.handlers.push(listener(id, method.clone(), handler));
             id
         });
         self.unsubscriber(move |st, _| {
-            st.handlers.retain(|(i, _, _)| *i != id);
+            st.handlers.retain(|l| l.id != id);
         })
     }
 
