@@ -135,11 +135,11 @@ struct State {
     listeners: Option<Listeners>,
     hidden: bool,
     ever_ready: bool,
-    requests: Vec<(u64, Pending)>,
+    requests: Vec<Pending>,
     topics: Vec<Listener>,
     transitions: Vec<Listener>,
     messages: Vec<Listener>,
-    waiters: Vec<Waiter>,
+    waiters: Vec<Pending>,
     next_id: u32,
 }
 
@@ -228,7 +228,12 @@ impl Drop for Listeners {
     }
 }
 
+/// A promise the shell settles later: a request's (found by `id`, with its `AbortSignal` listener) or a
+/// `waitForStatus`'s (found by `status`, rejected at `deadline`). One type for both lists, as `Listener` is.
 struct Pending {
+    id: u64,
+    status: String,
+    deadline: Option<Instant>,
     resolve: Function,
     reject: Function,
     _abort: Option<Abort>,
@@ -265,13 +270,6 @@ fn listener(id: u32, name: String, f: Function) -> Listener {
         f,
         on_error: None,
     }
-}
-
-struct Waiter {
-    status: String,
-    deadline: Option<Instant>,
-    resolve: Function,
-    reject: Function,
 }
 
 impl State {
@@ -323,8 +321,8 @@ impl State {
     fn event(&mut self, event: Event) {
         match event {
             Event::Reply { id, result } => {
-                if let Some(i) = self.requests.iter().position(|(r, _)| *r == id.0) {
-                    let (_, p) = self.requests.swap_remove(i);
+                if let Some(i) = self.requests.iter().position(|p| p.id == id.0) {
+                    let p = self.requests.swap_remove(i);
                     let _ = match result {
                         Ok(data) => apply(&p.resolve, &[&cbor::decode(data.as_ref())]),
                         Err(e) => apply(&p.reject, &[&request_error(&e)]),
@@ -983,11 +981,13 @@ impl Inner {
                 let _ = apply(&resolve, &[]);
                 return;
             }
-            st.waiters.push(Waiter {
+            st.waiters.push(Pending {
+                id: 0,
                 status,
                 deadline: timeout.map(|d| now + d),
                 resolve,
                 reject,
+                _abort: None,
             });
         });
     }
@@ -1020,14 +1020,14 @@ impl Inner {
                         );
                         Abort { signal, handler }
                     });
-                    st.requests.push((
-                        id.0,
-                        Pending {
-                            resolve,
-                            reject,
-                            _abort: abort,
-                        },
-                    ));
+                    st.requests.push(Pending {
+                        id: id.0,
+                        status: String::new(),
+                        deadline: None,
+                        resolve,
+                        reject,
+                        _abort: abort,
+                    });
                 }
             },
         );
