@@ -42,8 +42,8 @@ pub(crate) struct Options {
     pub(crate) url: Url,
     pub(crate) token: Token,
     pub(crate) lifecycle: Lifecycle,
-    /// `options.handlers`: server requests by method.
-    pub(crate) handlers: Vec<(String, Function)>,
+    /// `options.handlers`: server requests by method, as checked `[method, function]` pairs.
+    pub(crate) handlers: Array,
 }
 
 #[wasm_bindgen(module = "/js/errors.js")]
@@ -85,15 +85,7 @@ pub(crate) fn parse(options: &JsValue, seed: u64) -> Result<Options, JsValue> {
         on_error: callback(5),
         on_draining: callback(6),
     };
-    let handlers = items(parts.get(4).unchecked_ref())
-        .map(|pair| {
-            let pair: &Array = pair.unchecked_ref();
-            (
-                pair.get(0).as_string().unwrap_or_default(),
-                pair.get(1).unchecked_into(),
-            )
-        })
-        .collect();
+    let handlers = parts.get(4).unchecked_into();
 
     // The numbers, in checkOptions' order; NaN (absent) keeps the core's default.
     let mut numbers = (5..).map(|i| parts.get(i).as_f64().filter(|n| !n.is_nan()));
@@ -164,7 +156,7 @@ pub(crate) fn config_error(e: &ConfigError) -> JsValue {
 }
 
 /// The items of a JS array, read by index. (`Array::iter` needs an import of its own.)
-fn items(array: &Array) -> impl Iterator<Item = JsValue> + '_ {
+pub(crate) fn items(array: &Array) -> impl Iterator<Item = JsValue> + '_ {
     (0..array.length()).map(|i| array.get(i))
 }
 

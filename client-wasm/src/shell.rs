@@ -438,9 +438,13 @@ impl Inner {
                 waiters: Vec::new(),
                 next_id: 0,
             };
-            for (method, f) in handlers {
+            for pair in options::items(&handlers) {
+                let pair: js_sys::Array = pair.unchecked_into();
                 let id = state.next_id();
-                state.handlers.push(listener(id, method, f));
+                let method = pair.get(0).as_string().unwrap_or_default();
+                state
+                    .handlers
+                    .push(listener(id, method, pair.get(1).unchecked_into()));
             }
             Inner {
                 state: RefCell::new(state),
@@ -708,8 +712,11 @@ impl Inner {
         let (listeners, lc) = {
             let st = self.state.borrow();
             let l = &st.lifecycle;
-            let mut listeners: Vec<Function> = l.on_state_change.iter().cloned().collect();
-            listeners.extend(st.transitions.iter().map(|l| l.f.clone()));
+            let listeners = snapshot(
+                l.on_state_change
+                    .iter()
+                    .chain(st.transitions.iter().map(|l| &l.f)),
+            );
             let lc = (
                 l.on_disconnect.clone(),
                 l.on_reconnecting.clone(),
@@ -720,8 +727,8 @@ impl Inner {
         };
         let (on_disconnect, on_reconnecting, on_ready, on_reconnected) = lc;
         let object = transition_object(t);
-        for f in &listeners {
-            self.call(f, &[&object]);
+        for f in options::items(&listeners) {
+            self.call(f.unchecked_ref(), &[&object]);
         }
         let was_open = matches!(t.from, Status::Connected { .. } | Status::Ready);
         let is_open = matches!(t.to, Status::Connected { .. } | Status::Ready);
@@ -764,39 +771,39 @@ impl Inner {
     fn deliver(self: &Rc<Self>, event: Event) {
         match event {
             Event::Message { name, data } => {
-                let handlers: Vec<Function> = {
-                    let st = self.state.borrow();
-                    st.messages
+                let handlers = snapshot(
+                    self.state
+                        .borrow()
+                        .messages
                         .iter()
                         .filter(|l| l.name == name || l.name == "*")
-                        .map(|l| l.f.clone())
-                        .collect()
-                };
-                if handlers.is_empty() {
+                        .map(|l| &l.f),
+                );
+                if handlers.length() == 0 {
                     return;
                 }
                 let data = cbor::decode(data.as_ref());
                 let meta = Object::new();
                 set(&meta, "name", &name.into());
-                for f in &handlers {
-                    self.call(f, &[&data, &meta]);
+                for f in options::items(&handlers) {
+                    self.call(f.unchecked_ref(), &[&data, &meta]);
                 }
             }
             Event::TopicEvent { topic, seq, data } => {
-                let handlers: Vec<Function> = {
-                    let st = self.state.borrow();
-                    st.topics
+                let handlers = snapshot(
+                    self.state
+                        .borrow()
+                        .topics
                         .iter()
                         .filter(|l| l.name == topic)
-                        .map(|l| l.f.clone())
-                        .collect()
-                };
+                        .map(|l| &l.f),
+                );
                 let data = cbor::decode(data.as_ref());
                 let meta = Object::new();
                 set(&meta, "topic", &topic.into());
                 set(&meta, "seq", &(seq as f64).into());
-                for f in &handlers {
-                    self.call(f, &[&data, &meta]);
+                for f in options::items(&handlers) {
+                    self.call(f.unchecked_ref(), &[&data, &meta]);
                 }
             }
             Event::SubscribeFailed { topic, error } => {
@@ -1128,6 +1135,16 @@ type Callback = Closure<dyn FnMut(JsValue)>;
 
 fn callback(f: impl FnMut(JsValue) + 'static) -> Callback {
     Closure::new(f)
+}
+
+/// The callbacks to call for one event, copied out so that none runs while the state is borrowed. (Into a JS array:
+/// a `Vec<Function>` would be one more `Vec` element type in the package.)
+fn snapshot<'a>(callbacks: impl Iterator<Item = &'a Function>) -> js_sys::Array {
+    let list = js_sys::Array::new();
+    for f in callbacks {
+        list.push(f);
+    }
+    list
 }
 
 /// `[ok, value]` from `settle`.
