@@ -25,16 +25,36 @@ pub(crate) enum Token {
     Provider(Function),
 }
 
-/// `options.lifecycle`.
-#[derive(Default)]
-pub(crate) struct Lifecycle {
-    pub(crate) on_state_change: Option<Function>,
-    pub(crate) on_disconnect: Option<Function>,
-    pub(crate) on_reconnecting: Option<Function>,
-    pub(crate) on_reconnected: Option<Function>,
-    pub(crate) on_ready: Option<Function>,
-    pub(crate) on_error: Option<Function>,
-    pub(crate) on_draining: Option<Function>,
+/// `options.lifecycle`: the callbacks as `checkOptions` returns them, a JS array in [`Hook`]'s order with
+/// `undefined` for those not given. (Kept as the array: a struct of seven `Option<Function>`s cost more code to
+/// build, clone and drop.)
+pub(crate) struct Lifecycle(Array);
+
+/// The lifecycle callbacks, in `LIFECYCLE`'s order in `js/errors.js`.
+#[derive(Clone, Copy)]
+pub(crate) enum Hook {
+    StateChange,
+    Disconnect,
+    Reconnecting,
+    Reconnected,
+    Ready,
+    Error,
+    Draining,
+}
+
+impl Lifecycle {
+    pub(crate) fn get(&self, hook: Hook) -> Option<Function> {
+        Some(self.0.get(hook as u32))
+            .filter(JsValue::is_function)
+            .map(JsCast::unchecked_into)
+    }
+}
+
+impl Default for Lifecycle {
+    /// No callbacks.
+    fn default() -> Self {
+        Lifecycle(Array::new())
+    }
 }
 
 pub(crate) struct Options {
@@ -70,21 +90,7 @@ pub(crate) fn parse(options: &JsValue, seed: u64) -> Result<Options, JsValue> {
         None if get_token.is_function() => Token::Provider(get_token.unchecked_into()),
         None => Token::None,
     };
-    let callbacks: Array = parts.get(3).unchecked_into();
-    let callback = |i| {
-        Some(callbacks.get(i))
-            .filter(JsValue::is_function)
-            .map(JsCast::unchecked_into)
-    };
-    let lifecycle = Lifecycle {
-        on_state_change: callback(0),
-        on_disconnect: callback(1),
-        on_reconnecting: callback(2),
-        on_reconnected: callback(3),
-        on_ready: callback(4),
-        on_error: callback(5),
-        on_draining: callback(6),
-    };
+    let lifecycle = Lifecycle(parts.get(3).unchecked_into());
     let handlers = parts.get(4).unchecked_into();
 
     // The numbers, in checkOptions' order; NaN (absent) keeps the core's default.

@@ -37,7 +37,7 @@ use web_sys::{AbortSignal, EventTarget, MessageEvent, WebSocket};
 
 use crate::cbor;
 use crate::errors::{self, apply, apply_to, error, request_error, settle, Kind};
-use crate::options::{self, Lifecycle, Options, Token, Url};
+use crate::options::{self, Hook, Lifecycle, Options, Token, Url};
 
 /// PROTOCOL §1.
 const SUBPROTOCOL: &str = "sockeye.v1";
@@ -712,16 +712,17 @@ impl Inner {
         let (listeners, lc) = {
             let st = self.state.borrow();
             let l = &st.lifecycle;
+            let on_state_change = l.get(Hook::StateChange);
             let listeners = snapshot(
-                l.on_state_change
+                on_state_change
                     .iter()
                     .chain(st.transitions.iter().map(|l| &l.f)),
             );
             let lc = (
-                l.on_disconnect.clone(),
-                l.on_reconnecting.clone(),
-                l.on_ready.clone(),
-                l.on_reconnected.clone(),
+                l.get(Hook::Disconnect),
+                l.get(Hook::Reconnecting),
+                l.get(Hook::Ready),
+                l.get(Hook::Reconnected),
             );
             (listeners, lc)
         };
@@ -832,14 +833,14 @@ impl Inner {
             // Events flow once acknowledged; nothing for the page to do.
             Event::Subscribed { .. } => {}
             Event::Notice(e) => {
-                let f = self.state.borrow().lifecycle.on_error.clone();
+                let f = self.state.borrow().lifecycle.get(Hook::Error);
                 match f {
                     Some(f) => self.call(&f, &[&request_error(&e)]),
                     None => console_error("sockeye: server error", &request_error(&e)),
                 }
             }
             Event::Draining => {
-                let f = self.state.borrow().lifecycle.on_draining.clone();
+                let f = self.state.borrow().lifecycle.get(Hook::Draining);
                 if let Some(f) = f {
                     self.call(&f, &[]);
                 }
