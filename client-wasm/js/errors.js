@@ -352,6 +352,17 @@ function callback(f, name) {
 }
 
 /**
+ * The `options` of `request` (`withSignal`) and `waitForStatus`: `[timeoutMs (NaN: none), signal (undefined:
+ * none)]`; `prefix` names the object in errors. `null` options or signal are none, as for `fetch`.
+ */
+export function callOptions(options, prefix, withSignal) {
+  const timeout = ms(options, prefix, "timeoutMs");
+  const signal = withSignal ? (options?.signal ?? undefined) : undefined;
+  if (signal !== undefined && !(signal instanceof AbortSignal)) fail(`${prefix}signal must be an AbortSignal`);
+  return [timeout, signal];
+}
+
+/**
  * `[url, token, getToken, lifecycle callbacks (in LIFECYCLE's order), handlers ([method, function] pairs), then
  * the numbers: reconnect.enabled, reconnect.fullJitter, reconnect.baseDelayMs, reconnect.maxDelayMs,
  * reconnect.maxAttempts (Infinity: unlimited), the MS options in MS's order, fragmentThreshold, queue.maxMessages,

@@ -3,10 +3,11 @@
 //! option (anything invalid throws a `TypeError` naming it, e.g. `options.reconnect.maxAttempts must be a
 //! positive integer, null or Infinity`); the core checks their combination (`Config::validate`).
 
-use js_sys::{Array, Function, Reflect};
+use js_sys::{Array, Function};
 use sockeye_core::{Config, ConfigError, Duration};
 use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::{JsCast, JsValue};
+use web_sys::AbortSignal;
 
 use crate::errors::type_error;
 
@@ -71,6 +72,14 @@ extern "C" {
     /// Checks every option (a `TypeError` names the first bad one) and returns them as a flat array; see there.
     #[wasm_bindgen(catch, js_name = checkOptions)]
     fn check_options(options: &JsValue) -> Result<Array, JsValue>;
+
+    /// `[timeoutMs (NaN: none), signal (undefined: none)]`; see [`call_options`].
+    #[wasm_bindgen(catch, js_name = callOptions)]
+    fn check_call_options(
+        options: &JsValue,
+        prefix: &str,
+        with_signal: bool,
+    ) -> Result<Array, JsValue>;
 }
 
 /// Reads `new Client(options)`.
@@ -166,33 +175,21 @@ pub(crate) fn items(array: &Array) -> impl Iterator<Item = JsValue> + '_ {
     (0..array.length()).map(|i| array.get(i))
 }
 
-pub(crate) fn get(obj: &JsValue, key: &str) -> JsValue {
-    Reflect::get(obj, &JsValue::from_str(key)).unwrap_or(JsValue::UNDEFINED)
-}
-
-/// `{ timeoutMs }` of `request` and `waitForStatus`: `Ok(None)` when the options or the key are absent.
-/// `prefix` names the options object in errors, e.g. `"request options."`.
-pub(crate) fn timeout_ms(
-    options: Option<&JsValue>,
+/// `{ timeoutMs, signal }` of `request` (`with_signal`) and `waitForStatus`, checked by `callOptions` in
+/// `js/errors.js`; `prefix` names the options object in errors, e.g. `"request options."`.
+///
+/// # Errors
+/// A `TypeError` naming the bad option.
+pub(crate) fn call_options(
+    options: &JsValue,
     prefix: &str,
-) -> Result<Option<Duration>, JsValue> {
-    let Some(options) = options.filter(|o| !o.is_undefined() && !o.is_null()) else {
-        return Ok(None);
-    };
-    let v = get(options, "timeoutMs");
-    if v.is_undefined() {
-        return Ok(None);
-    }
-    v.as_f64()
-        .filter(|n| *n >= 0.0 && n.fract() == 0.0 && *n <= (1u64 << 53) as f64)
-        .map(|n| Some(Duration::from_millis(n as u64)))
-        .ok_or_else(|| {
-            type_error(
-                &[
-                    prefix,
-                    "timeoutMs must be a non-negative integer (milliseconds)",
-                ]
-                .concat(),
-            )
-        })
+    with_signal: bool,
+) -> Result<(Option<Duration>, Option<AbortSignal>), JsValue> {
+    let parts = check_call_options(options, prefix, with_signal)?;
+    let timeout = parts.get(0).as_f64().filter(|n| !n.is_nan());
+    let signal = Some(parts.get(1)).filter(|s| !s.is_undefined());
+    Ok((
+        timeout.map(|n| Duration::from_millis(n as u64)),
+        signal.map(JsCast::unchecked_into),
+    ))
 }
