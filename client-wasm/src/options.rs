@@ -11,21 +11,6 @@ use web_sys::AbortSignal;
 
 use crate::errors::type_error;
 
-/// Where to connect.
-pub(crate) enum Url {
-    Fixed(String),
-    /// `(attempt) => url`, called before every attempt.
-    Dynamic(Function),
-}
-
-/// The token appended as `?token=`.
-pub(crate) enum Token {
-    None,
-    Fixed(String),
-    /// `getToken()`, returning a string or a promise of one, called before every attempt.
-    Provider(Function),
-}
-
 /// `options.lifecycle`: the callbacks as `checkOptions` returns them, a JS array in [`Hook`]'s order with
 /// `undefined` for those not given. (Kept as the array: a struct of seven `Option<Function>`s cost more code to
 /// build, clone and drop.)
@@ -60,8 +45,11 @@ impl Default for Lifecycle {
 
 pub(crate) struct Options {
     pub(crate) config: Config,
-    pub(crate) url: Url,
-    pub(crate) token: Token,
+    /// Where to connect: a `ws://` or `wss://` URL, or `(attempt) => url`, called before every attempt.
+    pub(crate) url: JsValue,
+    /// Appended as `?token=`: a string, `getToken()` (returning a string or a promise of one, called before every
+    /// attempt), or `undefined`. (Kept as the JS values `checkOptions` checked: Rust enums of them cost more code.)
+    pub(crate) token: JsValue,
     pub(crate) lifecycle: Lifecycle,
     /// `options.handlers`: server requests by method, as checked `[method, function]` pairs.
     pub(crate) handlers: Array,
@@ -89,16 +77,9 @@ extern "C" {
 pub(crate) fn parse(options: &JsValue, seed: u64) -> Result<Options, JsValue> {
     let parts = check_options(options)?;
     let url = parts.get(0);
-    let url = match url.as_string() {
-        Some(url) => Url::Fixed(url),
-        None => Url::Dynamic(url.unchecked_into()),
-    };
-    let get_token = parts.get(2);
-    let token = match parts.get(1).as_string() {
-        Some(token) => Token::Fixed(token),
-        None if get_token.is_function() => Token::Provider(get_token.unchecked_into()),
-        None => Token::None,
-    };
+    let token = Some(parts.get(1))
+        .filter(|t| !t.is_undefined())
+        .unwrap_or_else(|| parts.get(2));
     let lifecycle = Lifecycle(parts.get(3).unchecked_into());
     let handlers = parts.get(4).unchecked_into();
 

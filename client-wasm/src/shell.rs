@@ -37,7 +37,7 @@ use web_sys::{AbortSignal, EventTarget, MessageEvent, WebSocket};
 
 use crate::cbor;
 use crate::errors::{self, apply, apply_to, error, request_error, settle, Kind};
-use crate::options::{self, Hook, Lifecycle, Options, Token, Url};
+use crate::options::{self, Hook, Lifecycle, Options};
 
 /// PROTOCOL §1.
 const SUBPROTOCOL: &str = "sockeye.v1";
@@ -113,8 +113,8 @@ pub(crate) struct Inner {
 struct State {
     conn: Connection,
     weak: Weak<Inner>,
-    url: Url,
-    token: Token,
+    url: JsValue,
+    token: JsValue,
     lifecycle: Lifecycle,
     /// Server-request handlers, one per method: `options.handlers` and `onRequest`. (Lists are `Vec`s
     /// throughout, searched linearly: every `BTreeMap` instantiation costs the package ~5 KB of code, and these
@@ -542,53 +542,41 @@ impl Inner {
             if st.opening != Some(socket) {
                 return;
             }
-            let url = match &st.url {
-                Url::Fixed(u) => Ok(u.clone()),
-                Url::Dynamic(f) => Err(f.clone()),
-            };
-            let token = match &st.token {
-                Token::None => Ok(None),
-                Token::Fixed(t) => Ok(Some(t.clone())),
-                Token::Provider(f) => Err(f.clone()),
-            };
-            (url, token)
+            (st.url.clone(), st.token.clone())
         };
-        let url = match url {
-            Ok(url) => url,
-            Err(f) => match apply(&f, &[&attempt.into()]) {
-                Ok(v) => match v.as_string() {
-                    Some(url) => url,
-                    None => {
-                        return self.fail_open(socket, "options.url(attempt) returned no string")
-                    }
-                },
+        let url = if url.is_function() {
+            match apply(url.unchecked_ref(), &[&attempt.into()]) {
+                Ok(url) => url,
                 Err(e) => {
                     return self.fail_open(socket, &describe("options.url(attempt) threw", &e))
                 }
-            },
+            }
+        } else {
+            url
         };
-        match token {
-            Ok(token) => self.connect(socket, &url, token.as_deref()),
-            Err(get_token) => match apply(&get_token, &[]) {
-                Err(e) => self.fail_open(socket, &describe("getToken() threw", &e)),
-                Ok(promise) => {
-                    let weak = Rc::downgrade(self);
-                    let done = callback(move |outcome| {
-                        let Some(inner) = weak.upgrade() else { return };
-                        let (ok, value) = outcome_parts(&outcome);
-                        match (ok, value.as_string()) {
-                            (true, Some(token)) => inner.connect(socket, &url, Some(&token)),
-                            (true, None) => {
-                                inner.fail_open(socket, "getToken() resolved to no string")
-                            }
-                            (false, _) => {
-                                inner.fail_open(socket, &describe("getToken() failed", &value))
-                            }
+        let Some(url) = url.as_string() else {
+            return self.fail_open(socket, "options.url(attempt) returned no string");
+        };
+        if !token.is_function() {
+            return self.connect(socket, &url, token.as_string().as_deref());
+        }
+        match apply(token.unchecked_ref(), &[]) {
+            Err(e) => self.fail_open(socket, &describe("getToken() threw", &e)),
+            Ok(promise) => {
+                let weak = Rc::downgrade(self);
+                let done = callback(move |outcome| {
+                    let Some(inner) = weak.upgrade() else { return };
+                    let (ok, value) = outcome_parts(&outcome);
+                    match (ok, value.as_string()) {
+                        (true, Some(token)) => inner.connect(socket, &url, Some(&token)),
+                        (true, None) => inner.fail_open(socket, "getToken() resolved to no string"),
+                        (false, _) => {
+                            inner.fail_open(socket, &describe("getToken() failed", &value))
                         }
-                    });
-                    settle(&promise, &done.into_js_value());
-                }
-            },
+                    }
+                });
+                settle(&promise, &done.into_js_value());
+            }
         }
     }
 
