@@ -234,8 +234,9 @@ impl Client {
 
     // The current state.
     #[wasm_bindgen(getter, skip_typescript, skip_jsdoc)]
-    pub fn status(&self) -> String {
-        self.inner.status().to_owned()
+    pub fn status(&self) -> JsValue {
+        // A JS string made from the `&'static str` (no `String` handed over to be freed by the glue).
+        JsValue::from_str(self.inner.status())
     }
 
     // Resolves when the client is in `status` (at once when it is already); rejects with `TimeoutError` after
