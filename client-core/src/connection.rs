@@ -14,6 +14,7 @@ use crate::error::{CloseCode, CloseReason, ErrorCode};
 use crate::queue::{OfflineQueue, Queued};
 use crate::requests::{RequestError, RequestId, Requests, Stage};
 use crate::state::{terminal_reason, DisconnectReason, Status, Transition};
+use crate::text::{n, Text};
 use crate::time::{millis, Duration, Instant};
 use crate::topics::Topics;
 
@@ -138,17 +139,26 @@ impl SendError {
     }
 }
 
+impl SendError {
+    /// The `Display` text, built without `core::fmt` (the browser package shows it and pays for formatting
+    /// machinery per call site; see `text.rs`).
+    pub fn message(&self) -> String {
+        match self {
+            SendError::QueueFull { limits } => Text::from("offline queue full (")
+                .num(n(limits.max_messages))
+                .str(" messages / ")
+                .num(n(limits.max_bytes))
+                .str(" bytes at most)")
+                .into(),
+            SendError::TooLarge(e) => ["message too large: ", &e.message()].concat(),
+            SendError::InvalidTopic(e) => ["invalid topic: ", &e.message()].concat(),
+        }
+    }
+}
+
 impl fmt::Display for SendError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SendError::QueueFull { limits } => write!(
-                f,
-                "offline queue full ({} messages / {} bytes at most)",
-                limits.max_messages, limits.max_bytes
-            ),
-            SendError::TooLarge(e) => write!(f, "message too large: {e}"),
-            SendError::InvalidTopic(e) => write!(f, "invalid topic: {e}"),
-        }
+        f.write_str(&self.message())
     }
 }
 
@@ -345,7 +355,7 @@ impl Connection {
                     let limit = self.config.reassembly.max_message_bytes;
                     self.refuse(
                         now,
-                        ProtocolViolation::MessageTooBig { size, limit }.to_string(),
+                        ProtocolViolation::MessageTooBig { size, limit }.message(),
                     );
                 }
             }
@@ -464,14 +474,15 @@ impl Connection {
         let envelope = match self.reassembler.handle_frame(now, data) {
             Ok(Some(bytes)) => Envelope::decode(&bytes),
             Ok(None) => return,
-            Err(violation) => return self.refuse(now, violation.to_string()),
+            Err(violation) => return self.refuse(now, violation.message()),
         };
         match envelope {
             Ok(envelope) => self.dispatch(now, socket, envelope),
             Err(error) => {
                 // A broken reply to one of our requests ends that request now rather than at its deadline.
                 if let (Some("res" | "err"), Some(id)) = (error.t, error.id) {
-                    let message = format!("the server's reply is malformed: {}", error.kind);
+                    let message =
+                        ["the server's reply is malformed: ", &error.kind.message()].concat();
                     self.complete(
                         id,
                         Err(RequestError::local(ErrorCode::InvalidArgument, message)),
@@ -494,7 +505,10 @@ impl Connection {
                 // the browser's, get here.)
                 let max = self.config.max_inbound_requests;
                 if self.inbound_requests.len() >= max {
-                    return self.refuse(now, format!("more than {max} unanswered server requests"));
+                    let reason = Text::from("more than ")
+                        .num(n(max))
+                        .str(" unanswered server requests");
+                    return self.refuse(now, reason.into());
                 }
                 self.inbound_requests.push(id);
                 self.push(Output::Event(Event::Request {
@@ -731,21 +745,19 @@ impl Connection {
             );
         }
         if let Err(violation) = self.reassembler.handle_timeout(now) {
-            return self.refuse(now, violation.to_string());
+            return self.refuse(now, violation.message());
         }
         if due(self.timers.connect, now) {
-            let reason = format!(
-                "connect timeout: not ready within {} ms",
-                millis(self.config.connect_timeout)
-            );
-            return self.close_and_retry(now, CloseCode::KEEPALIVE_TIMEOUT, reason);
+            let reason = Text::from("connect timeout: not ready within ")
+                .num(millis(self.config.connect_timeout))
+                .str(" ms");
+            return self.close_and_retry(now, CloseCode::KEEPALIVE_TIMEOUT, reason.into());
         }
         if due(self.timers.pong, now) {
-            let reason = format!(
-                "keepalive timeout: no frame within {} ms",
-                millis(self.config.keepalive_timeout)
-            );
-            return self.close_and_retry(now, CloseCode::KEEPALIVE_TIMEOUT, reason);
+            let reason = Text::from("keepalive timeout: no frame within ")
+                .num(millis(self.config.keepalive_timeout))
+                .str(" ms");
+            return self.close_and_retry(now, CloseCode::KEEPALIVE_TIMEOUT, reason.into());
         }
         if due(self.timers.stable, now) {
             self.timers.stable = None;

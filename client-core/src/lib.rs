@@ -87,6 +87,7 @@ pub mod handshake;
 mod queue;
 mod requests;
 mod state;
+mod text;
 pub mod time;
 mod topics;
 

@@ -1,4 +1,4 @@
-//! JS values ↔ CBOR for payloads: the walk itself is `js/cbor.js` (its header has the table of what maps to
+//! JS values ↔ CBOR for payloads: the walk itself is in `js/errors.js` (its header has the table of what maps to
 //! what). Written in JS because walking JS values from Rust costs a boundary call and an import for every type
 //! test and property read: the Rust walker this replaced was ~3 KB gzipped larger and slower.
 //!
@@ -11,7 +11,7 @@ use wasm_bindgen::JsValue;
 
 use crate::errors::type_error;
 
-#[wasm_bindgen(module = "/js/cbor.js")]
+#[wasm_bindgen(module = "/js/errors.js")]
 extern "C" {
     /// `undefined` → `None`; a `TypeError` (or a throwing getter's error) → `Err`.
     #[wasm_bindgen(catch, js_name = encode)]
@@ -30,7 +30,7 @@ pub(crate) fn encode(data: &JsValue) -> Result<Option<Payload>, JsValue> {
     let Some(bytes) = encode_js(data)? else {
         return Ok(None);
     };
-    // Cannot fail for what js/cbor.js writes, but a TypeError is better than a bad payload if it ever did.
+    // Cannot fail for what js/errors.js writes, but a TypeError is better than a bad payload if it ever did.
     Payload::from_cbor(bytes)
         .map(Some)
         .map_err(|_| type_error("data: not encodable"))

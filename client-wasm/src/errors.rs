@@ -1,4 +1,5 @@
-//! The package's typed errors: `Error` subclasses with a `code`, defined in `js/errors.js` and built from Rust.
+//! The package's typed errors: `Error` subclasses with a `code`, defined in `js/errors.js` (the package's one JS
+//! file) and built from Rust.
 
 use js_sys::Function;
 use sockeye_core::{ErrorCode, RequestError, SendError};
@@ -97,7 +98,7 @@ pub(crate) fn send_error(e: &SendError) -> JsValue {
         SendError::QueueFull { .. } => Kind::QueueFull,
         _ => Kind::Sockeye,
     };
-    error(kind, e.code().as_str(), &e.to_string())
+    error(kind, e.code().as_str(), &e.message())
 }
 
 /// A `TypeError` for a bad option or argument.

@@ -13,7 +13,6 @@ use std::rc::Rc;
 use js_sys::{Function, Promise};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
-use web_sys::AbortSignal;
 
 mod cbor;
 mod errors;
@@ -246,18 +245,15 @@ impl Client {
 
     // The current state.
     #[wasm_bindgen(getter, skip_typescript, skip_jsdoc)]
-    pub fn status(&self) -> String {
-        self.inner.status().to_owned()
+    pub fn status(&self) -> JsValue {
+        // A JS string made from the `&'static str` (no `String` handed over to be freed by the glue).
+        JsValue::from_str(self.inner.status())
     }
 
     // Resolves when the client is in `status` (at once when it is already); rejects with `TimeoutError` after
     // `timeoutMs`, or with `ConnectionClosedError` when `close()` ends the wait.
     #[wasm_bindgen(js_name = waitForStatus, skip_typescript, skip_jsdoc)]
-    pub fn wait_for_status(
-        &self,
-        status: String,
-        options: Option<JsValue>,
-    ) -> Result<Promise, JsValue> {
+    pub fn wait_for_status(&self, status: String, options: JsValue) -> Result<Promise, JsValue> {
         const NAMES: [&str; 5] = [
             "disconnected",
             "connecting",
@@ -270,7 +266,7 @@ impl Client {
                 "waitForStatus: status must be one of disconnected, connecting, connected, ready, reconnecting",
             ));
         }
-        let timeout = options::timeout_ms(options.as_ref(), "waitForStatus options.")?;
+        let (timeout, _) = options::call_options(&options, "waitForStatus options.", false)?;
         let (promise, resolve, reject) = errors::promise();
         self.inner.wait_for(status, timeout, resolve, reject);
         Ok(promise)
@@ -278,19 +274,10 @@ impl Client {
 
     // See the `.d.ts` (`request<T>`).
     #[wasm_bindgen(skip_typescript, skip_jsdoc)]
-    pub fn request(&self, method: String, data: JsValue, options: Option<JsValue>) -> Promise {
-        let options = options.filter(|o| !o.is_undefined() && !o.is_null());
+    pub fn request(&self, method: String, data: JsValue, options: JsValue) -> Promise {
         let parsed = (|| {
             let payload = cbor::encode(&data)?;
-            let timeout = options::timeout_ms(options.as_ref(), "request options.")?;
-            let signal = match options.as_ref().map(|o| options::get(o, "signal")) {
-                // `null` is no signal, as for `fetch`.
-                Some(s) if !s.is_undefined() && !s.is_null() => Some(
-                    s.dyn_into::<AbortSignal>()
-                        .map_err(|_| type_error("request options.signal must be an AbortSignal"))?,
-                ),
-                _ => None,
-            };
+            let (timeout, signal) = options::call_options(&options, "request options.", true)?;
             Ok::<_, JsValue>((payload, timeout, signal))
         })();
         let (payload, timeout, signal) = match parsed {

@@ -1,56 +1,73 @@
 //! `new Client(options)`: the JS options object read into the core's [`Config`] plus what the shell keeps
-//! (where to connect, the token, the application's callbacks). `js/options.js` checks each option (anything
-//! invalid throws a `TypeError` naming it, e.g. `options.reconnect.maxAttempts must be a positive integer, null
-//! or Infinity`); the core checks their combination (`Config::validate`).
+//! (where to connect, the token, the application's callbacks). `checkOptions` in `js/errors.js` checks each
+//! option (anything invalid throws a `TypeError` naming it, e.g. `options.reconnect.maxAttempts must be a
+//! positive integer, null or Infinity`); the core checks their combination (`Config::validate`).
 
-use js_sys::{Array, Function, Reflect};
+use js_sys::{Array, Function};
 use sockeye_core::{Config, ConfigError, Duration};
 use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::{JsCast, JsValue};
+use web_sys::AbortSignal;
 
 use crate::errors::type_error;
 
-/// Where to connect.
-pub(crate) enum Url {
-    Fixed(String),
-    /// `(attempt) => url`, called before every attempt.
-    Dynamic(Function),
+/// `options.lifecycle`: the callbacks as `checkOptions` returns them, a JS array in [`Hook`]'s order with
+/// `undefined` for those not given. (Kept as the array: a struct of seven `Option<Function>`s cost more code to
+/// build, clone and drop.)
+pub(crate) struct Lifecycle(Array);
+
+/// The lifecycle callbacks, in `LIFECYCLE`'s order in `js/errors.js`.
+#[derive(Clone, Copy)]
+pub(crate) enum Hook {
+    StateChange,
+    Disconnect,
+    Reconnecting,
+    Reconnected,
+    Ready,
+    Error,
+    Draining,
 }
 
-/// The token appended as `?token=`.
-pub(crate) enum Token {
-    None,
-    Fixed(String),
-    /// `getToken()`, returning a string or a promise of one, called before every attempt.
-    Provider(Function),
+impl Lifecycle {
+    pub(crate) fn get(&self, hook: Hook) -> Option<Function> {
+        Some(self.0.get(hook as u32))
+            .filter(JsValue::is_function)
+            .map(JsCast::unchecked_into)
+    }
 }
 
-/// `options.lifecycle`.
-#[derive(Default)]
-pub(crate) struct Lifecycle {
-    pub(crate) on_state_change: Option<Function>,
-    pub(crate) on_disconnect: Option<Function>,
-    pub(crate) on_reconnecting: Option<Function>,
-    pub(crate) on_reconnected: Option<Function>,
-    pub(crate) on_ready: Option<Function>,
-    pub(crate) on_error: Option<Function>,
-    pub(crate) on_draining: Option<Function>,
+impl Default for Lifecycle {
+    /// No callbacks.
+    fn default() -> Self {
+        Lifecycle(Array::new())
+    }
 }
 
 pub(crate) struct Options {
     pub(crate) config: Config,
-    pub(crate) url: Url,
-    pub(crate) token: Token,
+    /// Where to connect: a `ws://` or `wss://` URL, or `(attempt) => url`, called before every attempt.
+    pub(crate) url: JsValue,
+    /// Appended as `?token=`: a string, `getToken()` (returning a string or a promise of one, called before every
+    /// attempt), or `undefined`. (Kept as the JS values `checkOptions` checked: Rust enums of them cost more code.)
+    pub(crate) token: JsValue,
     pub(crate) lifecycle: Lifecycle,
-    /// `options.handlers`: server requests by method.
-    pub(crate) handlers: Vec<(String, Function)>,
+    /// `options.handlers`: server requests by method, as checked `[method, function]` pairs.
+    pub(crate) handlers: Array,
 }
 
-#[wasm_bindgen(module = "/js/options.js")]
+#[wasm_bindgen(module = "/js/errors.js")]
 extern "C" {
     /// Checks every option (a `TypeError` names the first bad one) and returns them as a flat array; see there.
     #[wasm_bindgen(catch, js_name = checkOptions)]
     fn check_options(options: &JsValue) -> Result<Array, JsValue>;
+
+    /// `[timeoutMs (NaN: none), signal (undefined: none)]`; see [`call_options`].
+    #[wasm_bindgen(catch, js_name = callOptions)]
+    fn check_call_options(
+        options: &JsValue,
+        prefix: &str,
+        with_signal: bool,
+    ) -> Result<Array, JsValue>;
 }
 
 /// Reads `new Client(options)`.
@@ -60,40 +77,11 @@ extern "C" {
 pub(crate) fn parse(options: &JsValue, seed: u64) -> Result<Options, JsValue> {
     let parts = check_options(options)?;
     let url = parts.get(0);
-    let url = match url.as_string() {
-        Some(url) => Url::Fixed(url),
-        None => Url::Dynamic(url.unchecked_into()),
-    };
-    let get_token = parts.get(2);
-    let token = match parts.get(1).as_string() {
-        Some(token) => Token::Fixed(token),
-        None if get_token.is_function() => Token::Provider(get_token.unchecked_into()),
-        None => Token::None,
-    };
-    let callbacks: Array = parts.get(3).unchecked_into();
-    let callback = |i| {
-        Some(callbacks.get(i))
-            .filter(JsValue::is_function)
-            .map(JsCast::unchecked_into)
-    };
-    let lifecycle = Lifecycle {
-        on_state_change: callback(0),
-        on_disconnect: callback(1),
-        on_reconnecting: callback(2),
-        on_reconnected: callback(3),
-        on_ready: callback(4),
-        on_error: callback(5),
-        on_draining: callback(6),
-    };
-    let handlers = items(parts.get(4).unchecked_ref())
-        .map(|pair| {
-            let pair: &Array = pair.unchecked_ref();
-            (
-                pair.get(0).as_string().unwrap_or_default(),
-                pair.get(1).unchecked_into(),
-            )
-        })
-        .collect();
+    let token = Some(parts.get(1))
+        .filter(|t| !t.is_undefined())
+        .unwrap_or_else(|| parts.get(2));
+    let lifecycle = Lifecycle(parts.get(3).unchecked_into());
+    let handlers = parts.get(4).unchecked_into();
 
     // The numbers, in checkOptions' order; NaN (absent) keeps the core's default.
     let mut numbers = (5..).map(|i| parts.get(i).as_f64().filter(|n| !n.is_nan()));
@@ -164,37 +152,25 @@ pub(crate) fn config_error(e: &ConfigError) -> JsValue {
 }
 
 /// The items of a JS array, read by index. (`Array::iter` needs an import of its own.)
-fn items(array: &Array) -> impl Iterator<Item = JsValue> + '_ {
+pub(crate) fn items(array: &Array) -> impl Iterator<Item = JsValue> + '_ {
     (0..array.length()).map(|i| array.get(i))
 }
 
-pub(crate) fn get(obj: &JsValue, key: &str) -> JsValue {
-    Reflect::get(obj, &JsValue::from_str(key)).unwrap_or(JsValue::UNDEFINED)
-}
-
-/// `{ timeoutMs }` of `request` and `waitForStatus`: `Ok(None)` when the options or the key are absent.
-/// `prefix` names the options object in errors, e.g. `"request options."`.
-pub(crate) fn timeout_ms(
-    options: Option<&JsValue>,
+/// `{ timeoutMs, signal }` of `request` (`with_signal`) and `waitForStatus`, checked by `callOptions` in
+/// `js/errors.js`; `prefix` names the options object in errors, e.g. `"request options."`.
+///
+/// # Errors
+/// A `TypeError` naming the bad option.
+pub(crate) fn call_options(
+    options: &JsValue,
     prefix: &str,
-) -> Result<Option<Duration>, JsValue> {
-    let Some(options) = options.filter(|o| !o.is_undefined() && !o.is_null()) else {
-        return Ok(None);
-    };
-    let v = get(options, "timeoutMs");
-    if v.is_undefined() {
-        return Ok(None);
-    }
-    v.as_f64()
-        .filter(|n| *n >= 0.0 && n.fract() == 0.0 && *n <= (1u64 << 53) as f64)
-        .map(|n| Some(Duration::from_millis(n as u64)))
-        .ok_or_else(|| {
-            type_error(
-                &[
-                    prefix,
-                    "timeoutMs must be a non-negative integer (milliseconds)",
-                ]
-                .concat(),
-            )
-        })
+    with_signal: bool,
+) -> Result<(Option<Duration>, Option<AbortSignal>), JsValue> {
+    let parts = check_call_options(options, prefix, with_signal)?;
+    let timeout = parts.get(0).as_f64().filter(|n| !n.is_nan());
+    let signal = Some(parts.get(1)).filter(|s| !s.is_undefined());
+    Ok((
+        timeout.map(|n| Duration::from_millis(n as u64)),
+        signal.map(JsCast::unchecked_into),
+    ))
 }

@@ -38,7 +38,7 @@ use web_sys::{AbortSignal, EventTarget, MessageEvent, WebSocket};
 
 use crate::cbor;
 use crate::errors::{self, apply, apply_to, error, request_error, settle, Kind};
-use crate::options::{self, Lifecycle, Options, Token, Url};
+use crate::options::{self, Hook, Lifecycle, Options};
 
 #[wasm_bindgen]
 extern "C" {
@@ -111,13 +111,13 @@ pub(crate) struct Inner {
 struct State {
     conn: Connection,
     weak: Weak<Inner>,
-    url: Url,
-    token: Token,
+    url: JsValue,
+    token: JsValue,
     lifecycle: Lifecycle,
     /// Server-request handlers, one per method: `options.handlers` and `onRequest`. (Lists are `Vec`s
     /// throughout, searched linearly: every `BTreeMap` instantiation costs the package ~5 KB of code, and these
     /// lists are short; `requests` holds the requests in flight.)
-    handlers: Vec<(u32, String, Function)>,
+    handlers: Vec<Listener>,
     /// Application work waiting for the borrow to end.
     actions: VecDeque<Action>,
     /// The current socket.
@@ -133,11 +133,11 @@ struct State {
     listeners: Option<Listeners>,
     hidden: bool,
     ever_ready: bool,
-    requests: Vec<(u64, Pending)>,
-    topics: Vec<TopicListener>,
-    transitions: Vec<(u32, Function)>,
-    messages: Vec<(u32, String, Function)>,
-    waiters: Vec<Waiter>,
+    requests: Vec<Pending>,
+    topics: Vec<Listener>,
+    transitions: Vec<Listener>,
+    messages: Vec<Listener>,
+    waiters: Vec<Pending>,
     next_id: u32,
 }
 
@@ -233,7 +233,12 @@ impl Drop for Listeners {
     }
 }
 
+/// A promise the shell settles later: a request's (found by `id`, with its `AbortSignal` listener) or a
+/// `waitForStatus`'s (found by `status`, rejected at `deadline`). One type for both lists, as `Listener` is.
 struct Pending {
+    id: u64,
+    status: String,
+    deadline: Option<Instant>,
     resolve: Function,
     reject: Function,
     _abort: Option<Abort>,
@@ -253,18 +258,23 @@ impl Drop for Abort {
     }
 }
 
-struct TopicListener {
+/// An application callback under a name: a topic (with its `onError`), a message name, a server-request method,
+/// or none (transitions). One element type for the four lists: each distinct one costs the package its own copy
+/// of `Vec`'s code (~250 bytes gzipped each).
+struct Listener {
     id: u32,
-    topic: String,
-    handler: Function,
+    name: String,
+    f: Function,
     on_error: Option<Function>,
 }
 
-struct Waiter {
-    status: String,
-    deadline: Option<Instant>,
-    resolve: Function,
-    reject: Function,
+fn listener(id: u32, name: String, f: Function) -> Listener {
+    Listener {
+        id,
+        name,
+        f,
+        on_error: None,
+    }
 }
 
 impl State {
@@ -316,8 +326,8 @@ impl State {
     fn event(&mut self, event: Event) {
         match event {
             Event::Reply { id, result } => {
-                if let Some(i) = self.requests.iter().position(|(r, _)| *r == id.0) {
-                    let (_, p) = self.requests.swap_remove(i);
+                if let Some(i) = self.requests.iter().position(|p| p.id == id.0) {
+                    let p = self.requests.swap_remove(i);
                     let _ = match result {
                         Ok(data) => apply(&p.resolve, &[&cbor::decode(data.as_ref())]),
                         Err(e) => apply(&p.reject, &[&request_error(&e)]),
@@ -433,9 +443,13 @@ impl Inner {
                 waiters: Vec::new(),
                 next_id: 0,
             };
-            for (method, f) in handlers {
+            for pair in options::items(&handlers) {
+                let pair: js_sys::Array = pair.unchecked_into();
                 let id = state.next_id();
-                state.handlers.push((id, method, f));
+                let method = pair.get(0).as_string().unwrap_or_default();
+                state
+                    .handlers
+                    .push(listener(id, method, pair.get(1).unchecked_into()));
             }
             Inner {
                 state: RefCell::new(state),
@@ -535,53 +549,41 @@ impl Inner {
             if st.opening != Some(socket) {
                 return;
             }
-            let url = match &st.url {
-                Url::Fixed(u) => Ok(u.clone()),
-                Url::Dynamic(f) => Err(f.clone()),
-            };
-            let token = match &st.token {
-                Token::None => Ok(None),
-                Token::Fixed(t) => Ok(Some(t.clone())),
-                Token::Provider(f) => Err(f.clone()),
-            };
-            (url, token)
+            (st.url.clone(), st.token.clone())
         };
-        let url = match url {
-            Ok(url) => url,
-            Err(f) => match apply(&f, &[&attempt.into()]) {
-                Ok(v) => match v.as_string() {
-                    Some(url) => url,
-                    None => {
-                        return self.fail_open(socket, "options.url(attempt) returned no string")
-                    }
-                },
+        let url = if url.is_function() {
+            match apply(url.unchecked_ref(), &[&attempt.into()]) {
+                Ok(url) => url,
                 Err(e) => {
                     return self.fail_open(socket, &describe("options.url(attempt) threw", &e))
                 }
-            },
+            }
+        } else {
+            url
         };
-        match token {
-            Ok(token) => self.connect(socket, &url, token.as_deref()),
-            Err(get_token) => match apply(&get_token, &[]) {
-                Err(e) => self.fail_open(socket, &describe("getToken() threw", &e)),
-                Ok(promise) => {
-                    let weak = Rc::downgrade(self);
-                    let done = callback(move |outcome| {
-                        let Some(inner) = weak.upgrade() else { return };
-                        let (ok, value) = outcome_parts(&outcome);
-                        match (ok, value.as_string()) {
-                            (true, Some(token)) => inner.connect(socket, &url, Some(&token)),
-                            (true, None) => {
-                                inner.fail_open(socket, "getToken() resolved to no string")
-                            }
-                            (false, _) => {
-                                inner.fail_open(socket, &describe("getToken() failed", &value))
-                            }
+        let Some(url) = url.as_string() else {
+            return self.fail_open(socket, "options.url(attempt) returned no string");
+        };
+        if !token.is_function() {
+            return self.connect(socket, &url, token.as_string().as_deref());
+        }
+        match apply(token.unchecked_ref(), &[]) {
+            Err(e) => self.fail_open(socket, &describe("getToken() threw", &e)),
+            Ok(promise) => {
+                let weak = Rc::downgrade(self);
+                let done = callback(move |outcome| {
+                    let Some(inner) = weak.upgrade() else { return };
+                    let (ok, value) = outcome_parts(&outcome);
+                    match (ok, value.as_string()) {
+                        (true, Some(token)) => inner.connect(socket, &url, Some(&token)),
+                        (true, None) => inner.fail_open(socket, "getToken() resolved to no string"),
+                        (false, _) => {
+                            inner.fail_open(socket, &describe("getToken() failed", &value))
                         }
-                    });
-                    settle(&promise, &done.into_js_value());
-                }
-            },
+                    }
+                });
+                settle(&promise, &done.into_js_value());
+            }
         }
     }
 
@@ -701,20 +703,24 @@ impl Inner {
         let (listeners, lc) = {
             let st = self.state.borrow();
             let l = &st.lifecycle;
-            let mut listeners: Vec<Function> = l.on_state_change.iter().cloned().collect();
-            listeners.extend(st.transitions.iter().map(|(_, f)| f.clone()));
+            let on_state_change = l.get(Hook::StateChange);
+            let listeners = snapshot(
+                on_state_change
+                    .iter()
+                    .chain(st.transitions.iter().map(|l| &l.f)),
+            );
             let lc = (
-                l.on_disconnect.clone(),
-                l.on_reconnecting.clone(),
-                l.on_ready.clone(),
-                l.on_reconnected.clone(),
+                l.get(Hook::Disconnect),
+                l.get(Hook::Reconnecting),
+                l.get(Hook::Ready),
+                l.get(Hook::Reconnected),
             );
             (listeners, lc)
         };
         let (on_disconnect, on_reconnecting, on_ready, on_reconnected) = lc;
         let object = transition_object(t);
-        for f in &listeners {
-            self.call(f, &[&object]);
+        for f in options::items(&listeners) {
+            self.call(f.unchecked_ref(), &[&object]);
         }
         let was_open = matches!(t.from, Status::Connected { .. } | Status::Ready);
         let is_open = matches!(t.to, Status::Connected { .. } | Status::Ready);
@@ -757,47 +763,47 @@ impl Inner {
     fn deliver(self: &Rc<Self>, event: Event) {
         match event {
             Event::Message { name, data } => {
-                let handlers: Vec<Function> = {
-                    let st = self.state.borrow();
-                    st.messages
+                let handlers = snapshot(
+                    self.state
+                        .borrow()
+                        .messages
                         .iter()
-                        .filter(|(_, n, _)| *n == name || n == "*")
-                        .map(|(_, _, f)| f.clone())
-                        .collect()
-                };
-                if handlers.is_empty() {
+                        .filter(|l| l.name == name || l.name == "*")
+                        .map(|l| &l.f),
+                );
+                if handlers.length() == 0 {
                     return;
                 }
                 let data = cbor::decode(data.as_ref());
                 let meta = Object::new();
                 set(&meta, "name", &name.into());
-                for f in &handlers {
-                    self.call(f, &[&data, &meta]);
+                for f in options::items(&handlers) {
+                    self.call(f.unchecked_ref(), &[&data, &meta]);
                 }
             }
             Event::TopicEvent { topic, seq, data } => {
-                let handlers: Vec<Function> = {
-                    let st = self.state.borrow();
-                    st.topics
+                let handlers = snapshot(
+                    self.state
+                        .borrow()
+                        .topics
                         .iter()
-                        .filter(|l| l.topic == topic)
-                        .map(|l| l.handler.clone())
-                        .collect()
-                };
+                        .filter(|l| l.name == topic)
+                        .map(|l| &l.f),
+                );
                 let data = cbor::decode(data.as_ref());
                 let meta = Object::new();
                 set(&meta, "topic", &topic.into());
                 set(&meta, "seq", &(seq as f64).into());
-                for f in &handlers {
-                    self.call(f, &[&data, &meta]);
+                for f in options::items(&handlers) {
+                    self.call(f.unchecked_ref(), &[&data, &meta]);
                 }
             }
             Event::SubscribeFailed { topic, error } => {
-                let removed: Vec<TopicListener> = {
+                let removed: Vec<Listener> = {
                     let mut st = self.state.borrow_mut();
                     let (gone, kept) = std::mem::take(&mut st.topics)
                         .into_iter()
-                        .partition(|l| l.topic == topic);
+                        .partition(|l| l.name == topic);
                     st.topics = kept;
                     gone
                 };
@@ -818,14 +824,14 @@ impl Inner {
             // Events flow once acknowledged; nothing for the page to do.
             Event::Subscribed { .. } => {}
             Event::Notice(e) => {
-                let f = self.state.borrow().lifecycle.on_error.clone();
+                let f = self.state.borrow().lifecycle.get(Hook::Error);
                 match f {
                     Some(f) => self.call(&f, &[&request_error(&e)]),
                     None => console_error("sockeye: server error", &request_error(&e)),
                 }
             }
             Event::Draining => {
-                let f = self.state.borrow().lifecycle.on_draining.clone();
+                let f = self.state.borrow().lifecycle.get(Hook::Draining);
                 if let Some(f) = f {
                     self.call(&f, &[]);
                 }
@@ -848,8 +854,8 @@ impl Inner {
             .borrow()
             .handlers
             .iter()
-            .find(|(_, m, _)| m == method)
-            .map(|(_, _, f)| f.clone());
+            .find(|l| l.name == method)
+            .map(|l| l.f.clone());
         let Some(handler) = handler else {
             let message = ["no handler for method \"", method, "\""].concat();
             self.with(|st, now| {
@@ -974,11 +980,13 @@ impl Inner {
                 let _ = apply(&resolve, &[]);
                 return;
             }
-            st.waiters.push(Waiter {
+            st.waiters.push(Pending {
+                id: 0,
                 status,
                 deadline: timeout.map(|d| now + d),
                 resolve,
                 reject,
+                _abort: None,
             });
         });
     }
@@ -1011,14 +1019,14 @@ impl Inner {
                         );
                         Abort { signal, handler }
                     });
-                    st.requests.push((
-                        id.0,
-                        Pending {
-                            resolve,
-                            reject,
-                            _abort: abort,
-                        },
-                    ));
+                    st.requests.push(Pending {
+                        id: id.0,
+                        status: String::new(),
+                        deadline: None,
+                        resolve,
+                        reject,
+                        _abort: abort,
+                    });
                 }
             },
         );
@@ -1053,10 +1061,10 @@ impl Inner {
                 .subscribe(now, &topic)
                 .map_err(|e| errors::send_error(&e))?;
             let id = st.next_id();
-            st.topics.push(TopicListener {
+            st.topics.push(Listener {
                 id,
-                topic: topic.clone(),
-                handler,
+                name: topic.clone(),
+                f: handler,
                 on_error,
             });
             Ok::<_, JsValue>(id)
@@ -1064,7 +1072,7 @@ impl Inner {
         Ok(self.unsubscriber(move |st, now| {
             let before = st.topics.len();
             st.topics.retain(|l| l.id != id);
-            let last = !st.topics.iter().any(|l| l.topic == topic);
+            let last = !st.topics.iter().any(|l| l.name == topic);
             if st.topics.len() < before && last {
                 st.conn.unsubscribe(now, &topic);
             }
@@ -1074,30 +1082,30 @@ impl Inner {
     pub(crate) fn on_transition(self: &Rc<Self>, handler: Function) -> JsValue {
         let id = self.with(|st, _| {
             let id = st.next_id();
-            st.transitions.push((id, handler));
+            st.transitions.push(listener(id, String::new(), handler));
             id
         });
-        self.unsubscriber(move |st, _| st.transitions.retain(|(i, _)| *i != id))
+        self.unsubscriber(move |st, _| st.transitions.retain(|l| l.id != id))
     }
 
     pub(crate) fn on_message(self: &Rc<Self>, name: String, handler: Function) -> JsValue {
         let id = self.with(|st, _| {
             let id = st.next_id();
-            st.messages.push((id, name, handler));
+            st.messages.push(listener(id, name, handler));
             id
         });
-        self.unsubscriber(move |st, _| st.messages.retain(|(i, _, _)| *i != id))
+        self.unsubscriber(move |st, _| st.messages.retain(|l| l.id != id))
     }
 
     pub(crate) fn on_request(self: &Rc<Self>, method: String, handler: Function) -> JsValue {
         let id = self.with(|st, _| {
             let id = st.next_id();
-            st.handlers.retain(|(_, m, _)| *m != method);
-            st.handlers.push((id, method.clone(), handler));
+            st.handlers.retain(|l| l.name != method);
+            st.handlers.push(listener(id, method.clone(), handler));
             id
         });
         self.unsubscriber(move |st, _| {
-            st.handlers.retain(|(i, _, _)| *i != id);
+            st.handlers.retain(|l| l.id != id);
         })
     }
 
@@ -1119,6 +1127,16 @@ type Callback = Closure<dyn FnMut(JsValue)>;
 
 fn callback(f: impl FnMut(JsValue) + 'static) -> Callback {
     Closure::new(f)
+}
+
+/// The callbacks to call for one event, copied out so that none runs while the state is borrowed. (Into a JS array:
+/// a `Vec<Function>` would be one more `Vec` element type in the package.)
+fn snapshot<'a>(callbacks: impl Iterator<Item = &'a Function>) -> js_sys::Array {
+    let list = js_sys::Array::new();
+    for f in callbacks {
+        list.push(f);
+    }
+    list
 }
 
 /// `[ok, value]` from `settle`.

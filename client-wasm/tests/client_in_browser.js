@@ -258,6 +258,9 @@ const scenarios = {
       assertError(bad, "TypeError", undefined, "bad signal");
       assert(bad.message.includes("signal"), `names the option: ${bad.message}`);
       assertEq(await client.request("echo", 9, { signal: null }), 9, "signal: null is no signal (as for fetch)");
+      const badTimeout = await rejection(client.request("echo", 1, { timeoutMs: -1 }), "bad timeoutMs");
+      assertError(badTimeout, "TypeError", undefined, "bad timeoutMs");
+      assert(badTimeout.message.includes("request options.timeoutMs"), `names it: ${badTimeout.message}`);
       // Aborting a request still in the offline queue: it ends at once and is never sent.
       await client.close();
       const queued = new AbortController();
@@ -442,6 +445,9 @@ const scenarios = {
       assert(took >= 140 && took < 1000, `timed out after ${took} ms`);
       const bad = thrown(() => client.waitForStatus("online"), "bad status");
       assertError(bad, "TypeError", undefined, "bad status");
+      const badTimeout = thrown(() => client.waitForStatus("ready", { timeoutMs: 1.5 }), "bad timeoutMs");
+      assertError(badTimeout, "TypeError", undefined, "bad timeoutMs");
+      assert(badTimeout.message.includes("waitForStatus options.timeoutMs"), `names it: ${badTimeout.message}`);
       // A wait ended by close() rejects instead of hanging.
       const pending = client.waitForStatus("reconnecting");
       await client.close();

@@ -8,6 +8,7 @@
 //! checked for UTF-8, tags are not interpreted. Nothing here panics on any input.
 
 use super::envelope::MAX_DEPTH;
+use crate::text::{n, Text};
 
 pub(crate) const MAJOR_UINT: u8 = 0;
 pub(crate) const MAJOR_NINT: u8 = 1;
@@ -37,11 +38,12 @@ impl WalkError {
     pub(crate) fn describe(&self) -> String {
         match self {
             WalkError::Truncated { at } => {
-                format!("truncated item or length beyond the input at byte {at}")
+                Text::from("truncated item or length beyond the input at byte ").num(n(*at))
             }
-            WalkError::Malformed { at, what } => format!("{what} at byte {at}"),
-            WalkError::TooDeep => format!("nested deeper than {MAX_DEPTH}"),
+            WalkError::Malformed { at, what } => Text::from(*what).str(" at byte ").num(n(*at)),
+            WalkError::TooDeep => Text::from("nested deeper than ").num(n(MAX_DEPTH)),
         }
+        .into()
     }
 }
 

@@ -11,6 +11,7 @@ use core::fmt;
 
 use super::cbor::{self, Arg, WalkError, MAJOR_MAP, MAJOR_TEXT, MAJOR_UINT};
 use crate::error::{CloseCode, ErrorCode};
+use crate::text::{n, Text};
 
 /// Nesting depth allowed in a payload `d` (arrays, maps and tags count one level each).
 ///
@@ -261,15 +262,24 @@ pub fn validate_topic(topic: &str) -> Result<(), InvalidTopic> {
     }
 }
 
+impl InvalidTopic {
+    /// The `Display` text, built without `core::fmt` (see `text.rs`).
+    pub(crate) fn message(&self) -> String {
+        match self {
+            InvalidTopic::Empty => "topic is empty".into(),
+            InvalidTopic::TooLong { len } => Text::from("topic is ")
+                .num(n(*len))
+                .str(" bytes long, more than ")
+                .num(n(MAX_TOPIC_BYTES))
+                .into(),
+            InvalidTopic::Reserved => "topics starting with '$' are reserved".into(),
+        }
+    }
+}
+
 impl fmt::Display for InvalidTopic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            InvalidTopic::Empty => f.write_str("topic is empty"),
-            InvalidTopic::TooLong { len } => {
-                write!(f, "topic is {len} bytes long, more than {MAX_TOPIC_BYTES}")
-            }
-            InvalidTopic::Reserved => f.write_str("topics starting with '$' are reserved"),
-        }
+        f.write_str(&self.message())
     }
 }
 
@@ -287,9 +297,11 @@ impl Payload {
     pub fn from_cbor(bytes: Vec<u8>) -> Result<Payload, PayloadError> {
         match cbor::skip_item(&bytes, 0) {
             Ok(end) if end == bytes.len() => Ok(Payload(bytes)),
-            Ok(end) => Err(PayloadError::InvalidCbor(format!(
-                "bytes after the item, from byte {end}"
-            ))),
+            Ok(end) => Err(PayloadError::InvalidCbor(
+                Text::from("bytes after the item, from byte ")
+                    .num(n(end))
+                    .into(),
+            )),
             Err(WalkError::TooDeep) => Err(PayloadError::TooDeep),
             Err(e) => Err(PayloadError::InvalidCbor(e.describe())),
         }
@@ -786,7 +798,9 @@ fn read_text(
         key,
         expected: "text",
     };
-    let not_utf8 = || EnvelopeErrorKind::InvalidCbor(format!("`{key}` is not valid UTF-8"));
+    let not_utf8 = || {
+        EnvelopeErrorKind::InvalidCbor(Text::from("`").str(key).str("` is not valid UTF-8").into())
+    };
     let (header, mut pos) = cbor::read_header(bytes, start).map_err(walk_error)?;
     if header.major != MAJOR_TEXT {
         return Err(wrong_type);
@@ -845,7 +859,7 @@ impl EnvelopeError {
             Refusal::Reply(Envelope::Err {
                 id,
                 code: ErrorCode::InvalidArgument,
-                message: self.to_string(),
+                message: self.message(),
                 data: None,
             })
         };
@@ -853,7 +867,7 @@ impl EnvelopeError {
             (EnvelopeErrorKind::UnknownType(_), id) => reply(id),
             (_, Some(id)) => reply(Some(id)),
             (_, None) => {
-                let mut reason = self.to_string();
+                let mut reason = self.message();
                 truncate_at_char_boundary(&mut reason, MAX_CLOSE_REASON);
                 Refusal::Close(CloseCode::INVALID_PAYLOAD, reason)
             }
@@ -861,26 +875,45 @@ impl EnvelopeError {
     }
 }
 
+impl EnvelopeErrorKind {
+    /// The `Display` text, appended to `t` (built without `core::fmt`, see `text.rs`).
+    fn append_to(&self, t: Text) -> Text {
+        match self {
+            EnvelopeErrorKind::InvalidCbor(what) => t.str("not valid CBOR: ").str(what),
+            EnvelopeErrorKind::NotAMap => t.str("not a CBOR map"),
+            EnvelopeErrorKind::NonTextKey => t.str("map keys must be text"),
+            EnvelopeErrorKind::MissingKey(key) => t.str("missing key `").str(key).str("`"),
+            EnvelopeErrorKind::WrongType { key, expected } => {
+                t.str("`").str(key).str("` must be ").str(expected)
+            }
+            EnvelopeErrorKind::UnknownType(ty) => t.str("unknown type `").str(ty).str("`"),
+            EnvelopeErrorKind::TooDeep => t.str("nested deeper than ").num(n(MAX_DEPTH)),
+            EnvelopeErrorKind::TrailingBytes => t.str("bytes after the map"),
+        }
+    }
+
+    /// The `Display` text.
+    pub(crate) fn message(&self) -> String {
+        self.append_to(Text::default()).into()
+    }
+}
+
 impl fmt::Display for EnvelopeErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            EnvelopeErrorKind::InvalidCbor(what) => write!(f, "not valid CBOR: {what}"),
-            EnvelopeErrorKind::NotAMap => f.write_str("not a CBOR map"),
-            EnvelopeErrorKind::NonTextKey => f.write_str("map keys must be text"),
-            EnvelopeErrorKind::MissingKey(key) => write!(f, "missing key `{key}`"),
-            EnvelopeErrorKind::WrongType { key, expected } => {
-                write!(f, "`{key}` must be {expected}")
-            }
-            EnvelopeErrorKind::UnknownType(t) => write!(f, "unknown type `{t}`"),
-            EnvelopeErrorKind::TooDeep => write!(f, "nested deeper than {MAX_DEPTH}"),
-            EnvelopeErrorKind::TrailingBytes => f.write_str("bytes after the map"),
-        }
+        f.write_str(&self.message())
+    }
+}
+
+impl EnvelopeError {
+    /// The `Display` text, built without `core::fmt`.
+    fn message(&self) -> String {
+        self.kind.append_to(Text::from("invalid envelope: ")).into()
     }
 }
 
 impl fmt::Display for EnvelopeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid envelope: {}", self.kind)
+        f.write_str(&self.message())
     }
 }
 

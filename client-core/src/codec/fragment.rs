@@ -5,6 +5,7 @@ use std::borrow::Cow;
 
 use super::envelope::Envelope;
 use super::frame::{FragmentHeader, Frame, ProtocolViolation, FRAGMENT_HEADER_LEN, KIND_COMPLETE};
+use crate::text::{n, Text};
 use crate::time::{Duration, Instant};
 use core::fmt;
 
@@ -19,14 +20,26 @@ pub enum FragmentError {
     TooManyFragments { size: usize, threshold: usize },
 }
 
+impl FragmentError {
+    /// The `Display` text, built without `core::fmt` (see `text.rs`).
+    pub(crate) fn message(&self) -> String {
+        match self {
+            FragmentError::TooManyFragments { size, threshold } => Text::from("an envelope of ")
+                .num(n(*size))
+                .str(" bytes would need more than ")
+                .num(u16::MAX)
+                .str(" fragments of ")
+                .num(n(*threshold))
+                .str(" bytes")
+                .into(),
+        }
+    }
+}
+
 impl fmt::Display for FragmentError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            FragmentError::TooManyFragments { size, threshold } => write!(
-                f,
-                "an envelope of {size} bytes would need more than {} fragments of {threshold} bytes",
-                u16::MAX
-            ),
+            FragmentError::TooManyFragments { .. } => f.write_str(&self.message()),
         }
     }
 }

@@ -8,6 +8,7 @@
 use core::fmt;
 
 use crate::error::CloseCode;
+use crate::text::{n, Text};
 
 /// Frame kind: a whole envelope follows.
 pub const KIND_COMPLETE: u8 = 0x00;
@@ -146,60 +147,79 @@ impl<'a> Frame<'a> {
     }
 }
 
-impl fmt::Display for ProtocolViolation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl ProtocolViolation {
+    /// The close reason: the broken rule, with the numbers involved (built without `core::fmt`, see `text.rs`).
+    pub(crate) fn message(&self) -> String {
+        let t = |s: &str| Text::from(s);
+        let msg_id = |t: Text, msg_id: &u32| t.str(" (msg_id ").num(*msg_id).str(")");
         match self {
-            ProtocolViolation::EmptyFrame => f.write_str("empty binary frame"),
+            ProtocolViolation::EmptyFrame => t("empty binary frame"),
             ProtocolViolation::UnknownKind(kind) => {
-                // `{kind:02x}` by hand: the padded hex formatter costs the browser package code.
-                let hex = |n: u8| char::from(b"0123456789abcdef"[usize::from(n & 0xf)]);
-                write!(f, "unknown frame kind 0x{}{}", hex(kind >> 4), hex(*kind))
+                // `{kind:02x}` by hand.
+                let hex = |n: u8| b"0123456789abcdef"[usize::from(n & 0xf)];
+                let digits = [hex(kind >> 4), hex(*kind)];
+                t("unknown frame kind 0x").str(core::str::from_utf8(&digits).unwrap_or_default())
             }
-            ProtocolViolation::TruncatedHeader { len } => {
-                write!(f, "fragment frame of {len} bytes is shorter than its {FRAGMENT_HEADER_LEN}-byte header")
-            }
-            ProtocolViolation::CountTooSmall { msg_id, count } => {
-                write!(f, "fragment count {count} < 2 (msg_id {msg_id})")
+            ProtocolViolation::TruncatedHeader { len } => t("fragment frame of ")
+                .num(n(*len))
+                .str(" bytes is shorter than its ")
+                .num(n(FRAGMENT_HEADER_LEN))
+                .str("-byte header"),
+            ProtocolViolation::CountTooSmall { msg_id: id, count } => {
+                msg_id(t("fragment count ").num(*count).str(" < 2"), id)
             }
             ProtocolViolation::IndexOutOfRange {
-                msg_id,
+                msg_id: id,
                 index,
                 count,
-            } => {
-                write!(
-                    f,
-                    "fragment index {index} >= count {count} (msg_id {msg_id})"
-                )
-            }
+            } => msg_id(
+                t("fragment index ")
+                    .num(*index)
+                    .str(" >= count ")
+                    .num(*count),
+                id,
+            ),
             ProtocolViolation::UnexpectedIndex {
-                msg_id,
+                msg_id: id,
                 expected,
                 got,
-            } => {
-                write!(
-                    f,
-                    "fragment index {got}, expected {expected} (msg_id {msg_id})"
-                )
-            }
-            ProtocolViolation::CountChanged { msg_id, was, now } => {
-                write!(
-                    f,
-                    "fragment count changed from {was} to {now} (msg_id {msg_id})"
-                )
-            }
-            ProtocolViolation::MessageTooBig { size, limit } => {
-                write!(f, "message of {size} bytes exceeds the {limit}-byte limit")
-            }
+            } => msg_id(
+                t("fragment index ")
+                    .num(*got)
+                    .str(", expected ")
+                    .num(*expected),
+                id,
+            ),
+            ProtocolViolation::CountChanged {
+                msg_id: id,
+                was,
+                now,
+            } => msg_id(
+                t("fragment count changed from ")
+                    .num(*was)
+                    .str(" to ")
+                    .num(*now),
+                id,
+            ),
+            ProtocolViolation::MessageTooBig { size, limit } => t("message of ")
+                .num(n(*size))
+                .str(" bytes exceeds the ")
+                .num(n(*limit))
+                .str("-byte limit"),
             ProtocolViolation::TooManyPartialMessages { limit } => {
-                write!(f, "more than {limit} partial messages")
+                t("more than ").num(n(*limit)).str(" partial messages")
             }
-            ProtocolViolation::IncompleteMessageExpired { msg_id } => {
-                write!(
-                    f,
-                    "fragmented message not completed in time (msg_id {msg_id})"
-                )
+            ProtocolViolation::IncompleteMessageExpired { msg_id: id } => {
+                msg_id(t("fragmented message not completed in time"), id)
             }
         }
+        .into()
+    }
+}
+
+impl fmt::Display for ProtocolViolation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message())
     }
 }
 
@@ -237,6 +257,49 @@ pub(crate) mod tests {
             count: 3,
         };
         assert_eq!(Frame::decode(&bytes), Ok(Frame::Fragment(header, b"abc")));
+    }
+
+    /// The messages are built without `core::fmt` (text.rs); they read as the `format!` strings they replaced.
+    #[test]
+    fn messages_read_as_their_format_strings() {
+        let cases = [
+            (ProtocolViolation::EmptyFrame, "empty binary frame".to_owned()),
+            (
+                ProtocolViolation::TruncatedHeader { len: 3 },
+                format!("fragment frame of 3 bytes is shorter than its {FRAGMENT_HEADER_LEN}-byte header"),
+            ),
+            (
+                ProtocolViolation::CountTooSmall { msg_id: 7, count: 1 },
+                "fragment count 1 < 2 (msg_id 7)".to_owned(),
+            ),
+            (
+                ProtocolViolation::IndexOutOfRange { msg_id: 7, index: 4, count: 3 },
+                "fragment index 4 >= count 3 (msg_id 7)".to_owned(),
+            ),
+            (
+                ProtocolViolation::UnexpectedIndex { msg_id: 7, expected: 1, got: 2 },
+                "fragment index 2, expected 1 (msg_id 7)".to_owned(),
+            ),
+            (
+                ProtocolViolation::CountChanged { msg_id: 7, was: 3, now: 4 },
+                "fragment count changed from 3 to 4 (msg_id 7)".to_owned(),
+            ),
+            (
+                ProtocolViolation::MessageTooBig { size: 17_000_000, limit: 16_777_216 },
+                "message of 17000000 bytes exceeds the 16777216-byte limit".to_owned(),
+            ),
+            (
+                ProtocolViolation::TooManyPartialMessages { limit: 8 },
+                "more than 8 partial messages".to_owned(),
+            ),
+            (
+                ProtocolViolation::IncompleteMessageExpired { msg_id: 4_294_967_295 },
+                "fragmented message not completed in time (msg_id 4294967295)".to_owned(),
+            ),
+        ];
+        for (violation, text) in cases {
+            assert_eq!(violation.to_string(), text);
+        }
     }
 
     #[test]
