@@ -41,6 +41,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 pub(crate) const DEFAULT_WRITE_BACKLOG: usize = 4 << 20;
 /// Timeouts handled per wake-up before the loop yields (a guard against a deadline that does not move).
 const MAX_TIMEOUT_ROUNDS: usize = 16;
+/// Commands and frames taken per wake-up before what they produced is written (see [`Driver::gather`]).
+const GATHER_ROUNDS: usize = 256;
 /// Stands in for deadlines too far away to represent.
 const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
 /// The longest close reason a close frame can carry (RFC 6455 §5.5).
@@ -229,6 +231,20 @@ impl Driver {
             if self.stopped {
                 break;
             }
+            if self
+                .writer
+                .as_ref()
+                .is_some_and(|w| !w.out.is_empty() && !w.unflushed)
+            {
+                // Frames wait, none fed yet: let the tasks this batch woke (a reply's requester, which often
+                // issues the next request at once) run first, then take what they sent, so the whole round
+                // goes out in one flush. One yield per batch, not per frame.
+                tokio::task::yield_now().await;
+                self.gather();
+                if self.stopped {
+                    break;
+                }
+            }
             self.arm_timer();
             let writing = self.writer.as_ref().is_some_and(Writer::busy);
             let accepting = self.accepting();
@@ -247,15 +263,7 @@ impl Driver {
                 Some(_) = self.closers.join_next(), if !self.closers.is_empty() => Wake::Reaped,
             };
             match wake {
-                Wake::Command(Some(Command::Close)) => self.handle_command(Command::Close),
-                Wake::Command(Some(command)) if self.held.is_empty() && self.accepting() => {
-                    self.handle_command(command)
-                }
-                Wake::Command(Some(command)) => self.held.push_back(command),
-                Wake::Command(None) => {
-                    debug!("every handle was dropped; closing");
-                    self.stop();
-                }
+                Wake::Command(command) => self.on_command(command),
                 Wake::Response(response) => self.handle_response(response),
                 Wake::Connected(result) => self.handle_connected(*result),
                 Wake::Frame(socket, frame) => self.handle_frame(socket, frame),
@@ -263,8 +271,58 @@ impl Driver {
                 Wake::Timer => self.handle_timer(),
                 Wake::Reaped => {}
             }
+            self.gather();
         }
+        // By reference: the task's future would otherwise hold a second copy of the driver's space.
         self.shutdown().await;
+    }
+
+    fn on_command(&mut self, command: Option<Command>) {
+        match command {
+            Some(Command::Close) => self.handle_command(Command::Close),
+            Some(command) if self.held.is_empty() && self.accepting() => {
+                self.handle_command(command)
+            }
+            Some(command) => self.held.push_back(command),
+            None => {
+                debug!("every handle was dropped; closing");
+                self.stop();
+            }
+        }
+    }
+
+    /// Takes every command and inbound frame that is already waiting (up to [`GATHER_ROUNDS`] of each), so
+    /// the frames they produce are fed to the socket together and flushed once: one `sendto` for a batch of
+    /// requests or replies instead of one each (issue 14, PERF.md: 1.41 M vs 0.23 M round trips/s).
+    fn gather(&mut self) {
+        for _ in 0..GATHER_ROUNDS {
+            if self.stopped {
+                return;
+            }
+            let mut progressed = false;
+            if self.held.is_empty() && self.accepting() {
+                match self.commands.try_recv() {
+                    Ok(command) => {
+                        self.on_command(Some(command));
+                        progressed = true;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        self.on_command(None);
+                        return;
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => {}
+                }
+            }
+            if self.accepting() && self.serving.len() < self.conn.config().max_inbound_requests {
+                if let Some((socket, frame)) = next_frame(&mut self.reader).now_or_never() {
+                    self.handle_frame(socket, frame);
+                    progressed = true;
+                }
+            }
+            if !progressed {
+                return;
+            }
+        }
     }
 
     /// False while the write backlog is at or above its bound.
@@ -728,7 +786,7 @@ impl Driver {
             .retain(|_, feed| feed.deliver(Ok(transition.clone())));
     }
 
-    async fn shutdown(mut self) {
+    async fn shutdown(&mut self) {
         self.connecting = None;
         // Answers could only be dropped now: stop the handlers still at work.
         self.serving.abort_all();
@@ -742,7 +800,8 @@ impl Driver {
         let closers = async { while self.closers.join_next().await.is_some() {} };
         let _ = tokio::time::timeout(CLOSE_GRACE + Duration::from_millis(500), closers).await;
         debug!("client task finished");
-        // Dropping `self.status` here tells `Client::close` that the task has ended.
+        // Dropping the driver (and `self.status` with it) right after this tells `Client::close` that the task
+        // has ended.
     }
 }
 
