@@ -6,6 +6,7 @@
 //! acted on in order before the loop waits again (the drain rule). The driver decides nothing itself: when to
 //! connect, close, retry, ping or fail a request is the core's decision; the driver only performs it.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -160,6 +161,8 @@ pub(crate) struct Driver {
     incoming: BTreeMap<u64, Feed<Message>>,
     transitions: BTreeMap<u64, Feed<Transition>>,
     stopped: bool,
+    /// The clock reading of this wake-up, see [`Driver::now`].
+    clock: Cell<Option<CoreInstant>>,
 }
 
 impl Driver {
@@ -195,14 +198,22 @@ impl Driver {
             incoming: BTreeMap::new(),
             transitions: BTreeMap::new(),
             stopped: false,
+            clock: Cell::new(None),
         }
     }
 
-    /// The core's clock: milliseconds since this driver started.
+    /// The core's clock: milliseconds since this driver started, read once per wake-up (a read per command
+    /// and frame showed in the profile; the core counts whole milliseconds, and a wake-up's work takes
+    /// microseconds).
     fn now(&self) -> CoreInstant {
-        CoreInstant::from_millis(
+        if let Some(now) = self.clock.get() {
+            return now;
+        }
+        let now = CoreInstant::from_millis(
             u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX),
-        )
+        );
+        self.clock.set(Some(now));
+        now
     }
 
     fn input(&mut self, input: Input<'_>) {
@@ -240,6 +251,7 @@ impl Driver {
                 // issues the next request at once) run first, then take what they sent, so the whole round
                 // goes out in one flush. One yield per batch, not per frame.
                 tokio::task::yield_now().await;
+                self.clock.set(None);
                 self.gather();
                 if self.stopped {
                     break;
@@ -262,6 +274,7 @@ impl Driver {
                 () = &mut self.timer, if self.armed.is_some() => Wake::Timer,
                 Some(_) = self.closers.join_next(), if !self.closers.is_empty() => Wake::Reaped,
             };
+            self.clock.set(None);
             match wake {
                 Wake::Command(command) => self.on_command(command),
                 Wake::Response(response) => self.handle_response(response),
