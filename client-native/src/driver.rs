@@ -163,6 +163,8 @@ pub(crate) struct Driver {
     stopped: bool,
     /// The clock reading of this wake-up, see [`Driver::now`].
     clock: Cell<Option<CoreInstant>>,
+    /// Requesters answered since the last yield: how many tasks may be about to issue a request.
+    replies_woken: usize,
 }
 
 impl Driver {
@@ -199,6 +201,7 @@ impl Driver {
             transitions: BTreeMap::new(),
             stopped: false,
             clock: Cell::new(None),
+            replies_woken: 0,
         }
     }
 
@@ -242,14 +245,17 @@ impl Driver {
             if self.stopped {
                 break;
             }
-            if self
-                .writer
-                .as_ref()
-                .is_some_and(|w| !w.out.is_empty() && !w.unflushed)
+            if self.replies_woken > 1
+                && self
+                    .writer
+                    .as_ref()
+                    .is_some_and(|w| !w.out.is_empty() && !w.unflushed)
             {
-                // Frames wait, none fed yet: let the tasks this batch woke (a reply's requester, which often
-                // issues the next request at once) run first, then take what they sent, so the whole round
-                // goes out in one flush. One yield per batch, not per frame.
+                // Frames wait, none fed yet, and several requesters were just answered: let them run first
+                // (each often issues its next request at once), then take what they sent, so the whole round
+                // goes out in one flush. One yield per batch, not per frame; none for a lone request, whose
+                // latency it would only add to.
+                self.replies_woken = 0;
                 tokio::task::yield_now().await;
                 self.clock.set(None);
                 self.gather();
@@ -714,6 +720,7 @@ impl Driver {
             Event::Reply { id, result } => {
                 if let Some(PendingRequest { key, reply }) = self.requests.remove(&id) {
                     self.request_keys.remove(&key);
+                    self.replies_woken += 1;
                     let _ = reply.send(result.map_err(Error::from));
                 }
             }
