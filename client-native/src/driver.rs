@@ -6,6 +6,7 @@
 //! acted on in order before the loop waits again (the drain rule). The driver decides nothing itself: when to
 //! connect, close, retry, ping or fail a request is the core's decision; the driver only performs it.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -41,6 +42,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 pub(crate) const DEFAULT_WRITE_BACKLOG: usize = 4 << 20;
 /// Timeouts handled per wake-up before the loop yields (a guard against a deadline that does not move).
 const MAX_TIMEOUT_ROUNDS: usize = 16;
+/// Commands and frames taken per wake-up before what they produced is written (see [`Driver::gather`]).
+const GATHER_ROUNDS: usize = 256;
 /// Stands in for deadlines too far away to represent.
 const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
 
@@ -158,6 +161,10 @@ pub(crate) struct Driver {
     incoming: BTreeMap<u64, Feed<Message>>,
     transitions: BTreeMap<u64, Feed<Transition>>,
     stopped: bool,
+    /// The clock reading of this wake-up, see [`Driver::now`].
+    clock: Cell<Option<CoreInstant>>,
+    /// Requesters answered since the last yield: how many tasks may be about to issue a request.
+    replies_woken: usize,
 }
 
 impl Driver {
@@ -194,14 +201,23 @@ impl Driver {
             incoming: BTreeMap::new(),
             transitions: BTreeMap::new(),
             stopped: false,
+            clock: Cell::new(None),
+            replies_woken: 0,
         }
     }
 
-    /// The core's clock: milliseconds since this driver started.
+    /// The core's clock: milliseconds since this driver started, read once per wake-up (a read per command
+    /// and frame showed in the profile; the core counts whole milliseconds, and a wake-up's work takes
+    /// microseconds).
     fn now(&self) -> CoreInstant {
-        CoreInstant::from_millis(
+        if let Some(now) = self.clock.get() {
+            return now;
+        }
+        let now = CoreInstant::from_millis(
             u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX),
-        )
+        );
+        self.clock.set(Some(now));
+        now
     }
 
     fn input(&mut self, input: Input<'_>) {
@@ -230,6 +246,24 @@ impl Driver {
             if self.stopped {
                 break;
             }
+            if self.replies_woken > 1
+                && self
+                    .writer
+                    .as_ref()
+                    .is_some_and(|w| !w.out.is_empty() && !w.unflushed)
+            {
+                // Frames wait, none fed yet, and several requesters were just answered: let them run first
+                // (each often issues its next request at once), then take what they sent, so the whole round
+                // goes out in one flush. One yield per batch, not per frame; none for a lone request, whose
+                // latency it would only add to.
+                self.replies_woken = 0;
+                tokio::task::yield_now().await;
+                self.clock.set(None);
+                self.gather();
+                if self.stopped {
+                    break;
+                }
+            }
             self.arm_timer();
             let writing = self.writer.as_ref().is_some_and(Writer::busy);
             let accepting = self.accepting();
@@ -247,16 +281,9 @@ impl Driver {
                 () = &mut self.timer, if self.armed.is_some() => Wake::Timer,
                 Some(_) = self.closers.join_next(), if !self.closers.is_empty() => Wake::Reaped,
             };
+            self.clock.set(None);
             match wake {
-                Wake::Command(Some(Command::Close)) => self.handle_command(Command::Close),
-                Wake::Command(Some(command)) if self.held.is_empty() && self.accepting() => {
-                    self.handle_command(command)
-                }
-                Wake::Command(Some(command)) => self.held.push_back(command),
-                Wake::Command(None) => {
-                    debug!("every handle was dropped; closing");
-                    self.stop();
-                }
+                Wake::Command(command) => self.on_command(command),
                 Wake::Response(response) => self.handle_response(response),
                 Wake::Connected(result) => self.handle_connected(*result),
                 Wake::Frame(socket, frame) => self.handle_frame(socket, frame),
@@ -264,8 +291,58 @@ impl Driver {
                 Wake::Timer => self.handle_timer(),
                 Wake::Reaped => {}
             }
+            self.gather();
         }
+        // By reference: the task's future would otherwise hold a second copy of the driver's space.
         self.shutdown().await;
+    }
+
+    fn on_command(&mut self, command: Option<Command>) {
+        match command {
+            Some(Command::Close) => self.handle_command(Command::Close),
+            Some(command) if self.held.is_empty() && self.accepting() => {
+                self.handle_command(command)
+            }
+            Some(command) => self.held.push_back(command),
+            None => {
+                debug!("every handle was dropped; closing");
+                self.stop();
+            }
+        }
+    }
+
+    /// Takes every command and inbound frame that is already waiting (up to [`GATHER_ROUNDS`] of each), so
+    /// the frames they produce are fed to the socket together and flushed once: one `sendto` for a batch of
+    /// requests or replies instead of one each (issue 14, PERF.md: 1.41 M vs 0.23 M round trips/s).
+    fn gather(&mut self) {
+        for _ in 0..GATHER_ROUNDS {
+            if self.stopped {
+                return;
+            }
+            let mut progressed = false;
+            if self.held.is_empty() && self.accepting() {
+                match self.commands.try_recv() {
+                    Ok(command) => {
+                        self.on_command(Some(command));
+                        progressed = true;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        self.on_command(None);
+                        return;
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => {}
+                }
+            }
+            if self.accepting() && self.serving.len() < self.conn.config().max_inbound_requests {
+                if let Some((socket, frame)) = next_frame(&mut self.reader).now_or_never() {
+                    self.handle_frame(socket, frame);
+                    progressed = true;
+                }
+            }
+            if !progressed {
+                return;
+            }
+        }
     }
 
     /// False while the write backlog is at or above its bound.
@@ -653,6 +730,7 @@ impl Driver {
             Event::Reply { id, result } => {
                 if let Some(PendingRequest { key, reply }) = self.requests.remove(&id) {
                     self.request_keys.remove(&key);
+                    self.replies_woken += 1;
                     let _ = reply.send(result.map_err(Error::from));
                 }
             }
@@ -741,7 +819,7 @@ impl Driver {
             .retain(|_, feed| feed.deliver(Ok(transition.clone())));
     }
 
-    async fn shutdown(mut self) {
+    async fn shutdown(&mut self) {
         self.connecting = None;
         // Answers could only be dropped now: stop the handlers still at work.
         self.serving.abort_all();
@@ -755,7 +833,8 @@ impl Driver {
         let closers = async { while self.closers.join_next().await.is_some() {} };
         let _ = tokio::time::timeout(CLOSE_GRACE + Duration::from_millis(500), closers).await;
         debug!("client task finished");
-        // Dropping `self.status` here tells `Client::close` that the task has ended.
+        // Dropping the driver (and `self.status` with it) right after this tells `Client::close` that the task
+        // has ended.
     }
 }
 

@@ -369,14 +369,16 @@ impl Conn {
                 biased;
                 () = control.notify.notified() => self.requested_close(),
                 inbound = next_inbound(ws, &mut self.held) => {
-                    let mut flow = self.on_inbound(inbound);
+                    // One clock reading for the batch: a read per frame showed in the profile.
+                    let now = Instant::now();
+                    let mut flow = self.on_inbound(inbound, now);
                     // Handle whatever else has already arrived before writing, so replies go out in one flush.
                     for _ in 1..INBOUND_BATCH {
                         if !matches!(flow, Flow::Continue) || self.out.bytes() >= BATCH_BYTES {
                             break;
                         }
                         match next_inbound(ws, &mut self.held).now_or_never() {
-                            Some(inbound) => flow = self.on_inbound(inbound),
+                            Some(inbound) => flow = self.on_inbound(inbound, now),
                             None => break,
                         }
                     }
@@ -540,8 +542,8 @@ impl Conn {
         Counters::add(&self.shared.counters.protocol_errors, 1);
     }
 
-    /// Handles one result of `ws.next()`.
-    fn on_inbound(&mut self, inbound: Option<Result<Message, WsError>>) -> Flow {
+    /// Handles one result of `ws.next()`, read at about `now`.
+    fn on_inbound(&mut self, inbound: Option<Result<Message, WsError>>, now: Instant) -> Flow {
         let message = match inbound {
             Some(Ok(message)) => message,
             None => return Flow::Gone,
@@ -572,7 +574,7 @@ impl Conn {
                 };
             }
         };
-        self.last_inbound = Instant::now();
+        self.last_inbound = now;
         match message {
             Message::Text(text) => {
                 self.frames_in += 1;
@@ -591,7 +593,7 @@ impl Conn {
             }
             Message::Binary(bytes) => {
                 self.frames_in += 1;
-                self.on_binary(&bytes)
+                self.on_binary(&bytes, now)
             }
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {
                 // tungstenite queued the pong for a ping; a flush sends it.
@@ -602,8 +604,8 @@ impl Conn {
         }
     }
 
-    fn on_binary(&mut self, bytes: &[u8]) -> Flow {
-        let now = self.shared.core_now();
+    fn on_binary(&mut self, bytes: &[u8], now: Instant) -> Flow {
+        let now = self.shared.core_at(now);
         let handled = self.reassembler.handle_frame(now, bytes);
         if !self
             .reassembly_charge
@@ -1194,7 +1196,7 @@ pub(crate) fn feed(shared: Arc<Shared>, messages: Vec<Message>) -> (usize, Optio
     conn.out.push_text("ready");
     let mut frames = conn.drain_now();
     for message in messages {
-        let flow = conn.on_inbound(Some(Ok(message)));
+        let flow = conn.on_inbound(Some(Ok(message)), Instant::now());
         frames += conn.drain_now();
         let flow = match flow {
             Flow::Continue => conn.requested_close(),

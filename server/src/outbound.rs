@@ -127,9 +127,8 @@ impl OutQueue {
         let (message, finished) = match self.items.front_mut()? {
             Out::Text(word) => (Message::text(*word), true),
             Out::Envelope {
-                encoded,
-                fragments: None,
-            } => (Message::Binary(encoded.frame.clone()), true),
+                fragments: None, ..
+            } => (Message::Binary(Bytes::new()), true),
             Out::Envelope {
                 encoded,
                 fragments: Some(plan),
@@ -141,13 +140,27 @@ impl OutQueue {
                 (Message::binary(fragment.frame(encoded.envelope())), last)
             }
         };
-        if finished {
-            if let Some(Out::Envelope { encoded, .. }) = self.items.pop_front() {
+        if !finished {
+            return Some(message);
+        }
+        match self.items.pop_front() {
+            Some(Out::Envelope { encoded, fragments }) => {
                 self.bytes -= encoded.len();
                 self.control.outbound.give(encoded.len());
+                if fragments.is_some() {
+                    return Some(message);
+                }
+                // A COMPLETE frame is the encoded bytes themselves. A reply has one owner: its bytes move to
+                // the sink. Cloning a `Bytes` made from a `Vec` allocates a shared header, which showed per
+                // reply in the profile; only events, shared by their subscribers, still need the clone.
+                let frame = match Arc::try_unwrap(encoded) {
+                    Ok(encoded) => encoded.frame,
+                    Err(shared) => shared.frame.clone(),
+                };
+                Some(Message::Binary(frame))
             }
+            _ => Some(message),
         }
-        Some(message)
     }
 
     /// Drops everything queued (a connection closed for being too slow need not be sent its backlog).

@@ -235,8 +235,14 @@ impl Shared {
 
     /// Now, on the core's clock.
     pub fn core_now(&self) -> CoreInstant {
+        self.core_at(tokio::time::Instant::now())
+    }
+
+    /// A tokio instant on the core's clock.
+    pub fn core_at(&self, at: tokio::time::Instant) -> CoreInstant {
         CoreInstant::from_millis(
-            u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX),
+            u64::try_from(at.saturating_duration_since(self.origin).as_millis())
+                .unwrap_or(u64::MAX),
         )
     }
 

@@ -4,7 +4,7 @@
 //! Sockeye protocol with pre-encoded `req echo` frames: the server alone) and `sockeye` (`sockeye::Client`).
 //! Every loop is bounded by a deadline and [`STEP_TIMEOUT`] per wait.
 
-use std::collections::VecDeque;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -425,15 +425,23 @@ async fn storm(
         Arc::clone(&arrivals),
     ));
 
-    let mut clients = VecDeque::with_capacity(n);
+    let mut clients = Vec::with_capacity(n);
     while clients.len() < n {
         let batch = CONNECT_BATCH.min(n - clients.len());
         let opened =
             futures_util::future::join_all((0..batch).map(|_| sockeye_connect(&url))).await;
         for client in opened {
-            clients.push_back(client?);
+            clients.push(client?);
         }
     }
+    // Each client's transitions, followed from before the drain, so no client's close can be missed.
+    let clients: Vec<_> = clients
+        .into_iter()
+        .map(|client| {
+            let status = client.transitions();
+            (client, status)
+        })
+        .collect();
     println!("{}", json!({ "stage": "ready", "n": n }));
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     timeout(STEP_TIMEOUT, stdin.next_line()).await??;
@@ -442,24 +450,38 @@ async fn storm(
     // Each client, once it has lost its connection, issues one request: it waits in the offline queue and
     // must be answered by the second server.
     let replied = Arc::new(AtomicU64::new(0));
+    // How the requests that were not answered ended, by error code.
+    let failed = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
     let mut tasks = Vec::with_capacity(n);
-    for (i, client) in clients.into_iter().enumerate() {
+    for (i, (client, mut status)) in clients.into_iter().enumerate() {
         let replied = Arc::clone(&replied);
+        let failed = Arc::clone(&failed);
         tasks.push(tokio::spawn(async move {
-            let mut status = client.transitions();
             while let Some(Ok(transition)) = status.next().await {
                 if transition.to != Status::Ready {
                     break;
                 }
             }
             let sent = i as u64;
-            if let Ok(echoed) = client
+            let outcome = match client
                 .request::<u64, u64>("echo", &sent)
                 .timeout(wait)
                 .await
             {
-                if echoed == sent {
+                Ok(echoed) if echoed == sent => None,
+                Ok(_) => Some("WRONG_REPLY".to_owned()),
+                Err(e) => Some(format!("{}: {e}", e.code())),
+            };
+            match outcome {
+                None => {
                     replied.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(why) => {
+                    *failed
+                        .lock()
+                        .expect("never poisoned: no panics inside")
+                        .entry(why)
+                        .or_default() += 1;
                 }
             }
             client.close().await;
@@ -478,6 +500,7 @@ async fn storm(
         "stage": "done",
         "n": n,
         "replied": replied.load(Ordering::Relaxed),
+        "failed": *failed.lock().expect("never poisoned: no panics inside"),
         "arrivals": arrivals,
     }))
 }

@@ -390,6 +390,9 @@ impl Envelope {
     /// Appends the envelope's CBOR map to `out` (lets the fragmenter write the kind byte first without a copy).
     /// Never panics.
     pub fn encode_to(&self, out: &mut Vec<u8>) {
+        // Room for everything at once: growing `out` key by key showed (realloc) in the profiles of both
+        // the client and the server, once per message.
+        out.reserve(self.size_hint());
         let data = self.data();
         let entries =
             1 + match self {
@@ -432,6 +435,20 @@ impl Envelope {
             cbor::write_text(out, "d");
             out.extend_from_slice(data.as_cbor());
         }
+    }
+
+    /// At least the encoded size: the strings and payload, plus room for keys and headers.
+    fn size_hint(&self) -> usize {
+        let text = match self {
+            Envelope::Msg { name: m, .. } | Envelope::Req { method: m, .. } => m.len(),
+            Envelope::Err { message, .. } => message.len(),
+            Envelope::Sub { topic, .. }
+            | Envelope::Unsub { topic, .. }
+            | Envelope::Pub { topic, .. }
+            | Envelope::Evt { topic, .. } => topic.len(),
+            Envelope::Res { .. } => 0,
+        };
+        64 + text + self.data().map_or(0, |d| d.as_cbor().len())
     }
 
     /// Decodes one envelope: the input must be exactly one CBOR map (PROTOCOL §4).
