@@ -183,11 +183,9 @@ pub fn client_core(data: &[u8]) {
     };
     let mut run = Run::new(setup);
     run.input(Input::Start);
-    run.input(Input::SocketOpened {
-        socket: run.current(),
-    });
+    run.input(Input::SocketOpened { socket: run.socket });
     run.input(Input::SocketText {
-        socket: run.current(),
+        socket: run.socket,
         text: "ready",
     });
     assert_eq!(run.conn.status(), &Status::Ready);
@@ -264,17 +262,13 @@ impl Run {
         }
     }
 
-    fn current(&self) -> SocketId {
-        self.socket
-    }
-
     /// The socket before the current one (`SocketId(0)` is never used: ids start at 1).
     fn stale(&self) -> SocketId {
         SocketId(self.socket.0.saturating_sub(1))
     }
 
     fn apply(&mut self, op: Op) {
-        let socket = self.current();
+        let socket = self.socket;
         match op {
             Op::Envelope(envelope) => {
                 let frame = self.frame_of(envelope);
