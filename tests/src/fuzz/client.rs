@@ -18,6 +18,9 @@ const TOPICS: [&str; 5] = ["a", "b", "room/ü", "$sys", ""];
 /// How one input ends; long inputs are cut here so one run stays short.
 const MAX_OPS: usize = 256;
 
+/// The client's limit on a server message, small so the fuzzer reaches it.
+const MAX_MESSAGE_BYTES: usize = 512;
+
 #[derive(Arbitrary, Debug)]
 struct Setup {
     seed: u64,
@@ -209,6 +212,10 @@ struct Run {
     open: bool,
     /// Reassembles what the client sends, as the server would.
     server: Reassembler,
+    /// The server has sent something the client may refuse on the current socket (bytes that are not a whole
+    /// valid envelope within the limits, an unknown text frame, a frame before `ready`). Until it has, the
+    /// client must not refuse it (close 4004).
+    server_misbehaved: bool,
     /// Ids the server can answer: the client's requests and its `sub`/`unsub`s.
     known_ids: Vec<u64>,
     issued: Vec<RequestId>,
@@ -241,7 +248,7 @@ impl Run {
             fragment_threshold: usize::from(setup.fragment_threshold),
             // Small, so the server's frames hit every limit.
             reassembly: ReassemblyLimits {
-                max_message_bytes: 512,
+                max_message_bytes: MAX_MESSAGE_BYTES,
                 max_partial_messages: 2,
                 completion_timeout: Duration::from_millis(1_000),
             },
@@ -254,6 +261,7 @@ impl Run {
             socket: SocketId(0),
             open: false,
             server: Reassembler::new(ReassemblyLimits::default()),
+            server_misbehaved: false,
             known_ids: Vec::new(),
             issued: Vec::new(),
             ended: BTreeMap::new(),
@@ -272,10 +280,8 @@ impl Run {
         match op {
             Op::Envelope(envelope) => {
                 let frame = self.frame_of(envelope);
-                self.input(Input::SocketBinary {
-                    socket,
-                    data: &frame,
-                });
+                let fits = frame.len() - 1 <= MAX_MESSAGE_BYTES;
+                self.server_sends(&[frame], fits);
             }
             Op::Fragmented {
                 envelope,
@@ -286,23 +292,24 @@ impl Run {
                 let mut frames = Vec::new();
                 // Fragmenter refuses only more than u16::MAX fragments; fuzz inputs are far smaller.
                 let _ = Fragmenter::new(chunk.into()).encode(&envelope, |f| frames.push(f));
+                let whole = keep.is_none_or(|keep| usize::from(keep) >= frames.len());
                 frames.truncate(keep.map_or(usize::MAX, usize::from));
-                for data in &frames {
-                    self.input(Input::SocketBinary { socket, data });
-                }
+                self.server_sends(
+                    &frames,
+                    whole && envelope.encode().len() <= MAX_MESSAGE_BYTES,
+                );
             }
-            Op::Binary(data) => {
-                self.input(Input::SocketBinary {
-                    socket,
-                    data: &data,
-                });
-            }
+            Op::Binary(data) => self.server_sends(&[data], false),
             Op::Text(text) => {
                 let text = match &text {
                     ServerText::Ready => "ready",
                     ServerText::Pong => "pong",
                     ServerText::Bye => "bye",
-                    ServerText::Other(other) => other,
+                    ServerText::Other(other) => {
+                        self.server_misbehaved |=
+                            !["ready", "pong", "bye"].contains(&other.as_str());
+                        other
+                    }
                 };
                 self.input(Input::SocketText { socket, text });
             }
@@ -518,6 +525,18 @@ impl Run {
         frame
     }
 
+    /// The server sends these frames on the current socket; `valid` when they are whole envelopes within the
+    /// client's limits (and sent after `ready`).
+    fn server_sends(&mut self, frames: &[Vec<u8>], valid: bool) {
+        if !valid || self.conn.status() != &Status::Ready {
+            self.server_misbehaved = true;
+        }
+        let socket = self.socket;
+        for data in frames {
+            self.input(Input::SocketBinary { socket, data });
+        }
+    }
+
     /// The shell saw the socket close or fail.
     fn socket_gone(&mut self, socket: SocketId) {
         if socket == self.socket {
@@ -564,11 +583,20 @@ impl Run {
                 self.socket = socket;
                 self.open = true;
                 self.server.reset();
+                self.server_misbehaved = false;
             }
-            Output::CloseSocket { socket, .. } => {
+            Output::CloseSocket {
+                socket,
+                code,
+                reason,
+            } => {
                 assert!(
                     self.open && socket == self.socket,
                     "closed {socket:?}, not open"
+                );
+                assert!(
+                    code != CloseCode::REFUSED || self.server_misbehaved,
+                    "refused a server that sent only valid frames: {reason}"
                 );
                 self.open = false;
             }
