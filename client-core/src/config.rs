@@ -25,6 +25,10 @@ pub struct Config {
     pub reassembly: ReassemblyLimits,
     /// Deadline of a request issued without its own. Default 30 s.
     pub request_timeout: Duration,
+    /// Server `req`s received on one connection and not answered yet, at most. One more closes the connection
+    /// with 4004 (the server is flooding us); shells that can stop reading at the bound do so instead.
+    /// Default 1000.
+    pub max_inbound_requests: usize,
     /// Seed of the jitter generator. Shells seed it from their platform's randomness; tests fix it.
     pub seed: u64,
 }
@@ -41,6 +45,7 @@ impl Default for Config {
             fragment_threshold: DEFAULT_FRAGMENT_THRESHOLD,
             reassembly: ReassemblyLimits::default(),
             request_timeout: Duration::from_secs(30),
+            max_inbound_requests: 1000,
             seed: 0,
         }
     }
@@ -137,6 +142,9 @@ impl Config {
         }
         if self.request_timeout.is_zero() {
             return fail("request_timeout", "must be greater than zero");
+        }
+        if self.max_inbound_requests == 0 {
+            return fail("max_inbound_requests", "must be at least 1");
         }
         if self.reassembly.max_partial_messages == 0 {
             return fail("reassembly.max_partial_messages", "must be at least 1");

@@ -6,8 +6,8 @@ use core::fmt;
 
 use crate::backoff::{self, Rng};
 use crate::codec::{
-    validate_topic, Envelope, FragmentError, Fragmenter, InvalidTopic, Payload, Reassembler,
-    Refusal,
+    validate_topic, Envelope, FragmentError, Fragmenter, InvalidTopic, Payload, ProtocolViolation,
+    Reassembler, Refusal,
 };
 use crate::config::{Config, ConfigError, QueueLimits};
 use crate::error::{CloseCode, ErrorCode};
@@ -43,6 +43,10 @@ pub enum Input<'a> {
     },
     /// The socket failed (could not connect, I/O error). Treated as an abnormal closure (1006).
     SocketError { socket: SocketId, message: &'a str },
+    /// The socket refused an inbound message of `size` bytes, over the limit the shell set from
+    /// [`Config::reassembly`]'s `max_message_bytes` (native WebSockets enforce it while reading). The socket
+    /// is still open: the core closes it as it refuses any oversize message (4004) and reconnects.
+    MessageTooBig { socket: SocketId, size: usize },
     /// The timer armed from [`Connection::poll_timeout`] fired. Early or late calls are harmless.
     Timeout,
     /// Liveness is unknown (the page became visible, the laptop woke up): cut a backoff wait short, or probe
@@ -324,6 +328,15 @@ impl Connection {
             Input::SocketError { socket, message } => {
                 self.handle_socket_closed(now, socket, CloseCode::ABNORMAL, message)
             }
+            Input::MessageTooBig { socket, size } => {
+                if self.is_current(socket) {
+                    let limit = self.config.reassembly.max_message_bytes;
+                    self.refuse(
+                        now,
+                        ProtocolViolation::MessageTooBig { size, limit }.to_string(),
+                    );
+                }
+            }
             Input::Timeout => self.handle_timeout(now),
             Input::Wake => self.handle_wake(now),
             Input::NetworkChanged { online } => self.handle_network(now, online),
@@ -442,18 +455,35 @@ impl Connection {
             Err(violation) => return self.refuse(now, violation.to_string()),
         };
         match envelope {
-            Ok(envelope) => self.dispatch(socket, envelope),
-            Err(error) => match error.refusal() {
-                Refusal::Reply(reply) => self.send_now(&reply),
-                Refusal::Close(_, reason) => self.refuse(now, reason),
-            },
+            Ok(envelope) => self.dispatch(now, socket, envelope),
+            Err(error) => {
+                // A broken reply to one of our requests ends that request now rather than at its deadline.
+                if let (Some("res" | "err"), Some(id)) = (error.t, error.id) {
+                    let message = format!("the server's reply is malformed: {}", error.kind);
+                    self.complete(
+                        id,
+                        Err(RequestError::local(ErrorCode::InvalidArgument, message)),
+                    );
+                }
+                match error.refusal() {
+                    Refusal::Reply(reply) => self.send_now(&reply),
+                    Refusal::Close(_, reason) => self.refuse(now, reason),
+                }
+            }
         }
     }
 
-    fn dispatch(&mut self, socket: SocketId, envelope: Envelope) {
+    fn dispatch(&mut self, now: Instant, socket: SocketId, envelope: Envelope) {
         match envelope {
             Envelope::Msg { name, data } => self.push(Output::Event(Event::Message { name, data })),
             Envelope::Req { id, method, data } => {
+                // Each unanswered `req` holds a handler's work and memory: past the bound the server is
+                // flooding us. (The native shell stops reading at the bound, so only shells that cannot, like
+                // the browser's, get here.)
+                let max = self.config.max_inbound_requests;
+                if self.inbound_requests.len() >= max {
+                    return self.refuse(now, format!("more than {max} unanswered server requests"));
+                }
                 self.inbound_requests.push(id);
                 self.push(Output::Event(Event::Request {
                     socket,

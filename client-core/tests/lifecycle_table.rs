@@ -56,6 +56,8 @@ enum In {
     TextOther,
     BinaryMsg,
     BinaryBadKind,
+    /// The socket refused a message over the size limit.
+    TooBig,
     Closed1000,
     Closed1001,
     Closed1008,
@@ -68,7 +70,7 @@ enum In {
     Online,
 }
 
-const INPUTS: [In; 18] = [
+const INPUTS: [In; 19] = [
     In::Start,
     In::Stop,
     In::Opened,
@@ -78,6 +80,7 @@ const INPUTS: [In; 18] = [
     In::TextOther,
     In::BinaryMsg,
     In::BinaryBadKind,
+    In::TooBig,
     In::Closed1000,
     In::Closed1001,
     In::Closed1008,
@@ -152,6 +155,10 @@ fn apply(sim: &mut Sim, row: In) -> Vec<sockeye_core::Output> {
             socket,
             data: &[7, 1, 2],
         },
+        In::TooBig => Input::MessageTooBig {
+            socket,
+            size: 1 << 30,
+        },
         In::Closed1000 => closed(1000),
         In::Closed1001 => closed(1001),
         In::Closed1008 => closed(1008),
@@ -201,6 +208,7 @@ fn row_of(input: &Input<'_>, msg: &[u8]) -> In {
             1008 => In::Closed1008,
             _ => In::Closed4003,
         },
+        Input::MessageTooBig { .. } => In::TooBig,
         Input::SocketError { .. } => In::Error,
         Input::Timeout => In::Timeout,
         Input::Wake => In::Wake,
@@ -227,6 +235,7 @@ macro_rules! ignored {
             ($state, In::TextOther, $name, &[]),
             ($state, In::BinaryMsg, $name, &[]),
             ($state, In::BinaryBadKind, $name, &[]),
+            ($state, In::TooBig, $name, &[]),
             ($state, In::Closed1000, $name, &[]),
             ($state, In::Closed1001, $name, &[]),
             ($state, In::Closed1008, $name, &[]),
@@ -333,6 +342,7 @@ fn table() -> Vec<Row> {
             (state, In::TextOther, "reconnecting", refuse),
             (state, In::BinaryMsg, "reconnecting", refuse),
             (state, In::BinaryBadKind, "reconnecting", refuse),
+            (state, In::TooBig, "reconnecting", refuse),
             (state, In::Closed1000, "reconnecting", fail),
             (state, In::Closed1001, "reconnecting", fail),
             (state, In::Closed1008, "disconnected", end),
@@ -376,6 +386,12 @@ fn table() -> Vec<Row> {
         (
             Ready,
             In::BinaryBadKind,
+            "reconnecting",
+            &["close#1:4004", "state:ready>reconnecting"],
+        ),
+        (
+            Ready,
+            In::TooBig,
             "reconnecting",
             &["close#1:4004", "state:ready>reconnecting"],
         ),
@@ -501,6 +517,10 @@ fn inputs_about_a_replaced_socket_are_ignored() {
         Input::SocketError {
             socket: stale,
             message: "",
+        },
+        Input::MessageTooBig {
+            socket: stale,
+            size: 1 << 30,
         },
     ] {
         assert!(sim.input(input).is_empty());

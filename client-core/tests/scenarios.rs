@@ -793,3 +793,118 @@ fn a_message_needing_more_fragments_than_a_header_can_count_is_refused_queued_or
     assert!(sim.drain().is_empty(), "nothing emitted");
     assert_eq!(sim.conn.pending_requests(), 0);
 }
+
+#[test]
+fn a_malformed_reply_fails_its_request_at_once_with_invalid_argument() {
+    let mut sim = Sim::new(test_config());
+    sim.connect();
+    let id = sim.conn.request(sim.now, "echo", None, None).unwrap();
+    let other = sim.conn.request(sim.now, "echo", None, None).unwrap();
+    sim.drain();
+    // `{"t": "res", "id": <id>, "d": <a reserved CBOR header>}`: the id is readable, the envelope is not.
+    let mut broken = vec![
+        0, 0xa3, 0x61, b't', 0x63, b'r', b'e', b's', 0x62, b'i', b'd',
+    ];
+    broken.push(u8::try_from(id.0).expect("a small id"));
+    broken.extend([0x61, b'd', 0x1c]);
+    let outs = sim.binary(&broken);
+    match &events(&outs)[..] {
+        [Event::Reply {
+            id: failed,
+            result: Err(e),
+        }] => {
+            assert_eq!(
+                (*failed, &e.code, e.from_server),
+                (id, &ErrorCode::InvalidArgument, false)
+            );
+            assert!(e.message.contains("malformed"), "{}", e.message);
+        }
+        other => panic!("expected the request to fail at once: {other:?}"),
+    }
+    // The protocol's answer to an invalid envelope with an id still goes out; the connection stays.
+    assert!(matches!(
+        &sent_envelopes(&outs)[..],
+        [Envelope::Err {
+            code: ErrorCode::InvalidArgument,
+            ..
+        }]
+    ));
+    assert_eq!(sim.conn.status(), &Status::Ready);
+    assert_eq!(
+        sim.conn.pending_requests(),
+        1,
+        "only the answered request ended"
+    );
+    // A broken `req` that happens to carry the same id as our other request is not a reply to it.
+    let mut req = vec![
+        0, 0xa2, 0x61, b't', 0x63, b'r', b'e', b'q', 0x62, b'i', b'd',
+    ];
+    req.push(u8::try_from(other.0).expect("a small id"));
+    assert!(replies(&sim.binary(&req)).is_empty());
+    assert_eq!(sim.conn.pending_requests(), 1);
+}
+
+#[test]
+fn too_many_unanswered_server_requests_close_4004() {
+    let mut config = test_config();
+    config.max_inbound_requests = 3;
+    let mut sim = Sim::new(config);
+    sim.connect();
+    let req = |id| Envelope::Req {
+        id,
+        method: "slow".into(),
+        data: None,
+    };
+    for id in 1..=3 {
+        assert_eq!(describe_all(&sim.server_sends(&req(id))), ["request:slow"]);
+    }
+    // An answer makes room for one more.
+    assert!(sim.conn.respond(sim.now, sim.socket, 2, Ok(None)));
+    sim.drain();
+    assert_eq!(describe_all(&sim.server_sends(&req(4))), ["request:slow"]);
+    let outs = sim.server_sends(&req(5));
+    assert_eq!(
+        describe_all(&outs),
+        ["close#1:4004", "state:ready>reconnecting"]
+    );
+    match &outs[0] {
+        Output::CloseSocket { reason, .. } => {
+            assert_eq!(reason, "more than 3 unanswered server requests")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_message_too_big_for_the_socket_closes_4004_naming_the_limit() {
+    let mut config = test_config();
+    config.reconnect.enabled = false;
+    config.reassembly.max_message_bytes = 1000;
+    let mut sim = Sim::new(config);
+    sim.connect();
+    let socket = sim.socket;
+    let outs = sim.input(Input::MessageTooBig { socket, size: 5000 });
+    assert_eq!(
+        describe_all(&outs),
+        ["close#1:4004", "state:ready>disconnected"]
+    );
+    match sim.conn.status() {
+        Status::Disconnected {
+            reason: Some(DisconnectReason::Closed { code, reason }),
+        } => {
+            assert_eq!(code.0, 4004);
+            assert!(
+                reason.contains("5000") && reason.contains("1000"),
+                "{reason}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // A stale socket's report changes nothing.
+    assert!(sim
+        .input(Input::MessageTooBig {
+            socket: sockeye_core::SocketId(99),
+            size: 5000
+        })
+        .is_empty());
+}

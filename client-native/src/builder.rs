@@ -13,8 +13,8 @@ use sockeye_core::{Config, Connection, QueueLimits, Status};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
-use crate::client::{Client, Inner};
-use crate::driver::Driver;
+use crate::client::{Client, Inner, StreamLimits};
+use crate::driver::{Driver, DEFAULT_WRITE_BACKLOG};
 use crate::handlers::{self, Handlers};
 use crate::transport::{self, Certificate, TlsOptions, TokenSource, Transport, TransportOptions};
 use crate::Error;
@@ -24,6 +24,12 @@ use crate::Error;
 /// Defaults are the protocol's (PROTOCOL §7): reconnect on, base delay 1 s, max delay 30 s, 10 attempts, full
 /// jitter; connect timeout 10 s; keepalive every 30 s with a 10 s timeout; stable period 5 s; offline queue of
 /// 1000 messages / 1 MiB; fragment threshold 100 KiB; request timeout 30 s; webpki roots for `wss://`.
+///
+/// Limits on what a server can make the client hold (each documented on its method): messages of at most
+/// [16 MiB](ClientBuilder::max_message_size), [8](ClientBuilder::max_partial_messages) of them being reassembled
+/// at once, [4 MiB](ClientBuilder::max_write_backlog) of frames waiting to be
+/// written, [1000](ClientBuilder::max_inbound_requests) server requests awaiting their handlers, and
+/// [1024 items](ClientBuilder::stream_buffer) or [16 MiB](ClientBuilder::stream_buffer_bytes) waiting per stream.
 ///
 /// [`build`](ClientBuilder::build) returns a started client that connects in the background;
 /// [`connect`](ClientBuilder::connect) also waits for the first `ready`.
@@ -73,7 +79,8 @@ pub struct ClientBuilder {
     seed: Option<u64>,
     tls: TlsOptions,
     handlers: Handlers,
-    stream_buffer: usize,
+    stream_limits: StreamLimits,
+    max_write_backlog: usize,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -105,7 +112,11 @@ impl ClientBuilder {
             seed: None,
             tls: TlsOptions::default(),
             handlers: Handlers::default(),
-            stream_buffer: 1024,
+            stream_limits: StreamLimits {
+                items: 1024,
+                bytes: 16 << 20,
+            },
+            max_write_backlog: DEFAULT_WRITE_BACKLOG,
         }
     }
 
@@ -215,6 +226,14 @@ impl ClientBuilder {
         self
     }
 
+    /// Fragmented messages from the server being reassembled at once, at most (default 8, PROTOCOL §3). Each
+    /// may hold up to [`max_message_size`](ClientBuilder::max_message_size) until it completes; one more is
+    /// refused (the client closes with 4004 and reconnects).
+    pub fn max_partial_messages(mut self, messages: usize) -> Self {
+        self.config.reassembly.max_partial_messages = messages;
+        self
+    }
+
     /// The deadline of requests issued without their own [`RequestFuture::timeout`](crate::RequestFuture::timeout)
     /// (default 30 s).
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
@@ -222,10 +241,38 @@ impl ClientBuilder {
         self
     }
 
+    /// Bytes of frames waiting to be written to the socket, at most (default 4 MiB). At the bound the client
+    /// takes no more work that writes until the backlog drains: sends and requests wait (their futures stay
+    /// pending), request handlers' answers wait, and the socket is not read (reading could make the client
+    /// answer). A server that stops reading therefore holds at most this much (plus one message, which is
+    /// never split) of the client's memory, until the keepalive closes the connection. [`Client::close`] is
+    /// never held back. Zero is treated as one byte.
+    pub fn max_write_backlog(mut self, bytes: usize) -> Self {
+        self.max_write_backlog = bytes.max(1);
+        self
+    }
+
+    /// Server requests (`req`) whose handler has not answered yet, at most (default 1000). At the bound the
+    /// client stops reading from the socket until a handler answers: the server's further frames wait in the
+    /// network buffers (backpressure). Handlers still at work for a connection that has since been lost count
+    /// too, so handlers that never finish cannot pile up across reconnects. Requests for methods without a
+    /// handler are answered `UNIMPLEMENTED` at once and never count.
+    pub fn max_inbound_requests(mut self, requests: usize) -> Self {
+        self.config.max_inbound_requests = requests;
+        self
+    }
+
     /// Items buffered per subscription or listener stream before it reports [`Error::Lagged`] and drops
     /// (default 1024).
     pub fn stream_buffer(mut self, items: usize) -> Self {
-        self.stream_buffer = items.max(1);
+        self.stream_limits.items = items.max(1);
+        self
+    }
+
+    /// Payload bytes buffered per subscription or listener stream before it reports [`Error::Lagged`] and
+    /// drops (default 16 MiB). One message larger than this is still delivered when nothing else waits.
+    pub fn stream_buffer_bytes(mut self, bytes: usize) -> Self {
+        self.stream_limits.bytes = bytes;
         self
     }
 
@@ -328,6 +375,7 @@ impl ClientBuilder {
             Arc::clone(&handlers),
             commands_rx,
             status_tx,
+            self.max_write_backlog,
         );
         runtime.spawn(driver.run().instrument(span));
         Ok(Client {
@@ -336,7 +384,7 @@ impl ClientBuilder {
                 status: status_rx,
                 handlers,
                 next_key: AtomicU64::new(1),
-                stream_buffer: self.stream_buffer,
+                stream_limits: self.stream_limits,
             }),
         })
     }

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -86,42 +86,105 @@ pub(crate) enum Listener {
     Transitions(Feed<Transition>),
 }
 
-/// The sending half of a bounded stream that never blocks the driver: when the application falls behind,
-/// items are dropped and counted, and the stream reports [`Error::Lagged`].
-pub(crate) struct Feed<T> {
-    tx: mpsc::Sender<Result<T, Error>>,
-    lagged: Arc<AtomicU64>,
+/// How much a stream may buffer for an application that falls behind ([`ClientBuilder::stream_buffer`],
+/// [`ClientBuilder::stream_buffer_bytes`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StreamLimits {
+    pub items: usize,
+    pub bytes: usize,
 }
 
-impl<T> Feed<T> {
+/// The payload bytes an item holds, counted against [`StreamLimits::bytes`].
+pub(crate) trait Weigh {
+    fn weight(&self) -> usize;
+}
+
+fn payload_len(data: Option<&Payload>) -> usize {
+    data.map_or(0, |p| p.as_cbor().len())
+}
+
+impl Weigh for RawEvent {
+    fn weight(&self) -> usize {
+        self.topic.len() + payload_len(self.data.as_ref())
+    }
+}
+
+impl Weigh for Message {
+    fn weight(&self) -> usize {
+        self.name.len() + payload_len(self.data.as_ref())
+    }
+}
+
+impl Weigh for Transition {
+    fn weight(&self) -> usize {
+        0
+    }
+}
+
+/// The sending half of a bounded stream that never blocks the driver: when the application falls behind
+/// (more items or more payload bytes waiting than its limits), items are dropped and counted, and the stream
+/// reports [`Error::Lagged`]. An item larger than the byte limit still goes through when nothing else waits,
+/// so every message the connection accepts can be delivered.
+pub(crate) struct Feed<T> {
+    tx: mpsc::Sender<(Result<T, Error>, usize)>,
+    lagged: Arc<AtomicU64>,
+    /// Payload bytes sent and not yet taken by the stream.
+    waiting: Arc<AtomicUsize>,
+    max_bytes: usize,
+}
+
+impl<T: Weigh> Feed<T> {
     /// Delivers an item; false when the receiving stream is gone.
     pub fn deliver(&self, item: Result<T, Error>) -> bool {
-        match self.tx.try_send(item) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.lagged.fetch_add(1, Ordering::Relaxed);
-                true
+        let weight = item.as_ref().map_or(0, Weigh::weight);
+        let waiting = self.waiting.load(Ordering::Acquire);
+        // Weightless items (errors, transitions) are bounded by the item count alone.
+        if weight > 0 && waiting > 0 && waiting.saturating_add(weight) > self.max_bytes {
+            if self.tx.is_closed() {
+                return false;
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            self.lagged.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        // Counted before sending, so the stream can never take back more than was counted.
+        self.waiting.fetch_add(weight, Ordering::AcqRel);
+        match self.tx.try_send((item, weight)) {
+            Ok(()) => true,
+            Err(e) => {
+                self.waiting.fetch_sub(weight, Ordering::AcqRel);
+                let full = matches!(e, mpsc::error::TrySendError::Full(_));
+                if full {
+                    self.lagged.fetch_add(1, Ordering::Relaxed);
+                }
+                full
+            }
         }
     }
 }
 
 /// The receiving half of a [`Feed`].
 struct Tap<T> {
-    rx: mpsc::Receiver<Result<T, Error>>,
+    rx: mpsc::Receiver<(Result<T, Error>, usize)>,
     lagged: Arc<AtomicU64>,
+    waiting: Arc<AtomicUsize>,
 }
 
-fn feed<T>(capacity: usize) -> (Feed<T>, Tap<T>) {
-    let (tx, rx) = mpsc::channel(capacity.max(1));
+fn feed<T>(limits: StreamLimits) -> (Feed<T>, Tap<T>) {
+    let (tx, rx) = mpsc::channel(limits.items.max(1));
     let lagged = Arc::new(AtomicU64::new(0));
+    let waiting = Arc::new(AtomicUsize::new(0));
     (
         Feed {
             tx,
             lagged: Arc::clone(&lagged),
+            waiting: Arc::clone(&waiting),
+            max_bytes: limits.bytes,
         },
-        Tap { rx, lagged },
+        Tap {
+            rx,
+            lagged,
+            waiting,
+        },
     )
 }
 
@@ -131,7 +194,12 @@ impl<T> Tap<T> {
         if skipped > 0 {
             return Poll::Ready(Some(Err(Error::Lagged { skipped })));
         }
-        self.rx.poll_recv(cx)
+        self.rx.poll_recv(cx).map(|item| {
+            item.map(|(item, weight)| {
+                self.waiting.fetch_sub(weight, Ordering::AcqRel);
+                item
+            })
+        })
     }
 }
 
@@ -140,7 +208,7 @@ pub(crate) struct Inner {
     pub status: watch::Receiver<Status>,
     pub handlers: Arc<Handlers>,
     pub next_key: AtomicU64,
-    pub stream_buffer: usize,
+    pub stream_limits: StreamLimits,
 }
 
 /// A Sockeye client: one reconnecting, authenticated WebSocket connection, driven by a background task.
@@ -339,7 +407,8 @@ impl Client {
     /// The subscription survives reconnects: `sub` is re-sent on every `ready`. Several streams may follow
     /// the same topic; dropping the last one unsubscribes. The stream yields `Err` items without ending for
     /// an event whose payload does not decode as `T` ([`Error::Payload`]) or when the application fell more
-    /// than the builder's [`stream_buffer`](ClientBuilder::stream_buffer) behind ([`Error::Lagged`]). When
+    /// than the builder's [`stream_buffer`](ClientBuilder::stream_buffer) or
+    /// [`stream_buffer_bytes`](ClientBuilder::stream_buffer_bytes) behind ([`Error::Lagged`]). When
     /// the server refuses the subscription, the stream yields [`Error::Server`] and ends.
     ///
     /// Subscribing does not wait for the server's acknowledgement: events published before the server has
@@ -371,7 +440,7 @@ impl Client {
     pub fn subscribe<T: DeserializeOwned>(&self, topic: &str) -> Result<Subscription<T>, Error> {
         validate_topic(topic)?;
         let key = self.key();
-        let (feed, tap) = feed(self.inner.stream_buffer);
+        let (feed, tap) = feed(self.inner.stream_limits);
         let (state_tx, state) = watch::channel(SubState::Pending);
         self.submit(Command::Subscribe {
             topic: topic.to_owned(),
@@ -414,7 +483,7 @@ impl Client {
     /// ```
     pub fn incoming(&self) -> Incoming {
         let key = self.key();
-        let (feed, tap) = feed(self.inner.stream_buffer);
+        let (feed, tap) = feed(self.inner.stream_limits);
         // A closed client: the feed is dropped with the command, and the stream ends at once.
         let _ = self.submit(Command::Listen {
             key,
@@ -433,7 +502,10 @@ impl Client {
     /// `INVALID_ARGUMENT`); the handler's `Ok` becomes the `res` payload, its `Err` an `err` reply with
     /// [`Error::code`]. Requests for methods without a handler are answered `UNIMPLEMENTED`. Handlers run as
     /// their own tasks; a reply is dropped if the connection it was requested on is gone by then. Handlers
-    /// still running when the client ends are stopped.
+    /// still running when the client ends are stopped. At most
+    /// [`max_inbound_requests`](ClientBuilder::max_inbound_requests) handlers run at once: at that bound the
+    /// client reads nothing more from the server until one answers, so a handler that never finishes holds
+    /// its place (and enough of them stall the connection until the keepalive closes it).
     ///
     /// A handler that holds a [`Client`] clone keeps the connection alive (the client's task ends when every
     /// handle is gone): call [`Client::close`] to end such a client.
@@ -502,7 +574,7 @@ impl Client {
     /// ```
     pub fn transitions(&self) -> Transitions {
         let key = self.key();
-        let (feed, tap) = feed(self.inner.stream_buffer);
+        let (feed, tap) = feed(self.inner.stream_limits);
         let _ = self.submit(Command::Listen {
             key,
             listener: Listener::Transitions(feed),
@@ -912,5 +984,54 @@ impl Stream for Transitions {
 impl Drop for Transitions {
     fn drop(&mut self) {
         let _ = self.commands.send(Command::Unlisten { key: self.key });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A message whose payload (a CBOR byte string) weighs exactly `bytes` (at least 3).
+    fn message(bytes: usize) -> Result<Message, Error> {
+        let len = u16::try_from(bytes - 3).expect("small");
+        let mut cbor = vec![0x59];
+        cbor.extend(len.to_be_bytes());
+        cbor.resize(bytes, 0);
+        Ok(Message {
+            name: String::new(),
+            data: Some(Payload::from_cbor(cbor).expect("a byte string")),
+        })
+    }
+
+    #[test]
+    fn a_feed_bounds_waiting_bytes_but_lets_one_large_item_through() {
+        let (feed, mut tap) = feed::<Message>(StreamLimits {
+            items: 10,
+            bytes: 100,
+        });
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        // Nothing waits: an item over the limit goes through; then nothing more fits.
+        assert!(feed.deliver(message(500)));
+        assert!(feed.deliver(message(10)));
+        // An error weighs nothing: it is never dropped for bytes, even with more than the limit waiting.
+        assert!(feed.deliver(Err(Error::Closed)));
+        assert!(matches!(
+            tap.poll_next(&mut cx),
+            Poll::Ready(Some(Err(Error::Lagged { skipped: 1 })))
+        ));
+        assert!(matches!(tap.poll_next(&mut cx), Poll::Ready(Some(Ok(_)))));
+        assert!(matches!(
+            tap.poll_next(&mut cx),
+            Poll::Ready(Some(Err(Error::Closed)))
+        ));
+        // Taken: its bytes are free again.
+        for _ in 0..2 {
+            assert!(feed.deliver(message(50)));
+        }
+        assert!(feed.deliver(message(50)));
+        assert_eq!(feed.lagged.load(Ordering::Relaxed), 1);
+        drop(tap);
+        assert!(!feed.deliver(message(50)), "the stream is gone");
     }
 }

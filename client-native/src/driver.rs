@@ -24,7 +24,7 @@ use sockeye_core::{
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
-use tokio_tungstenite::tungstenite::error::Error as WsError;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -37,9 +37,8 @@ use crate::Error;
 
 /// How long a closing socket may take to finish its close handshake before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
-/// While this many bytes wait to be written, commands are held back (their futures wait): backpressure for
-/// senders. `close` is never held back.
-const WRITE_HIGH_WATER: usize = 4 << 20;
+/// The default of [`ClientBuilder::max_write_backlog`](crate::ClientBuilder::max_write_backlog).
+pub(crate) const DEFAULT_WRITE_BACKLOG: usize = 4 << 20;
 /// Timeouts handled per wake-up before the loop yields (a guard against a deadline that does not move).
 const MAX_TIMEOUT_ROUNDS: usize = 16;
 /// Stands in for deadlines too far away to represent.
@@ -136,6 +135,10 @@ pub(crate) struct Driver {
     commands: mpsc::UnboundedReceiver<Command>,
     /// Commands read while the write backlog was too large, to be handled in order once it has drained.
     held: VecDeque<Command>,
+    /// While this many bytes wait to be written, the loop takes no more work that writes: commands are held
+    /// back (their futures wait), handlers' answers wait, and the socket is not read (the core's own replies,
+    /// like `UNIMPLEMENTED`, are written for what is read). `close` is never held back.
+    max_backlog: usize,
     /// Request handlers at work, each ending with its answer. Aborted when the client ends, so a handler that
     /// never finishes cannot outlive the client.
     serving: JoinSet<Response>,
@@ -164,6 +167,7 @@ impl Driver {
         handlers: Arc<Handlers>,
         commands: mpsc::UnboundedReceiver<Command>,
         status: watch::Sender<Status>,
+        max_backlog: usize,
     ) -> Self {
         let origin = Instant::now();
         Driver {
@@ -173,6 +177,7 @@ impl Driver {
             handlers,
             commands,
             held: VecDeque::new(),
+            max_backlog,
             serving: JoinSet::new(),
             status,
             connecting: None,
@@ -226,14 +231,17 @@ impl Driver {
             }
             self.arm_timer();
             let writing = self.writer.as_ref().is_some_and(Writer::busy);
+            let accepting = self.accepting();
+            let reading = accepting && self.serving.len() < self.conn.config().max_inbound_requests;
             let wake = tokio::select! {
                 command = self.commands.recv() => Wake::Command(command),
-                Some(joined) = self.serving.join_next(), if !self.serving.is_empty() => match joined {
+                Some(joined) = self.serving.join_next(), if accepting && !self.serving.is_empty() => match joined {
                     Ok(response) => Wake::Response(response),
                     Err(_) => Wake::Reaped, // aborted; handler panics are caught inside the task
                 },
                 result = connect_progress(&mut self.connecting) => Wake::Connected(Box::new(result)),
-                (socket, frame) = next_frame(&mut self.reader) => Wake::Frame(socket, frame),
+                // Backpressure: at a bound, the server's frames wait in the network buffers, not in ours.
+                (socket, frame) = next_frame(&mut self.reader), if reading => Wake::Frame(socket, frame),
                 result = write_progress(&mut self.writer), if writing => Wake::Written(result),
                 () = &mut self.timer, if self.armed.is_some() => Wake::Timer,
                 Some(_) = self.closers.join_next(), if !self.closers.is_empty() => Wake::Reaped,
@@ -259,11 +267,11 @@ impl Driver {
         self.shutdown().await;
     }
 
-    /// False while the write backlog is above [`WRITE_HIGH_WATER`].
+    /// False while the write backlog is at or above its bound.
     fn accepting(&self) -> bool {
         self.writer
             .as_ref()
-            .is_none_or(|w| w.out_bytes < WRITE_HIGH_WATER)
+            .is_none_or(|w| w.out_bytes < self.max_backlog)
     }
 
     /// Arms the one timer for the core's earliest deadline; an unchanged deadline is left alone.
@@ -474,7 +482,7 @@ impl Driver {
                     // RFC 6455 §7.4.1: 1005, no status code was present.
                     None => (CloseCode(1005), ""),
                 };
-                debug!(%code, reason, "closed by the server");
+                debug!(%code, reason, "closed by the server"); // a `&str` field is written quoted, escaped
                 let reason = reason.to_owned();
                 self.retire_socket();
                 self.input(Input::SocketClosed {
@@ -482,6 +490,11 @@ impl Driver {
                     code,
                     reason: &reason,
                 });
+            }
+            // tungstenite refused a message over `max_message_size` before buffering it whole; the socket is
+            // still open, and closing it is the core's decision.
+            Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, .. }))) => {
+                self.input(Input::MessageTooBig { socket, size });
             }
             Some(Err(e)) => {
                 let message = e.to_string();
@@ -544,7 +557,7 @@ impl Driver {
         let (Some(mut writer), Some(mut reader)) = (self.writer.take(), self.reader.take()) else {
             return;
         };
-        debug!(%code, %reason, "closing the socket");
+        debug!(%code, reason = ?reason, "closing the socket"); // may quote the server
         let frame = CloseFrame {
             code: WsCloseCode::from(code.0),
             reason: truncate(reason).into(),
@@ -649,14 +662,17 @@ impl Driver {
                 }
             }
             Event::SubscribeFailed { topic, error } => {
-                warn!(%topic, %error, "subscription refused");
+                // `?` on peer-controlled text: written quoted, with every control character escaped.
+                warn!(topic = ?topic, error = ?error.to_string(), "subscription refused");
                 let error = Error::from(error);
                 for f in self.topics.remove(&topic).unwrap_or_default().feeds {
                     f.state.send_replace(SubState::Failed(error.clone()));
                     f.feed.deliver(Err(error.clone()));
                 }
             }
-            Event::Notice(error) => warn!(%error, "the server reported an error"),
+            Event::Notice(error) => {
+                warn!(error = ?error.to_string(), "the server reported an error")
+            }
             Event::Draining => info!("the server is draining"),
         }
     }
@@ -698,7 +714,7 @@ impl Driver {
             }
             Status::Disconnected {
                 reason: Some(reason),
-            } => info!(%reason, "disconnected"),
+            } => info!(reason = ?reason.to_string(), "disconnected"),
             to => info!(from = %transition.from, %to, "state changed"),
         }
         if !matches!(transition.to, Status::Ready) {

@@ -6,34 +6,38 @@
 //! `Limits::max_inflight`. Events from other connections arrive through a bounded queue created on the first
 //! `sub`, so an idle connection that never subscribes carries no queue at all.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::borrow::Cow;
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use sockeye_core::codec::{validate_topic, Envelope, Fragmenter, Payload, Reassembler, Refusal};
+use sockeye_core::codec::{validate_topic, Envelope, Payload, Reassembler, Refusal};
 use sockeye_core::error::{CloseCode, ErrorCode};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::app::{Context, Identity, RpcError, TopicAccess};
+use crate::budget::{Charge, InboundRefused, Metered};
 use crate::builtins::{self, Builtin};
 use crate::config::{Auth, Credentials};
+use crate::outbound::{Encoded, OutQueue};
 use crate::server::{ConnControl, Counters, Shared};
 use crate::topics::{Event, Subscriber};
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = WebSocketStream<Metered<TcpStream>>;
 
 /// How long the closing handshake may take before the socket is simply dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -43,12 +47,26 @@ const INBOUND_BATCH: usize = 64;
 const BATCH_BYTES: usize = 256 * 1024;
 /// Queued events written in one go before inbound frames get another turn.
 const EVENT_BATCH: usize = 256;
+/// How much of a peer-chosen name (method, message name, topic) error replies and logs quote.
+const MAX_QUOTED_NAME: usize = 128;
+/// A close reason fits in 123 bytes (RFC 6455 §5.5).
+const MAX_CLOSE_REASON: usize = 123;
 
 /// What the HTTP layer learned during the upgrade.
 pub(crate) struct Upgraded {
     pub peer: SocketAddr,
     pub token: Option<String>,
-    pub origin: Option<String>,
+    /// The `Origin` header, already checked against the allowlist; a refused one is closed with 1008.
+    pub origin: Result<Option<String>, OriginRefused>,
+}
+
+/// Why a connection's `Origin` is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum OriginRefused {
+    #[error("origin not allowed")]
+    NotAllowed,
+    #[error("several Origin headers, or one that is not text")]
+    Malformed,
 }
 
 /// What to do after an input.
@@ -59,6 +77,8 @@ enum Flow {
         code: CloseCode,
         reason: String,
         bye: bool,
+        /// Drop the queued output instead of writing it first.
+        drop_output: bool,
     },
     /// The peer sent a close frame: answer it and stop.
     PeerClosed,
@@ -72,6 +92,7 @@ impl Flow {
             code,
             reason: reason.into(),
             bye: false,
+            drop_output: false,
         }
     }
 }
@@ -97,13 +118,11 @@ pub(crate) async fn run(shared: Arc<Shared>, mut ws: Ws, upgraded: Upgraded) {
     let peer = upgraded.peer;
     tracing::debug!(connection = id, %peer, "upgraded");
 
-    let allowed = &shared.config.allowed_origins;
-    if let Some(origin) = &upgraded.origin {
-        if !allowed.is_empty() && !allowed.iter().any(|a| a == origin) {
-            tracing::info!(connection = id, %peer, %origin, "origin not allowed");
-            close_socket(&mut ws, CloseCode::POLICY_VIOLATION, "origin not allowed").await;
-            return;
-        }
+    if let Err(refused) = &upgraded.origin {
+        // The header's value is not logged: logs hold no header values.
+        tracing::info!(connection = id, %peer, reason = %refused, "origin refused");
+        close_socket(&mut ws, CloseCode::POLICY_VIOLATION, "origin not allowed").await;
+        return;
     }
 
     let identity = match authenticate(&shared, &mut ws, upgraded).await {
@@ -120,7 +139,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut ws: Ws, upgraded: Upgraded) {
     };
     tracing::debug!(connection = id, %identity, "authenticated");
 
-    let control = Arc::new(ConnControl::default());
+    let control = Arc::new(ConnControl::new(shared.config.limits.outbound_bytes));
     shared.register(id, Arc::clone(&control));
     let mut conn = Conn::new(Arc::clone(&shared), id, control, identity);
     let ending = if shared.draining.load(Ordering::SeqCst) {
@@ -152,7 +171,7 @@ async fn authenticate(shared: &Shared, ws: &mut Ws, upgraded: Upgraded) -> Resul
         Auth::Verifier(verify) => {
             let credentials = Credentials {
                 token: upgraded.token,
-                origin: upgraded.origin,
+                origin: upgraded.origin.ok().flatten(),
                 peer: upgraded.peer,
             };
             let verdict = AssertUnwindSafe(verify(credentials)).catch_unwind();
@@ -214,7 +233,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 async fn close_socket(ws: &mut Ws, code: CloseCode, reason: &str) {
     let frame = CloseFrame {
         code: WsCloseCode::from(code.0),
-        reason: truncate_reason(reason).into(),
+        reason: clip(reason, MAX_CLOSE_REASON).into_owned().into(),
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
         if ws.close(Some(frame)).await.is_ok() {
@@ -225,13 +244,23 @@ async fn close_socket(ws: &mut Ws, code: CloseCode, reason: &str) {
     .await;
 }
 
-/// A close reason fits in 123 bytes (RFC 6455 §5.5); cut at a character boundary.
-fn truncate_reason(reason: &str) -> &str {
-    let mut end = reason.len().min(123);
-    while !reason.is_char_boundary(end) {
+/// `text` cut to at most `max` bytes at a character boundary, ending in `…` when cut: peers choose names
+/// and reasons of up to a whole message, and nothing quotes them at that size.
+fn clip(text: &str, max: usize) -> Cow<'_, str> {
+    const MARK: &str = "…";
+    if text.len() <= max {
+        return Cow::Borrowed(text);
+    }
+    let mut end = max.saturating_sub(MARK.len());
+    while !text.is_char_boundary(end) {
         end -= 1;
     }
-    &reason[..end]
+    Cow::Owned(format!("{}{MARK}", &text[..end]))
+}
+
+/// A peer-chosen name, cut for quoting in a reply or a log.
+fn quoted(name: &str) -> Cow<'_, str> {
+    clip(name, MAX_QUOTED_NAME)
 }
 
 /// A connection past `ready`.
@@ -241,11 +270,16 @@ struct Conn {
     control: Arc<ConnControl>,
     identity: Identity,
     reassembler: Reassembler,
-    fragmenter: Fragmenter,
+    /// The reassembler's buffered bytes, charged to the server-wide reassembly budget.
+    reassembly_charge: Charge,
+    /// The last binary message, kept while tungstenite's read buffer still shares its allocation: that
+    /// buffer reuses the allocation of the largest message read (up to the message size limit) whenever it
+    /// is the only owner, so holding the message until tungstenite has moved to a buffer of its own lets a
+    /// big message's allocation go instead of staying for the connection's lifetime. Meanwhile its bytes
+    /// count against the inbound budget (they are alive either way).
+    held: Option<Bytes>,
     /// Frames to write, in order.
-    out: VecDeque<Message>,
-    /// Payload bytes in `out`.
-    out_bytes: usize,
+    out: OutQueue,
     /// tungstenite queued something (an automatic pong or close reply) that needs a flush.
     needs_flush: bool,
     /// The sending end handed to the topic registry, and the receiving end; created by the first `sub`.
@@ -262,13 +296,16 @@ impl Conn {
         let limits = &shared.config.limits;
         Conn {
             reassembler: Reassembler::new(limits.reassembly.clone()),
-            fragmenter: Fragmenter::new(shared.config.fragment_threshold),
+            reassembly_charge: Charge::empty(&shared.reassembly),
+            held: None,
+            out: OutQueue::new(
+                shared.config.fragment_threshold,
+                Arc::clone(&control.outbound),
+            ),
             shared,
             id,
             control,
             identity,
-            out: VecDeque::new(),
-            out_bytes: 0,
             needs_flush: false,
             events: None,
             subscriptions: BTreeSet::new(),
@@ -281,7 +318,7 @@ impl Conn {
 
     /// Sends `ready`, then serves until the connection must end; returns how.
     async fn serve(&mut self, ws: &mut Ws) -> Flow {
-        self.out.push_back(Message::text("ready"));
+        self.out.push_text("ready");
         let control = Arc::clone(&self.control);
         let mut armed = self.next_deadline();
         let sleep = tokio::time::sleep_until(armed.unwrap_or_else(Instant::now));
@@ -314,14 +351,14 @@ impl Conn {
             let flow = tokio::select! {
                 biased;
                 () = control.notify.notified() => self.requested_close(),
-                inbound = ws.next() => {
+                inbound = next_inbound(ws, &mut self.held) => {
                     let mut flow = self.on_inbound(inbound);
                     // Handle whatever else has already arrived before writing, so replies go out in one flush.
                     for _ in 1..INBOUND_BATCH {
-                        if !matches!(flow, Flow::Continue) || self.out_bytes >= BATCH_BYTES {
+                        if !matches!(flow, Flow::Continue) || self.out.bytes() >= BATCH_BYTES {
                             break;
                         }
-                        match ws.next().now_or_never() {
+                        match next_inbound(ws, &mut self.held).now_or_never() {
                             Some(inbound) => flow = self.on_inbound(inbound),
                             None => break,
                         }
@@ -332,15 +369,11 @@ impl Conn {
                     if let Some(envelope) = reply {
                         self.send_envelope(envelope);
                     }
-                    while let Some(Some(reply)) = self.inflight.next().now_or_never() {
-                        if let Some(envelope) = reply {
-                            self.send_envelope(envelope);
-                        }
-                    }
+                    self.reap_finished();
                     Flow::Continue
                 }
                 Some(event) = recv_event(&mut self.events) => {
-                    self.queue_event(&event);
+                    self.queue_event(event);
                     Flow::Continue
                 }
                 () = sleep.as_mut(), if armed.is_some() => self.on_timer(),
@@ -377,6 +410,7 @@ impl Conn {
                 code: request.code,
                 reason: request.reason,
                 bye: request.bye,
+                drop_output: request.drop_output,
             },
             None => Flow::Continue,
         }
@@ -401,7 +435,7 @@ impl Conn {
             match self.events.as_mut().and_then(|(_, rx)| rx.try_recv().ok()) {
                 Some(event) => {
                     events += 1;
-                    self.queue_event(&event);
+                    self.queue_event(event);
                 }
                 None => break,
             }
@@ -418,13 +452,26 @@ impl Conn {
     async fn feed_out(&mut self, ws: &mut Ws) -> Result<(), WsError> {
         while !self.out.is_empty() {
             std::future::poll_fn(|cx| ws.poll_ready_unpin(cx)).await?;
-            if let Some(message) = self.out.pop_front() {
-                self.out_bytes = self.out_bytes.saturating_sub(message.len());
+            if let Some(message) = self.out.pop() {
                 ws.start_send_unpin(message)?;
                 self.frames_out += 1;
             }
         }
         Ok(())
+    }
+
+    /// Without a socket (fuzzing): hands over the requests finished and events queued by now, then takes
+    /// every frame queued for writing. Returns how many frames that was.
+    fn drain_now(&mut self) -> usize {
+        self.reap_finished();
+        while let Some(event) = self.events.as_mut().and_then(|(_, rx)| rx.try_recv().ok()) {
+            self.queue_event(event);
+        }
+        let mut frames = 0;
+        while self.out.pop().is_some() {
+            frames += 1;
+        }
+        frames
     }
 
     fn publish_counters(&mut self) {
@@ -461,7 +508,11 @@ impl Conn {
                 return Flow::close(CloseCode::HEARTBEAT_TIMEOUT, "heartbeat timeout");
             }
         }
-        if let Err(violation) = self.reassembler.handle_timeout(self.shared.core_now()) {
+        let expired = self.reassembler.handle_timeout(self.shared.core_now());
+        // Only shrinks: expired messages are dropped.
+        self.reassembly_charge
+            .resize(self.reassembler.buffered_bytes());
+        if let Err(violation) = expired {
             self.protocol_error();
             return Flow::close(violation.close_code(), violation.to_string());
         }
@@ -491,6 +542,15 @@ impl Conn {
                         self.protocol_error();
                         Flow::close(CloseCode::INVALID_PAYLOAD, "text frame is not UTF-8")
                     }
+                    WsError::Io(e) => {
+                        match e.get_ref().and_then(|e| e.downcast_ref::<InboundRefused>()) {
+                            Some(refused) => {
+                                tracing::info!(connection = self.id, error = %refused, "closing");
+                                Flow::close(refused.close_code(), refused.to_string())
+                            }
+                            None => Flow::Gone,
+                        }
+                    }
                     _ => Flow::Gone,
                 };
             }
@@ -500,7 +560,7 @@ impl Conn {
             Message::Text(text) => {
                 self.frames_in += 1;
                 if text.as_str() == "ping" {
-                    self.out.push_back(Message::text("pong"));
+                    self.out.push_text("pong");
                     Flow::Continue
                 } else {
                     // PROTOCOL §1–2: text frames carry only the control words, and `ping` is the only one a
@@ -527,7 +587,14 @@ impl Conn {
 
     fn on_binary(&mut self, bytes: &[u8]) -> Flow {
         let now = self.shared.core_now();
-        let envelope_bytes = match self.reassembler.handle_frame(now, bytes) {
+        let handled = self.reassembler.handle_frame(now, bytes);
+        if !self
+            .reassembly_charge
+            .resize(self.reassembler.buffered_bytes())
+        {
+            return reassembly_budget_spent(&self.shared);
+        }
+        let envelope_bytes = match handled {
             Ok(Some(envelope_bytes)) => envelope_bytes,
             Ok(None) => return Flow::Continue,
             Err(violation) => {
@@ -593,6 +660,7 @@ impl Conn {
             Envelope::Err {
                 id, code, message, ..
             } => {
+                let message = quoted(&message);
                 tracing::debug!(connection = self.id, ?id, %code, %message, "err from the client");
                 Flow::Continue
             }
@@ -604,8 +672,22 @@ impl Conn {
         }
     }
 
+    /// Takes the handlers that have finished out of `inflight`, sending their replies. Inbound frames are
+    /// read before `inflight` is polled, so after a burst (a stalled network delivering at once) it holds
+    /// handlers that finished long ago; without this they would count against the limit.
+    fn reap_finished(&mut self) {
+        while let Some(Some(reply)) = self.inflight.next().now_or_never() {
+            if let Some(envelope) = reply {
+                self.send_envelope(envelope);
+            }
+        }
+    }
+
     fn on_request(&mut self, id: u64, method: String, data: Option<Payload>) -> Flow {
         let limit = self.shared.config.limits.max_inflight;
+        if self.inflight.len() >= limit {
+            self.reap_finished();
+        }
         if self.inflight.len() >= limit {
             let message = format!("too many requests in flight (limit {limit})");
             self.reply(
@@ -654,11 +736,16 @@ impl Conn {
     }
 
     fn on_message(&mut self, name: String, data: Option<Payload>) {
+        let limit = self.shared.config.limits.max_inflight;
+        if self.inflight.len() >= limit {
+            self.reap_finished();
+        }
         if let Some(handler) = self.shared.app.messages.get(&name) {
-            let limit = self.shared.config.limits.max_inflight;
             if self.inflight.len() >= limit {
-                let message =
-                    format!("too many handlers in flight (limit {limit}): msg {name:?} dropped");
+                let message = format!(
+                    "too many handlers in flight (limit {limit}): msg {:?} dropped",
+                    quoted(&name)
+                );
                 self.notice(RpcError::new(ErrorCode::ResourceExhausted, message));
                 return;
             }
@@ -677,7 +764,7 @@ impl Conn {
         } else {
             self.notice(RpcError::new(
                 ErrorCode::Unimplemented,
-                format!("no handler for msg {name:?}"),
+                format!("no handler for msg {:?}", quoted(&name)),
             ));
         }
     }
@@ -698,7 +785,16 @@ impl Conn {
             events: sender.clone(),
             control: Arc::clone(&self.control),
         };
-        self.shared.topics.subscribe(topic, self.id, subscriber);
+        self.shared
+            .topics
+            .subscribe(topic, self.id, subscriber)
+            .map_err(|full| {
+                let message = format!(
+                    "the server's subscription limit ({}) is reached",
+                    full.limit
+                );
+                RpcError::new(ErrorCode::ResourceExhausted, message)
+            })?;
         self.subscriptions.insert(topic.to_owned());
         Ok(())
     }
@@ -734,7 +830,7 @@ impl Conn {
             };
             return Err(RpcError::new(
                 ErrorCode::PermissionDenied,
-                format!("may not {verb} {topic:?}"),
+                format!("may not {verb} {:?}", quoted(topic)),
             ));
         }
         Ok(())
@@ -749,15 +845,17 @@ impl Conn {
         self.send_envelope(notice_envelope(error));
     }
 
-    /// Encodes and queues an envelope, fragmenting it above the threshold. A reply larger than the message
-    /// size limit (which the client would refuse) becomes `err RESOURCE_EXHAUSTED`.
+    /// Encodes and queues an envelope (fragmented, when written, above the threshold). A reply larger than
+    /// the message size limit (which the client would refuse) becomes `err RESOURCE_EXHAUSTED`. One that
+    /// does not fit this connection's output budget, or the server's, closes the connection with 1013.
     fn send_envelope(&mut self, envelope: Envelope) {
-        let bytes = envelope.encode();
+        let frame = Encoded::frame_of(&envelope);
+        let size = frame.len() - 1;
         let limit = self.shared.config.limits.reassembly.max_message_bytes;
-        if bytes.len() > limit {
+        if size > limit {
             tracing::warn!(
                 connection = self.id,
-                size = bytes.len(),
+                size,
                 limit,
                 kind = envelope.kind(),
                 "outgoing envelope too large"
@@ -767,10 +865,8 @@ impl Conn {
                 _ => None,
             };
             if let Some(id) = id {
-                let message = format!(
-                    "reply of {} bytes exceeds the message size limit of {limit}",
-                    bytes.len()
-                );
+                let message =
+                    format!("reply of {size} bytes exceeds the message size limit of {limit}");
                 self.reply(
                     id,
                     Err(RpcError::new(ErrorCode::ResourceExhausted, message)),
@@ -778,24 +874,43 @@ impl Conn {
             }
             return;
         }
-        self.queue_envelope_bytes(&bytes);
-    }
-
-    /// Queues an event unless this connection has unsubscribed from its topic since it was published (after
-    /// the `res` to `unsub`, no `evt` of that topic follows).
-    fn queue_event(&mut self, event: &Event) {
-        if self.subscriptions.contains(&*event.topic) {
-            self.queue_envelope_bytes(&event.envelope);
+        let budget = &self.control.outbound;
+        let charged = match Encoded::charge(frame, &self.shared.outbound) {
+            None => {
+                self.shared.shed_largest_backlog();
+                Err(format!(
+                    "server output budget of {} bytes spent",
+                    self.shared.outbound.limit()
+                ))
+            }
+            Some(encoded) if !budget.try_take(encoded.len()) => Err(format!(
+                "outbound budget of {} bytes exceeded: peer not reading",
+                budget.limit()
+            )),
+            Some(encoded) => Ok(encoded),
+        };
+        match charged {
+            Ok(encoded) => self.queue(encoded),
+            Err(reason) => {
+                tracing::info!(connection = self.id, size, %reason, "closing");
+                self.control.request_overflow_close(reason);
+            }
         }
     }
 
-    fn queue_envelope_bytes(&mut self, bytes: &[u8]) {
-        let (out, out_bytes) = (&mut self.out, &mut self.out_bytes);
-        let queued = self.fragmenter.encode_bytes(bytes, |frame| {
-            *out_bytes += frame.len();
-            out.push_back(Message::binary(frame));
-        });
-        if let Err(e) = queued {
+    /// Queues an event unless this connection has unsubscribed from its topic since it was published (after
+    /// the `res` to `unsub`, no `evt` of that topic follows). Its bytes were taken from this connection's
+    /// budget when it was published.
+    fn queue_event(&mut self, event: Event) {
+        if self.subscriptions.contains(&*event.topic) {
+            self.queue(event.encoded);
+        } else {
+            self.control.outbound.give(event.encoded.len());
+        }
+    }
+
+    fn queue(&mut self, encoded: Arc<Encoded>) {
+        if let Err(e) = self.out.push(encoded) {
             tracing::warn!(connection = self.id, error = %e, "cannot fragment an outgoing envelope: dropped");
         }
     }
@@ -803,11 +918,20 @@ impl Conn {
     /// Ends the connection the way `ending` says, then cleans up (in `Drop`).
     async fn finish(&mut self, ws: &mut Ws, ending: Flow) {
         match ending {
-            Flow::Close { code, reason, bye } => {
+            Flow::Close {
+                code,
+                reason,
+                bye,
+                drop_output,
+            } => {
                 tracing::debug!(connection = self.id, code = code.0, %reason, "closing");
+                if drop_output {
+                    self.out.clear();
+                    self.events = None;
+                }
                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
                     if bye {
-                        self.out.push_back(Message::text("bye"));
+                        self.out.push_text("bye");
                     }
                     self.feed_out(ws).await?;
                     ws.flush().await
@@ -842,6 +966,67 @@ impl Drop for Conn {
         self.shared.unregister(self.id);
         self.control.closed.store(true, Ordering::SeqCst);
     }
+}
+
+/// Runs one connection of `shared` (past `ready`) without a socket: each message is handled as if it had
+/// arrived, and what it queued is taken at once. Stops at the first close. Returns the frames written and
+/// the close code and reason, if any. For fuzz targets (`crate::fuzzing`).
+pub(crate) fn feed(shared: Arc<Shared>, messages: Vec<Message>) -> (usize, Option<(u16, String)>) {
+    let id = shared.next_connection_id();
+    let control = Arc::new(ConnControl::new(shared.config.limits.outbound_bytes));
+    let mut conn = Conn::new(shared, id, Arc::clone(&control), Identity::anonymous());
+    conn.out.push_text("ready");
+    let mut frames = conn.drain_now();
+    for message in messages {
+        let flow = conn.on_inbound(Some(Ok(message)));
+        frames += conn.drain_now();
+        let flow = match flow {
+            Flow::Continue => conn.requested_close(),
+            other => other,
+        };
+        match flow {
+            Flow::Continue => {}
+            Flow::Close { code, reason, .. } => return (frames, Some((code.0, reason))),
+            Flow::PeerClosed | Flow::Gone => return (frames, None),
+        }
+    }
+    (frames, None)
+}
+
+/// The next inbound message. A binary message is held (see `Conn::held`) until tungstenite's buffer no
+/// longer shares its allocation; the inbound budget is charged for it meanwhile.
+async fn next_inbound(ws: &mut Ws, held: &mut Option<Bytes>) -> Option<Result<Message, WsError>> {
+    std::future::poll_fn(|cx| {
+        let polled = ws.poll_next_unpin(cx);
+        if let Some(bytes) = held.take_if(|bytes| bytes.is_unique()) {
+            ws.get_mut().release(bytes.len());
+        }
+        if let Poll::Ready(Some(Ok(message))) = &polled {
+            if let Message::Binary(bytes) = message {
+                // A reference count, not a copy.
+                *held = Some(bytes.clone());
+            }
+            ws.get_mut().settle(held.as_ref().map_or(0, Bytes::len));
+        }
+        polled
+    })
+    .await
+}
+
+/// Closes a connection whose partial message would pass the server-wide reassembly budget. 1013, not 1009:
+/// the message may be within the limits; the server is short of room for it now.
+fn reassembly_budget_spent(shared: &Shared) -> Flow {
+    tracing::info!(
+        limit = shared.reassembly.limit(),
+        "server reassembly budget spent: closing"
+    );
+    Flow::close(
+        CloseCode::TRY_AGAIN_LATER,
+        format!(
+            "server reassembly budget of {} bytes spent",
+            shared.reassembly.limit()
+        ),
+    )
 }
 
 async fn recv_event(
@@ -882,7 +1067,7 @@ fn notice_envelope(error: RpcError) -> Envelope {
 fn unimplemented(method: &str) -> RpcError {
     RpcError::new(
         ErrorCode::Unimplemented,
-        format!("unknown method {method:?}"),
+        format!("unknown method {:?}", quoted(method)),
     )
 }
 
@@ -891,12 +1076,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn close_reasons_are_cut_at_a_character_boundary() {
-        assert_eq!(truncate_reason("short"), "short");
+    fn long_text_is_cut_at_a_character_boundary_with_a_mark() {
+        assert_eq!(clip("short", MAX_CLOSE_REASON), "short");
         let long = "é".repeat(100);
-        let cut = truncate_reason(&long);
-        assert!(cut.len() <= 123);
-        assert!(cut.chars().all(|c| c == 'é'));
+        let cut = clip(&long, MAX_CLOSE_REASON);
+        assert!(cut.len() <= MAX_CLOSE_REASON, "{}", cut.len());
+        assert!(cut.ends_with('…'));
+        assert!(cut.trim_end_matches('…').chars().all(|c| c == 'é'));
+        let name = "x".repeat(3 * 1024 * 1024);
+        assert_eq!(quoted(&name).len(), MAX_QUOTED_NAME);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! so client and server cannot drift: the `sockeye.v1` subprotocol, `ready` after authentication, `ping` →
 //! `pong`, fragmentation both ways, concurrent requests, topics with per-topic `seq`, heartbeat (4002),
 //! authentication (4003 before `ready`), an origin allowlist (1008 before `ready`), and drain (§8). Static
-//! files are served on the same port, for the demo page and the npm package.
+//! files are served on the same port (hyper + tower-http's `ServeDir`), for the demo page and the npm package.
 //!
 //! ```
 //! use serde::{Deserialize, Serialize};
@@ -46,7 +46,8 @@
 //!   or without subscribers, so a returning subscriber sees a gap); idle topics are forgotten only past a bound. A refused
 //!   `pub` is answered with an `err` without `id`. Each subscriber has a bounded event queue
 //!   ([`Limits::outbound_queue`]); one that overflows is closed with 1013, so a slow subscriber neither stalls
-//!   publishers nor silently misses events.
+//!   publishers nor silently misses events. Events are encoded once per publish and shared by every
+//!   subscriber.
 //! - **Bad input** is answered as PROTOCOL.md says: framing violations close with 1002, oversize messages
 //!   with 1009, undecodable envelopes get `err INVALID_ARGUMENT` when an `id` can be recovered and close 1007
 //!   otherwise. Text frames other than `ping` close with 1002 (PROTOCOL.md names no code; they break §1–2).
@@ -55,6 +56,16 @@
 //! - **Heartbeat**: no inbound frame for the configured limit (default 90 s) closes with 4002.
 //! - **Backpressure**: a connection's replies are written before more of its frames are read, so a peer that
 //!   stops reading its replies stops being read, and is closed with 4002 once the heartbeat limit passes.
+//! - **HTTP**: at most [`ServerBuilder::max_connections`] TCP connections at once (default sized to the
+//!   open-file limit, [`default_max_connections`]); beyond it new ones get HTTP 503. A request head must arrive
+//!   within [`Limits::handshake_timeout`] (also the keep-alive idle timeout), and a response the client stops
+//!   reading is abandoned after [`Limits::write_timeout`]. Static files: dotfiles, symlinks leading out of the
+//!   directory and non-regular files are 404. A repeated or non-UTF-8 `Origin` closes with 1008.
+//! - **Memory budgets**: queued output per connection ([`Limits::outbound_bytes`]) and, server-wide, queued
+//!   output, bytes read and not yet handled, and partial messages ([`Limits::total_outbound_bytes`],
+//!   [`Limits::total_inbound_bytes`], [`Limits::total_reassembly_bytes`]). The connection that would pass one
+//!   is closed with 1013 (a `pub` the output budget cannot hold is refused instead). `SECURITY.md` lists every
+//!   limit.
 //! - **Drain** ([`ServerHandle::drain`]): new upgrades get HTTP 503, open connections are closed at random
 //!   moments spread across the window (each slot of `window / n` gets one connection at a random moment).
 //!
@@ -66,16 +77,20 @@
 pub mod builtins;
 
 mod app;
+mod budget;
 mod config;
 mod connection;
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
+mod outbound;
 mod server;
 mod topics;
 
 pub use app::{Context, Identity, RpcError, TopicAccess};
 pub use config::{Auth, Credentials, DrainOptions, DrainResult, Limits};
 pub use http::SUBPROTOCOL;
-pub use server::{Server, ServerBuilder, ServerHandle, Stats};
+pub use server::{default_max_connections, Server, ServerBuilder, ServerHandle, Stats};
 
 /// Re-exported for convenience: payloads, codes and limits used in this crate's API.
 pub use sockeye_core::codec::{Payload, ReassemblyLimits};
@@ -112,4 +127,8 @@ pub enum PublishError {
     Encode(sockeye_core::codec::PayloadError),
     #[error("event of {size} bytes exceeds the message size limit of {limit}")]
     TooLarge { size: usize, limit: usize },
+    /// Replies and events already held for writing fill the server-wide budget
+    /// ([`Limits::total_outbound_bytes`]).
+    #[error("the server's output budget of {limit} bytes is spent: try again later")]
+    Busy { limit: usize },
 }

@@ -4,7 +4,7 @@
 //! stderr (`RUST_LOG` filters, default `info`), and drains on SIGTERM or SIGINT, then exits 0. A second signal
 //! during the drain shuts down at once.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,10 +29,17 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     static_dir: Option<PathBuf>,
 
-    /// Accepted bearer token (repeatable). Without any, authentication is off. The n-th token's identity is
-    /// `token-n`. Tokens are never logged.
+    /// Accepted bearer token (repeatable). Visible to other users in `ps`: prefer --token-file or the
+    /// SOCKEYE_TOKENS environment variable (comma-separated tokens). Tokens from all three are accepted;
+    /// without any, authentication is off. The n-th token's identity is `token-n` (--token first, then the
+    /// file, then SOCKEYE_TOKENS). Tokens are never logged.
     #[arg(long = "token", value_name = "TOKEN")]
     tokens: Vec<String>,
+
+    /// File of accepted bearer tokens, one per line (surrounding whitespace and blank lines ignored). A file
+    /// holding no token is an error, not "authentication off".
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
 
     /// Allowed browser `Origin` (repeatable, exact match such as `http://localhost:8080`). Without any, every
     /// origin is allowed; with some, other origins are closed with 1008 before `ready`.
@@ -59,6 +66,34 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 256)]
     outbound_queue: usize,
 
+    /// TCP connections served at once (WebSocket, static file, or waiting for a request); beyond it new
+    /// connections get HTTP 503. Default: three quarters of the open-file limit (ulimit -n) less 32.
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+
+    /// Bytes of replies and events queued per connection before it is closed with 1013 (more than
+    /// --max-message-bytes).
+    #[arg(long, value_name = "BYTES", default_value_t = 32 * 1024 * 1024)]
+    outbound_bytes: usize,
+
+    /// Bytes of replies and events held for writing across all connections (an event counts once).
+    #[arg(long, value_name = "BYTES", default_value_t = 96 * 1024 * 1024)]
+    total_outbound_bytes: usize,
+
+    /// Subscriptions across all connections; beyond it `sub` gets `err RESOURCE_EXHAUSTED`.
+    #[arg(long, value_name = "N", default_value_t = 64 * 1024)]
+    max_total_subscriptions: usize,
+
+    /// Bytes read from sockets and not yet handled, across all connections; the connection whose read would
+    /// pass it is closed with 1013.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024 * 1024)]
+    total_inbound_bytes: usize,
+
+    /// Bytes of partial fragmented messages held across all connections; the connection that would pass it
+    /// is closed with 1013.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024 * 1024)]
+    total_reassembly_bytes: usize,
+
     /// On SIGTERM/SIGINT, close connections at random moments spread over this window.
     #[arg(long, value_name = "MS", default_value_t = 5_000)]
     drain_window_ms: u64,
@@ -68,21 +103,43 @@ struct Args {
     bye: bool,
 }
 
+/// The environment variable holding comma-separated accepted tokens.
+const TOKENS_VAR: &str = "SOCKEYE_TOKENS";
+
+/// Libraries that log request lines, headers or frames (tokens included) below `info`: capped at `info`
+/// whatever `RUST_LOG` says.
+const CHATTY_DEPENDENCIES: &[&str] = &[
+    "hyper",
+    "hyper_util",
+    "tower_http",
+    "tungstenite",
+    "tokio_tungstenite",
+    "h2",
+    "rustls",
+    "mio",
+];
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    init_logging();
     let args = Args::parse();
+    let tokens = match collect_tokens(&args) {
+        Ok(tokens) => tokens,
+        Err(e) => {
+            eprintln!("sockeye-server: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
 
     let mut limits = Limits::default();
     limits.reassembly.max_message_bytes = args.max_message_bytes;
     limits.max_inflight = args.max_inflight;
     limits.outbound_queue = args.outbound_queue;
+    limits.outbound_bytes = args.outbound_bytes;
+    limits.total_outbound_bytes = args.total_outbound_bytes;
+    limits.max_total_subscriptions = args.max_total_subscriptions;
+    limits.total_inbound_bytes = args.total_inbound_bytes;
+    limits.total_reassembly_bytes = args.total_reassembly_bytes;
     let mut drain = DrainOptions::with_window(Duration::from_millis(args.drain_window_ms));
     drain.bye = args.bye;
 
@@ -93,8 +150,11 @@ async fn main() -> ExitCode {
         .heartbeat((args.heartbeat_ms > 0).then(|| Duration::from_millis(args.heartbeat_ms)))
         .fragment_threshold(args.fragment_threshold)
         .drain_options(drain);
-    if !args.tokens.is_empty() {
-        builder = builder.tokens(args.tokens);
+    if !tokens.is_empty() {
+        builder = builder.tokens(tokens);
+    }
+    if let Some(max) = args.max_connections {
+        builder = builder.max_connections(max);
     }
     for origin in args.allowed_origins {
         builder = builder.allow_origin(origin);
@@ -103,6 +163,14 @@ async fn main() -> ExitCode {
         builder = builder.static_dir(dir);
     }
 
+    // Before the listening line: a SIGTERM sent as soon as it is read must drain, not kill.
+    let mut signals = match Signals::new() {
+        Ok(signals) => signals,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
     let server = match builder.start().await {
         Ok(server) => server,
         Err(e) => {
@@ -124,13 +192,6 @@ async fn main() -> ExitCode {
         tracing::info!(dir = %dir.display(), "open http://{}/ in a browser", server.local_addr());
     }
 
-    let mut signals = match Signals::new() {
-        Ok(signals) => signals,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot install signal handlers");
-            return ExitCode::FAILURE;
-        }
-    };
     let which = signals.next().await;
     tracing::info!(signal = which, "draining");
     tokio::select! {
@@ -143,6 +204,83 @@ async fn main() -> ExitCode {
     }
     server.shutdown().await;
     ExitCode::SUCCESS
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`), with [`CHATTY_DEPENDENCIES`] capped at `info`.
+fn init_logging() {
+    use tracing_subscriber::filter::{EnvFilter, FilterExt, LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
+    let wanted = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let caps = CHATTY_DEPENDENCIES.iter().fold(
+        Targets::new().with_default(LevelFilter::TRACE),
+        |caps, target| caps.with_target(*target, LevelFilter::INFO),
+    );
+    // Both must let an event through, so no `RUST_LOG` directive lifts a cap.
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_filter(wanted.and(caps));
+    tracing_subscriber::registry().with(layer).init();
+}
+
+/// Why the accepted tokens could not be read.
+#[derive(Debug, thiserror::Error)]
+enum TokenError {
+    #[error("--token-file {path}: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--token-file {0} holds no token")]
+    EmptyFile(PathBuf),
+    #[error("{TOKENS_VAR} is not valid UTF-8")]
+    NotText,
+    #[error("{TOKENS_VAR} is set but holds no token")]
+    EmptyVar,
+}
+
+/// The accepted tokens: `--token`s, then the lines of `--token-file`, then `SOCKEYE_TOKENS`. A source that is
+/// given but holds no token is an error (it would otherwise turn authentication off).
+fn collect_tokens(args: &Args) -> Result<Vec<String>, TokenError> {
+    let mut tokens = args.tokens.clone();
+    if let Some(path) = &args.token_file {
+        let text = std::fs::read_to_string(path).map_err(|source| TokenError::File {
+            path: path.clone(),
+            source,
+        })?;
+        extend_tokens(
+            &mut tokens,
+            text.lines(),
+            TokenError::EmptyFile(path.clone()),
+        )?;
+    }
+    if let Some(value) = std::env::var_os(TOKENS_VAR) {
+        let value = value.into_string().map_err(|_| TokenError::NotText)?;
+        extend_tokens(&mut tokens, value.split(','), TokenError::EmptyVar)?;
+    }
+    Ok(tokens)
+}
+
+/// Adds the non-blank `items` (trimmed) to `tokens`; `empty` when there is none.
+fn extend_tokens<'a>(
+    tokens: &mut Vec<String>,
+    items: impl Iterator<Item = &'a str>,
+    empty: TokenError,
+) -> Result<(), TokenError> {
+    let before = tokens.len();
+    tokens.extend(
+        items
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned),
+    );
+    if tokens.len() == before {
+        return Err(empty);
+    }
+    Ok(())
 }
 
 /// SIGTERM and SIGINT (Ctrl-C).

@@ -14,13 +14,14 @@ use sockeye_core::codec::{validate_topic, Payload};
 use sockeye_core::error::CloseCode;
 use sockeye_core::time::Instant as CoreInstant;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::app::{typed_message, typed_method, App, Context, Identity, RpcError, TopicAccess};
+use crate::budget::Budget;
 use crate::config::{Auth, Config, Credentials, DrainOptions, DrainResult, Limits};
-use crate::topics::Topics;
+use crate::topics::{Refused, Topics};
 use crate::{PublishError, StartError};
 
 /// The server's counters, for tests, benchmarks and the `stats` method.
@@ -43,6 +44,12 @@ pub struct Stats {
     pub overflow_closes: u64,
     /// Topics with at least one subscriber.
     pub topics: u64,
+    /// Bytes of encoded replies and events held for writing ([`Limits::total_outbound_bytes`]).
+    pub outbound_bytes: u64,
+    /// Bytes of partial inbound messages held ([`Limits::total_reassembly_bytes`]).
+    pub reassembly_bytes: u64,
+    /// Bytes read and not yet handled ([`Limits::total_inbound_bytes`]).
+    pub inbound_bytes: u64,
 }
 
 #[derive(Default)]
@@ -73,6 +80,9 @@ impl Counters {
             auth_failures: self.auth_failures.load(Ordering::Relaxed),
             overflow_closes: self.overflow_closes.load(Ordering::Relaxed),
             topics: 0,
+            outbound_bytes: 0,
+            reassembly_bytes: 0,
+            inbound_bytes: 0,
         }
     }
 }
@@ -83,11 +93,14 @@ pub(crate) struct CloseRequest {
     pub code: CloseCode,
     pub reason: String,
     pub bye: bool,
+    /// Drop what is queued instead of writing it first (a peer too slow for its output).
+    pub drop_output: bool,
 }
 
-/// The part of a connection other tasks can reach: a close request and the wake-up for it.
-#[derive(Default)]
+/// The part of a connection other tasks can reach: its output budget, a close request and the wake-up for it.
 pub(crate) struct ConnControl {
+    /// Bytes queued for this connection (events and replies), taken when queued, given back once written.
+    pub outbound: Arc<Budget>,
     close: Mutex<Option<CloseRequest>>,
     pub notify: Notify,
     /// Set by the connection's task when it has ended.
@@ -95,11 +108,39 @@ pub(crate) struct ConnControl {
 }
 
 impl ConnControl {
+    pub fn new(outbound_limit: usize) -> ConnControl {
+        ConnControl {
+            outbound: Arc::new(Budget::new(outbound_limit)),
+            close: Mutex::new(None),
+            notify: Notify::new(),
+            closed: AtomicBool::new(false),
+        }
+    }
+
     /// Asks the connection to close. The first request wins; later ones are ignored.
     pub fn request_close(&self, code: CloseCode, reason: String, bye: bool) {
+        self.request(CloseRequest {
+            code,
+            reason,
+            bye,
+            drop_output: false,
+        });
+    }
+
+    /// Asks the connection to close with 1013 because its output is over budget, dropping what is queued.
+    pub fn request_overflow_close(&self, reason: String) {
+        self.request(CloseRequest {
+            code: CloseCode::TRY_AGAIN_LATER,
+            reason,
+            bye: false,
+            drop_output: true,
+        });
+    }
+
+    fn request(&self, request: CloseRequest) {
         let mut slot = self.close.lock().unwrap_or_else(PoisonError::into_inner);
         if slot.is_none() {
-            *slot = Some(CloseRequest { code, reason, bye });
+            *slot = Some(request);
             drop(slot);
             self.notify.notify_one();
         }
@@ -122,6 +163,12 @@ pub(crate) struct Shared {
     pub static_root: Option<PathBuf>,
     pub counters: Counters,
     pub topics: Topics,
+    /// Bytes of encoded replies and events held for writing, across every connection.
+    pub outbound: Arc<Budget>,
+    /// Bytes of partial inbound messages, across every connection.
+    pub reassembly: Arc<Budget>,
+    /// Bytes read from sockets and not yet handled, across every connection.
+    pub inbound: Arc<Budget>,
     pub draining: AtomicBool,
     pub shutting_down: AtomicBool,
     /// Ready connections by id.
@@ -135,6 +182,37 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    pub fn new(
+        config: Config,
+        app: App,
+        ws_config: WebSocketConfig,
+        static_root: Option<PathBuf>,
+    ) -> Shared {
+        let limits = &config.limits;
+        let outbound = Arc::new(Budget::new(limits.total_outbound_bytes));
+        let reassembly = Arc::new(Budget::new(limits.total_reassembly_bytes));
+        let inbound = Arc::new(Budget::new(limits.total_inbound_bytes));
+        let topics = Topics::new(limits.max_total_subscriptions);
+        Shared {
+            config,
+            app,
+            ws_config,
+            static_root,
+            counters: Counters::default(),
+            topics,
+            outbound,
+            reassembly,
+            inbound,
+            draining: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
+            connections: Mutex::new(HashMap::new()),
+            registered: watch::channel(0).0,
+            next_connection_id: AtomicU64::new(1),
+            origin: tokio::time::Instant::now(),
+            stop_accepting: Notify::new(),
+        }
+    }
+
     /// Now, on the core's clock.
     pub fn core_now(&self) -> CoreInstant {
         CoreInstant::from_millis(
@@ -173,6 +251,9 @@ impl Shared {
     pub fn stats(&self) -> Stats {
         Stats {
             topics: self.topics.len() as u64,
+            outbound_bytes: self.outbound.used() as u64,
+            reassembly_bytes: self.reassembly.used() as u64,
+            inbound_bytes: self.inbound.used() as u64,
             ..self.counters.snapshot()
         }
     }
@@ -183,10 +264,37 @@ impl Shared {
         let limit = self.config.limits.reassembly.max_message_bytes;
         let fanout = self
             .topics
-            .publish(topic, data, limit)
-            .map_err(|size| PublishError::TooLarge { size, limit })?;
+            .publish(topic, data, limit, &self.outbound)
+            .map_err(|refused| match refused {
+                Refused::TooLarge(size) => PublishError::TooLarge { size, limit },
+                Refused::Busy => {
+                    self.shed_largest_backlog();
+                    PublishError::Busy {
+                        limit: self.outbound.limit(),
+                    }
+                }
+            })?;
         Counters::add(&self.counters.overflow_closes, fanout.overflowed as u64);
         Ok(fanout.delivered)
+    }
+
+    /// When the server-wide output budget is spent: asks the connection with the most output queued to close
+    /// with 1013 (its backlog dropped), so peers that stop reading cannot keep everyone else's replies and
+    /// events refused until the heartbeat closes them.
+    pub fn shed_largest_backlog(&self) {
+        let largest = self
+            .lock_connections()
+            .values()
+            .max_by_key(|control| control.outbound.used())
+            .filter(|control| control.outbound.used() > 0)
+            .cloned();
+        if let Some(control) = largest {
+            Counters::add(&self.counters.overflow_closes, 1);
+            control.request_overflow_close(format!(
+                "server output budget of {} bytes spent: the largest backlog is dropped",
+                self.outbound.limit()
+            ));
+        }
     }
 
     /// Closes every registered connection with `code` now.
@@ -317,6 +425,14 @@ impl ServerBuilder {
         self
     }
 
+    /// TCP connections served at once (WebSocket, static file, or waiting for a request head); beyond it a
+    /// new connection is answered HTTP 503 and closed. Default: sized to the process's open-file limit
+    /// (`RLIMIT_NOFILE`, see [`default_max_connections`]).
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.config.max_connections = Some(max);
+        self
+    }
+
     /// The drain options [`ServerHandle::default_drain_options`] returns (the binary drains with them).
     pub fn drain_options(mut self, options: DrainOptions) -> Self {
         self.config.drain = options;
@@ -386,7 +502,7 @@ impl ServerBuilder {
     /// [`StartError`] when the address cannot be bound, the static directory is missing, or the
     /// configuration is inconsistent.
     pub async fn start(self) -> Result<ServerHandle, StartError> {
-        let ServerBuilder { config, app } = self;
+        let ServerBuilder { mut config, app } = self;
         if !config.path.starts_with('/') {
             return Err(StartError::InvalidConfig(format!(
                 "path {:?} must start with '/'",
@@ -403,6 +519,36 @@ impl ServerBuilder {
             return Err(StartError::InvalidConfig(
                 "outbound_queue must be positive".to_owned(),
             ));
+        }
+        // hyper adds the head timeout to `Instant::now()`, which panics on overflow: a year stands for "never".
+        let year = Duration::from_secs(365 * 86_400);
+        for (name, timeout) in [
+            ("handshake_timeout", limits.handshake_timeout),
+            ("write_timeout", limits.write_timeout),
+        ] {
+            if timeout.is_zero() || timeout > year {
+                return Err(StartError::InvalidConfig(format!(
+                    "{name} must be positive and at most a year"
+                )));
+            }
+        }
+        let max_connections = *config
+            .max_connections
+            .get_or_insert_with(default_max_connections);
+        if max_connections == 0 {
+            return Err(StartError::InvalidConfig(
+                "max_connections must be positive".to_owned(),
+            ));
+        }
+        // The largest reply or event (a COMPLETE frame of `max_message_bytes`) must fit an empty queue.
+        let largest = limits.reassembly.max_message_bytes.saturating_add(1);
+        if limits.outbound_bytes < largest || limits.total_outbound_bytes < limits.outbound_bytes {
+            return Err(StartError::InvalidConfig(format!(
+                "need max_message_bytes ({}) < outbound_bytes ({}) <= total_outbound_bytes ({})",
+                limits.reassembly.max_message_bytes,
+                limits.outbound_bytes,
+                limits.total_outbound_bytes
+            )));
         }
         let static_root = match &config.static_dir {
             Some(dir) => {
@@ -437,24 +583,9 @@ impl ServerBuilder {
             addr: config.addr,
             source,
         })?;
-        let (registered, _) = watch::channel(0);
-        let shared = Arc::new(Shared {
-            config,
-            app,
-            ws_config,
-            static_root,
-            counters: Counters::default(),
-            topics: Topics::default(),
-            draining: AtomicBool::new(false),
-            shutting_down: AtomicBool::new(false),
-            connections: Mutex::new(HashMap::new()),
-            registered,
-            next_connection_id: AtomicU64::new(1),
-            origin: tokio::time::Instant::now(),
-            stop_accepting: Notify::new(),
-        });
-        tracing::info!(%local_addr, path = %shared.config.path, auth = ?shared.config.auth, "sockeye-server listening");
-        let accept_task = tokio::spawn(accept_loop(Arc::clone(&shared), listener));
+        let shared = Arc::new(Shared::new(config, app, ws_config, static_root));
+        tracing::info!(%local_addr, path = %shared.config.path, auth = ?shared.config.auth, max_connections, "sockeye-server listening");
+        let accept_task = tokio::spawn(accept_loop(Arc::clone(&shared), listener, max_connections));
         Ok(ServerHandle {
             shared,
             local_addr,
@@ -463,23 +594,100 @@ impl ServerBuilder {
     }
 }
 
-async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+/// Connections past the cap being answered 503 at once; past this many, further ones are closed unanswered
+/// (a storm of connections must not take the descriptors left for files and the listener).
+const MAX_REFUSING: usize = 64;
+/// At most one warning per this interval for refused or failed accepts.
+const WARN_INTERVAL: Duration = Duration::from_secs(10);
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, max_connections: usize) {
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
+    let mut full_warning = Throttle::default();
+    let mut failure_warning = Throttle::default();
     loop {
         tokio::select! {
             () = shared.stop_accepting.notified() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    tokio::spawn(crate::http::serve(Arc::clone(&shared), stream, peer));
+                    if let Ok(slot) = Arc::clone(&slots).try_acquire_owned() {
+                        tokio::spawn(crate::http::serve(Arc::clone(&shared), stream, peer, Some(slot)));
+                        continue;
+                    }
+                    if let Some(suppressed) = full_warning.allow() {
+                        tracing::warn!(max_connections, suppressed, "connection limit reached: refusing with 503");
+                    }
+                    if let Ok(refusal) = Arc::clone(&refusing).try_acquire_owned() {
+                        let shared = Arc::clone(&shared);
+                        tokio::spawn(async move {
+                            let answer = crate::http::serve(shared, stream, peer, None);
+                            let _ = tokio::time::timeout(crate::http::REFUSAL_TIMEOUT * 2, answer).await;
+                            drop(refusal);
+                        });
+                    }
+                    // Otherwise `stream` is dropped here: closed unanswered.
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: wait a little instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    if let Some(suppressed) = failure_warning.allow() {
+                        tracing::warn!(error = %e, suppressed, "accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
         }
     }
     tracing::debug!("accept loop stopped");
+}
+
+/// Lets one warning through per [`WARN_INTERVAL`], counting the ones held back in between.
+#[derive(Default)]
+struct Throttle {
+    last: Option<tokio::time::Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    /// `Some(number suppressed since the last one)` when a warning may be logged now.
+    fn allow(&mut self) -> Option<u64> {
+        let now = tokio::time::Instant::now();
+        if self.last.is_some_and(|last| now < last + WARN_INTERVAL) {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+/// The default connection cap: three quarters of the open-file limit the process has (`RLIMIT_NOFILE`,
+/// soft), less 32, so the listener, stdio, the runtime's own descriptors, connections being refused and
+/// static files being sent still find descriptors when every connection slot is taken. 1 024 without a
+/// known limit.
+pub fn default_max_connections() -> usize {
+    let limit = open_file_limit().unwrap_or(1024).min(1 << 22);
+    (limit / 4 * 3).saturating_sub(32).max(1)
+}
+
+#[cfg(unix)]
+fn open_file_limit() -> Option<usize> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `getrlimit` writes one `rlimit` through a valid pointer to one.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return None;
+    }
+    if limit.rlim_cur == libc::RLIM_INFINITY {
+        return Some(usize::MAX);
+    }
+    usize::try_from(limit.rlim_cur).ok()
+}
+
+#[cfg(not(unix))]
+fn open_file_limit() -> Option<usize> {
+    None
 }
 
 /// Controls a running server. Dropping it shuts the server down without waiting (like
@@ -501,6 +709,11 @@ impl ServerHandle {
         format!("ws://{}{}", self.local_addr, self.shared.config.path)
     }
 
+    /// The connection cap in force (configured, or sized to the open-file limit).
+    pub fn max_connections(&self) -> usize {
+        self.shared.config.max_connections.unwrap_or(0)
+    }
+
     /// A snapshot of the counters.
     pub fn stats(&self) -> Stats {
         self.shared.stats()
@@ -519,7 +732,8 @@ impl ServerHandle {
     /// Publishes raw `data` to `topic`'s subscribers as the server. Returns how many it was queued for.
     ///
     /// # Errors
-    /// [`PublishError::InvalidTopic`] when the name breaks the rules.
+    /// [`PublishError::InvalidTopic`] when the name breaks the rules, [`PublishError::TooLarge`] over the
+    /// message size limit, [`PublishError::Busy`] when the server's output budget cannot hold it now.
     pub fn publish(&self, topic: &str, data: Option<Payload>) -> Result<usize, PublishError> {
         self.shared.publish(topic, data)
     }

@@ -1,3 +1,5 @@
-//! Cross-crate tests live in `tests/`; this library holds what they share with the fuzz targets in `fuzz/`.
+//! Cross-crate tests live in `tests/`; this library holds what they share: the harnesses the fuzz targets in
+//! `fuzz/` run ([`fuzz`]) and the chaos proxy ([`chaos`]).
 
+pub mod chaos;
 pub mod fuzz;

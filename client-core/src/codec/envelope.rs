@@ -84,6 +84,9 @@ pub enum Envelope {
 pub struct EnvelopeError {
     /// The `id` recovered from the map, when there was one: the refusal can then be an `err` reply.
     pub id: Option<u64>,
+    /// The map's `t`, recovered like the `id`, when it is one this version knows (`"res"`, `"req"`, …). A
+    /// broken `res` or `err` with an `id` answers the receiver's own request: it can fail that request at once.
+    pub t: Option<&'static str>,
     pub kind: EnvelopeErrorKind,
 }
 
@@ -323,8 +326,13 @@ impl Envelope {
         let mut fields = Fields::default();
         let scanned = fields.scan(bytes);
         let recovered_id = fields.id.and_then(|span| read_uint(bytes, span));
+        let recovered_t = fields
+            .t
+            .and_then(|span| read_text(bytes, span, "t").ok())
+            .and_then(|t| KINDS.into_iter().find(|&known| known == t));
         let fail = |kind| EnvelopeError {
             id: recovered_id,
+            t: recovered_t,
             kind,
         };
         scanned.map_err(fail)?;
@@ -397,6 +405,9 @@ struct Fields {
     seq: Option<Span>,
     non_text_key: bool,
 }
+
+/// Every `t` this version knows.
+const KINDS: [&str; 8] = ["msg", "req", "res", "err", "sub", "unsub", "pub", "evt"];
 
 /// The longest known key (`topic`); longer keys are unknown without looking further.
 const MAX_KEY: usize = 5;
@@ -783,7 +794,7 @@ mod tests {
 
     fn assert_closes_1007(bytes: &[u8], kind: EnvelopeErrorKind) {
         let e = Envelope::decode(bytes).expect_err("the envelope is invalid");
-        assert_eq!(e, EnvelopeError { id: None, kind });
+        assert_eq!((e.id, e.kind.clone()), (None, kind));
         match e.refusal() {
             Refusal::Close(code, reason) => {
                 assert_eq!(code, CloseCode::INVALID_PAYLOAD);
@@ -796,7 +807,7 @@ mod tests {
 
     fn assert_replies(bytes: &[u8], id: u64, kind: EnvelopeErrorKind) {
         let e = Envelope::decode(bytes).expect_err("the envelope is invalid");
-        assert_eq!(e, EnvelopeError { id: Some(id), kind });
+        assert_eq!((e.id, e.kind.clone()), (Some(id), kind));
         let expected = Envelope::Err {
             id: Some(id),
             code: ErrorCode::InvalidArgument,
@@ -1142,6 +1153,7 @@ mod tests {
             e,
             EnvelopeError {
                 id: None,
+                t: None,
                 kind: EnvelopeErrorKind::UnknownType("ping".into())
             }
         );
@@ -1152,6 +1164,22 @@ mod tests {
             data: None,
         };
         assert_eq!(e.refusal(), Refusal::Reply(notice));
+    }
+
+    #[test]
+    fn a_known_t_is_recovered_with_the_id_so_a_broken_reply_can_end_its_request() {
+        let broken_res = map(&[
+            (text("t"), text("res")),
+            (text("id"), uint(5)),
+            (text("d"), vec![0x1c]),
+        ]);
+        let e = Envelope::decode(&broken_res).unwrap_err();
+        assert_eq!((e.t, e.id), (Some("res"), Some(5)));
+        let missing_m = map(&[(text("t"), text("req")), (text("id"), uint(6))]);
+        let e = Envelope::decode(&missing_m).unwrap_err();
+        assert_eq!((e.t, e.id), (Some("req"), Some(6)));
+        let unknown = map(&[(text("t"), text("ping")), (text("id"), uint(7))]);
+        assert_eq!(Envelope::decode(&unknown).unwrap_err().t, None);
     }
 
     #[test]
@@ -1255,7 +1283,13 @@ mod tests {
                 expected: "unsigned integer",
             },
         ] {
-            if let Refusal::Close(_, reason) = (EnvelopeError { id: None, kind }).refusal() {
+            if let Refusal::Close(_, reason) = (EnvelopeError {
+                id: None,
+                t: None,
+                kind,
+            })
+            .refusal()
+            {
                 assert!(reason.len() <= MAX_CLOSE_REASON, "{reason}");
             }
         }

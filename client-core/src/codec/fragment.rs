@@ -123,24 +123,92 @@ impl Fragmenter {
         self.threshold == 0 || len <= self.threshold
     }
 
+    /// Plans the frames of an envelope of `len` bytes without touching its bytes: `None` when it goes out
+    /// as one COMPLETE frame, else the FRAGMENT frames to build one at a time (a server sharing one encoded
+    /// event among many subscribers builds each subscriber's frames from slices of it, only as it writes
+    /// them). Takes a `msg_id` when it fragments.
+    ///
+    /// # Errors
+    /// [`FragmentError::TooManyFragments`] when it would take more than `u16::MAX` fragments. Never panics.
+    pub fn plan(&mut self, len: usize) -> Result<Option<FragmentPlan>, FragmentError> {
+        if self.fits(len) {
+            return Ok(None);
+        }
+        let count = self.check(len)?;
+        let msg_id = self.next_msg_id;
+        self.next_msg_id = self.next_msg_id.wrapping_add(1);
+        Ok(Some(FragmentPlan {
+            msg_id,
+            count,
+            next: 0,
+            threshold: self.threshold,
+            len,
+        }))
+    }
+
     /// Emits FRAGMENT frames of at most `threshold` chunk bytes each. Only called with `bytes.len() >
     /// threshold > 0`, so there are at least two chunks.
     fn split(&mut self, bytes: &[u8], mut emit: impl FnMut(Vec<u8>)) -> Result<(), FragmentError> {
-        let count = self.check(bytes.len())?;
-        let msg_id = self.next_msg_id;
-        self.next_msg_id = self.next_msg_id.wrapping_add(1);
-        for (index, chunk) in (0..count).zip(bytes.chunks(self.threshold)) {
-            let mut frame = Vec::with_capacity(FRAGMENT_HEADER_LEN + chunk.len());
-            FragmentHeader {
-                msg_id,
-                index,
-                count,
+        if let Some(plan) = self.plan(bytes.len())? {
+            for fragment in plan {
+                emit(fragment.frame(bytes));
             }
-            .write_to(&mut frame);
-            frame.extend_from_slice(chunk);
-            emit(frame);
         }
         Ok(())
+    }
+}
+
+/// The FRAGMENT frames of one envelope, in order ([`Fragmenter::plan`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FragmentPlan {
+    msg_id: u32,
+    count: u16,
+    next: u16,
+    threshold: usize,
+    len: usize,
+}
+
+/// One FRAGMENT frame of a [`FragmentPlan`]: its header and which envelope bytes it carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedFragment {
+    /// The frame header.
+    pub header: FragmentHeader,
+    /// The envelope bytes this frame carries.
+    pub range: core::ops::Range<usize>,
+}
+
+impl PlannedFragment {
+    /// The whole frame (header, then `envelope[range]`).
+    ///
+    /// # Panics
+    /// When `envelope` is shorter than the length the plan was made for.
+    pub fn frame(&self, envelope: &[u8]) -> Vec<u8> {
+        let chunk = &envelope[self.range.clone()];
+        let mut frame = Vec::with_capacity(FRAGMENT_HEADER_LEN + chunk.len());
+        self.header.write_to(&mut frame);
+        frame.extend_from_slice(chunk);
+        frame
+    }
+}
+
+impl Iterator for FragmentPlan {
+    type Item = PlannedFragment;
+
+    fn next(&mut self) -> Option<PlannedFragment> {
+        if self.next >= self.count {
+            return None;
+        }
+        let index = self.next;
+        self.next += 1;
+        let start = usize::from(index) * self.threshold;
+        Some(PlannedFragment {
+            header: FragmentHeader {
+                msg_id: self.msg_id,
+                index,
+                count: self.count,
+            },
+            range: start..self.len.min(start.saturating_add(self.threshold)),
+        })
     }
 }
 

@@ -36,7 +36,8 @@ pub use envelope::{
     PayloadError, Refusal, MAX_DEPTH,
 };
 pub use fragment::{
-    FragmentError, Fragmenter, Reassembler, ReassemblyLimits, DEFAULT_FRAGMENT_THRESHOLD,
+    FragmentError, FragmentPlan, Fragmenter, PlannedFragment, Reassembler, ReassemblyLimits,
+    DEFAULT_FRAGMENT_THRESHOLD,
 };
 pub use frame::{FragmentHeader, Frame, ProtocolViolation, KIND_COMPLETE, KIND_FRAGMENT};
 

@@ -328,3 +328,114 @@ pub async fn http_status_server(
     });
     (addr, hits)
 }
+
+/// A raw WebSocket server whose behaviour each test scripts, for servers the reference server will not
+/// impersonate (hostile, broken). Every connection is upgraded (echoing the subprotocol), sent `ready`, and
+/// handed to `script`. The server stops when the returned handle is dropped.
+pub struct RawServer {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub type RawSocket = tokio_tungstenite::WebSocketStream<TcpStream>;
+
+impl RawServer {
+    pub async fn start<F, Fut>(script: F) -> RawServer
+    where
+        F: Fn(RawSocket) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        use futures_util::SinkExt;
+        use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+        use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+        let listener = TcpListener::bind(loopback()).await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let script = Arc::new(script);
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                let script = Arc::clone(&script);
+                connections.spawn(async move {
+                    // tungstenite's callback signature, not ours: its error type is large.
+                    #[allow(clippy::result_large_err)]
+                    let echo = |_: &Request, mut response: Response| {
+                        response.headers_mut().insert(
+                            "sec-websocket-protocol",
+                            HeaderValue::from_static(sockeye::SUBPROTOCOL),
+                        );
+                        Ok(response)
+                    };
+                    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, echo).await else {
+                        return;
+                    };
+                    if ws
+                        .send(tokio_tungstenite::tungstenite::Message::text("ready"))
+                        .await
+                        .is_ok()
+                    {
+                        script(ws).await;
+                    }
+                });
+            }
+        });
+        RawServer { addr, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+}
+
+impl Drop for RawServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One envelope as a COMPLETE frame.
+pub fn complete_frame(envelope: &sockeye_core::codec::Envelope) -> Vec<u8> {
+    let mut frame = vec![0u8];
+    envelope.encode_to(&mut frame);
+    frame
+}
+
+/// The code of the next close frame the peer sends, skipping everything else; `None` if the stream ends first.
+pub async fn next_close_code(ws: &mut RawSocket) -> Option<u16> {
+    use futures_util::StreamExt;
+    while let Some(Ok(message)) = ws.next().await {
+        if let tokio_tungstenite::tungstenite::Message::Close(frame) = message {
+            return frame.map(|f| u16::from(f.code));
+        }
+    }
+    None
+}
+
+/// A log sink for a `tracing_subscriber::fmt` writer (`move || logs.clone()`): everything written, kept.
+#[derive(Clone, Default)]
+pub struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Logs {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The secrets the credential tests hand a client (token, token in the query, header value, URL user info).
+pub const SECRETS: [&str; 4] = ["SECRET-T", "SECRET-Q", "SECRET-H", "SECRET-U"];
+
+/// A [`RawServer`] that accepts every upgrade, sends `ready` and reads until the client closes.
+pub async fn silent_server() -> RawServer {
+    use futures_util::StreamExt;
+    RawServer::start(|mut ws| async move { while let Some(Ok(_)) = ws.next().await {} }).await
+}

@@ -120,3 +120,82 @@ async fn origins_outside_the_allowlist_are_closed_with_1008_before_ready() {
     expect_refused(&url, &[("Origin", "http://evil.example")], 1008).await;
     expect_refused(&url, &[("Origin", "http://good.example.evil")], 1008).await;
 }
+
+/// Connects with headers appended as given (repeats kept, values as raw bytes), without waiting for `ready`.
+async fn connect_raw_headers(url: &str, headers: &[(&str, &[u8])]) -> Client {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+    let mut request = url.into_client_request().expect("a valid URL");
+    for (name, value) in headers {
+        request.headers_mut().append(
+            HeaderName::from_bytes(name.as_bytes()).expect("a valid name"),
+            HeaderValue::from_bytes(value).expect("a valid value"),
+        );
+    }
+    let (ws, response) = tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(request))
+        .await
+        .expect("connect in time")
+        .expect("the upgrade completes");
+    assert_eq!(response.status(), 101);
+    ws
+}
+
+#[tokio::test]
+async fn repeated_or_non_text_origins_are_refused_with_1008() {
+    let server = start(Server::builder().allow_origin("http://good.example")).await;
+    let url = server.ws_url();
+    for headers in [
+        // Not text: it must not count as absent.
+        &[("Origin", &b"http://good.example\xff"[..])][..],
+        &[("Origin", b"http://\xc3\x28.example")],
+        // Two of them: neither wins.
+        &[
+            ("Origin", b"http://evil.example"),
+            ("Origin", b"http://good.example"),
+        ],
+        &[
+            ("Origin", b"http://good.example"),
+            ("Origin", b"http://good.example"),
+        ],
+    ] {
+        let mut ws = connect_raw_headers(&url, headers).await;
+        let texts = expect_close(&mut ws, 1008).await;
+        assert!(texts.is_empty(), "{headers:?}: {texts:?}");
+    }
+    let mut ws = connect_raw_headers(&url, &[("Origin", b"http://good.example")]).await;
+    expect_text(&mut ws, "ready").await;
+}
+
+#[tokio::test]
+async fn repeated_or_non_text_credentials_are_refused_with_4003() {
+    let server = start(Server::builder().tokens(["alpha"])).await;
+    let url = server.ws_url();
+    for (url, headers) in [
+        (
+            url.clone(),
+            &[
+                ("Authorization", &b"Bearer wrong"[..]),
+                ("Authorization", b"Bearer alpha"),
+            ][..],
+        ),
+        (
+            url.clone(),
+            &[
+                ("Authorization", &b"Bearer alpha"[..]),
+                ("Authorization", b"Bearer alpha"),
+            ],
+        ),
+        // A header that is not text does not fall back to the query.
+        (
+            format!("{url}?token=alpha"),
+            &[("Authorization", &b"Bearer \xff"[..])],
+        ),
+        (format!("{url}?token=wrong&token=alpha"), &[]),
+    ] {
+        let mut ws = connect_raw_headers(&url, headers).await;
+        let texts = expect_close(&mut ws, 4003).await;
+        assert!(texts.is_empty(), "{headers:?}: {texts:?}");
+    }
+    let mut ws = connect_raw_headers(&url, &[("Authorization", b"Bearer alpha")]).await;
+    expect_text(&mut ws, "ready").await;
+}

@@ -62,6 +62,17 @@ pub async fn connect_with(
         .expect("connect in time")
 }
 
+/// Expects the upgrade to `url` to be refused with HTTP `status`.
+pub async fn expect_http_refusal(url: &str, status: u16) {
+    match connect_with(url, &[], true).await {
+        Err(WsError::Http(response)) => assert_eq!(response.status(), status),
+        other => panic!(
+            "expected HTTP {status}, got {:?}",
+            other.map(|(_, r)| r.status())
+        ),
+    }
+}
+
 /// Connects and waits for `ready`.
 pub async fn connect(server: &ServerHandle) -> Client {
     connect_url(&server.ws_url(), &[]).await
@@ -332,28 +343,71 @@ pub async fn assert_alive(ws: &mut Client, id: u64) {
     assert_eq!(expect_res(&reply, id), Some(text("still here")));
 }
 
-/// A raw HTTP/1.1 exchange: returns status, lower-cased headers and body.
+/// A raw HTTP/1.1 exchange on a new connection: returns status, lower-cased headers and body.
 pub async fn http(
     addr: std::net::SocketAddr,
     request: &str,
 ) -> (u16, HashMap<String, String>, Vec<u8>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     stream
         .write_all(request.as_bytes())
         .await
         .expect("write the request");
-    let mut raw = Vec::new();
-    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut raw))
+    let head_only = request.starts_with("HEAD ");
+    tokio::time::timeout(PATIENCE, read_response(&mut stream, head_only))
         .await
         .expect("a response in time")
-        .expect("read");
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a complete response head");
-    let head = String::from_utf8(raw[..split].to_vec()).expect("an ASCII head");
-    let body = raw[split + 4..].to_vec();
+}
+
+/// A response status line and lower-cased headers.
+pub type Head = (u16, HashMap<String, String>);
+
+/// Reads one response from `stream`: its head, then a `Content-Length` body (none for HEAD, 1xx, 204, 304),
+/// or everything up to the end of the stream without one. The connection may stay open (keep-alive).
+pub async fn read_response(
+    stream: &mut TcpStream,
+    head_only: bool,
+) -> (u16, HashMap<String, String>, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut raw = Vec::new();
+    let split = loop {
+        if let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break split;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.expect("read a response head");
+        assert!(
+            n > 0,
+            "the connection ended before a complete response head: {raw:?}"
+        );
+        raw.extend_from_slice(&chunk[..n]);
+    };
+    let (status, headers) = parse_head(&raw[..split]);
+    let mut body = raw.split_off(split + 4);
+    let no_body = head_only || status < 200 || status == 204 || status == 304;
+    match headers.get("content-length") {
+        _ if no_body => {}
+        Some(len) => {
+            let len: usize = len.parse().expect("a numeric content-length");
+            while body.len() < len {
+                let mut chunk = vec![0u8; 64 * 1024];
+                let n = stream.read(&mut chunk).await.expect("read the body");
+                assert!(n > 0, "the connection ended inside the body");
+                body.extend_from_slice(&chunk[..n]);
+            }
+            body.truncate(len);
+        }
+        None => {
+            stream.read_to_end(&mut body).await.expect("read the body");
+        }
+    }
+    (status, headers, body)
+}
+
+/// Parses a response head (without the blank line).
+pub fn parse_head(raw: &[u8]) -> Head {
+    let head = String::from_utf8(raw.to_vec()).expect("an ASCII head");
     let mut lines = head.split("\r\n");
     let status_line = lines.next().expect("a status line");
     let status = status_line
@@ -365,7 +419,7 @@ pub async fn http(
         .filter_map(|line| line.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
-    (status, headers, body)
+    (status, headers)
 }
 
 /// Polls `condition` every 10 ms until it holds or [`PATIENCE`] passes.
