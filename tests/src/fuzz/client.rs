@@ -21,6 +21,9 @@ const MAX_OPS: usize = 256;
 /// The client's limit on a server message, small so the fuzzer reaches it.
 const MAX_MESSAGE_BYTES: usize = 512;
 
+/// The client's bound on unanswered server requests, small so the fuzzer reaches it.
+const MAX_INBOUND_REQUESTS: usize = 4;
+
 #[derive(Arbitrary, Debug)]
 struct Setup {
     seed: u64,
@@ -93,6 +96,10 @@ enum Op {
         topic: u8,
         data: Option<PayloadPick>,
     },
+    /// The socket refused a message over the size limit (native shells learn it from the WebSocket).
+    TooBig {
+        size: u32,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -110,6 +117,7 @@ enum Stale {
     Binary(ServerEnvelope),
     Closed { code: u16 },
     Error,
+    TooBig { size: u32 },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -244,6 +252,7 @@ impl Run {
             keepalive_interval: Duration::from_millis(3_000),
             keepalive_timeout: Duration::from_millis(1_000),
             request_timeout: Duration::from_millis(5_000),
+            max_inbound_requests: MAX_INBOUND_REQUESTS,
             queue: queue_limits,
             fragment_threshold: usize::from(setup.fragment_threshold),
             // Small, so the server's frames hit every limit.
@@ -279,9 +288,9 @@ impl Run {
         let socket = self.socket;
         match op {
             Op::Envelope(envelope) => {
-                let frame = self.frame_of(envelope);
-                let fits = frame.len() - 1 <= MAX_MESSAGE_BYTES;
-                self.server_sends(&[frame], fits);
+                let envelope = self.envelope_of(envelope);
+                let acceptable = self.acceptable(&envelope);
+                self.server_sends(&[complete_frame(&envelope)], acceptable);
             }
             Op::Fragmented {
                 envelope,
@@ -294,10 +303,8 @@ impl Run {
                 let _ = Fragmenter::new(chunk.into()).encode(&envelope, |f| frames.push(f));
                 let whole = keep.is_none_or(|keep| usize::from(keep) >= frames.len());
                 frames.truncate(keep.map_or(usize::MAX, usize::from));
-                self.server_sends(
-                    &frames,
-                    whole && envelope.encode().len() <= MAX_MESSAGE_BYTES,
-                );
+                let acceptable = whole && self.acceptable(&envelope);
+                self.server_sends(&frames, acceptable);
             }
             Op::Binary(data) => self.server_sends(&[data], false),
             Op::Text(text) => {
@@ -323,6 +330,13 @@ impl Run {
                     socket,
                     code: CloseCode(code),
                     reason: &reason,
+                });
+            }
+            Op::TooBig { size } => {
+                self.server_misbehaved = true;
+                self.input(Input::MessageTooBig {
+                    socket,
+                    size: size as usize,
                 });
             }
             Op::Error => {
@@ -383,12 +397,15 @@ impl Run {
                 }
             }
             Op::Respond { pick, ok } => {
-                if let Some(&(socket, id)) = pick_from(&self.inbound, pick) {
+                let picked = usize::from(pick) % self.inbound.len().max(1);
+                if let Some(&(socket, id)) = self.inbound.get(picked) {
                     let result = match ok {
                         true => Ok(Some(Payload::null())),
                         false => Err(RequestError::local(ErrorCode::Internal, "no")),
                     };
-                    self.conn.respond(self.now, socket, id, result);
+                    if self.conn.respond(self.now, socket, id, result) {
+                        self.inbound.swap_remove(picked);
+                    }
                     self.drain();
                 }
             }
@@ -426,7 +443,7 @@ impl Run {
                 text: "ready",
             }),
             Stale::Binary(envelope) => {
-                let frame = self.frame_of(envelope);
+                let frame = complete_frame(&self.envelope_of(envelope));
                 self.input(Input::SocketBinary {
                     socket,
                     data: &frame,
@@ -440,6 +457,10 @@ impl Run {
             Stale::Error => self.input(Input::SocketError {
                 socket,
                 message: "stale",
+            }),
+            Stale::TooBig { size } => self.input(Input::MessageTooBig {
+                socket,
+                size: size as usize,
             }),
         };
         assert_eq!(outputs, 0, "a stale event produced output");
@@ -519,10 +540,17 @@ impl Run {
         }
     }
 
-    fn frame_of(&self, e: ServerEnvelope) -> Vec<u8> {
-        let mut frame = vec![KIND_COMPLETE];
-        self.envelope_of(e).encode_to(&mut frame);
-        frame
+    /// Whether the client must accept this envelope: within its size limit, and not a `req` beyond the bound
+    /// on unanswered ones.
+    fn acceptable(&self, envelope: &Envelope) -> bool {
+        let unanswered = self
+            .inbound
+            .iter()
+            .filter(|(s, _)| *s == self.socket)
+            .count();
+        let flooding =
+            matches!(envelope, Envelope::Req { .. }) && unanswered >= MAX_INBOUND_REQUESTS;
+        envelope.encode().len() <= MAX_MESSAGE_BYTES && !flooding
     }
 
     /// The server sends these frames on the current socket; `valid` when they are whole envelopes within the
@@ -668,4 +696,10 @@ fn pick_from<T>(items: &[T], pick: u8) -> Option<&T> {
 
 fn topic_of(pick: u8) -> &'static str {
     TOPICS[usize::from(pick) % TOPICS.len()]
+}
+
+fn complete_frame(envelope: &Envelope) -> Vec<u8> {
+    let mut frame = vec![KIND_COMPLETE];
+    envelope.encode_to(&mut frame);
+    frame
 }
