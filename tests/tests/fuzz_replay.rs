@@ -89,6 +89,32 @@ fn every_corpus_directory_belongs_to_a_target() {
 }
 
 #[test]
+fn every_fuzz_target_binary_runs_a_listed_harness() {
+    let manifest = fs::read_to_string(fuzz_dir().join("Cargo.toml")).expect("fuzz/Cargo.toml");
+    let mut bins: Vec<&str> = manifest
+        .split("[[bin]]")
+        .skip(1)
+        .filter_map(|table| table.lines().find_map(|l| l.strip_prefix("name = ")))
+        .map(|name| name.trim_matches('"'))
+        .collect();
+    bins.sort_unstable();
+    let mut names: Vec<&str> = TARGETS.iter().map(|t| t.name).collect();
+    names.sort_unstable();
+    assert_eq!(
+        bins, names,
+        "fuzz/Cargo.toml's [[bin]]s and sockeye_tests::fuzz::TARGETS"
+    );
+    for name in names {
+        let source = fs::read_to_string(fuzz_dir().join(format!("fuzz_targets/{name}.rs")))
+            .expect("each target has its source");
+        assert!(
+            source.contains(&format!("sockeye_tests::fuzz::{name}(")),
+            "fuzz_targets/{name}.rs runs another harness"
+        );
+    }
+}
+
+#[test]
 #[ignore = "writes files: run by hand to seed the corpora"]
 fn write_seed_corpora() {
     for target in TARGETS {

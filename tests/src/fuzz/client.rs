@@ -18,6 +18,12 @@ const TOPICS: [&str; 5] = ["a", "b", "room/ü", "$sys", ""];
 /// How one input ends; long inputs are cut here so one run stays short.
 const MAX_OPS: usize = 256;
 
+/// The client's limit on a server message, small so the fuzzer reaches it.
+const MAX_MESSAGE_BYTES: usize = 512;
+
+/// The client's bound on unanswered server requests, small so the fuzzer reaches it.
+const MAX_INBOUND_REQUESTS: usize = 4;
+
 #[derive(Arbitrary, Debug)]
 struct Setup {
     seed: u64,
@@ -90,6 +96,10 @@ enum Op {
         topic: u8,
         data: Option<PayloadPick>,
     },
+    /// The socket refused a message over the size limit (native shells learn it from the WebSocket).
+    TooBig {
+        size: u32,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -107,6 +117,7 @@ enum Stale {
     Binary(ServerEnvelope),
     Closed { code: u16 },
     Error,
+    TooBig { size: u32 },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -183,11 +194,9 @@ pub fn client_core(data: &[u8]) {
     };
     let mut run = Run::new(setup);
     run.input(Input::Start);
-    run.input(Input::SocketOpened {
-        socket: run.current(),
-    });
+    run.input(Input::SocketOpened { socket: run.socket });
     run.input(Input::SocketText {
-        socket: run.current(),
+        socket: run.socket,
         text: "ready",
     });
     assert_eq!(run.conn.status(), &Status::Ready);
@@ -211,6 +220,10 @@ struct Run {
     open: bool,
     /// Reassembles what the client sends, as the server would.
     server: Reassembler,
+    /// The server has sent something the client may refuse on the current socket (bytes that are not a whole
+    /// valid envelope within the limits, an unknown text frame, a frame before `ready`). Until it has, the
+    /// client must not refuse it (close 4004).
+    server_misbehaved: bool,
     /// Ids the server can answer: the client's requests and its `sub`/`unsub`s.
     known_ids: Vec<u64>,
     issued: Vec<RequestId>,
@@ -239,11 +252,12 @@ impl Run {
             keepalive_interval: Duration::from_millis(3_000),
             keepalive_timeout: Duration::from_millis(1_000),
             request_timeout: Duration::from_millis(5_000),
+            max_inbound_requests: MAX_INBOUND_REQUESTS,
             queue: queue_limits,
             fragment_threshold: usize::from(setup.fragment_threshold),
             // Small, so the server's frames hit every limit.
             reassembly: ReassemblyLimits {
-                max_message_bytes: 512,
+                max_message_bytes: MAX_MESSAGE_BYTES,
                 max_partial_messages: 2,
                 completion_timeout: Duration::from_millis(1_000),
             },
@@ -256,6 +270,7 @@ impl Run {
             socket: SocketId(0),
             open: false,
             server: Reassembler::new(ReassemblyLimits::default()),
+            server_misbehaved: false,
             known_ids: Vec::new(),
             issued: Vec::new(),
             ended: BTreeMap::new(),
@@ -264,24 +279,18 @@ impl Run {
         }
     }
 
-    fn current(&self) -> SocketId {
-        self.socket
-    }
-
     /// The socket before the current one (`SocketId(0)` is never used: ids start at 1).
     fn stale(&self) -> SocketId {
         SocketId(self.socket.0.saturating_sub(1))
     }
 
     fn apply(&mut self, op: Op) {
-        let socket = self.current();
+        let socket = self.socket;
         match op {
             Op::Envelope(envelope) => {
-                let frame = self.frame_of(envelope);
-                self.input(Input::SocketBinary {
-                    socket,
-                    data: &frame,
-                });
+                let envelope = self.envelope_of(envelope);
+                let acceptable = self.acceptable(&envelope);
+                self.server_sends(&[complete_frame(&envelope)], acceptable);
             }
             Op::Fragmented {
                 envelope,
@@ -292,23 +301,22 @@ impl Run {
                 let mut frames = Vec::new();
                 // Fragmenter refuses only more than u16::MAX fragments; fuzz inputs are far smaller.
                 let _ = Fragmenter::new(chunk.into()).encode(&envelope, |f| frames.push(f));
+                let whole = keep.is_none_or(|keep| usize::from(keep) >= frames.len());
                 frames.truncate(keep.map_or(usize::MAX, usize::from));
-                for data in &frames {
-                    self.input(Input::SocketBinary { socket, data });
-                }
+                let acceptable = whole && self.acceptable(&envelope);
+                self.server_sends(&frames, acceptable);
             }
-            Op::Binary(data) => {
-                self.input(Input::SocketBinary {
-                    socket,
-                    data: &data,
-                });
-            }
+            Op::Binary(data) => self.server_sends(&[data], false),
             Op::Text(text) => {
                 let text = match &text {
                     ServerText::Ready => "ready",
                     ServerText::Pong => "pong",
                     ServerText::Bye => "bye",
-                    ServerText::Other(other) => other,
+                    ServerText::Other(other) => {
+                        self.server_misbehaved |=
+                            !["ready", "pong", "bye"].contains(&other.as_str());
+                        other
+                    }
                 };
                 self.input(Input::SocketText { socket, text });
             }
@@ -322,6 +330,13 @@ impl Run {
                     socket,
                     code: CloseCode(code),
                     reason: &reason,
+                });
+            }
+            Op::TooBig { size } => {
+                self.server_misbehaved = true;
+                self.input(Input::MessageTooBig {
+                    socket,
+                    size: size as usize,
                 });
             }
             Op::Error => {
@@ -382,12 +397,15 @@ impl Run {
                 }
             }
             Op::Respond { pick, ok } => {
-                if let Some(&(socket, id)) = pick_from(&self.inbound, pick) {
+                let picked = usize::from(pick) % self.inbound.len().max(1);
+                if let Some(&(socket, id)) = self.inbound.get(picked) {
                     let result = match ok {
                         true => Ok(Some(Payload::null())),
                         false => Err(RequestError::local(ErrorCode::Internal, "no")),
                     };
-                    self.conn.respond(self.now, socket, id, result);
+                    if self.conn.respond(self.now, socket, id, result) {
+                        self.inbound.swap_remove(picked);
+                    }
                     self.drain();
                 }
             }
@@ -425,7 +443,7 @@ impl Run {
                 text: "ready",
             }),
             Stale::Binary(envelope) => {
-                let frame = self.frame_of(envelope);
+                let frame = complete_frame(&self.envelope_of(envelope));
                 self.input(Input::SocketBinary {
                     socket,
                     data: &frame,
@@ -439,6 +457,10 @@ impl Run {
             Stale::Error => self.input(Input::SocketError {
                 socket,
                 message: "stale",
+            }),
+            Stale::TooBig { size } => self.input(Input::MessageTooBig {
+                socket,
+                size: size as usize,
             }),
         };
         assert_eq!(outputs, 0, "a stale event produced output");
@@ -526,10 +548,29 @@ impl Run {
         }
     }
 
-    fn frame_of(&self, e: ServerEnvelope) -> Vec<u8> {
-        let mut frame = vec![KIND_COMPLETE];
-        self.envelope_of(e).encode_to(&mut frame);
-        frame
+    /// Whether the client must accept this envelope: within its size limit, and not a `req` beyond the bound
+    /// on unanswered ones.
+    fn acceptable(&self, envelope: &Envelope) -> bool {
+        let unanswered = self
+            .inbound
+            .iter()
+            .filter(|(s, _)| *s == self.socket)
+            .count();
+        let flooding =
+            matches!(envelope, Envelope::Req { .. }) && unanswered >= MAX_INBOUND_REQUESTS;
+        envelope.encode().len() <= MAX_MESSAGE_BYTES && !flooding
+    }
+
+    /// The server sends these frames on the current socket; `valid` when they are whole envelopes within the
+    /// client's limits (and sent after `ready`).
+    fn server_sends(&mut self, frames: &[Vec<u8>], valid: bool) {
+        if !valid || self.conn.status() != &Status::Ready {
+            self.server_misbehaved = true;
+        }
+        let socket = self.socket;
+        for data in frames {
+            self.input(Input::SocketBinary { socket, data });
+        }
     }
 
     /// The shell saw the socket close or fail.
@@ -578,11 +619,20 @@ impl Run {
                 self.socket = socket;
                 self.open = true;
                 self.server.reset();
+                self.server_misbehaved = false;
             }
-            Output::CloseSocket { socket, .. } => {
+            Output::CloseSocket {
+                socket,
+                code,
+                reason,
+            } => {
                 assert!(
                     self.open && socket == self.socket,
                     "closed {socket:?}, not open"
+                );
+                assert!(
+                    code != CloseCode::REFUSED || self.server_misbehaved,
+                    "refused a server that sent only valid frames: {reason}"
                 );
                 self.open = false;
             }
@@ -654,4 +704,10 @@ fn pick_from<T>(items: &[T], pick: u8) -> Option<&T> {
 
 fn topic_of(pick: u8) -> &'static str {
     TOPICS[usize::from(pick) % TOPICS.len()]
+}
+
+fn complete_frame(envelope: &Envelope) -> Vec<u8> {
+    let mut frame = vec![KIND_COMPLETE];
+    envelope.encode_to(&mut frame);
+    frame
 }
