@@ -51,7 +51,7 @@ struct Args {
     heartbeat_ms: u64,
 
     /// Replies and events whose envelope is larger than this are fragmented (0 turns it off).
-    #[arg(long, value_name = "BYTES", default_value_t = sockeye_core::codec::DEFAULT_FRAGMENT_THRESHOLD)]
+    #[arg(long, value_name = "BYTES", default_value_t = sockeye_server::SERVER_FRAGMENT_THRESHOLD)]
     fragment_threshold: usize,
 
     /// Largest message accepted (whole, or reassembled from fragments) and sent.
@@ -67,7 +67,9 @@ struct Args {
     outbound_queue: usize,
 
     /// TCP connections served at once (WebSocket, static file, or waiting for a request); beyond it new
-    /// connections get HTTP 503. Default: three quarters of the open-file limit (ulimit -n) less 32.
+    /// connections get HTTP 503. Default: three quarters of the open-file limit (ulimit -n) less 32, at most
+    /// what keeps the server within 512 MB with every connection busy and the budgets full (4 508 with the
+    /// default budgets).
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
 
@@ -77,7 +79,7 @@ struct Args {
     outbound_bytes: usize,
 
     /// Bytes of replies and events held for writing across all connections (an event counts once).
-    #[arg(long, value_name = "BYTES", default_value_t = 96 * 1024 * 1024)]
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().total_outbound_bytes)]
     total_outbound_bytes: usize,
 
     /// Subscriptions across all connections; beyond it `sub` gets `err RESOURCE_EXHAUSTED`.
@@ -86,12 +88,12 @@ struct Args {
 
     /// Bytes read from sockets and not yet handled, across all connections; the connection whose read would
     /// pass it is closed with 1013.
-    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024 * 1024)]
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().total_inbound_bytes)]
     total_inbound_bytes: usize,
 
     /// Bytes of partial fragmented messages held across all connections; the connection that would pass it
     /// is closed with 1013.
-    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024 * 1024)]
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().total_reassembly_bytes)]
     total_reassembly_bytes: usize,
 
     /// On SIGTERM/SIGINT, close connections at random moments spread over this window.
