@@ -26,9 +26,6 @@ use crate::server::{ConnControl, Shared};
 pub(crate) struct Budget {
     used: AtomicUsize,
     limit: usize,
-    /// Woken when bytes are given back while someone waits for room ([`Budget::wait_for_room`]).
-    room: Arc<Notify>,
-    waiting: AtomicUsize,
 }
 
 impl Budget {
@@ -36,20 +33,6 @@ impl Budget {
         Budget {
             used: AtomicUsize::new(0),
             limit,
-            room: Arc::new(Notify::new()),
-            waiting: AtomicUsize::new(0),
-        }
-    }
-
-    /// A wait for bytes to be given back. It is registered before it returns, so bytes given back after
-    /// this call wake it even before it is first polled: take, and on failure wait, and nothing is missed.
-    pub fn wait_for_room(self: &Arc<Self>) -> RoomWait {
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-        let mut notified = Box::pin(Arc::clone(&self.room).notified_owned());
-        notified.as_mut().enable();
-        RoomWait {
-            notified,
-            budget: Arc::clone(self),
         }
     }
 
@@ -65,9 +48,6 @@ impl Budget {
     /// Gives back bytes taken before.
     pub fn give(&self, bytes: usize) {
         self.used.fetch_sub(bytes, Ordering::SeqCst);
-        if bytes > 0 && self.waiting.load(Ordering::SeqCst) > 0 {
-            self.room.notify_waiters();
-        }
     }
 
     pub fn used(&self) -> usize {
@@ -79,10 +59,38 @@ impl Budget {
     }
 }
 
-/// A registered wait for room in a [`Budget`]; resolves when bytes are given back.
+/// Those waiting for room in a budget, woken when bytes are given back to it ([`Room::wake`]).
+#[derive(Debug, Default)]
+pub(crate) struct Room {
+    notify: Arc<Notify>,
+    waiting: AtomicUsize,
+}
+
+impl Room {
+    /// A wait for the next [`Room::wake`]. It is registered before it returns, so a wake after this call
+    /// ends it even before it is first polled: take, and on failure wait, and nothing is missed.
+    pub fn wait(self: &Arc<Self>) -> Box<RoomWait> {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let mut notified = Box::pin(Arc::clone(&self.notify).notified_owned());
+        notified.as_mut().enable();
+        Box::new(RoomWait {
+            notified,
+            room: Arc::clone(self),
+        })
+    }
+
+    /// Bytes were given back: wakes whoever waits.
+    pub fn wake(&self) {
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.notify.notify_waiters();
+        }
+    }
+}
+
+/// A registered wait for room; resolves at the next [`Room::wake`].
 pub(crate) struct RoomWait {
     notified: Pin<Box<OwnedNotified>>,
-    budget: Arc<Budget>,
+    room: Arc<Room>,
 }
 
 impl Future for RoomWait {
@@ -95,7 +103,7 @@ impl Future for RoomWait {
 
 impl Drop for RoomWait {
     fn drop(&mut self) {
-        self.budget.waiting.fetch_sub(1, Ordering::SeqCst);
+        self.room.waiting.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -160,17 +168,16 @@ pub(crate) struct Metered<S> {
     inner: S,
     /// Bytes read and not handed over, plus the message held.
     held: usize,
-    charge: Charge,
     watch: FrameWatch,
     /// A refusal found in the bytes read before the upgrade, reported at the first read.
     refused: Option<InboundRefused>,
-    /// This connection as other connections see it: how much of the inbound budget it holds, and how to ask
-    /// it to close.
+    /// This connection as other connections see it: how much of the inbound budget it holds (its charge,
+    /// kept there only), and how to ask it to close.
     control: Arc<ConnControl>,
-    /// Where the other holders are found.
+    /// The budget, its waiters, and the other holders.
     shared: Arc<Shared>,
-    /// Waiting for room after another connection was asked to close.
-    waiting: Option<RoomWait>,
+    /// Waiting for room after another connection was asked to close (boxed: one word while idle).
+    waiting: Option<Box<RoomWait>>,
 }
 
 /// Bytes of input per connection not charged to the server-wide inbound budget: a few small messages.
@@ -285,7 +292,6 @@ impl<S> Metered<S> {
         Metered {
             inner,
             held: 0,
-            charge: Charge::empty(&shared.inbound),
             watch,
             refused,
             control,
@@ -301,11 +307,18 @@ impl<S> Metered<S> {
 
     /// Charges `held` bytes beyond the free allowance; `false` (and unchanged) when the budget cannot take it.
     fn charge_for(&mut self, held: usize) -> bool {
-        let charged = self.charge.resize(held.saturating_sub(FREE_INBOUND));
-        self.control
-            .inbound
-            .store(self.charge.bytes, Ordering::Relaxed);
-        charged
+        let wanted = held.saturating_sub(FREE_INBOUND);
+        let charged = self.control.inbound.load(Ordering::Relaxed);
+        if wanted > charged {
+            if !self.shared.inbound.try_take(wanted - charged) {
+                return false;
+            }
+        } else if wanted < charged {
+            self.shared.inbound.give(charged - wanted);
+            self.shared.inbound_room.wake();
+        }
+        self.control.inbound.store(wanted, Ordering::Relaxed);
+        true
     }
 
     /// Everything read so far has been handed over; `held` bytes of it are still alive.
@@ -330,7 +343,7 @@ impl<S> Metered<S> {
     ) -> Poll<Result<(), InboundRefused>> {
         loop {
             if let Some(waiting) = &mut self.waiting {
-                ready!(Pin::new(waiting).poll(cx));
+                ready!(Pin::new(&mut **waiting).poll(cx));
                 self.waiting = None;
             }
             let held = self.held.saturating_add(wanted);
@@ -338,16 +351,22 @@ impl<S> Metered<S> {
                 return Poll::Ready(Ok(()));
             }
             // Registered before trying again, so room given back from now on is not missed.
-            let wait = self.charge.budget.wait_for_room();
+            let wait = self.shared.inbound_room.wait();
             if self.charge_for(held) {
                 return Poll::Ready(Ok(()));
             }
             if !self.shared.close_largest_inbound(&self.control) {
-                let limit = self.charge.budget.limit();
+                let limit = self.shared.inbound.limit();
                 return Poll::Ready(Err(InboundRefused::BudgetSpent { limit }));
             }
             self.waiting = Some(wait);
         }
+    }
+}
+
+impl<S> Drop for Metered<S> {
+    fn drop(&mut self) {
+        self.charge_for(0);
     }
 }
 

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::app::{typed_message, typed_method, App, Context, Identity, RpcError, TopicAccess};
-use crate::budget::Budget;
+use crate::budget::{Budget, Room};
 use crate::config::{
     Auth, Config, Credentials, DrainOptions, DrainResult, Limits, MEMORY_TARGET,
     SERVER_FRAGMENT_THRESHOLD,
@@ -176,6 +176,8 @@ pub(crate) struct Shared {
     pub reassembly: Arc<Budget>,
     /// Bytes read from sockets and not yet handled, across every connection.
     pub inbound: Arc<Budget>,
+    /// Readers waiting for room in `inbound`.
+    pub inbound_room: Arc<Room>,
     pub draining: AtomicBool,
     pub shutting_down: AtomicBool,
     /// Ready connections by id.
@@ -210,6 +212,7 @@ impl Shared {
             outbound,
             reassembly,
             inbound,
+            inbound_room: Arc::default(),
             draining: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
             connections: Mutex::new(HashMap::new()),
