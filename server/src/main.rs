@@ -86,8 +86,8 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 64 * 1024)]
     max_total_subscriptions: usize,
 
-    /// Bytes read from sockets and not yet handled, across all connections; the connection whose read would
-    /// pass it is closed with 1013.
+    /// Bytes read from sockets and not yet handled, across all connections; when it is full, the connection
+    /// holding the most is closed with 1013 (and the reader that found it full waits for the room).
     #[arg(long, value_name = "BYTES", default_value_t = Limits::default().total_inbound_bytes)]
     total_inbound_bytes: usize,
 
