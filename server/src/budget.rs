@@ -1,10 +1,13 @@
-//! Memory budgets: every byte a peer can make the server hold is charged to one.
+//! Memory budgets: every byte a peer can make the server hold beyond a small fixed amount per connection is
+//! charged to one.
 //!
 //! Each connection's queued output counts against its own budget and the server-wide output budget;
 //! partial inbound messages against the server-wide reassembly budget; bytes read from a socket and not yet
 //! handed over as a message (tungstenite's buffers), plus the last message while it is held, against the
-//! server-wide inbound budget.
+//! server-wide inbound budget. When the inbound budget is full, the connection holding the most of it is
+//! closed and the reader waits for the room that frees, so small honest traffic keeps flowing.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,6 +16,10 @@ use std::task::{ready, Context, Poll};
 
 use sockeye_core::error::CloseCode;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::futures::OwnedNotified;
+use tokio::sync::Notify;
+
+use crate::server::{ConnControl, Shared};
 
 /// A number of bytes that may be held at once.
 #[derive(Debug)]
@@ -32,7 +39,7 @@ impl Budget {
     /// Takes `bytes` unless that would pass the limit.
     pub fn try_take(&self, bytes: usize) -> bool {
         self.used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
                 used.checked_add(bytes).filter(|&total| total <= self.limit)
             })
             .is_ok()
@@ -40,7 +47,7 @@ impl Budget {
 
     /// Gives back bytes taken before.
     pub fn give(&self, bytes: usize) {
-        self.used.fetch_sub(bytes, Ordering::AcqRel);
+        self.used.fetch_sub(bytes, Ordering::SeqCst);
     }
 
     pub fn used(&self) -> usize {
@@ -49,6 +56,54 @@ impl Budget {
 
     pub fn limit(&self) -> usize {
         self.limit
+    }
+}
+
+/// Those waiting for room in a budget, woken when bytes are given back to it ([`Room::wake`]).
+#[derive(Debug, Default)]
+pub(crate) struct Room {
+    notify: Arc<Notify>,
+    waiting: AtomicUsize,
+}
+
+impl Room {
+    /// A wait for the next [`Room::wake`]. It is registered before it returns, so a wake after this call
+    /// ends it even before it is first polled: take, and on failure wait, and nothing is missed.
+    pub fn wait(self: &Arc<Self>) -> Box<RoomWait> {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let mut notified = Box::pin(Arc::clone(&self.notify).notified_owned());
+        notified.as_mut().enable();
+        Box::new(RoomWait {
+            notified,
+            room: Arc::clone(self),
+        })
+    }
+
+    /// Bytes were given back: wakes whoever waits.
+    pub fn wake(&self) {
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.notify.notify_waiters();
+        }
+    }
+}
+
+/// A registered wait for room; resolves at the next [`Room::wake`].
+pub(crate) struct RoomWait {
+    notified: Pin<Box<OwnedNotified>>,
+    room: Arc<Room>,
+}
+
+impl Future for RoomWait {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.notified.as_mut().poll(cx)
+    }
+}
+
+impl Drop for RoomWait {
+    fn drop(&mut self) {
+        self.room.waiting.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -96,31 +151,42 @@ impl Drop for Charge {
 
 /// A socket whose reads are charged to the server-wide inbound budget: tungstenite buffers a whole message
 /// (up to the largest message size) before handing it over, so without a total, connections sending large
-/// messages at once could hold that much each. A read that would pass the budget fails with
-/// [`InboundRefused::BudgetSpent`] (the connection is closed with 1013).
+/// messages at once could hold that much each.
 ///
-/// The connection says when bytes leave tungstenite's hands ([`Metered::settle`]). Read-ahead of the next
-/// message (at most one read, `Limits::read_buffer_size`) is not counted at that moment.
+/// Each read is charged before it is made (for as much as it may read). When the budget cannot take it, the
+/// connection holding the most of the budget is asked to close (1013) and this read waits until room comes
+/// back; when this connection holds the most itself, its read fails with [`InboundRefused::BudgetSpent`]
+/// (closed with 1013). So a peer holding a large message half-sent cannot keep small traffic out.
 ///
-/// The first [`FREE_INBOUND`] bytes a connection holds are not charged: ordinary traffic (control words,
-/// envelopes and fragments up to the fragment threshold) never fails because other connections hold the
-/// budget, say while they do not read the replies to their large messages.
+/// The connection says when bytes leave tungstenite's hands ([`Metered::settle`]). The first
+/// [`FREE_INBOUND`] bytes a connection holds are not charged (control words and small envelopes never touch
+/// the shared budget); they are part of the fixed cost per connection (`Limits::connection_bytes`).
 ///
 /// It also follows the WebSocket frame headers ([`FrameWatch`]) and refuses a message sent in several
-/// WebSocket frames whose frames are larger than [`FREE_INBOUND`] ([`InboundRefused::FragmentTooLarge`]).
+/// WebSocket frames whose frames are larger than [`MAX_CONTINUED_FRAME`] ([`InboundRefused::FragmentTooLarge`]).
 pub(crate) struct Metered<S> {
     inner: S,
     /// Bytes read and not handed over, plus the message held.
     held: usize,
-    charge: Charge,
     watch: FrameWatch,
     /// A refusal found in the bytes read before the upgrade, reported at the first read.
     refused: Option<InboundRefused>,
+    /// This connection as other connections see it: how much of the inbound budget it holds (its charge,
+    /// kept there only), and how to ask it to close.
+    control: Arc<ConnControl>,
+    /// The budget, its waiters, and the other holders.
+    shared: Arc<Shared>,
+    /// Waiting for room after another connection was asked to close (boxed: one word while idle).
+    waiting: Option<Box<RoomWait>>,
 }
 
-/// Bytes of input per connection not charged to the server-wide inbound budget (above the default fragment
-/// threshold, so fragmented traffic never touches it).
-pub(crate) const FREE_INBOUND: usize = 128 * 1024;
+/// Bytes of input per connection not charged to the server-wide inbound budget: a few small messages.
+pub(crate) const FREE_INBOUND: usize = 8 * 1024;
+
+/// The largest WebSocket frame accepted within a message sent in several frames. tungstenite keeps its read
+/// buffer at the largest such frame's size for the connection's life, uncharged, so it is part of the fixed
+/// cost per connection and kept small.
+pub(crate) const MAX_CONTINUED_FRAME: usize = 16 * 1024;
 
 /// Why a [`Metered`] read failed; the connection is closed with [`InboundRefused::close_code`].
 #[derive(Debug, thiserror::Error)]
@@ -128,7 +194,7 @@ pub(crate) enum InboundRefused {
     #[error("the server's inbound budget of {limit} bytes is spent")]
     BudgetSpent { limit: usize },
     #[error(
-        "a WebSocket frame of {size} bytes in a message of several frames (at most {FREE_INBOUND} each)"
+        "a WebSocket frame of {size} bytes in a message of several frames (at most {MAX_CONTINUED_FRAME} each)"
     )]
     FragmentTooLarge { size: u64 },
 }
@@ -162,7 +228,7 @@ impl FrameWatch {
     ///
     /// # Errors
     /// [`InboundRefused::FragmentTooLarge`] at the header of a data frame of a fragmented message (a
-    /// continuation frame, or a text/binary frame without FIN) larger than [`FREE_INBOUND`].
+    /// continuation frame, or a text/binary frame without FIN) larger than [`MAX_CONTINUED_FRAME`].
     fn feed(&mut self, mut bytes: &[u8]) -> Result<(), InboundRefused> {
         while let Some((&first, rest)) = bytes.split_first() {
             if self.payload_left > 0 {
@@ -179,7 +245,7 @@ impl FrameWatch {
             if let Some((fragmented, size)) = self.complete_header() {
                 self.have = 0;
                 self.payload_left = size;
-                if fragmented && size > FREE_INBOUND as u64 {
+                if fragmented && size > MAX_CONTINUED_FRAME as u64 {
                     return Err(InboundRefused::FragmentTooLarge { size });
                 }
             }
@@ -213,35 +279,94 @@ impl FrameWatch {
 }
 
 impl<S> Metered<S> {
-    /// Meters `inner`; `read_ahead` are the bytes read past the HTTP request, which tungstenite gets directly.
-    pub fn new(inner: S, budget: &Arc<Budget>, read_ahead: &[u8]) -> Metered<S> {
+    /// Meters `inner` for the connection `control`; `read_ahead` are the bytes read past the HTTP request,
+    /// which tungstenite gets directly.
+    pub fn new(
+        inner: S,
+        shared: &Arc<Shared>,
+        control: Arc<ConnControl>,
+        read_ahead: &[u8],
+    ) -> Metered<S> {
         let mut watch = FrameWatch::default();
         let refused = watch.feed(read_ahead).err();
         Metered {
             inner,
             held: 0,
-            charge: Charge::empty(budget),
             watch,
             refused,
+            control,
+            shared: Arc::clone(shared),
+            waiting: None,
         }
     }
 
-    /// Charges what is held beyond the free allowance; `false` when the budget cannot take it.
-    fn recharge(&mut self) -> bool {
-        self.charge.resize(self.held.saturating_sub(FREE_INBOUND))
+    /// The connection this socket belongs to.
+    pub fn control(&self) -> &Arc<ConnControl> {
+        &self.control
+    }
+
+    /// Charges `held` bytes beyond the free allowance; `false` (and unchanged) when the budget cannot take it.
+    fn charge_for(&mut self, held: usize) -> bool {
+        let wanted = held.saturating_sub(FREE_INBOUND);
+        let charged = self.control.inbound.load(Ordering::Relaxed);
+        if wanted > charged {
+            if !self.shared.inbound.try_take(wanted - charged) {
+                return false;
+            }
+        } else if wanted < charged {
+            self.shared.inbound.give(charged - wanted);
+            self.shared.inbound_room.wake();
+        }
+        self.control.inbound.store(wanted, Ordering::Relaxed);
+        true
     }
 
     /// Everything read so far has been handed over; `held` bytes of it are still alive.
     pub fn settle(&mut self, held: usize) {
         self.held = self.held.min(held);
         // Shrinking: never refused.
-        self.recharge();
+        self.charge_for(self.held);
     }
 
     /// `bytes` held before are gone.
     pub fn release(&mut self, bytes: usize) {
         self.held = self.held.saturating_sub(bytes);
-        self.recharge();
+        self.charge_for(self.held);
+    }
+
+    /// Charges for a read of up to `wanted` more bytes, waiting while the connection holding the most of the
+    /// budget is closed. `Err` when this connection holds the most itself.
+    fn poll_room(
+        &mut self,
+        cx: &mut Context<'_>,
+        wanted: usize,
+    ) -> Poll<Result<(), InboundRefused>> {
+        loop {
+            if let Some(waiting) = &mut self.waiting {
+                ready!(Pin::new(&mut **waiting).poll(cx));
+                self.waiting = None;
+            }
+            let held = self.held.saturating_add(wanted);
+            if self.charge_for(held) {
+                return Poll::Ready(Ok(()));
+            }
+            // Registered before trying again, so room given back from now on is not missed.
+            let wait = self.shared.inbound_room.wait();
+            if self.charge_for(held) {
+                return Poll::Ready(Ok(()));
+            }
+            if !self.shared.close_largest_inbound(&self.control) {
+                let limit = self.shared.inbound.limit();
+                return Poll::Ready(Err(InboundRefused::BudgetSpent { limit }));
+            }
+            self.waiting = Some(wait);
+        }
+    }
+}
+
+impl<S> Drop for Metered<S> {
+    fn drop(&mut self) {
+        self.charge_for(0);
     }
 }
 
@@ -255,16 +380,18 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
         if let Some(refused) = this.refused.take() {
             return Poll::Ready(Err(io::Error::other(refused)));
         }
-        let before = buf.filled().len();
-        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        let read = &buf.filled()[before..];
-        this.held = this.held.saturating_add(read.len());
-        if let Err(refused) = this.watch.feed(read) {
+        if let Err(refused) = ready!(this.poll_room(cx, buf.remaining())) {
             return Poll::Ready(Err(io::Error::other(refused)));
         }
-        if !this.recharge() {
-            let limit = this.charge.budget.limit();
-            return Poll::Ready(Err(io::Error::other(InboundRefused::BudgetSpent { limit })));
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let read = &buf.filled()[before..];
+        this.held = this.held.saturating_add(read.len());
+        // Back to what is held (shrinking: never refused).
+        this.charge_for(this.held);
+        ready!(polled)?;
+        if let Err(refused) = this.watch.feed(&buf.filled()[before..]) {
+            return Poll::Ready(Err(io::Error::other(refused)));
         }
         Poll::Ready(Ok(()))
     }
@@ -303,6 +430,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    const PATIENCE: Duration = Duration::from_secs(10);
 
     #[test]
     fn a_budget_refuses_what_would_pass_its_limit_and_charges_give_back_on_drop() {
@@ -320,19 +450,43 @@ mod tests {
         assert_eq!(budget.used(), 0);
     }
 
+    /// A server (not listening) whose inbound budget is `limit` bytes.
+    fn shared_with_inbound(limit: usize) -> Arc<Shared> {
+        let mut config = crate::config::Config::default();
+        config.limits.total_inbound_bytes = limit;
+        let ws_config = config.limits.websocket_config(config.fragment_threshold);
+        Arc::new(Shared::new(
+            config,
+            crate::app::App::default(),
+            ws_config,
+            None,
+            None,
+        ))
+    }
+
+    /// A metered socket of a new connection registered with `shared`, and its peer's end.
+    fn metered(
+        shared: &Arc<Shared>,
+        id: u64,
+    ) -> (Metered<tokio::io::DuplexStream>, tokio::io::DuplexStream) {
+        let (peer, socket) = tokio::io::duplex(1 << 20);
+        let control = Arc::new(ConnControl::new(1 << 20));
+        shared.register(id, Arc::clone(&control));
+        (Metered::new(socket, shared, control, &[]), peer)
+    }
+
     #[tokio::test]
     async fn metered_reads_are_charged_beyond_the_allowance_until_settled() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let budget = Arc::new(Budget::new(1000));
-        let (mut peer, socket) = tokio::io::duplex(4096);
-        let mut metered = Metered::new(socket, &budget, &[]);
-        let writer = tokio::spawn(async move {
-            let total = FREE_INBOUND + 600 + FREE_INBOUND + 1001;
-            peer.write_all(&vec![1; total]).await.expect("write");
-            peer
-        });
-        // Another connection holds the whole budget: the allowance is still read.
-        let other = Charge::take(&budget, 1000).expect("fits");
+        let shared = shared_with_inbound(1000 + 4096);
+        let budget = &shared.inbound;
+        let (mut metered, mut peer) = metered(&shared, 1);
+        peer.write_all(&vec![1; FREE_INBOUND + 600 + 20_000])
+            .await
+            .expect("write");
+        // Another connection (not registered: it cannot be asked to close) holds the whole budget: the
+        // allowance is still read.
+        let other = Charge::take(budget, budget.limit()).expect("fits");
         let mut buf = vec![0; FREE_INBOUND];
         metered
             .read_exact(&mut buf)
@@ -345,11 +499,13 @@ mod tests {
             .await
             .expect("within the budget");
         assert_eq!(budget.used(), 600);
+        assert_eq!(metered.control().inbound.load(Ordering::Relaxed), 600);
         metered.settle(FREE_INBOUND + 100);
         assert_eq!(budget.used(), 100);
         metered.release(FREE_INBOUND + 100);
         assert_eq!(budget.used(), 0);
-        let mut buf = vec![0; FREE_INBOUND + 1001];
+        // Alone past the budget: it holds the most itself, so it is refused.
+        let mut buf = vec![0; 20_000];
         let error = metered
             .read_exact(&mut buf)
             .await
@@ -357,39 +513,81 @@ mod tests {
         assert!(error.get_ref().is_some_and(|e| e.is::<InboundRefused>()));
         drop(metered);
         assert_eq!(budget.used(), 0);
-        drop(writer);
     }
 
-    /// A client frame header (masked) followed by `size` payload bytes.
-    fn frame(fin: bool, opcode: u8, size: usize) -> Vec<u8> {
-        let mut out = vec![u8::from(fin) << 7 | opcode];
-        match size {
-            0..=125 => out.push(0x80 | size as u8),
-            126..=0xffff => {
-                out.push(0x80 | 126);
-                out.extend((size as u16).to_be_bytes());
+    #[tokio::test]
+    async fn a_full_inbound_budget_closes_the_largest_holder_and_the_reader_waits_for_its_room() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let shared = shared_with_inbound(64 * 1024);
+        let (mut hog, mut hog_peer) = metered(&shared, 1);
+        let (mut small, mut small_peer) = metered(&shared, 2);
+        // The hog holds most of the budget (its bytes read, not yet handed over).
+        hog_peer
+            .write_all(&vec![1; 70 * 1024])
+            .await
+            .expect("write");
+        let mut buf = vec![0; 70 * 1024];
+        hog.read_exact(&mut buf).await.expect("within the budget");
+        assert!(hog.control().take_close().is_none());
+        // A small reader whose next read does not fit: the hog is asked to close, the reader waits.
+        small_peer
+            .write_all(&vec![2; 12 * 1024])
+            .await
+            .expect("write");
+        let mut buf = vec![0; 12 * 1024];
+        let read = tokio::spawn(async move { small.read_exact(&mut buf).await.map(|_| small) });
+        tokio::time::timeout(PATIENCE, async {
+            while hog.control().take_close().is_none() {
+                tokio::task::yield_now().await;
             }
-            _ => {
-                out.push(0x80 | 127);
-                out.extend((size as u64).to_be_bytes());
-            }
-        }
-        out.extend([1, 2, 3, 4]);
+        })
+        .await
+        .expect("the hog is asked to close");
+        let request = hog.control().take_close().expect("a close request");
+        assert_eq!(request.code, CloseCode::TRY_AGAIN_LATER);
+        assert!(!read.is_finished(), "the reader waits for the room");
+        // The hog's connection ends: its room comes back and the reader goes on.
+        drop(hog);
+        let small = tokio::time::timeout(PATIENCE, read)
+            .await
+            .expect("the reader is woken")
+            .expect("the reader's task")
+            .expect("the read completes");
+        assert!(
+            small.control().take_close().is_none(),
+            "the reader stays open"
+        );
+        assert_eq!(shared.stats().overflow_closes, 1);
+    }
+
+    /// A client frame (masked) of `size` payload bytes.
+    fn frame(is_final: bool, opcode: u8, size: usize) -> Vec<u8> {
+        use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+        let header = FrameHeader {
+            is_final,
+            opcode: opcode.into(),
+            mask: Some([1, 2, 3, 4]),
+            ..FrameHeader::default()
+        };
+        let mut out = Vec::new();
+        header
+            .format(size as u64, &mut out)
+            .expect("a frame header");
         out.resize(out.len() + size, 0xab);
         out
     }
 
     #[test]
     fn large_frames_pass_alone_but_not_within_a_fragmented_message() {
-        let big = FREE_INBOUND + 1;
+        let big = MAX_CONTINUED_FRAME + 1;
         let mut watch = FrameWatch::default();
         // Whole messages of any size, control frames, small fragments; fed in awkward pieces.
         let mut stream = frame(true, 2, big);
         stream.extend(frame(true, 9, 4));
         stream.extend(frame(false, 2, 1000));
         stream.extend(frame(true, 10, 0));
-        stream.extend(frame(false, 0, FREE_INBOUND));
-        stream.extend(frame(true, 0, 70_000));
+        stream.extend(frame(false, 0, MAX_CONTINUED_FRAME));
+        stream.extend(frame(true, 0, 10_000));
         stream.extend(frame(true, 1, 5));
         for piece in stream.chunks(7) {
             watch.feed(piece).expect("allowed");

@@ -8,11 +8,32 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use sockeye_core::codec::{ReassemblyLimits, DEFAULT_FRAGMENT_THRESHOLD};
+use sockeye_core::codec::ReassemblyLimits;
 use sockeye_core::error::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::app::Identity;
+use crate::budget::{FREE_INBOUND, MAX_CONTINUED_FRAME};
+use crate::broker::memory::MAX_IDLE_TOPICS;
+
+/// The memory the defaults keep the server within, whatever its peers do (issue 13): 512 MB. The default
+/// connection cap is sized so the budgets and the fixed cost of every connection fit in it
+/// ([`crate::default_max_connections`]).
+pub const MEMORY_TARGET: usize = 512_000_000;
+
+/// The server's default fragment threshold: 16 KiB, below the protocol's 100 KiB default. tungstenite's write
+/// buffer keeps the size of the largest frame it was given for the connection's life, uncharged; so that is
+/// part of the fixed cost per connection, and small fragments keep it small (a 16 MiB event is 1 024
+/// fragments, 10 bytes of header each).
+pub const SERVER_FRAGMENT_THRESHOLD: usize = 16 * 1024;
+
+/// A connection's fixed cost besides tungstenite's buffers: its task, socket, state and allocator slack
+/// (8.5 KB measured per idle connection with the 4 KiB read buffer; rounded up).
+const CONNECTION_OVERHEAD: usize = 6 * 1024;
+/// Memory per subscription, at most: the topic name (up to 256 bytes) twice and the registry's entries.
+const SUBSCRIPTION_BYTES: usize = 1024;
+/// Memory per remembered idle topic, at most: the name and the entry.
+const IDLE_TOPIC_BYTES: usize = 350;
 
 /// Per-connection limits. Every field has a default; change the ones you need:
 ///
@@ -42,18 +63,20 @@ pub struct Limits {
     /// Bytes of encoded replies and events held for writing across all connections (an event counts once,
     /// however many subscribers share it). A reply that does not fit closes its connection with 1013; a
     /// publish that does not fit is refused (`err RESOURCE_EXHAUSTED`); either way the connection with the
-    /// most output queued is closed with 1013 too, so room comes back. Default 96 MiB.
+    /// most output queued is closed with 1013 too, so room comes back. Default 64 MiB.
     pub total_outbound_bytes: usize,
     /// Bytes read from sockets and not yet handled, across all connections: WebSocket messages still
-    /// arriving (each up to `max_message_bytes`) and the last message of each connection while it is held.
-    /// The connection whose read would go over is closed with 1013. Default 64 MiB.
+    /// arriving (each up to `max_message_bytes`) and the last message of each connection while it is held,
+    /// beyond 8 KiB per connection. When a read would go over, the connection holding the most is closed with
+    /// 1013 and the read waits for the room (the reader itself is closed when it holds the most). Default
+    /// 32 MiB.
     pub total_inbound_bytes: usize,
     /// Bytes of partial (fragmented, incomplete) inbound messages across all connections, besides the
     /// per-connection `reassembly` limits. The connection whose fragment would go over is closed with 1013.
-    /// Default 64 MiB.
+    /// Default 32 MiB.
     pub total_reassembly_bytes: usize,
     /// Bytes of topic history (PROTOCOL §9) kept across all topics, each event counted once at its encoded
-    /// size; past it the oldest events of any topic are dropped first. Default 64 MiB.
+    /// size; past it the oldest events of any topic are dropped first. Default 16 MiB.
     pub total_history_bytes: usize,
     /// Topics one connection may be subscribed to at once; beyond it `sub` is answered with
     /// `err RESOURCE_EXHAUSTED`. Default 1024.
@@ -84,10 +107,10 @@ impl Default for Limits {
             max_inflight: 64,
             outbound_queue: 256,
             outbound_bytes: 32 * 1024 * 1024,
-            total_outbound_bytes: 96 * 1024 * 1024,
-            total_inbound_bytes: 64 * 1024 * 1024,
-            total_reassembly_bytes: 64 * 1024 * 1024,
-            total_history_bytes: 64 * 1024 * 1024,
+            total_outbound_bytes: 64 * 1024 * 1024,
+            total_inbound_bytes: 32 * 1024 * 1024,
+            total_reassembly_bytes: 32 * 1024 * 1024,
+            total_history_bytes: 16 * 1024 * 1024,
             max_subscriptions: 1024,
             max_total_subscriptions: 64 * 1024,
             read_buffer_size: 4 * 1024,
@@ -100,6 +123,39 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// What the server-wide budgets let peers make the server hold at once: input (and about as much again
+    /// in the copies made while handling it: the decoded `d`, an encoded reply before it is queued), partial
+    /// messages, output, subscriptions, and the idle topics remembered.
+    pub(crate) fn budgeted_bytes(&self) -> usize {
+        [
+            self.total_inbound_bytes.saturating_mul(2),
+            self.total_reassembly_bytes,
+            self.total_outbound_bytes,
+            self.total_history_bytes,
+            self.max_total_subscriptions
+                .saturating_mul(SUBSCRIPTION_BYTES),
+            MAX_IDLE_TOPICS * IDLE_TOPIC_BYTES,
+        ]
+        .into_iter()
+        .fold(0, usize::saturating_add)
+    }
+
+    /// The most one WebSocket connection holds that no budget counts, with fragment threshold `threshold`:
+    /// its fixed cost, tungstenite's read buffer (with the input never charged, and the largest frame of a
+    /// message sent in several frames, whose size the buffer keeps) and its write buffer (which keeps the
+    /// size of the largest frame written).
+    pub(crate) fn connection_bytes(&self, threshold: usize) -> usize {
+        [
+            CONNECTION_OVERHEAD,
+            self.read_buffer_size.max(1024),
+            FREE_INBOUND,
+            MAX_CONTINUED_FRAME,
+            self.websocket_config(threshold).max_write_buffer_size,
+        ]
+        .into_iter()
+        .fold(0, usize::saturating_add)
+    }
+
     /// The tungstenite configuration these limits imply for a server whose fragment threshold is `threshold`.
     ///
     /// The write buffer may hold one whole outgoing WebSocket message beyond `write_buffer_size` (tungstenite
@@ -283,7 +339,7 @@ impl Default for Config {
             auth: Auth::Off,
             limits: Limits::default(),
             heartbeat: Some(Duration::from_secs(90)),
-            fragment_threshold: DEFAULT_FRAGMENT_THRESHOLD,
+            fragment_threshold: SERVER_FRAGMENT_THRESHOLD,
             static_dir: None,
             allowed_origins: Vec::new(),
             drain: DrainOptions::default(),

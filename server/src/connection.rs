@@ -139,7 +139,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut ws: Ws, upgraded: Upgraded) {
     };
     tracing::debug!(connection = id, %identity, "authenticated");
 
-    let control = Arc::new(ConnControl::new(shared.config.limits.outbound_bytes));
+    let control = Arc::clone(ws.get_ref().control());
     shared.register(id, Arc::clone(&control));
     let mut conn = Conn::new(Arc::clone(&shared), id, control, identity);
     let ending = if shared.draining.load(Ordering::SeqCst) {

@@ -38,7 +38,7 @@ use tower_http::services::ServeDir;
 
 use crate::budget::Metered;
 use crate::connection::{self, OriginRefused, Upgraded};
-use crate::server::Shared;
+use crate::server::{ConnControl, Shared};
 
 /// The subprotocol a Sockeye server echoes (PROTOCOL §1).
 pub use sockeye_core::SUBPROTOCOL;
@@ -144,8 +144,9 @@ pub(crate) async fn serve(
     let leftover = parts.read_buf.to_vec();
     // Freed now rather than when this (long-lived) function returns.
     drop(parts.read_buf);
+    let control = Arc::new(ConnControl::new(shared.config.limits.outbound_bytes));
     let ws = WebSocketStream::from_partially_read(
-        Metered::new(stream, &shared.inbound, &leftover),
+        Metered::new(stream, &shared, control, &leftover),
         leftover,
         Role::Server,
         Some(shared.ws_config),

@@ -64,15 +64,18 @@
 //! - **Backpressure**: a connection's replies are written before more of its frames are read, so a peer that
 //!   stops reading its replies stops being read, and is closed with 4002 once the heartbeat limit passes.
 //! - **HTTP**: at most [`ServerBuilder::max_connections`] TCP connections at once (default sized to the
-//!   open-file limit, [`default_max_connections`]); beyond it new ones get HTTP 503. A request head must arrive
+//!   open-file limit and to [`MEMORY_TARGET`], [`default_max_connections`]); beyond it new ones get HTTP 503. A request head must arrive
 //!   within [`Limits::handshake_timeout`] (also the keep-alive idle timeout), and a response the client stops
 //!   reading is abandoned after [`Limits::write_timeout`]. Static files: dotfiles, symlinks leading out of the
 //!   directory and non-regular files are 404. A repeated or non-UTF-8 `Origin` closes with 1008.
 //! - **Memory budgets**: queued output per connection ([`Limits::outbound_bytes`]) and, server-wide, queued
 //!   output, bytes read and not yet handled, and partial messages ([`Limits::total_outbound_bytes`],
 //!   [`Limits::total_inbound_bytes`], [`Limits::total_reassembly_bytes`]). The connection that would pass one
-//!   is closed with 1013 (a `pub` the output budget cannot hold is refused instead). `SECURITY.md` lists every
-//!   limit.
+//!   is closed with 1013 (a `pub` the output budget cannot hold is refused instead); when the inbound or output
+//!   budget is spent, the connection holding the most of it is closed too, and a reader waits for the room
+//!   instead of being closed, so small traffic keeps flowing. What a connection holds outside every budget is
+//!   small and fixed, and the default connection cap keeps budgets and connections within [`MEMORY_TARGET`].
+//!   `SECURITY.md` lists every limit.
 //! - **Drain** ([`ServerHandle::drain`]): new upgrades get HTTP 503, open connections are closed at random
 //!   moments spread across the window (each slot of `window / n` gets one connection at a random moment).
 //!
@@ -95,7 +98,9 @@ mod outbound;
 mod server;
 
 pub use app::{Context, Identity, RpcError, TopicAccess};
-pub use config::{Auth, Credentials, DrainOptions, DrainResult, Limits};
+pub use config::{
+    Auth, Credentials, DrainOptions, DrainResult, Limits, MEMORY_TARGET, SERVER_FRAGMENT_THRESHOLD,
+};
 pub use http::SUBPROTOCOL;
 pub use server::{default_max_connections, Server, ServerBuilder, ServerHandle, Stats};
 

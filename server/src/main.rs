@@ -51,7 +51,7 @@ struct Args {
     heartbeat_ms: u64,
 
     /// Replies and events whose envelope is larger than this are fragmented (0 turns it off).
-    #[arg(long, value_name = "BYTES", default_value_t = sockeye_core::codec::DEFAULT_FRAGMENT_THRESHOLD)]
+    #[arg(long, value_name = "BYTES", default_value_t = sockeye_server::SERVER_FRAGMENT_THRESHOLD)]
     fragment_threshold: usize,
 
     /// Largest message accepted (whole, or reassembled from fragments) and sent.
@@ -67,7 +67,9 @@ struct Args {
     outbound_queue: usize,
 
     /// TCP connections served at once (WebSocket, static file, or waiting for a request); beyond it new
-    /// connections get HTTP 503. Default: three quarters of the open-file limit (ulimit -n) less 32.
+    /// connections get HTTP 503. Default: three quarters of the open-file limit (ulimit -n) less 32, at most
+    /// what keeps the server within 512 MB with every connection busy and the budgets full (4 210 with the
+    /// default budgets).
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
 
@@ -77,21 +79,21 @@ struct Args {
     outbound_bytes: usize,
 
     /// Bytes of replies and events held for writing across all connections (an event counts once).
-    #[arg(long, value_name = "BYTES", default_value_t = 96 * 1024 * 1024)]
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().total_outbound_bytes)]
     total_outbound_bytes: usize,
 
     /// Subscriptions across all connections; beyond it `sub` gets `err RESOURCE_EXHAUSTED`.
     #[arg(long, value_name = "N", default_value_t = 64 * 1024)]
     max_total_subscriptions: usize,
 
-    /// Bytes read from sockets and not yet handled, across all connections; the connection whose read would
-    /// pass it is closed with 1013.
-    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024 * 1024)]
+    /// Bytes read from sockets and not yet handled, across all connections; when it is full, the connection
+    /// holding the most is closed with 1013 (and the reader that found it full waits for the room).
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().total_inbound_bytes)]
     total_inbound_bytes: usize,
 
     /// Bytes of partial fragmented messages held across all connections; the connection that would pass it
     /// is closed with 1013.
-    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024 * 1024)]
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().total_reassembly_bytes)]
     total_reassembly_bytes: usize,
 
     /// Events kept per topic for clients that resume (PROTOCOL §9); 0 turns history off.
@@ -103,7 +105,7 @@ struct Args {
     history_ttl: Duration,
 
     /// Bytes of history kept across all topics; past it the oldest events of any topic go first.
-    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024 * 1024)]
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().total_history_bytes)]
     total_history_bytes: usize,
 
     /// Share topics with every instance using this Redis (`redis://HOST:PORT/DB`): one sequence and one history

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -21,8 +21,11 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::app::{typed_message, typed_method, App, Context, Identity, RpcError, TopicAccess};
 use crate::broker::{HistoryLimits, Published, RedisBroker, Refused, Topics};
-use crate::budget::Budget;
-use crate::config::{Auth, Config, Credentials, DrainOptions, DrainResult, Limits};
+use crate::budget::{Budget, Room};
+use crate::config::{
+    Auth, Config, Credentials, DrainOptions, DrainResult, Limits, MEMORY_TARGET,
+    SERVER_FRAGMENT_THRESHOLD,
+};
 use crate::{PublishError, StartError};
 
 /// The server's counters, for tests, benchmarks and the `stats` method.
@@ -41,7 +44,8 @@ pub struct Stats {
     pub protocol_errors: u64,
     /// Connections closed with 4003.
     pub auth_failures: u64,
-    /// Subscribers closed with 1013 because their event queue overflowed.
+    /// Connections closed with 1013 for holding too much: a subscriber whose event queue overflowed, the
+    /// largest backlog or the largest inbound holder when a server-wide budget was spent.
     pub overflow_closes: u64,
     /// Topics with at least one subscriber.
     pub topics: u64,
@@ -105,6 +109,8 @@ pub(crate) struct CloseRequest {
 pub(crate) struct ConnControl {
     /// Bytes queued for this connection (events and replies), taken when queued, given back once written.
     pub outbound: Budget,
+    /// Bytes this connection holds of the server-wide inbound budget (kept by its socket, `Metered`).
+    pub inbound: AtomicUsize,
     close: Mutex<Option<CloseRequest>>,
     pub notify: Notify,
     /// Set by the connection's task when it has ended.
@@ -115,6 +121,7 @@ impl ConnControl {
     pub fn new(outbound_limit: usize) -> ConnControl {
         ConnControl {
             outbound: Budget::new(outbound_limit),
+            inbound: AtomicUsize::new(0),
             close: Mutex::new(None),
             notify: Notify::new(),
             closed: AtomicBool::new(false),
@@ -176,6 +183,8 @@ pub(crate) struct Shared {
     pub reassembly: Arc<Budget>,
     /// Bytes read from sockets and not yet handled, across every connection.
     pub inbound: Arc<Budget>,
+    /// Readers waiting for room in `inbound`.
+    pub inbound_room: Arc<Room>,
     pub draining: AtomicBool,
     pub shutting_down: AtomicBool,
     /// Ready connections by id.
@@ -223,6 +232,7 @@ impl Shared {
             outbound,
             reassembly,
             inbound,
+            inbound_room: Arc::default(),
             draining: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
             connections: Mutex::new(HashMap::new()),
@@ -349,6 +359,34 @@ impl Shared {
                 self.outbound.limit()
             ));
         }
+    }
+
+    /// When the server-wide inbound budget cannot take `reader`'s next read: asks the connection holding the
+    /// most of it to close with 1013, unless that is `reader` itself. `false` when it is (the reader is
+    /// refused instead), `true` when room is coming back (the reader waits for it).
+    pub fn close_largest_inbound(&self, reader: &ConnControl) -> bool {
+        let own = reader.inbound.load(Ordering::Relaxed);
+        let largest = self
+            .lock_connections()
+            .values()
+            .max_by_key(|control| control.inbound.load(Ordering::Relaxed))
+            .filter(|control| control.inbound.load(Ordering::Relaxed) > own)
+            .cloned();
+        let Some(largest) = largest else {
+            return false;
+        };
+        if largest.take_close().is_none() {
+            Counters::add(&self.counters.overflow_closes, 1);
+            tracing::info!(
+                held = largest.inbound.load(Ordering::Relaxed),
+                "server inbound budget spent: closing the connection holding the most"
+            );
+        }
+        largest.request_overflow_close(format!(
+            "server inbound budget of {} bytes spent: the largest holder is closed",
+            self.inbound.limit()
+        ));
+        true
     }
 
     /// Closes every registered connection with `code` now.
@@ -499,8 +537,11 @@ impl ServerBuilder {
     }
 
     /// TCP connections served at once (WebSocket, static file, or waiting for a request head); beyond it a
-    /// new connection is answered HTTP 503 and closed. Default: sized to the process's open-file limit
-    /// (`RLIMIT_NOFILE`, see [`default_max_connections`]).
+    /// new connection is answered HTTP 503 and closed. Default: the smaller of three quarters of the
+    /// process's open-file limit (`RLIMIT_NOFILE`, soft) less 32, and ([`MEMORY_TARGET`] − what the
+    /// server-wide budgets may hold) ÷ what one connection may hold outside them; 4 210 with the default
+    /// limits and at least 6 056 open files ([`default_max_connections`]). A larger cap lets the server
+    /// hold more than the target when every connection is busy.
     pub fn max_connections(mut self, max: usize) -> Self {
         self.config.max_connections = Some(max);
         self
@@ -629,7 +670,7 @@ impl ServerBuilder {
         }
         let max_connections = *config
             .max_connections
-            .get_or_insert_with(default_max_connections);
+            .get_or_insert_with(|| connection_cap(&config.limits, config.fragment_threshold));
         if max_connections == 0 {
             return Err(StartError::InvalidConfig(
                 "max_connections must be positive".to_owned(),
@@ -784,13 +825,28 @@ impl Throttle {
     }
 }
 
-/// The default connection cap: three quarters of the open-file limit the process has (`RLIMIT_NOFILE`,
-/// soft), less 32, so the listener, stdio, the runtime's own descriptors, connections being refused and
-/// static files being sent still find descriptors when every connection slot is taken. 1 024 without a
-/// known limit.
+/// The connection cap a server with the default [`Limits`] and fragment threshold gets: see
+/// [`ServerBuilder::max_connections`] for how it is sized.
 pub fn default_max_connections() -> usize {
-    let limit = open_file_limit().unwrap_or(1024).min(1 << 22);
-    (limit / 4 * 3).saturating_sub(32).max(1)
+    connection_cap(&Limits::default(), SERVER_FRAGMENT_THRESHOLD)
+}
+
+/// The default connection cap for `limits` and fragment `threshold`: the smaller of
+///
+/// - files: three quarters of the open-file limit the process has (`RLIMIT_NOFILE`, soft), less 32, so the
+///   listener, stdio, the runtime's own descriptors, connections being refused and static files being sent
+///   still find descriptors when every connection slot is taken (1 024 files without a known limit);
+/// - memory: ([`MEMORY_TARGET`] − what the server-wide budgets may hold) ÷ what one connection may hold
+///   outside them, so that the budgets full and every connection holding its most stay within the target.
+fn connection_cap(limits: &Limits, threshold: usize) -> usize {
+    let files = open_file_limit().unwrap_or(1024).min(1 << 22);
+    let by_files = (files / 4 * 3).saturating_sub(32);
+    by_files.min(memory_cap(limits, threshold)).max(1)
+}
+
+/// The connections that fit in [`MEMORY_TARGET`] beside the budgets, each holding its most outside them.
+fn memory_cap(limits: &Limits, threshold: usize) -> usize {
+    MEMORY_TARGET.saturating_sub(limits.budgeted_bytes()) / limits.connection_bytes(threshold)
 }
 
 #[cfg(unix)]
@@ -997,6 +1053,30 @@ mod tests {
             assert!(*at >= Duration::from_millis(500) * slot as u32);
             assert!(*at < Duration::from_millis(500) * (slot as u32 + 1));
         }
+    }
+
+    #[test]
+    fn the_default_cap_keeps_the_budgets_and_busy_connections_within_the_memory_target() {
+        let limits = Limits::default();
+        let per_connection = limits.connection_bytes(SERVER_FRAGMENT_THRESHOLD);
+        let cap = memory_cap(&limits, SERVER_FRAGMENT_THRESHOLD);
+        let total = limits.budgeted_bytes() + cap * per_connection;
+        assert!(total <= MEMORY_TARGET, "{total}");
+        assert!(
+            total + per_connection > MEMORY_TARGET,
+            "one more would not fit"
+        );
+        // Thousands of idle connections are still accepted.
+        assert!(cap >= 4000, "{cap}");
+        // The figures `ServerBuilder::max_connections`, the binary's help and SECURITY.md quote.
+        assert_eq!(
+            (limits.budgeted_bytes(), per_connection, cap),
+            (274_595_840, 56_384, 4_210)
+        );
+        // Larger budgets leave room for fewer connections.
+        let mut larger = limits.clone();
+        larger.total_outbound_bytes *= 2;
+        assert!(memory_cap(&larger, SERVER_FRAGMENT_THRESHOLD) < cap);
     }
 
     #[test]

@@ -52,6 +52,25 @@ struct Process {
     stop: Arc<AtomicBool>,
 }
 
+/// Sets this process's soft `RLIMIT_NOFILE` to `files` (at most the hard limit).
+fn set_soft_file_limit(files: u64) -> std::io::Result<()> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `getrlimit` / `setrlimit` read and write one valid `rlimit`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        limit.rlim_cur = files.min(limit.rlim_max);
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 fn status_kb(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with(field))?;
@@ -69,15 +88,27 @@ fn cpu_ticks(pid: u32) -> u64 {
 
 impl Process {
     fn start(log: &str, stderr: Stdio) -> Process {
+        Process::start_with_files(log, stderr, None)
+    }
+
+    /// Starts the server with its soft open-file limit set to `files` (its default connection cap follows it).
+    fn start_with_files(log: &str, stderr: Stdio, files: Option<u64>) -> Process {
+        use std::os::unix::process::CommandExt;
         let binary = std::env::var("SOCKEYE_SERVER_BIN")
             .unwrap_or_else(|_| env!("CARGO_BIN_EXE_sockeye-server").to_owned());
-        let mut child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .args(["--addr", "127.0.0.1:0"])
             .env("RUST_LOG", log)
             .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("the server starts");
+            .stderr(stderr);
+        if let Some(files) = files {
+            // SAFETY: only `setrlimit` runs between fork and exec, on a local value.
+            unsafe {
+                command.pre_exec(move || set_soft_file_limit(files));
+            }
+        }
+        let mut child = command.spawn().expect("the server starts");
         let mut line = String::new();
         BufReader::new(child.stdout.take().expect("piped stdout"))
             .read_line(&mut line)
@@ -480,5 +511,129 @@ fn a_3_mib_name_is_not_echoed_back_or_logged_in_full() {
         let _ = std::fs::remove_file(&log);
         let longest = logged.lines().map(str::len).max().unwrap_or(0);
         assert!(longest < 4096, "a log line of {longest} bytes");
+    });
+}
+
+/// Opens a raw WebSocket connection and makes the server hold as much as it lets one connection hold outside
+/// its budgets: a ~100 KiB `echo` whose reply is never read (tungstenite's write buffer keeps a frame's size),
+/// then the first `partial` bytes of a 1 MiB message, never finished. `None` when the upgrade is refused (the
+/// connection cap) or the server stops taking the bytes.
+async fn hold_what_no_budget_counts(
+    addr: std::net::SocketAddr,
+    partial: usize,
+) -> Option<tokio::net::TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    stream
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+            Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+            Sec-WebSocket-Protocol: sockeye.v1\r\n\r\n",
+        )
+        .await
+        .ok()?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 4096 {
+        if stream.read(&mut byte).await.ok()? == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    if !head.starts_with(b"HTTP/1.1 101") {
+        return None;
+    }
+    let echo = complete(&req(
+        1,
+        "echo",
+        Some(Value::Bytes(vec![5; 100 * 1024 - 64])),
+    ));
+    let binary = OpCode::Data(Data::Binary);
+    let mut bytes = frame_header(true, binary, echo.len());
+    bytes.extend(echo);
+    bytes.extend(frame_header(true, binary, 1024 * 1024));
+    bytes.resize(bytes.len() + partial, 0);
+    tokio::time::timeout(Duration::from_secs(2), stream.write_all(&bytes))
+        .await
+        .ok()?
+        .ok()?;
+    Some(stream)
+}
+
+/// Raises this process's soft open-file limit to its hard limit; returns the new soft limit.
+fn raise_file_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: reads one valid `rlimit`.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+        0
+    );
+    set_soft_file_limit(limit.rlim_max).expect("raise the open-file limit");
+    limit.rlim_max
+}
+
+#[test]
+fn thousands_of_connections_holding_what_no_budget_counts_stay_under_512_mib() {
+    scenario(async {
+        // The server's default connection cap follows its open-file limit: with 8 192 files, 6 112 connections
+        // (three quarters, less 32). This process needs one descriptor per connection too.
+        let files = raise_file_limit().min(8192);
+        assert!(
+            files >= 2048,
+            "an open-file hard limit of {files} is too low"
+        );
+        let server = Process::start_with_files("warn", Stdio::null(), Some(files));
+        let addr: std::net::SocketAddr = server
+            .url
+            .trim_start_matches("ws://")
+            .trim_end_matches("/ws")
+            .parse()
+            .expect("an address");
+        let attempts = files as usize - 64;
+        let started = Instant::now();
+        let mut held = Vec::new();
+        let mut refused = 0;
+        // In waves, so the client's own writes do not all wait at once.
+        for wave in 0..attempts.div_ceil(500) {
+            let mut tasks = Vec::new();
+            for _ in wave * 500..((wave + 1) * 500).min(attempts) {
+                tasks.push(tokio::spawn(hold_what_no_budget_counts(addr, 120 * 1024)));
+            }
+            for task in tasks {
+                match task.await.expect("the attacker") {
+                    Some(stream) => held.push(stream),
+                    None => refused += 1,
+                }
+            }
+            if server.peak_kb() > LIMIT_KB {
+                break;
+            }
+        }
+        // A moment for the server to take in what the sockets still hold.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        eprintln!(
+            "{} connections held, {refused} refused or cut, in {:?}",
+            held.len(),
+            started.elapsed()
+        );
+        assert!(held.len() >= 2000, "only {} connections held", held.len());
+        server.assert_bounded("thousands of connections each holding what no budget counts");
+        // Small honest traffic still gets through, in a slot some attackers leave (a server at its cap answers
+        // 503 until it has seen them go).
+        let deadline = Instant::now() + PATIENCE;
+        let mut honest = loop {
+            held.truncate(held.len().saturating_sub(16));
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            match connect_with(&server.url, &[], true).await {
+                Ok((ws, _)) => break ws,
+                Err(e) => assert!(Instant::now() < deadline, "no slot came free: {e}"),
+            }
+        };
+        expect_text(&mut honest, "ready").await;
+        assert_alive(&mut honest, 1).await;
+        drop(held);
     });
 }

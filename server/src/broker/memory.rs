@@ -8,6 +8,10 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+/// What one kept event costs besides its frame (its slot in the topic's history and in the age index, the
+/// `Bytes` handle), charged with it so that a flood of tiny events also stays within the history budget.
+const HISTORY_ENTRY_BYTES: usize = 128;
+
 use bytes::Bytes;
 use hashlink::LinkedHashMap;
 use sockeye_core::codec::{Envelope, Payload, TopicPosition};
@@ -221,7 +225,9 @@ impl Registry {
             return;
         }
         let charge = loop {
-            if let Some(charge) = Charge::take(&self.history_bytes, frame.len()) {
+            if let Some(charge) =
+                Charge::take(&self.history_bytes, frame.len() + HISTORY_ENTRY_BYTES)
+            {
                 break Some(charge);
             }
             if !self.evict_oldest(None) {

@@ -42,6 +42,8 @@ async fn a_partial_message_past_the_server_reassembly_budget_closes_with_1013() 
     // The first connection completes its message.
     send_binary(&mut first, frames[1].clone()).await;
     expect_res(&Inbox::default().recv(&mut first).await.envelope, 3);
+    // (Its last message may be held, and charged, until more input comes or the connection ends.)
+    drop(first);
     all_given_back(&server).await;
 }
 
@@ -51,9 +53,9 @@ async fn a_message_past_the_server_inbound_budget_closes_with_1013() {
     limits.total_inbound_bytes = 64 * 1024;
     let server = start(Server::builder().limits(limits)).await;
     let mut ws = connect(&server).await;
-    // Smaller messages come and go within the budget.
+    // Smaller messages come and go within the budget (each held until the next one arrives).
     for id in 1..=20 {
-        let reply = call(&mut ws, id, "echo", Some(Value::Bytes(vec![2; 40 * 1024]))).await;
+        let reply = call(&mut ws, id, "echo", Some(Value::Bytes(vec![2; 20 * 1024]))).await;
         assert!(expect_res(&reply, id).is_some());
     }
     send(
@@ -139,7 +141,7 @@ async fn a_message_in_several_websocket_frames_must_use_small_frames() {
     let server = start(Server::builder()).await;
     let mut ws = connect(&server).await;
     // Small frames are fine.
-    let small = complete(&req(1, "echo", Some(Value::Bytes(vec![6; 50 * 1024]))));
+    let small = complete(&req(1, "echo", Some(Value::Bytes(vec![6; 10 * 1024]))));
     for frame in in_two_frames(&small) {
         ws.send(frame).await.expect("send");
     }
@@ -190,4 +192,38 @@ async fn subscriptions_across_connections_are_bounded() {
     .await;
     send(&mut second, &sub(3, "t9")).await;
     expect_res(&recv(&mut second).await, 3);
+}
+
+#[tokio::test]
+async fn a_full_inbound_budget_closes_the_connection_holding_the_most_not_the_one_that_reads() {
+    use tokio::io::AsyncWriteExt;
+    use tokio_tungstenite::MaybeTlsStream;
+    let mut limits = Limits::default();
+    limits.total_inbound_bytes = 512 * 1024;
+    let server = start(Server::builder().limits(limits)).await;
+    // The hog sends 500 KiB of a 1 MiB message, then stalls (written raw).
+    let mut hog = connect(&server).await;
+    let mut partial = frame_header(true, OpCode::Data(Data::Binary), 1024 * 1024);
+    partial.resize(partial.len() + 500 * 1024, 0);
+    let MaybeTlsStream::Plain(socket) = hog.get_mut() else {
+        panic!("a plain socket")
+    };
+    socket.write_all(&partial).await.expect("write");
+    eventually("the hog's bytes are read", || {
+        server.stats().inbound_bytes > 300 * 1024
+    })
+    .await;
+    // An honest 300 KiB request does not fit beside it: the hog is closed, and the request is answered.
+    let mut honest = connect(&server).await;
+    let blob = Value::Bytes(vec![7; 300 * 1024]);
+    let reply = call(&mut honest, 1, "echo", Some(blob.clone())).await;
+    assert_eq!(expect_res(&reply, 1), Some(blob));
+    let (ending, _) = read_until_close(&mut hog).await;
+    let Ending::Close(1013, reason) = ending else {
+        panic!("expected 1013, got {ending:?}")
+    };
+    assert!(reason.contains("inbound budget"), "{reason}");
+    assert_alive(&mut honest, 2).await;
+    drop(honest);
+    all_given_back(&server).await;
 }

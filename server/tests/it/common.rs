@@ -14,6 +14,8 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Response;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::OpCode;
+use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -203,6 +205,22 @@ pub fn fragments(msg_id: u32, envelope: &Value, chunk: usize) -> Vec<Vec<u8>> {
         .enumerate()
         .map(|(i, c)| fragment(msg_id, i as u16, count, c))
         .collect()
+}
+
+/// A masked client WebSocket frame header (mask key 0, so the payload is written as it is) for `size` bytes,
+/// to write raw: for a frame sent in part only.
+pub fn frame_header(is_final: bool, opcode: OpCode, size: usize) -> Vec<u8> {
+    let header = FrameHeader {
+        is_final,
+        opcode,
+        mask: Some([0; 4]),
+        ..FrameHeader::default()
+    };
+    let mut out = Vec::new();
+    header
+        .format(size as u64, &mut out)
+        .expect("a frame header");
+    out
 }
 
 pub async fn send_binary(ws: &mut Client, frame: Vec<u8>) {

@@ -174,9 +174,15 @@ async fn a_subscriber_over_its_output_budget_is_closed_with_1013() {
 }
 
 /// A subscriber stops reading 64 KiB events until the server closes it; it must see an unbroken run of
-/// events, then 1013, and the publisher must be served meanwhile. Returns the close reason.
+/// events, then 1013, and the publisher must be served meanwhile. Returns the close reason. The fragment
+/// threshold is the protocol's 100 KiB, so each event is one frame.
 async fn slow_subscriber_is_closed_with_1013(limits: Limits) -> String {
-    let server = start(Server::builder().limits(limits)).await;
+    let server = start(
+        Server::builder()
+            .limits(limits)
+            .fragment_threshold(100 * 1024),
+    )
+    .await;
     let mut slow = connect(&server).await;
     let mut publisher = connect(&server).await;
     let sub = map(&[

@@ -440,8 +440,8 @@ async fn the_echo_message_comes_back_as_a_message() {
 
 #[tokio::test]
 async fn large_messages_are_reassembled_and_large_replies_fragmented() {
-    // Server threshold 100 KiB (the default): a 300 KB echo comes back in 3 fragments.
-    let server = start(Server::builder()).await;
+    // Server threshold 100 KiB (the protocol's default): a 300 KB echo comes back in 3 fragments.
+    let server = start(Server::builder().fragment_threshold(100 * 1024)).await;
     let mut ws = connect(&server).await;
     let blob: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     let envelope = req(1, "echo", Some(Value::Bytes(blob.clone())));
