@@ -20,8 +20,8 @@ pub struct Target {
     pub seeds: fn() -> Vec<Vec<u8>>,
 }
 
-/// Every target. (`server_session`, the server's per-connection input handling, joins once the server exposes
-/// an entry point for it.)
+/// Every target. (`server_session`, the server's per-connection input handling through
+/// `sockeye_server::fuzzing::feed_frames`, is still to be written.)
 pub const TARGETS: &[Target] = &[
     Target {
         name: "frame",
