@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures_util::future::{poll_fn, BoxFuture};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use sockeye_core::codec::Payload;
+use sockeye_core::codec::{Payload, TopicPosition};
 use sockeye_core::{
     CloseCode, Connection, ErrorCode, Event, Input, Instant as CoreInstant, Output, RequestError,
     RequestId, SocketId, Status, Transition,
@@ -30,7 +30,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tracing::{debug, info, trace, warn};
 
-use crate::client::{Command, Feed, Listener, Message, RawEvent, SubState};
+use crate::client::{Command, Feed, Listener, Message, RawItem, SubState};
 use crate::handlers::Handlers;
 use crate::transport::{ConnectError, Transport, WsStream};
 use crate::Error;
@@ -99,7 +99,13 @@ struct Response {
 
 struct PendingRequest {
     key: u64,
-    reply: oneshot::Sender<Result<Option<Payload>, Error>>,
+    reply: ReplyTo,
+}
+
+/// Where the outcome of a pending id goes: a request's reply, or an acknowledged publish's position.
+enum ReplyTo {
+    Call(oneshot::Sender<Result<Option<Payload>, Error>>),
+    Publish(oneshot::Sender<Result<TopicPosition, Error>>),
 }
 
 /// What woke the loop.
@@ -123,7 +129,7 @@ struct TopicFeeds {
 
 struct TopicFeed {
     key: u64,
-    feed: Feed<RawEvent>,
+    feed: Feed<RawItem>,
     state: watch::Sender<SubState>,
 }
 
@@ -336,9 +342,26 @@ impl Driver {
                 match self.conn.request(now, &method, data, timeout) {
                     Ok(id) => {
                         trace!(id = id.0, %method, "request issued");
-                        self.requests.insert(id, PendingRequest { key, reply });
-                        self.request_keys.insert(key, id);
+                        self.track(id, key, ReplyTo::Call(reply));
                     }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                    }
+                }
+                self.drain();
+            }
+            Command::PublishAcked {
+                key,
+                topic,
+                data,
+                timeout,
+                reply,
+            } => {
+                if reply.is_closed() {
+                    return; // dropped before the driver saw it; its Cancel follows
+                }
+                match self.conn.publish_acked(now, &topic, data, timeout) {
+                    Ok(id) => self.track(id, key, ReplyTo::Publish(reply)),
                     Err(e) => {
                         let _ = reply.send(Err(e.into()));
                     }
@@ -403,6 +426,11 @@ impl Driver {
                 self.stop();
             }
         }
+    }
+
+    fn track(&mut self, id: RequestId, key: u64, reply: ReplyTo) {
+        self.requests.insert(id, PendingRequest { key, reply });
+        self.request_keys.insert(key, id);
     }
 
     fn stop(&mut self) {
@@ -629,20 +657,45 @@ impl Driver {
                     }))
                 });
             }
-            Event::TopicEvent { topic, seq, data } => {
-                if let Some(entry) = self.topics.get_mut(&topic) {
-                    entry.feeds.retain(|TopicFeed { feed, .. }| {
-                        feed.deliver(Ok(RawEvent {
-                            topic: topic.clone(),
-                            seq,
-                            data: data.clone(),
-                        }))
-                    });
-                }
+            Event::TopicEvent {
+                topic,
+                seq,
+                ep,
+                data,
+            } => self.hand_to_subscribers(&topic, || RawItem::Event {
+                topic: topic.clone(),
+                seq,
+                ep: ep.clone(),
+                data: data.clone(),
+            }),
+            Event::TopicGap { topic, from, to } => {
+                // `?`: the topic is the application's, but written quoted like every other topic here.
+                warn!(topic = ?topic, from, to, "events lost");
+                self.hand_to_subscribers(&topic, || RawItem::Gap { from, to });
+            }
+            Event::TopicReset { topic, ep } => {
+                warn!(topic = ?topic, ep = ?ep, "topic sequence reset");
+                self.hand_to_subscribers(&topic, || RawItem::Reset { ep: ep.clone() });
+            }
+            Event::TopicResumed { topic, replayed } => {
+                debug!(topic = ?topic, replayed, "topic resumed");
+                self.hand_to_subscribers(&topic, || RawItem::Resumed { replayed });
             }
             Event::Reply { id, result } => {
-                if let Some(PendingRequest { key, reply }) = self.requests.remove(&id) {
-                    self.request_keys.remove(&key);
+                if let Some(PendingRequest {
+                    reply: ReplyTo::Call(reply),
+                    ..
+                }) = self.end_request(id)
+                {
+                    let _ = reply.send(result.map_err(Error::from));
+                }
+            }
+            Event::Published { id, result } => {
+                if let Some(PendingRequest {
+                    reply: ReplyTo::Publish(reply),
+                    ..
+                }) = self.end_request(id)
+                {
                     let _ = reply.send(result.map_err(Error::from));
                 }
             }
@@ -675,6 +728,23 @@ impl Driver {
             }
             Event::Draining => info!("the server is draining"),
         }
+    }
+
+    /// Hands an item to every stream following `topic`, forgetting streams that are gone.
+    fn hand_to_subscribers(&mut self, topic: &str, item: impl Fn() -> RawItem) {
+        if let Some(entry) = self.topics.get_mut(topic) {
+            entry
+                .feeds
+                .retain(|TopicFeed { feed, .. }| feed.deliver(Ok(item())));
+        }
+    }
+
+    /// A request or acknowledged publish ended: forget it. (The core decides each id's kind, so the event
+    /// always matches the stored [`ReplyTo`].)
+    fn end_request(&mut self, id: RequestId) -> Option<PendingRequest> {
+        let pending = self.requests.remove(&id)?;
+        self.request_keys.remove(&pending.key);
+        Some(pending)
     }
 
     /// A server `req`: run its handler as a task, or answer `UNIMPLEMENTED`.

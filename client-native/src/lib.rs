@@ -84,10 +84,11 @@ mod transport;
 
 pub use builder::ClientBuilder;
 pub use client::{
-    Client, Incoming, Message, RequestFuture, SendFuture, Subscription, TopicEvent, Transitions,
+    Client, Incoming, Message, PublishFuture, RequestFuture, SendFuture, Subscription,
+    SubscriptionItem, TopicEvent, Transitions,
 };
 pub use error::Error;
 pub use transport::{Certificate, SUBPROTOCOL};
 
-pub use sockeye_core::codec::Payload;
+pub use sockeye_core::codec::{Payload, TopicPosition};
 pub use sockeye_core::{CloseCode, DisconnectReason, ErrorCode, Instant, Status, Transition};

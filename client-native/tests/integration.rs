@@ -67,6 +67,8 @@ async fn publish_when_subscribed<T: serde::de::DeserializeOwned>(
         .await
         .expect("stream open")
         .expect("event decodes")
+        .into_event()
+        .expect("an event, not a gap")
 }
 
 #[tokio::test]
@@ -365,6 +367,7 @@ async fn client_publish_reaches_subscribers() {
         .unwrap();
     alice.publish("room", "hi").await.unwrap();
     let event = within("bob's event", room.next()).await.unwrap().unwrap();
+    let event = event.into_event().expect("an event");
     assert_eq!(event.data, "hi");
     assert_eq!(event.seq, 1);
     assert!(matches!(

@@ -237,6 +237,48 @@ fn config_error(e: &ConfigError) -> JsValue {
     type_error(&format!("options.{option} {problem}"))
 }
 
+/// `subscribe`'s callbacks besides the handler.
+#[derive(Default)]
+pub(crate) struct TopicCallbacks {
+    /// The server refused the subscription (which ends it).
+    pub(crate) on_error: Option<Function>,
+    /// Events were lost (`{ topic, from, to }`), or the topic's sequence started anew (`{ topic, reset, ep }`).
+    pub(crate) on_gap: Option<Function>,
+    /// A re-subscription lost nothing (`{ topic, replayed }`).
+    pub(crate) on_resumed: Option<Function>,
+}
+
+const SUBSCRIBE: &[&str] = &["onError", "onGap", "onResumed"];
+
+/// `subscribe(topic, handler, options)`'s `options`: `{ onError, onGap, onResumed }`, or a function, which is
+/// `onError` (the argument's meaning before the other callbacks existed). `undefined` and `null`: none.
+///
+/// # Errors
+/// A `TypeError` for anything else, or a key or callback that is not one of those functions.
+pub(crate) fn topic_callbacks(v: &JsValue) -> Result<TopicCallbacks, JsValue> {
+    if v.is_undefined() || v.is_null() {
+        return Ok(TopicCallbacks::default());
+    }
+    if v.is_function() {
+        return Ok(TopicCallbacks {
+            on_error: Some(v.clone().unchecked_into()),
+            ..TopicCallbacks::default()
+        });
+    }
+    if !v.is_object() || js_sys::Array::is_array(v) {
+        return Err(type_error(
+            "subscribe: the third argument must be an onError function or { onError, onGap, onResumed }",
+        ));
+    }
+    let o = object(v, "subscribe options", SUBSCRIBE)?.unwrap_or_default();
+    const PREFIX: &str = "subscribe options.";
+    Ok(TopicCallbacks {
+        on_error: optional_function(&o, "onError", PREFIX)?,
+        on_gap: optional_function(&o, "onGap", PREFIX)?,
+        on_resumed: optional_function(&o, "onResumed", PREFIX)?,
+    })
+}
+
 pub(crate) fn get(obj: &JsValue, key: &str) -> JsValue {
     Reflect::get(obj, &JsValue::from_str(key)).unwrap_or(JsValue::UNDEFINED)
 }

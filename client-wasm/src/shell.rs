@@ -29,7 +29,7 @@ use std::rc::{Rc, Weak};
 use js_sys::{Function, Object, Reflect, Uint8Array};
 use sockeye_core::{
     CloseCode, Connection, DisconnectReason, ErrorCode, Event, Input, Instant, Output,
-    RequestError, RequestId, SocketId, Status, Transition,
+    RequestError, RequestId, SendError, SocketId, Status, Transition,
 };
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
@@ -37,7 +37,7 @@ use web_sys::{AbortSignal, EventTarget, MessageEvent, WebSocket};
 
 use crate::cbor;
 use crate::errors::{self, apply, apply_to, error, request_error, settle, Kind};
-use crate::options::{Lifecycle, Options, Token, Url};
+use crate::options::{Lifecycle, Options, Token, TopicCallbacks, Url};
 
 /// PROTOCOL §1.
 const SUBPROTOCOL: &str = "sockeye.v1";
@@ -252,7 +252,7 @@ struct TopicListener {
     id: u32,
     topic: String,
     handler: Function,
-    on_error: Option<Function>,
+    callbacks: TopicCallbacks,
 }
 
 struct Waiter {
@@ -311,13 +311,16 @@ impl State {
     fn event(&mut self, event: Event) {
         match event {
             Event::Reply { id, result } => {
-                if let Some(i) = self.requests.iter().position(|(r, _)| *r == id.0) {
-                    let (_, p) = self.requests.swap_remove(i);
-                    let _ = match result {
-                        Ok(data) => apply(&p.resolve, &[&cbor::decode(data.as_ref())]),
-                        Err(e) => apply(&p.reject, &[&request_error(&e)]),
-                    };
-                }
+                self.settle(id, result.map(|data| cbor::decode(data.as_ref())));
+            }
+            Event::Published { id, result } => {
+                let stored = result.map(|at| {
+                    let o = Object::new();
+                    set(&o, "ep", &at.ep.into());
+                    set(&o, "seq", &(at.seq as f64).into());
+                    o.into()
+                });
+                self.settle(id, stored);
             }
             Event::StateChanged(transition) => {
                 let name = transition.to.name();
@@ -340,6 +343,17 @@ impl State {
                 });
             }
             other => self.actions.push_back(Action::Event(other)),
+        }
+    }
+
+    /// Resolves or rejects the promise of request `id` (a request or an acknowledged publish).
+    fn settle(&mut self, id: RequestId, result: Result<JsValue, RequestError>) {
+        if let Some(i) = self.requests.iter().position(|(r, _)| *r == id.0) {
+            let (_, p) = self.requests.swap_remove(i);
+            let _ = match result {
+                Ok(value) => apply(&p.resolve, &[&value]),
+                Err(e) => apply(&p.reject, &[&request_error(&e)]),
+            };
         }
     }
 
@@ -772,21 +786,45 @@ impl Inner {
                     self.call(f, &[&data, &meta]);
                 }
             }
-            Event::TopicEvent { topic, seq, data } => {
-                let handlers: Vec<Function> = {
-                    let st = self.state.borrow();
-                    st.topics
-                        .iter()
-                        .filter(|l| l.topic == topic)
-                        .map(|l| l.handler.clone())
-                        .collect()
-                };
+            Event::TopicEvent {
+                topic,
+                seq,
+                ep,
+                data,
+            } => {
+                let handlers = self.topic_callbacks(&topic, |l| Some(&l.handler));
                 let data = cbor::decode(data.as_ref());
                 let meta = Object::new();
                 set(&meta, "topic", &topic.into());
                 set(&meta, "seq", &(seq as f64).into());
+                if let Some(ep) = ep {
+                    set(&meta, "ep", &(*ep).into());
+                }
                 for f in &handlers {
                     self.call(f, &[&data, &meta]);
+                }
+            }
+            Event::TopicGap { topic, from, to } => {
+                let info = Object::new();
+                set(&info, "topic", &topic.as_str().into());
+                set(&info, "from", &(from as f64).into());
+                set(&info, "to", &(to as f64).into());
+                self.report_gap(&topic, &info);
+            }
+            Event::TopicReset { topic, ep } => {
+                let info = Object::new();
+                set(&info, "topic", &topic.as_str().into());
+                set(&info, "reset", &true.into());
+                set(&info, "ep", &ep.into());
+                self.report_gap(&topic, &info);
+            }
+            Event::TopicResumed { topic, replayed } => {
+                let handlers = self.topic_callbacks(&topic, |l| l.callbacks.on_resumed.as_ref());
+                let info = Object::new();
+                set(&info, "topic", &topic.into());
+                set(&info, "replayed", &(replayed as f64).into());
+                for f in &handlers {
+                    self.call(f, &[&info]);
                 }
             }
             Event::SubscribeFailed { topic, error } => {
@@ -800,7 +838,7 @@ impl Inner {
                 };
                 let e = request_error(&error);
                 for l in removed {
-                    match l.on_error {
+                    match l.callbacks.on_error {
                         Some(f) => self.call(&f, &[&e]),
                         None => console_error("sockeye: subscription refused", &e),
                     }
@@ -828,7 +866,32 @@ impl Inner {
                 }
             }
             // Settled in `State::event`; transitions come as `Action::Transition`.
-            Event::Reply { .. } | Event::StateChanged(_) => {}
+            Event::Reply { .. } | Event::Published { .. } | Event::StateChanged(_) => {}
+        }
+    }
+
+    /// The callbacks `pick` chooses from the listeners of `topic`, cloned so no borrow is held while they run.
+    fn topic_callbacks(
+        &self,
+        topic: &str,
+        pick: impl Fn(&TopicListener) -> Option<&Function>,
+    ) -> Vec<Function> {
+        let st = self.state.borrow();
+        st.topics
+            .iter()
+            .filter(|l| l.topic == topic)
+            .filter_map(|l| pick(l).cloned())
+            .collect()
+    }
+
+    /// A loss on `topic` goes to every `onGap`; never silently: without one, to the console.
+    fn report_gap(&self, topic: &str, info: &JsValue) {
+        let handlers = self.topic_callbacks(topic, |l| l.callbacks.on_gap.as_ref());
+        if handlers.is_empty() {
+            console_error("sockeye: events lost", info);
+        }
+        for f in &handlers {
+            self.call(f, &[info]);
         }
     }
 
@@ -980,45 +1043,43 @@ impl Inner {
         });
     }
 
-    pub(crate) fn request(
+    /// Issues a request or an acknowledged publish (`issue`); `resolve` or `reject` settles with its outcome, and
+    /// `signal` (when given) cancels it.
+    pub(crate) fn track(
         self: &Rc<Self>,
-        method: &str,
-        data: Option<sockeye_core::codec::Payload>,
-        timeout: Option<sockeye_core::Duration>,
         signal: Option<AbortSignal>,
         resolve: Function,
         reject: Function,
+        issue: impl FnOnce(&mut Connection, Instant) -> Result<RequestId, SendError>,
     ) {
-        self.with(
-            |st, now| match st.conn.request(now, method, data, timeout) {
-                Err(e) => {
-                    let _ = apply(&reject, &[&errors::send_error(&e)]);
-                }
-                Ok(id) => {
-                    let abort = signal.map(|signal| {
-                        let weak = st.weak.clone();
-                        let handler = callback(move |_| {
-                            if let Some(inner) = weak.upgrade() {
-                                inner.with(|st, now| st.conn.cancel(now, RequestId(id.0)));
-                            }
-                        });
-                        let _ = signal.add_event_listener_with_callback(
-                            "abort",
-                            handler.as_ref().unchecked_ref(),
-                        );
-                        Abort { signal, handler }
+        self.with(|st, now| match issue(&mut st.conn, now) {
+            Err(e) => {
+                let _ = apply(&reject, &[&errors::send_error(&e)]);
+            }
+            Ok(id) => {
+                let abort = signal.map(|signal| {
+                    let weak = st.weak.clone();
+                    let handler = callback(move |_| {
+                        if let Some(inner) = weak.upgrade() {
+                            inner.with(|st, now| st.conn.cancel(now, RequestId(id.0)));
+                        }
                     });
-                    st.requests.push((
-                        id.0,
-                        Pending {
-                            resolve,
-                            reject,
-                            _abort: abort,
-                        },
-                    ));
-                }
-            },
-        );
+                    let _ = signal.add_event_listener_with_callback(
+                        "abort",
+                        handler.as_ref().unchecked_ref(),
+                    );
+                    Abort { signal, handler }
+                });
+                st.requests.push((
+                    id.0,
+                    Pending {
+                        resolve,
+                        reject,
+                        _abort: abort,
+                    },
+                ));
+            }
+        });
     }
 
     pub(crate) fn send(
@@ -1043,7 +1104,7 @@ impl Inner {
         self: &Rc<Self>,
         topic: String,
         handler: Function,
-        on_error: Option<Function>,
+        callbacks: TopicCallbacks,
     ) -> Result<JsValue, JsValue> {
         let id = self.with(|st, now| {
             st.conn
@@ -1054,7 +1115,7 @@ impl Inner {
                 id,
                 topic: topic.clone(),
                 handler,
-                on_error,
+                callbacks,
             });
             Ok::<_, JsValue>(id)
         })?;
