@@ -175,3 +175,8 @@ async fn data_that_fails_to_encode_rejects_and_leaves_the_client_usable() {
 async fn an_application_websocket_may_call_into_the_client_from_its_constructor() {
     scenario("appWebSocketCallsBack").await;
 }
+
+#[wasm_bindgen_test]
+async fn subscribe_and_publish_options_are_checked_and_acked_publishes_reject_typed() {
+    scenario("subscribeAndPublishOptions").await;
+}
