@@ -32,21 +32,15 @@ pub(crate) enum Command {
         data: Option<Payload>,
         ack: oneshot::Sender<Result<(), Error>>,
     },
-    Request {
+    /// A request or an acknowledged publish: something the server answers.
+    Call {
         key: u64,
-        method: String,
+        target: Target,
         data: Option<Payload>,
         timeout: Option<Duration>,
-        reply: oneshot::Sender<Result<Option<Payload>, Error>>,
+        reply: ReplyTo,
     },
-    PublishAcked {
-        key: u64,
-        topic: String,
-        data: Option<Payload>,
-        timeout: Option<Duration>,
-        reply: oneshot::Sender<Result<TopicPosition, Error>>,
-    },
-    /// Cancels a request or an acknowledged publish.
+    /// Cancels a [`Command::Call`].
     Cancel {
         key: u64,
     },
@@ -68,6 +62,42 @@ pub(crate) enum Command {
         key: u64,
     },
     Close,
+}
+
+/// What a [`Command::Call`] asks for.
+pub(crate) enum Target {
+    /// A request calling this method.
+    Method(String),
+    /// An acknowledged publish to this topic.
+    Publish(String),
+}
+
+/// Where the outcome of a [`Command::Call`] goes: a request's reply, or an acknowledged publish's position.
+pub(crate) enum ReplyTo {
+    Call(oneshot::Sender<Result<Option<Payload>, Error>>),
+    Publish(oneshot::Sender<Result<TopicPosition, Error>>),
+}
+
+impl ReplyTo {
+    /// The application stopped waiting (its future was dropped).
+    pub fn is_closed(&self) -> bool {
+        match self {
+            ReplyTo::Call(tx) => tx.is_closed(),
+            ReplyTo::Publish(tx) => tx.is_closed(),
+        }
+    }
+
+    /// Ends the call with `error` (a dropped future hears nothing).
+    pub fn fail(self, error: Error) {
+        match self {
+            ReplyTo::Call(tx) => {
+                let _ = tx.send(Err(error));
+            }
+            ReplyTo::Publish(tx) => {
+                let _ = tx.send(Err(error));
+            }
+        }
+    }
 }
 
 /// Whether a subscription's `sub` is acknowledged on the current connection ([`Subscription::subscribed`]).
@@ -778,49 +808,28 @@ impl Future for SendFuture {
 
 /// What a [`Call`] resolves to, and how it is asked of the driver.
 trait Issue: Sized {
-    /// The command for `target` (a method, or a topic to publish to).
-    fn command(
-        target: String,
-        key: u64,
-        data: Option<Payload>,
-        timeout: Option<Duration>,
-        reply: oneshot::Sender<Result<Self, Error>>,
-    ) -> Command;
+    /// What the call's `target` names (a method, or a topic to publish to).
+    fn target(target: String) -> Target;
+    fn reply_to(reply: oneshot::Sender<Result<Self, Error>>) -> ReplyTo;
 }
 
 impl Issue for Option<Payload> {
-    fn command(
-        method: String,
-        key: u64,
-        data: Option<Payload>,
-        timeout: Option<Duration>,
-        reply: oneshot::Sender<Result<Self, Error>>,
-    ) -> Command {
-        Command::Request {
-            key,
-            method,
-            data,
-            timeout,
-            reply,
-        }
+    fn target(method: String) -> Target {
+        Target::Method(method)
+    }
+
+    fn reply_to(reply: oneshot::Sender<Result<Self, Error>>) -> ReplyTo {
+        ReplyTo::Call(reply)
     }
 }
 
 impl Issue for TopicPosition {
-    fn command(
-        topic: String,
-        key: u64,
-        data: Option<Payload>,
-        timeout: Option<Duration>,
-        reply: oneshot::Sender<Result<Self, Error>>,
-    ) -> Command {
-        Command::PublishAcked {
-            key,
-            topic,
-            data,
-            timeout,
-            reply,
-        }
+    fn target(topic: String) -> Target {
+        Target::Publish(topic)
+    }
+
+    fn reply_to(reply: oneshot::Sender<Result<Self, Error>>) -> ReplyTo {
+        ReplyTo::Publish(reply)
     }
 }
 
@@ -883,10 +892,14 @@ impl<R: Issue> Call<R> {
                 };
                 let key = self.client.key();
                 let (reply, rx) = oneshot::channel();
-                if let Err(e) = self
-                    .client
-                    .submit(R::command(target, key, data, timeout, reply))
-                {
+                let command = Command::Call {
+                    key,
+                    target: R::target(target),
+                    data,
+                    timeout,
+                    reply: R::reply_to(reply),
+                };
+                if let Err(e) = self.client.submit(command) {
                     return Poll::Ready(Err(e));
                 }
                 self.state = CallState::Sent { key, rx };

@@ -16,12 +16,12 @@ use std::time::Duration;
 use futures_util::future::{poll_fn, BoxFuture};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use sockeye_core::codec::{Payload, TopicPosition};
+use sockeye_core::codec::Payload;
 use sockeye_core::{
     CloseCode, Connection, ErrorCode, Event, Input, Instant as CoreInstant, Output, RequestError,
     RequestId, SocketId, Status, Transition,
 };
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
@@ -30,7 +30,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tracing::{debug, info, trace, warn};
 
-use crate::client::{Command, Feed, Listener, Message, RawItem, SubState};
+use crate::client::{Command, Feed, Listener, Message, RawItem, ReplyTo, SubState, Target};
 use crate::handlers::Handlers;
 use crate::transport::{ConnectError, Transport, WsStream};
 use crate::Error;
@@ -100,12 +100,6 @@ struct Response {
 struct PendingRequest {
     key: u64,
     reply: ReplyTo,
-}
-
-/// Where the outcome of a pending id goes: a request's reply, or an acknowledged publish's position.
-enum ReplyTo {
-    Call(oneshot::Sender<Result<Option<Payload>, Error>>),
-    Publish(oneshot::Sender<Result<TopicPosition, Error>>),
 }
 
 /// What woke the loop.
@@ -329,9 +323,9 @@ impl Driver {
                 self.drain();
                 let _ = ack.send(result);
             }
-            Command::Request {
+            Command::Call {
                 key,
-                method,
+                target,
                 data,
                 timeout,
                 reply,
@@ -339,32 +333,17 @@ impl Driver {
                 if reply.is_closed() {
                     return; // dropped before the driver saw it; its Cancel follows
                 }
-                match self.conn.request(now, &method, data, timeout) {
+                let issued = match &target {
+                    Target::Method(method) => self.conn.request(now, method, data, timeout),
+                    Target::Publish(topic) => self.conn.publish_acked(now, topic, data, timeout),
+                };
+                match issued {
                     Ok(id) => {
-                        trace!(id = id.0, %method, "request issued");
-                        self.track(id, key, ReplyTo::Call(reply));
+                        trace!(id = id.0, "request issued");
+                        self.requests.insert(id, PendingRequest { key, reply });
+                        self.request_keys.insert(key, id);
                     }
-                    Err(e) => {
-                        let _ = reply.send(Err(e.into()));
-                    }
-                }
-                self.drain();
-            }
-            Command::PublishAcked {
-                key,
-                topic,
-                data,
-                timeout,
-                reply,
-            } => {
-                if reply.is_closed() {
-                    return; // dropped before the driver saw it; its Cancel follows
-                }
-                match self.conn.publish_acked(now, &topic, data, timeout) {
-                    Ok(id) => self.track(id, key, ReplyTo::Publish(reply)),
-                    Err(e) => {
-                        let _ = reply.send(Err(e.into()));
-                    }
+                    Err(e) => reply.fail(e.into()),
                 }
                 self.drain();
             }
@@ -426,11 +405,6 @@ impl Driver {
                 self.stop();
             }
         }
-    }
-
-    fn track(&mut self, id: RequestId, key: u64, reply: ReplyTo) {
-        self.requests.insert(id, PendingRequest { key, reply });
-        self.request_keys.insert(key, id);
     }
 
     fn stop(&mut self) {
