@@ -51,6 +51,9 @@ pub struct Limits {
     /// per-connection `reassembly` limits. The connection whose fragment would go over is closed with 1013.
     /// Default 64 MiB.
     pub total_reassembly_bytes: usize,
+    /// Bytes of topic history (PROTOCOL §9) kept across all topics, each event counted once at its encoded
+    /// size; past it the oldest events of any topic are dropped first. Default 64 MiB.
+    pub total_history_bytes: usize,
     /// Topics one connection may be subscribed to at once; beyond it `sub` is answered with
     /// `err RESOURCE_EXHAUSTED`. Default 1024.
     pub max_subscriptions: usize,
@@ -80,6 +83,7 @@ impl Default for Limits {
             total_outbound_bytes: 128 * 1024 * 1024,
             total_inbound_bytes: 64 * 1024 * 1024,
             total_reassembly_bytes: 64 * 1024 * 1024,
+            total_history_bytes: 64 * 1024 * 1024,
             max_subscriptions: 1024,
             read_buffer_size: 4 * 1024,
             write_buffer_size: 4 * 1024,
@@ -248,6 +252,10 @@ pub(crate) struct Config {
     pub builtins: bool,
     /// TCP connections served at once; `None` until start, which sizes it to the open-file limit.
     pub max_connections: Option<usize>,
+    /// Events kept per topic (0: no history).
+    pub history_size: usize,
+    /// Age past which a kept event is dropped.
+    pub history_ttl: Duration,
 }
 
 impl Default for Config {
@@ -264,6 +272,8 @@ impl Default for Config {
             drain: DrainOptions::default(),
             builtins: true,
             max_connections: None,
+            history_size: 1000,
+            history_ttl: Duration::from_secs(300),
         }
     }
 }

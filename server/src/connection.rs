@@ -7,7 +7,7 @@
 //! `sub`, so an idle connection that never subscribes carries no queue at all.
 
 use std::borrow::Cow;
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -19,7 +19,9 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use sockeye_core::codec::{validate_topic, Envelope, Payload, Reassembler, Refusal};
+use sockeye_core::codec::{
+    validate_topic, Envelope, Payload, Reassembler, Refusal, SubAck, TopicPosition,
+};
 use sockeye_core::error::{CloseCode, ErrorCode};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -30,12 +32,12 @@ use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::app::{Context, Identity, RpcError, TopicAccess};
+use crate::broker::{Event, Subscribed, Subscriber};
 use crate::budget::{Charge, InboundBudgetSpent, Metered};
 use crate::builtins::{self, Builtin};
 use crate::config::{Auth, Credentials};
 use crate::outbound::{Encoded, OutQueue};
 use crate::server::{ConnControl, Counters, Shared};
-use crate::topics::{Event, Subscriber};
 
 type Ws = WebSocketStream<Metered<TcpStream>>;
 
@@ -263,6 +265,12 @@ fn quoted(name: &str) -> Cow<'_, str> {
     clip(name, MAX_QUOTED_NAME)
 }
 
+/// Where a subscription stands: its topic's epoch and the last `seq` queued for the peer.
+struct Delivered {
+    ep: Arc<str>,
+    seq: u64,
+}
+
 /// A connection past `ready`.
 struct Conn {
     shared: Arc<Shared>,
@@ -283,7 +291,9 @@ struct Conn {
     needs_flush: bool,
     /// The sending end handed to the topic registry, and the receiving end; created by the first `sub`.
     events: Option<(mpsc::Sender<Event>, mpsc::Receiver<Event>)>,
-    subscriptions: BTreeSet<String>,
+    /// By topic: the epoch and the last `seq` queued, so an event reaches the peer once (a replayed one is
+    /// not sent again when its live copy arrives).
+    subscriptions: BTreeMap<String, Delivered>,
     inflight: FuturesUnordered<BoxFuture<'static, Option<Envelope>>>,
     last_inbound: Instant,
     frames_in: u64,
@@ -307,7 +317,7 @@ impl Conn {
             identity,
             needs_flush: false,
             events: None,
-            subscriptions: BTreeSet::new(),
+            subscriptions: BTreeMap::new(),
             inflight: FuturesUnordered::new(),
             last_inbound: Instant::now(),
             frames_in: 0,
@@ -637,9 +647,8 @@ impl Conn {
                 self.on_message(name, data);
                 Flow::Continue
             }
-            Envelope::Sub { id, topic, .. } => {
-                let reply = self.on_subscribe(&topic).map(|()| None);
-                self.reply(id, reply);
+            Envelope::Sub { id, topic, since } => {
+                self.on_subscribe(id, &topic, since.as_ref());
                 Flow::Continue
             }
             Envelope::Unsub { id, topic } => {
@@ -647,9 +656,12 @@ impl Conn {
                 self.reply(id, reply);
                 Flow::Continue
             }
-            Envelope::Pub { topic, data, .. } => {
-                if let Err(e) = self.on_publish(&topic, data) {
-                    self.notice(e);
+            Envelope::Pub { id, topic, data } => {
+                match (self.on_publish(&topic, data), id) {
+                    (Ok(position), Some(id)) => self.reply(id, Ok(Some(position.to_payload()))),
+                    (Err(e), Some(id)) => self.reply(id, Err(e)),
+                    (Err(e), None) => self.notice(e),
+                    (Ok(_), None) => {}
                 }
                 Flow::Continue
             }
@@ -756,13 +768,22 @@ impl Conn {
         }
     }
 
-    fn on_subscribe(&mut self, topic: &str) -> Result<(), RpcError> {
-        self.check_topic(topic, TopicAccess::Subscribe)?;
-        if self.subscriptions.contains(topic) {
-            return Ok(());
+    /// Subscribes and answers with where the topic stands (PROTOCOL §9), then queues the replayed events.
+    fn on_subscribe(&mut self, id: u64, topic: &str, since: Option<&TopicPosition>) {
+        match self.subscribe(topic, since) {
+            Ok(subscribed) => self.start_subscription(id, topic, subscribed),
+            Err(e) => self.reply(id, Err(e)),
         }
+    }
+
+    fn subscribe(
+        &mut self,
+        topic: &str,
+        since: Option<&TopicPosition>,
+    ) -> Result<Subscribed, RpcError> {
+        self.check_topic(topic, TopicAccess::Subscribe)?;
         let limit = self.shared.config.limits.max_subscriptions;
-        if self.subscriptions.len() >= limit {
+        if !self.subscriptions.contains_key(topic) && self.subscriptions.len() >= limit {
             let message = format!("too many subscriptions (limit {limit})");
             return Err(RpcError::new(ErrorCode::ResourceExhausted, message));
         }
@@ -772,9 +793,65 @@ impl Conn {
             events: sender.clone(),
             control: Arc::clone(&self.control),
         };
-        self.shared.topics.subscribe(topic, self.id, subscriber);
-        self.subscriptions.insert(topic.to_owned());
-        Ok(())
+        Ok(self
+            .shared
+            .topics
+            .subscribe(topic, self.id, subscriber, since))
+    }
+
+    /// Answers a `sub` with `subscribed` and queues its replay. A replay the output budgets cannot hold is
+    /// not sent; the answer says `recovered: false` instead. Live events up to the answer's `seq` are not
+    /// sent after it (they were replayed, or the answer told the peer they are lost), except after a repeated
+    /// `sub` without `since`, which carries on where the subscription was.
+    fn start_subscription(&mut self, id: u64, topic: &str, subscribed: Subscribed) {
+        let Subscribed {
+            ep,
+            seq,
+            mut recovered,
+            replay,
+        } = subscribed;
+        let floor = match (self.subscriptions.get(topic), recovered) {
+            (Some(delivered), None) if delivered.ep == ep => delivered.seq,
+            _ => seq,
+        };
+        let replay = match self.charge_replay(replay.into_iter().map(|(_, frame)| frame).collect())
+        {
+            Some(replay) => replay,
+            None => {
+                recovered = Some(false);
+                Vec::new()
+            }
+        };
+        let ack = SubAck {
+            position: TopicPosition {
+                ep: ep.to_string(),
+                seq,
+            },
+            recovered,
+        };
+        self.subscriptions
+            .insert(topic.to_owned(), Delivered { ep, seq: floor });
+        self.reply(id, Ok(Some(ack.to_payload())));
+        for encoded in replay {
+            self.queue(encoded);
+        }
+    }
+
+    /// Charges replayed frames to this connection's output budget and the server's; `None` (nothing
+    /// charged) when either cannot hold them all.
+    fn charge_replay(&self, frames: Vec<Bytes>) -> Option<Vec<Arc<Encoded>>> {
+        let total = frames.iter().map(Bytes::len).sum();
+        if !self.control.outbound.try_take(total) {
+            return None;
+        }
+        let charged: Option<Vec<Arc<Encoded>>> = frames
+            .into_iter()
+            .map(|frame| Encoded::charge(frame, &self.shared.outbound))
+            .collect();
+        if charged.is_none() {
+            self.control.outbound.give(total);
+        }
+        charged
     }
 
     fn on_unsubscribe(&mut self, topic: &str) -> Result<(), RpcError> {
@@ -782,18 +859,23 @@ impl Conn {
             self.protocol_error();
             return Err(RpcError::invalid_argument(format!("invalid topic: {e}")));
         }
-        if self.subscriptions.remove(topic) {
+        if self.subscriptions.remove(topic).is_some() {
             self.shared.topics.unsubscribe(topic, self.id);
         }
         Ok(())
     }
 
-    fn on_publish(&mut self, topic: &str, data: Option<Payload>) -> Result<(), RpcError> {
+    fn on_publish(
+        &mut self,
+        topic: &str,
+        data: Option<Payload>,
+    ) -> Result<TopicPosition, RpcError> {
         self.check_topic(topic, TopicAccess::Publish)?;
-        self.shared
+        let published = self
+            .shared
             .publish(topic, data)
             .map_err(|e| RpcError::new(ErrorCode::ResourceExhausted, e.to_string()))?;
-        Ok(())
+        Ok(published.position)
     }
 
     fn check_topic(&self, topic: &str, access: TopicAccess) -> Result<(), RpcError> {
@@ -877,10 +959,12 @@ impl Conn {
     /// the `res` to `unsub`, no `evt` of that topic follows). Its bytes were taken from this connection's
     /// budget when it was published.
     fn queue_event(&mut self, event: Event) {
-        if self.subscriptions.contains(&*event.topic) {
-            self.queue(event.encoded);
-        } else {
-            self.control.outbound.give(event.encoded.len());
+        match self.subscriptions.get_mut(&*event.topic) {
+            Some(delivered) if delivered.ep == event.ep && event.seq > delivered.seq => {
+                delivered.seq = event.seq;
+                self.queue(event.encoded);
+            }
+            _ => self.control.outbound.give(event.encoded.len()),
         }
     }
 
@@ -935,7 +1019,7 @@ impl Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        for topic in std::mem::take(&mut self.subscriptions) {
+        for topic in std::mem::take(&mut self.subscriptions).into_keys() {
             self.shared.topics.unsubscribe(&topic, self.id);
         }
         self.shared.unregister(self.id);

@@ -77,6 +77,7 @@
 pub mod builtins;
 
 mod app;
+mod broker;
 mod budget;
 mod config;
 mod connection;
@@ -85,7 +86,6 @@ pub mod fuzzing;
 mod http;
 mod outbound;
 mod server;
-mod topics;
 
 pub use app::{Context, Identity, RpcError, TopicAccess};
 pub use config::{Auth, Credentials, DrainOptions, DrainResult, Limits};

@@ -90,6 +90,18 @@ struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024 * 1024)]
     total_reassembly_bytes: usize,
 
+    /// Events kept per topic for clients that resume (PROTOCOL §9); 0 turns history off.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    history_size: usize,
+
+    /// Age past which a kept event is dropped (e.g. `300ms`, `30s`, `5m`, `1h`).
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
+    history_ttl: Duration,
+
+    /// Bytes of history kept across all topics; past it the oldest events of any topic go first.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024 * 1024)]
+    total_history_bytes: usize,
+
     /// On SIGTERM/SIGINT, close connections at random moments spread over this window.
     #[arg(long, value_name = "MS", default_value_t = 5_000)]
     drain_window_ms: u64,
@@ -135,6 +147,7 @@ async fn main() -> ExitCode {
     limits.total_outbound_bytes = args.total_outbound_bytes;
     limits.total_inbound_bytes = args.total_inbound_bytes;
     limits.total_reassembly_bytes = args.total_reassembly_bytes;
+    limits.total_history_bytes = args.total_history_bytes;
     let mut drain = DrainOptions::with_window(Duration::from_millis(args.drain_window_ms));
     drain.bye = args.bye;
 
@@ -144,7 +157,9 @@ async fn main() -> ExitCode {
         .limits(limits)
         .heartbeat((args.heartbeat_ms > 0).then(|| Duration::from_millis(args.heartbeat_ms)))
         .fragment_threshold(args.fragment_threshold)
-        .drain_options(drain);
+        .drain_options(drain)
+        .history_size(args.history_size)
+        .history_ttl(args.history_ttl);
     if !tokens.is_empty() {
         builder = builder.tokens(tokens);
     }

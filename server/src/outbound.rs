@@ -28,13 +28,21 @@ impl Encoded {
         frame
     }
 
-    /// Wraps a frame from [`Encoded::frame_of`], charged to `budget`; `None` when the budget is spent.
-    pub fn charge(frame: Vec<u8>, budget: &Arc<Budget>) -> Option<Arc<Encoded>> {
+    /// Wraps a frame from [`Encoded::frame_of`] (or shared bytes of one, e.g. from a topic's history),
+    /// charged to `budget`; `None` when the budget is spent.
+    pub fn charge(frame: impl Into<Bytes>, budget: &Arc<Budget>) -> Option<Arc<Encoded>> {
+        let frame = frame.into();
         let charge = Charge::take(budget, frame.len())?;
         Some(Arc::new(Encoded {
-            frame: Bytes::from(frame),
+            frame,
             _charge: charge,
         }))
+    }
+
+    /// The whole COMPLETE frame.
+    #[cfg(test)]
+    pub fn frame(&self) -> &Bytes {
+        &self.frame
     }
 
     /// The envelope's bytes (after the kind byte).

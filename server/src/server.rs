@@ -19,9 +19,9 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::app::{typed_message, typed_method, App, Context, Identity, RpcError, TopicAccess};
+use crate::broker::{HistoryLimits, Published, Refused, Topics};
 use crate::budget::Budget;
 use crate::config::{Auth, Config, Credentials, DrainOptions, DrainResult, Limits};
-use crate::topics::{Refused, Topics};
 use crate::{PublishError, StartError};
 
 /// The server's counters, for tests, benchmarks and the `stats` method.
@@ -50,6 +50,8 @@ pub struct Stats {
     pub reassembly_bytes: u64,
     /// Bytes read and not yet handled ([`Limits::total_inbound_bytes`]).
     pub inbound_bytes: u64,
+    /// Bytes of topic history kept ([`Limits::total_history_bytes`]).
+    pub history_bytes: u64,
 }
 
 #[derive(Default)]
@@ -83,6 +85,7 @@ impl Counters {
             outbound_bytes: 0,
             reassembly_bytes: 0,
             inbound_bytes: 0,
+            history_bytes: 0,
         }
     }
 }
@@ -192,13 +195,18 @@ impl Shared {
         let outbound = Arc::new(Budget::new(limits.total_outbound_bytes));
         let reassembly = Arc::new(Budget::new(limits.total_reassembly_bytes));
         let inbound = Arc::new(Budget::new(limits.total_inbound_bytes));
+        let topics = Topics::new(HistoryLimits {
+            size: config.history_size,
+            ttl: config.history_ttl,
+            total_bytes: limits.total_history_bytes,
+        });
         Shared {
             config,
             app,
             ws_config,
             static_root,
             counters: Counters::default(),
-            topics: Topics::default(),
+            topics,
             outbound,
             reassembly,
             inbound,
@@ -253,15 +261,16 @@ impl Shared {
             outbound_bytes: self.outbound.used() as u64,
             reassembly_bytes: self.reassembly.used() as u64,
             inbound_bytes: self.inbound.used() as u64,
+            history_bytes: self.topics.history_bytes() as u64,
             ..self.counters.snapshot()
         }
     }
 
-    /// Fans `data` out to `topic`'s subscribers.
-    pub fn publish(&self, topic: &str, data: Option<Payload>) -> Result<usize, PublishError> {
+    /// Stores `data` as `topic`'s next event and fans it out to the topic's subscribers.
+    pub fn publish(&self, topic: &str, data: Option<Payload>) -> Result<Published, PublishError> {
         validate_topic(topic).map_err(PublishError::InvalidTopic)?;
         let limit = self.config.limits.reassembly.max_message_bytes;
-        let fanout = self
+        let published = self
             .topics
             .publish(topic, data, limit, &self.outbound)
             .map_err(|refused| match refused {
@@ -270,8 +279,11 @@ impl Shared {
                     limit: self.outbound.limit(),
                 },
             })?;
-        Counters::add(&self.counters.overflow_closes, fanout.overflowed as u64);
-        Ok(fanout.delivered)
+        Counters::add(
+            &self.counters.overflow_closes,
+            published.fanout.overflowed as u64,
+        );
+        Ok(published)
     }
 
     /// Closes every registered connection with `code` now.
@@ -416,6 +428,19 @@ impl ServerBuilder {
         self
     }
 
+    /// Events kept per topic for clients that resume (PROTOCOL §9), default 1000; 0 turns history off (every
+    /// `since` is then answered `recovered: false`). The total is bounded by [`Limits::total_history_bytes`].
+    pub fn history_size(mut self, events: usize) -> Self {
+        self.config.history_size = events;
+        self
+    }
+
+    /// Age past which a kept event is dropped from a topic's history, default 5 minutes.
+    pub fn history_ttl(mut self, ttl: Duration) -> Self {
+        self.config.history_ttl = ttl;
+        self
+    }
+
     /// Turns the built-in methods (`echo`, `sleep`, `fail`, `whoami`, `close`, `stats`) and the built-in
     /// `echo` message on or off (default on). Application methods with the same name take precedence anyway.
     pub fn builtins(mut self, on: bool) -> Self {
@@ -556,6 +581,7 @@ impl ServerBuilder {
         let shared = Arc::new(Shared::new(config, app, ws_config, static_root));
         tracing::info!(%local_addr, path = %shared.config.path, auth = ?shared.config.auth, max_connections, "sockeye-server listening");
         let accept_task = tokio::spawn(accept_loop(Arc::clone(&shared), listener, max_connections));
+        tokio::spawn(sweep_history(Arc::downgrade(&shared)));
         Ok(ServerHandle {
             shared,
             local_addr,
@@ -608,6 +634,20 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, max_connections
         }
     }
     tracing::debug!("accept loop stopped");
+}
+
+/// Drops history events past their age once a second, so topics nobody touches do not keep them, until the
+/// server is gone.
+async fn sweep_history(shared: std::sync::Weak<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            break;
+        };
+        shared.topics.expire();
+    }
 }
 
 /// Lets one warning through per [`WARN_INTERVAL`], counting the ones held back in between.
@@ -704,7 +744,7 @@ impl ServerHandle {
     /// # Errors
     /// [`PublishError::InvalidTopic`] when the name breaks the rules.
     pub fn publish(&self, topic: &str, data: Option<Payload>) -> Result<usize, PublishError> {
-        self.shared.publish(topic, data)
+        Ok(self.shared.publish(topic, data)?.fanout.delivered)
     }
 
     /// Drains (PROTOCOL §8): new upgrades get HTTP 503 from now on, and every open connection is closed with
@@ -821,11 +861,11 @@ fn spread_schedule(n: usize, window: Duration, rng: &mut Prng) -> Vec<(usize, Du
         .collect()
 }
 
-/// A small PRNG (SplitMix64) for drain jitter; seeded from std's per-process random hash keys.
-struct Prng(u64);
+/// A small PRNG (SplitMix64) for drain jitter and epochs; seeded from std's per-process random hash keys.
+pub(crate) struct Prng(u64);
 
 impl Prng {
-    fn from_entropy() -> Prng {
+    pub(crate) fn from_entropy() -> Prng {
         use std::hash::BuildHasher;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -834,7 +874,7 @@ impl Prng {
         Prng(std::collections::hash_map::RandomState::new().hash_one(nanos))
     }
 
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

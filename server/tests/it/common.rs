@@ -433,3 +433,76 @@ pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+// ---- topics with history (PROTOCOL §9) ----
+
+/// Where a topic stands, as a `sub` reply or an acknowledged `pub` reply says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Position {
+    pub ep: String,
+    pub seq: u64,
+    /// Only in the reply to a `sub` with `since`.
+    pub recovered: Option<bool>,
+}
+
+/// `sub`, with `since: {ep, seq}` when given.
+pub fn sub_since(id: u64, topic: &str, since: Option<(&str, u64)>) -> Value {
+    let mut pairs = vec![("t", text("sub")), ("id", uint(id)), ("topic", text(topic))];
+    if let Some((ep, seq)) = since {
+        pairs.push(("since", map(&[("ep", text(ep)), ("seq", uint(seq))])));
+    }
+    map(&pairs)
+}
+
+/// `pub`, acknowledged when `id` is given.
+pub fn pub_env(id: Option<u64>, topic: &str, d: Value) -> Value {
+    let mut pairs = vec![("t", text("pub"))];
+    if let Some(id) = id {
+        pairs.push(("id", uint(id)));
+    }
+    pairs.push(("topic", text(topic)));
+    pairs.push(("d", d));
+    map(&pairs)
+}
+
+/// Asserts `envelope` is `res` for `id` carrying `{ep, seq, recovered?}`.
+pub fn expect_position(envelope: &Value, id: u64) -> Position {
+    let d = expect_res(envelope, id).unwrap_or_else(|| panic!("res without d: {envelope:?}"));
+    let recovered = get(&d, "recovered").map(|v| v.as_bool().expect("recovered is a boolean"));
+    Position {
+        ep: get_text(&d, "ep").expect("ep").to_owned(),
+        seq: get_uint(&d, "seq").expect("seq"),
+        recovered,
+    }
+}
+
+/// Asserts `envelope` is an `evt` of `topic` and returns its `seq` and `d`.
+pub fn expect_evt_of(envelope: &Value, topic: &str) -> (u64, Option<Value>) {
+    assert_eq!(
+        get_text(envelope, "t"),
+        Some("evt"),
+        "expected evt, got {envelope:?}"
+    );
+    assert_eq!(get_text(envelope, "topic"), Some(topic), "{envelope:?}");
+    (
+        get_uint(envelope, "seq").expect("seq"),
+        get(envelope, "d").cloned(),
+    )
+}
+
+/// Subscribes (with `since`) and returns the reply's position.
+pub async fn subscribe(
+    ws: &mut Client,
+    id: u64,
+    topic: &str,
+    since: Option<(&str, u64)>,
+) -> Position {
+    send(ws, &sub_since(id, topic, since)).await;
+    expect_position(&recv(ws).await, id)
+}
+
+/// Publishes with acknowledgement and returns where the event went.
+pub async fn publish_acked(ws: &mut Client, id: u64, topic: &str, d: Value) -> Position {
+    send(ws, &pub_env(Some(id), topic, d)).await;
+    expect_position(&recv(ws).await, id)
+}

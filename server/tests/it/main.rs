@@ -8,3 +8,4 @@ mod common;
 mod http;
 mod lifecycle;
 mod protocol;
+mod resume;
