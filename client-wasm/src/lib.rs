@@ -11,8 +11,6 @@
 use std::rc::Rc;
 
 use js_sys::{Function, Promise};
-use sockeye_core::codec::Payload;
-use sockeye_core::{Connection, RequestId, SendError};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use web_sys::AbortSignal;
@@ -23,7 +21,7 @@ mod options;
 mod shell;
 
 use errors::{error, type_error, Kind};
-use shell::Inner;
+use shell::{Inner, Target};
 
 #[wasm_bindgen(typescript_custom_section)]
 const TYPES: &'static str = r#"
@@ -325,39 +323,33 @@ impl Client {
     // See the `.d.ts` (`request<T>`).
     #[wasm_bindgen(skip_typescript, skip_jsdoc)]
     pub fn request(&self, method: String, data: JsValue, options: Option<JsValue>) -> Promise {
-        self.awaited(
-            &data,
-            options,
-            "request options.",
-            |conn, now, payload, timeout| conn.request(now, &method, payload, timeout),
-        )
+        self.awaited(Target::Method(method), &data, options)
     }
 
     /// Issues something the server answers (a request, an acknowledged publish) with `{ timeoutMs, signal }`
-    /// from `options`; the promise settles with its outcome. `prefix` names the options in errors.
-    fn awaited(
-        &self,
-        data: &JsValue,
-        options: Option<JsValue>,
-        prefix: &str,
-        issue: impl FnOnce(
-            &mut Connection,
-            sockeye_core::Instant,
-            Option<Payload>,
-            Option<sockeye_core::Duration>,
-        ) -> Result<RequestId, SendError>,
-    ) -> Promise {
+    /// from `options`; the promise settles with its outcome. (A `Target` rather than a closure: one copy of this
+    /// in the package, not one per caller.)
+    fn awaited(&self, target: Target, data: &JsValue, options: Option<JsValue>) -> Promise {
+        let (prefix, bad_signal) = match target {
+            Target::Method(_) => (
+                "request options.",
+                "request options.signal must be an AbortSignal",
+            ),
+            Target::Publish(_) => (
+                "publish options.",
+                "publish options.signal must be an AbortSignal",
+            ),
+        };
         let options = options.filter(|o| !o.is_undefined() && !o.is_null());
         let parsed = (|| {
             let payload = cbor::encode(data)?;
             let timeout = options::timeout_ms(options.as_ref(), prefix)?;
             let signal = match options.as_ref().map(|o| options::get(o, "signal")) {
                 // `null` is no signal, as for `fetch`.
-                Some(s) if !s.is_undefined() && !s.is_null() => {
-                    Some(s.dyn_into::<AbortSignal>().map_err(|_| {
-                        type_error(&[prefix, "signal must be an AbortSignal"].concat())
-                    })?)
-                }
+                Some(s) if !s.is_undefined() && !s.is_null() => Some(
+                    s.dyn_into::<AbortSignal>()
+                        .map_err(|_| type_error(bad_signal))?,
+                ),
                 _ => None,
             };
             Ok::<_, JsValue>((payload, timeout, signal))
@@ -377,9 +369,8 @@ impl Client {
             ));
         }
         let (promise, resolve, reject) = errors::promise();
-        self.inner.track(signal, resolve, reject, |conn, now| {
-            issue(conn, now, payload, timeout)
-        });
+        self.inner
+            .track(target, payload, timeout, signal, resolve, reject);
         promise
     }
 
@@ -407,13 +398,7 @@ impl Client {
             _ => false,
         };
         if ack {
-            let promise = self.awaited(
-                &data,
-                options,
-                "publish options.",
-                |conn, now, payload, timeout| conn.publish_acked(now, &topic, payload, timeout),
-            );
-            return Ok(promise.into());
+            return Ok(self.awaited(Target::Publish(topic), &data, options).into());
         }
         let payload = cbor::encode(&data)?;
         self.inner.publish(&topic, payload)?;

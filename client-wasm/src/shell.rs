@@ -29,7 +29,7 @@ use std::rc::{Rc, Weak};
 use js_sys::{Function, Object, Reflect, Uint8Array};
 use sockeye_core::{
     CloseCode, Connection, DisconnectReason, ErrorCode, Event, Input, Instant, Output,
-    RequestError, RequestId, SendError, SocketId, Status, Transition,
+    RequestError, RequestId, SocketId, Status, Transition,
 };
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
@@ -246,6 +246,14 @@ impl Drop for Abort {
             .signal
             .remove_event_listener_with_callback("abort", self.handler.as_ref().unchecked_ref());
     }
+}
+
+/// What [`Inner::track`] issues.
+pub(crate) enum Target {
+    /// A request calling this method.
+    Method(String),
+    /// An acknowledged publish to this topic.
+    Publish(String),
 }
 
 struct TopicListener {
@@ -1043,41 +1051,49 @@ impl Inner {
         });
     }
 
-    /// Issues a request or an acknowledged publish (`issue`); `resolve` or `reject` settles with its outcome, and
-    /// `signal` (when given) cancels it.
+    /// Issues a request or an acknowledged publish; `resolve` or `reject` settles with its outcome, and `signal`
+    /// (when given) cancels it.
     pub(crate) fn track(
         self: &Rc<Self>,
+        target: Target,
+        data: Option<sockeye_core::codec::Payload>,
+        timeout: Option<sockeye_core::Duration>,
         signal: Option<AbortSignal>,
         resolve: Function,
         reject: Function,
-        issue: impl FnOnce(&mut Connection, Instant) -> Result<RequestId, SendError>,
     ) {
-        self.with(|st, now| match issue(&mut st.conn, now) {
-            Err(e) => {
-                let _ = apply(&reject, &[&errors::send_error(&e)]);
-            }
-            Ok(id) => {
-                let abort = signal.map(|signal| {
-                    let weak = st.weak.clone();
-                    let handler = callback(move |_| {
-                        if let Some(inner) = weak.upgrade() {
-                            inner.with(|st, now| st.conn.cancel(now, RequestId(id.0)));
-                        }
+        self.with(|st, now| {
+            let issued = match &target {
+                Target::Method(method) => st.conn.request(now, method, data, timeout),
+                Target::Publish(topic) => st.conn.publish_acked(now, topic, data, timeout),
+            };
+            match issued {
+                Err(e) => {
+                    let _ = apply(&reject, &[&errors::send_error(&e)]);
+                }
+                Ok(id) => {
+                    let abort = signal.map(|signal| {
+                        let weak = st.weak.clone();
+                        let handler = callback(move |_| {
+                            if let Some(inner) = weak.upgrade() {
+                                inner.with(|st, now| st.conn.cancel(now, RequestId(id.0)));
+                            }
+                        });
+                        let _ = signal.add_event_listener_with_callback(
+                            "abort",
+                            handler.as_ref().unchecked_ref(),
+                        );
+                        Abort { signal, handler }
                     });
-                    let _ = signal.add_event_listener_with_callback(
-                        "abort",
-                        handler.as_ref().unchecked_ref(),
-                    );
-                    Abort { signal, handler }
-                });
-                st.requests.push((
-                    id.0,
-                    Pending {
-                        resolve,
-                        reject,
-                        _abort: abort,
-                    },
-                ));
+                    st.requests.push((
+                        id.0,
+                        Pending {
+                            resolve,
+                            reject,
+                            _abort: abort,
+                        },
+                    ));
+                }
             }
         });
     }
