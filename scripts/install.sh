@@ -11,6 +11,7 @@
 #   - wasm-bindgen-cli at the wasm-bindgen version in Cargo.lock (cargo install, NOT --locked: its lock file
 #     names a crate the registry lacks); brings wasm-bindgen and wasm-bindgen-test-runner
 #   - Debian chromium + chromium-driver             (apt-get; /usr/bin/chromium, /usr/bin/chromedriver)
+#   - Debian redis-server                           (apt-get; the server's Redis scale-out tests start their own)
 #   - wasm-opt from npm binaryen@$BINARYEN_VERSION  (into .tools/node_modules; Debian's binaryen is too old)
 #   - npm packages of the repo's own JS tests      (every package.json outside node_modules/, pkg/, target/)
 set -euo pipefail
@@ -96,19 +97,33 @@ inst_wasm_bindgen() {
     fi
 }
 
+# apt-get install PACKAGES (as root, or through sudo).
+_inst_apt() {
+    local sudo=()
+    if [[ "$(id -u)" -ne 0 ]]; then
+        _inst_need sudo "sudo (or run as root) to apt-get install $*"
+        sudo=(sudo)
+    fi
+    _inst_do "apt-get install $*"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@"
+}
+
 inst_chromium() {
     if [[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]]; then
         _inst_skip "chromium + chromium-driver ($(/usr/bin/chromium --version 2>/dev/null || echo '?'))"
         return
     fi
-    local sudo=()
-    if [[ "$(id -u)" -ne 0 ]]; then
-        _inst_need sudo "sudo (or run as root) to apt-get install chromium"
-        sudo=(sudo)
+    _inst_apt chromium chromium-driver
+}
+
+inst_redis() {
+    if command -v redis-server >/dev/null 2>&1; then
+        _inst_skip "redis-server ($(redis-server --version 2>/dev/null | cut -d' ' -f3 || echo '?'))"
+        return
     fi
-    _inst_do "apt-get install chromium chromium-driver"
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver
+    # Only the binary is needed: the tests start redis-server themselves on a port of their own.
+    _inst_apt redis-server
 }
 
 inst_wasm_opt() {
@@ -163,6 +178,7 @@ sockeye_install() {
     inst_wasm_pack
     inst_wasm_bindgen
     inst_chromium
+    inst_redis
     inst_wasm_opt
     inst_js_deps
     _inst_say "tools ready in $((SECONDS - t0))s"

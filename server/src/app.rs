@@ -121,7 +121,7 @@ impl Context {
         value: &T,
     ) -> Result<usize, PublishError> {
         let data = Payload::encode(value).map_err(PublishError::Encode)?;
-        Ok(self.shared.publish(topic, Some(data))?.fanout.delivered)
+        self.shared.publish_from_app(topic, Some(data))
     }
 }
 

@@ -73,6 +73,11 @@ impl Charge {
         charge.resize(bytes).then_some(charge)
     }
 
+    /// The bytes charged.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Makes this charge `bytes`; `false` (and unchanged) when the budget cannot take the increase.
     pub fn resize(&mut self, bytes: usize) -> bool {
         if bytes > self.bytes {

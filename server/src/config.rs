@@ -256,6 +256,8 @@ pub(crate) struct Config {
     pub history_size: usize,
     /// Age past which a kept event is dropped.
     pub history_ttl: Duration,
+    /// `redis://HOST:PORT/DB`: topics are shared with every instance using the same Redis.
+    pub redis: Option<String>,
 }
 
 impl Default for Config {
@@ -274,6 +276,7 @@ impl Default for Config {
             max_connections: None,
             history_size: 1000,
             history_ttl: Duration::from_secs(300),
+            redis: None,
         }
     }
 }

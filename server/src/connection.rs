@@ -261,14 +261,40 @@ fn clip(text: &str, max: usize) -> Cow<'_, str> {
 }
 
 /// A peer-chosen name, cut for quoting in a reply or a log.
-fn quoted(name: &str) -> Cow<'_, str> {
+pub(crate) fn quoted(name: &str) -> Cow<'_, str> {
     clip(name, MAX_QUOTED_NAME)
 }
 
 /// Where a subscription stands: its topic's epoch and the last `seq` queued for the peer.
 struct Delivered {
+    /// Empty until the first answer (with Redis).
     ep: Arc<str>,
     seq: u64,
+    /// With Redis, while a `sub` waits for its answer: the events that arrived meanwhile (their bytes are
+    /// charged to this connection's budget, as if queued), handled once the answer is queued.
+    pending: Option<Vec<Event>>,
+}
+
+/// What finished beside the connection.
+enum Done {
+    /// A reply or notice to send.
+    Send(Envelope),
+    /// Redis answered a `sub`.
+    Subscribed {
+        id: u64,
+        topic: String,
+        result: Result<Subscribed, RpcError>,
+    },
+}
+
+fn sub_ack(ep: &str, seq: u64, recovered: Option<bool>) -> SubAck {
+    SubAck {
+        position: TopicPosition {
+            ep: ep.to_owned(),
+            seq,
+        },
+        recovered,
+    }
 }
 
 /// A connection past `ready`.
@@ -294,7 +320,7 @@ struct Conn {
     /// By topic: the epoch and the last `seq` queued, so an event reaches the peer once (a replayed one is
     /// not sent again when its live copy arrives).
     subscriptions: BTreeMap<String, Delivered>,
-    inflight: FuturesUnordered<BoxFuture<'static, Option<Envelope>>>,
+    inflight: FuturesUnordered<BoxFuture<'static, Option<Done>>>,
     last_inbound: Instant,
     frames_in: u64,
     frames_out: u64,
@@ -375,12 +401,12 @@ impl Conn {
                     flow
                 }
                 Some(reply) = self.inflight.next(), if !self.inflight.is_empty() => {
-                    if let Some(envelope) = reply {
-                        self.send_envelope(envelope);
+                    if let Some(done) = reply {
+                        self.on_done(done);
                     }
                     while let Some(Some(reply)) = self.inflight.next().now_or_never() {
-                        if let Some(envelope) = reply {
-                            self.send_envelope(envelope);
+                        if let Some(done) = reply {
+                            self.on_done(done);
                         }
                     }
                     Flow::Continue
@@ -477,8 +503,8 @@ impl Conn {
     /// every frame queued for writing. Returns how many frames that was.
     fn drain_now(&mut self) -> usize {
         while let Some(Some(reply)) = self.inflight.next().now_or_never() {
-            if let Some(envelope) = reply {
-                self.send_envelope(envelope);
+            if let Some(done) = reply {
+                self.on_done(done);
             }
         }
         while let Some(event) = self.events.as_mut().and_then(|(_, rx)| rx.try_recv().ok()) {
@@ -657,12 +683,7 @@ impl Conn {
                 Flow::Continue
             }
             Envelope::Pub { id, topic, data } => {
-                match (self.on_publish(&topic, data), id) {
-                    (Ok(position), Some(id)) => self.reply(id, Ok(Some(position.to_payload()))),
-                    (Err(e), Some(id)) => self.reply(id, Err(e)),
-                    (Err(e), None) => self.notice(e),
-                    (Ok(_), None) => {}
-                }
+                self.on_publish(id, &topic, data);
                 Flow::Continue
             }
             Envelope::Res { id, .. } => {
@@ -689,13 +710,8 @@ impl Conn {
     }
 
     fn on_request(&mut self, id: u64, method: String, data: Option<Payload>) -> Flow {
-        let limit = self.shared.config.limits.max_inflight;
-        if self.inflight.len() >= limit {
-            let message = format!("too many requests in flight (limit {limit})");
-            self.reply(
-                id,
-                Err(RpcError::new(ErrorCode::ResourceExhausted, message)),
-            );
+        if let Err(e) = self.may_start_inflight() {
+            self.reply(id, Err(e));
             return Flow::Continue;
         }
         if let Some(handler) = self.shared.app.methods.get(&method) {
@@ -733,7 +749,7 @@ impl Conn {
                 .catch_unwind()
                 .await
                 .unwrap_or_else(|_| Err(RpcError::internal("request handler panicked")));
-            Some(reply_envelope(id, result))
+            Some(Done::Send(reply_envelope(id, result)))
         }));
     }
 
@@ -752,10 +768,10 @@ impl Conn {
             self.inflight.push(Box::pin(async move {
                 match AssertUnwindSafe(future).catch_unwind().await {
                     Ok(Ok(())) => None,
-                    Ok(Err(e)) => Some(notice_envelope(e)),
-                    Err(_) => Some(notice_envelope(RpcError::internal(
+                    Ok(Err(e)) => Some(Done::Send(notice_envelope(e))),
+                    Err(_) => Some(Done::Send(notice_envelope(RpcError::internal(
                         "message handler panicked",
-                    ))),
+                    )))),
                 }
             }));
         } else if self.shared.config.builtins && name == "echo" {
@@ -769,23 +785,12 @@ impl Conn {
     }
 
     /// Subscribes and answers with where the topic stands (PROTOCOL §9), then queues the replayed events.
+    /// With Redis, the subscriber is attached here first and the answer comes from Redis; events that arrive
+    /// meanwhile wait ([`Delivered::pending`]).
     fn on_subscribe(&mut self, id: u64, topic: &str, since: Option<&TopicPosition>) {
-        match self.subscribe(topic, since) {
-            Ok(subscribed) => self.start_subscription(id, topic, subscribed),
-            Err(e) => self.reply(id, Err(e)),
-        }
-    }
-
-    fn subscribe(
-        &mut self,
-        topic: &str,
-        since: Option<&TopicPosition>,
-    ) -> Result<Subscribed, RpcError> {
-        self.check_topic(topic, TopicAccess::Subscribe)?;
-        let limit = self.shared.config.limits.max_subscriptions;
-        if !self.subscriptions.contains_key(topic) && self.subscriptions.len() >= limit {
-            let message = format!("too many subscriptions (limit {limit})");
-            return Err(RpcError::new(ErrorCode::ResourceExhausted, message));
+        if let Err(e) = self.may_subscribe(topic) {
+            self.reply(id, Err(e));
+            return;
         }
         let capacity = self.shared.config.limits.outbound_queue;
         let (sender, _) = self.events.get_or_insert_with(|| mpsc::channel(capacity));
@@ -793,10 +798,108 @@ impl Conn {
             events: sender.clone(),
             control: Arc::clone(&self.control),
         };
-        Ok(self
-            .shared
-            .topics
-            .subscribe(topic, self.id, subscriber, since))
+        if self.shared.redis.is_none() {
+            let subscribed = self
+                .shared
+                .topics
+                .subscribe(topic, self.id, subscriber, since);
+            self.start_subscription(id, topic, subscribed);
+            return;
+        }
+        self.shared.topics.attach(topic, self.id, subscriber);
+        let delivered = self
+            .subscriptions
+            .entry(topic.to_owned())
+            .or_insert_with(|| Delivered {
+                ep: Arc::from(""),
+                seq: 0,
+                pending: None,
+            });
+        delivered.pending.get_or_insert_with(Vec::new);
+        let shared = Arc::clone(&self.shared);
+        let topic = topic.to_owned();
+        let since = since.cloned();
+        // The replay read from Redis is held (as bytes in transit) against the server-wide output budget
+        // until it is queued, and is at most what this connection's budget has free: however many `sub`s
+        // are in flight, the server holds no more than that budget.
+        let budget = &self.control.outbound;
+        let free = budget.limit().saturating_sub(budget.used());
+        let in_transit = since.as_ref().and_then(|_| {
+            let server_free = shared
+                .outbound
+                .limit()
+                .saturating_sub(shared.outbound.used());
+            Charge::take(&shared.outbound, free.min(server_free))
+        });
+        let max_bytes = in_transit.as_ref().map_or(0, Charge::bytes);
+        self.inflight.push(Box::pin(async move {
+            let result = match &shared.redis {
+                Some(redis) => redis.subscribe(&topic, since.as_ref(), max_bytes).await,
+                None => Err(RpcError::internal("no redis")),
+            };
+            drop(in_transit);
+            Some(Done::Subscribed { id, topic, result })
+        }));
+    }
+
+    fn may_subscribe(&self, topic: &str) -> Result<(), RpcError> {
+        self.check_topic(topic, TopicAccess::Subscribe)?;
+        let limit = self.shared.config.limits.max_subscriptions;
+        if !self.subscriptions.contains_key(topic) && self.subscriptions.len() >= limit {
+            let message = format!("too many subscriptions (limit {limit})");
+            return Err(RpcError::new(ErrorCode::ResourceExhausted, message));
+        }
+        if self.shared.redis.is_some() {
+            self.may_start_inflight()?;
+        }
+        Ok(())
+    }
+
+    fn may_start_inflight(&self) -> Result<(), RpcError> {
+        let limit = self.shared.config.limits.max_inflight;
+        if self.inflight.len() >= limit {
+            let message = format!("too many requests in flight (limit {limit})");
+            return Err(RpcError::new(ErrorCode::ResourceExhausted, message));
+        }
+        Ok(())
+    }
+
+    /// Something that ran beside the connection finished.
+    fn on_done(&mut self, done: Done) {
+        match done {
+            Done::Send(envelope) => self.send_envelope(envelope),
+            Done::Subscribed { id, topic, result } => self.on_subscribed(id, &topic, result),
+        }
+    }
+
+    /// Redis answered a `sub`: the answer, the replay, then the events that waited, once each.
+    fn on_subscribed(&mut self, id: u64, topic: &str, result: Result<Subscribed, RpcError>) {
+        let Some(delivered) = self.subscriptions.get_mut(topic) else {
+            // Unsubscribed meanwhile: the answer is still owed.
+            let reply = result.map(|s| Some(sub_ack(&s.ep, s.seq, s.recovered).to_payload()));
+            self.reply(id, reply);
+            return;
+        };
+        let waiting = delivered.pending.take().unwrap_or_default();
+        let established = !delivered.ep.is_empty();
+        match result {
+            Ok(subscribed) => {
+                self.shared
+                    .topics
+                    .observe(topic, &subscribed.ep, subscribed.seq);
+                self.start_subscription(id, topic, subscribed);
+            }
+            Err(e) => {
+                if !established {
+                    self.subscriptions.remove(topic);
+                    self.shared.topics.unsubscribe(topic, self.id);
+                }
+                self.reply(id, Err(e));
+            }
+        }
+        for event in waiting {
+            self.queue_event(event);
+        }
     }
 
     /// Answers a `sub` with `subscribed` and queues its replay. A replay the output budgets cannot hold is
@@ -822,15 +925,15 @@ impl Conn {
                 Vec::new()
             }
         };
-        let ack = SubAck {
-            position: TopicPosition {
-                ep: ep.to_string(),
-                seq,
+        let ack = sub_ack(&ep, seq, recovered);
+        self.subscriptions.insert(
+            topic.to_owned(),
+            Delivered {
+                ep,
+                seq: floor,
+                pending: None,
             },
-            recovered,
-        };
-        self.subscriptions
-            .insert(topic.to_owned(), Delivered { ep, seq: floor });
+        );
         self.reply(id, Ok(Some(ack.to_payload())));
         for encoded in replay {
             self.queue(encoded);
@@ -859,23 +962,69 @@ impl Conn {
             self.protocol_error();
             return Err(RpcError::invalid_argument(format!("invalid topic: {e}")));
         }
-        if self.subscriptions.remove(topic).is_some() {
+        if let Some(delivered) = self.subscriptions.remove(topic) {
             self.shared.topics.unsubscribe(topic, self.id);
+            for event in delivered.pending.unwrap_or_default() {
+                self.control.outbound.give(event.encoded.len());
+            }
         }
         Ok(())
     }
 
-    fn on_publish(
-        &mut self,
-        topic: &str,
-        data: Option<Payload>,
-    ) -> Result<TopicPosition, RpcError> {
-        self.check_topic(topic, TopicAccess::Publish)?;
-        let published = self
-            .shared
-            .publish(topic, data)
-            .map_err(|e| RpcError::new(ErrorCode::ResourceExhausted, e.to_string()))?;
-        Ok(published.position)
+    /// Publishes; with an `id`, answers with where the event went (PROTOCOL §9). With Redis the answer
+    /// comes once Redis stored and published it.
+    fn on_publish(&mut self, id: Option<u64>, topic: &str, data: Option<Payload>) {
+        if let Err(e) = self.check_topic(topic, TopicAccess::Publish) {
+            self.answer_publish(id, Err(e));
+            return;
+        }
+        let Some(redis) = &self.shared.redis else {
+            let result = self
+                .shared
+                .publish(topic, data)
+                .map(|published| published.position)
+                .map_err(|e| RpcError::new(ErrorCode::ResourceExhausted, e.to_string()));
+            self.answer_publish(id, result);
+            return;
+        };
+        let limit = self.shared.config.limits.reassembly.max_message_bytes;
+        let queued = self
+            .may_start_inflight()
+            .and_then(|()| crate::server::check_event_size(topic, data.as_ref(), limit))
+            .and_then(|()| redis.publish(topic, data.as_ref()));
+        let answer = match queued {
+            Ok(answer) => answer,
+            Err(e) => {
+                self.answer_publish(id, Err(e));
+                return;
+            }
+        };
+        self.inflight.push(Box::pin(async move {
+            let result = answer.await.unwrap_or_else(|_| {
+                Err(RpcError::new(
+                    ErrorCode::Unavailable,
+                    "server shutting down",
+                ))
+            });
+            match (id, result) {
+                (Some(id), result) => Some(Done::Send(reply_envelope(
+                    id,
+                    result.map(|position| Some(position.to_payload())),
+                ))),
+                (None, Err(e)) => Some(Done::Send(notice_envelope(e))),
+                (None, Ok(_)) => None,
+            }
+        }));
+    }
+
+    /// The answer to a `pub`: `res {ep, seq}` or `err` with its `id`; without one, only an error is told (as
+    /// a notice).
+    fn answer_publish(&mut self, id: Option<u64>, result: Result<TopicPosition, RpcError>) {
+        match (id, result) {
+            (Some(id), result) => self.reply(id, result.map(|p| Some(p.to_payload()))),
+            (None, Err(e)) => self.notice(e),
+            (None, Ok(_)) => {}
+        }
     }
 
     fn check_topic(&self, topic: &str, access: TopicAccess) -> Result<(), RpcError> {
@@ -960,6 +1109,10 @@ impl Conn {
     /// budget when it was published.
     fn queue_event(&mut self, event: Event) {
         match self.subscriptions.get_mut(&*event.topic) {
+            Some(Delivered {
+                pending: Some(waiting),
+                ..
+            }) => waiting.push(event),
             Some(delivered) if delivered.ep == event.ep && event.seq > delivered.seq => {
                 delivered.seq = event.seq;
                 self.queue(event.encoded);

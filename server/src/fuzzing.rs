@@ -38,7 +38,7 @@ pub fn feed_frames(frames: &[Frame]) -> Outcome {
     }
     let config = Config::default();
     let ws_config = config.limits.websocket_config(config.fragment_threshold);
-    let shared = Arc::new(Shared::new(config, App::default(), ws_config, None));
+    let shared = Arc::new(Shared::new(config, App::default(), ws_config, None, None));
     let messages = frames
         .iter()
         .map(|frame| match frame {

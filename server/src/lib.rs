@@ -42,9 +42,16 @@
 //!   [`ServerBuilder::builtins`].
 //! - **Topics**: `sub`/`unsub` are answered with `res` (or `err INVALID_ARGUMENT` for a bad name,
 //!   `PERMISSION_DENIED` when the authoriser refuses). `pub` fans out as `evt` to every subscriber, the
-//!   publisher included; `seq` starts at 1 and counts every publish to the topic for the server's lifetime (with
-//!   or without subscribers, so a returning subscriber sees a gap); idle topics are forgotten only past a bound. A refused
-//!   `pub` is answered with an `err` without `id`. Each subscriber has a bounded event queue
+//!   publisher included; each topic has a random epoch and a `seq` that starts at 1 and counts every publish
+//!   (with or without subscribers); idle topics are forgotten only past a bound (and come back in a new
+//!   epoch). A refused `pub` is answered with an `err` without `id`.
+//! - **History and resume** (PROTOCOL §9): each topic keeps its last events ([`ServerBuilder::history_size`],
+//!   [`ServerBuilder::history_ttl`], [`Limits::total_history_bytes`]); `sub` is answered with `{ep, seq}`, and
+//!   with `since` the missed events are replayed (`recovered: true`) or reported lost (`recovered: false`),
+//!   atomically with going live. `pub` with `id` is answered with `{ep, seq}`.
+//! - **Scale-out** ([`ServerBuilder::redis`]): instances sharing one Redis serve the same topics, with one
+//!   sequence and history per topic kept in Redis.
+//! - **Queues**: each subscriber has a bounded event queue
 //!   ([`Limits::outbound_queue`]); one that overflows is closed with 1013, so a slow subscriber neither stalls
 //!   publishers nor silently misses events. Events are encoded once per publish and shared by every
 //!   subscriber.
@@ -131,4 +138,7 @@ pub enum PublishError {
     /// ([`Limits::total_outbound_bytes`]).
     #[error("the server's output budget of {limit} bytes is spent: try again later")]
     Busy { limit: usize },
+    /// With Redis: the event cannot be handed to Redis now (too many publishes waiting, or too large).
+    #[error("{0}")]
+    Unavailable(String),
 }

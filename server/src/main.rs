@@ -102,6 +102,11 @@ struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024 * 1024)]
     total_history_bytes: usize,
 
+    /// Share topics with every instance using this Redis (`redis://HOST:PORT/DB`): one sequence and one history
+    /// per topic, kept in Redis. Without it, topics live in this process.
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
+
     /// On SIGTERM/SIGINT, close connections at random moments spread over this window.
     #[arg(long, value_name = "MS", default_value_t = 5_000)]
     drain_window_ms: u64,
@@ -160,6 +165,9 @@ async fn main() -> ExitCode {
         .drain_options(drain)
         .history_size(args.history_size)
         .history_ttl(args.history_ttl);
+    if let Some(url) = args.redis {
+        builder = builder.redis(url);
+    }
     if !tokens.is_empty() {
         builder = builder.tokens(tokens);
     }
@@ -181,6 +189,14 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Before the line that tells the world the server is up: a SIGTERM right after it must drain, not kill.
+    let mut signals = match Signals::new() {
+        Ok(signals) => signals,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
     {
         let mut stdout = std::io::stdout().lock();
         let _ = writeln!(
@@ -194,13 +210,6 @@ async fn main() -> ExitCode {
         tracing::info!(dir = %dir.display(), "open http://{}/ in a browser", server.local_addr());
     }
 
-    let mut signals = match Signals::new() {
-        Ok(signals) => signals,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot install signal handlers");
-            return ExitCode::FAILURE;
-        }
-    };
     let which = signals.next().await;
     tracing::info!(signal = which, "draining");
     tokio::select! {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sockeye_core::codec::{validate_topic, Payload};
-use sockeye_core::error::CloseCode;
+use sockeye_core::error::{CloseCode, ErrorCode};
 use sockeye_core::time::Instant as CoreInstant;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify, Semaphore};
@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::app::{typed_message, typed_method, App, Context, Identity, RpcError, TopicAccess};
-use crate::broker::{HistoryLimits, Published, Refused, Topics};
+use crate::broker::{HistoryLimits, Published, RedisBroker, Refused, Topics};
 use crate::budget::Budget;
 use crate::config::{Auth, Config, Credentials, DrainOptions, DrainResult, Limits};
 use crate::{PublishError, StartError};
@@ -165,7 +165,10 @@ pub(crate) struct Shared {
     /// The static directory, canonicalised at start.
     pub static_root: Option<PathBuf>,
     pub counters: Counters,
+    /// Topics: the embedded store, or (with Redis) this instance's subscribers of topics Redis sequences.
     pub topics: Topics,
+    /// With `--redis`: where topics are sequenced, kept and shared with other instances.
+    pub redis: Option<RedisBroker>,
     /// Bytes of encoded replies and events held for writing, across every connection.
     pub outbound: Arc<Budget>,
     /// Bytes of partial inbound messages, across every connection.
@@ -190,13 +193,19 @@ impl Shared {
         app: App,
         ws_config: WebSocketConfig,
         static_root: Option<PathBuf>,
+        redis: Option<RedisBroker>,
     ) -> Shared {
         let limits = &config.limits;
         let outbound = Arc::new(Budget::new(limits.total_outbound_bytes));
         let reassembly = Arc::new(Budget::new(limits.total_reassembly_bytes));
         let inbound = Arc::new(Budget::new(limits.total_inbound_bytes));
         let topics = Topics::new(HistoryLimits {
-            size: config.history_size,
+            // With Redis, history lives there.
+            size: if redis.is_some() {
+                0
+            } else {
+                config.history_size
+            },
             ttl: config.history_ttl,
             total_bytes: limits.total_history_bytes,
         });
@@ -207,6 +216,7 @@ impl Shared {
             static_root,
             counters: Counters::default(),
             topics,
+            redis,
             outbound,
             reassembly,
             inbound,
@@ -286,6 +296,30 @@ impl Shared {
         Ok(published)
     }
 
+    /// Publishes as the server ([`ServerHandle::publish`], [`Context::publish`]): here, or with Redis, queued
+    /// for Redis without waiting (0 subscribers are reported: they are on every instance).
+    pub fn publish_from_app(
+        &self,
+        topic: &str,
+        data: Option<Payload>,
+    ) -> Result<usize, PublishError> {
+        let Some(redis) = &self.redis else {
+            return Ok(self.publish(topic, data)?.fanout.delivered);
+        };
+        validate_topic(topic).map_err(PublishError::InvalidTopic)?;
+        let limit = self.config.limits.reassembly.max_message_bytes;
+        check_event_size(topic, data.as_ref(), limit)
+            .and_then(|()| redis.publish(topic, data.as_ref()))
+            .map_err(|e| PublishError::Unavailable(e.message))?;
+        Ok(0)
+    }
+
+    /// Fans out an event Redis sequenced to this instance's subscribers.
+    pub fn deliver_frame(&self, topic: &str, ep: &str, seq: u64, frame: bytes::Bytes) {
+        let fanout = self.topics.deliver(topic, ep, seq, frame, &self.outbound);
+        Counters::add(&self.counters.overflow_closes, fanout.overflowed as u64);
+    }
+
     /// Closes every registered connection with `code` now.
     fn close_all(&self, code: CloseCode, reason: &str) {
         let controls: Vec<Arc<ConnControl>> = self.lock_connections().values().cloned().collect();
@@ -301,6 +335,25 @@ impl Shared {
         let remaining = *registered.borrow();
         remaining
     }
+}
+
+/// Refuses, before it goes to Redis, an event whose `evt` envelope would exceed `limit` bytes (checked on the
+/// payload and topic plus the most the envelope's other keys take).
+pub(crate) fn check_event_size(
+    topic: &str,
+    data: Option<&Payload>,
+    limit: usize,
+) -> Result<(), RpcError> {
+    // `{t: "evt", topic: …, seq: u64, d: …}` around the topic and payload: at most 40 bytes.
+    const ENVELOPE: usize = 40;
+    let size = data.map_or(0, |d| d.as_cbor().len()) + topic.len() + ENVELOPE;
+    if size > limit {
+        return Err(RpcError::new(
+            ErrorCode::ResourceExhausted,
+            format!("event of about {size} bytes exceeds the message size limit of {limit}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Entry point: `Server::builder()`.
@@ -441,6 +494,15 @@ impl ServerBuilder {
         self
     }
 
+    /// Shares topics with every server instance using the Redis at `url` (`redis://HOST:PORT/DB`): a publish
+    /// on any instance reaches subscribers on all of them, with one sequence and one history per topic kept in
+    /// Redis. The server starts even while Redis is unreachable (acknowledged publishes and subscriptions then
+    /// fail with `UNAVAILABLE`). Without it, topics live in this process.
+    pub fn redis(mut self, url: impl Into<String>) -> Self {
+        self.config.redis = Some(url.into());
+        self
+    }
+
     /// Turns the built-in methods (`echo`, `sleep`, `fail`, `whoami`, `close`, `stats`) and the built-in
     /// `echo` message on or off (default on). Application methods with the same name take precedence anyway.
     pub fn builtins(mut self, on: bool) -> Self {
@@ -578,7 +640,21 @@ impl ServerBuilder {
             addr: config.addr,
             source,
         })?;
-        let shared = Arc::new(Shared::new(config, app, ws_config, static_root));
+        let redis = match &config.redis {
+            Some(url) => Some(
+                RedisBroker::new(url, config.history_size, config.history_ttl)
+                    .map_err(|e| StartError::InvalidConfig(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let (redis, jobs) = match redis {
+            Some((broker, jobs)) => (Some(broker), Some(jobs)),
+            None => (None, None),
+        };
+        let shared = Arc::new(Shared::new(config, app, ws_config, static_root, redis));
+        if let Some(jobs) = jobs {
+            RedisBroker::spawn(&shared, jobs);
+        }
         tracing::info!(%local_addr, path = %shared.config.path, auth = ?shared.config.auth, max_connections, "sockeye-server listening");
         let accept_task = tokio::spawn(accept_loop(Arc::clone(&shared), listener, max_connections));
         tokio::spawn(sweep_history(Arc::downgrade(&shared)));
@@ -744,7 +820,7 @@ impl ServerHandle {
     /// # Errors
     /// [`PublishError::InvalidTopic`] when the name breaks the rules.
     pub fn publish(&self, topic: &str, data: Option<Payload>) -> Result<usize, PublishError> {
-        Ok(self.shared.publish(topic, data)?.fanout.delivered)
+        self.shared.publish_from_app(topic, data)
     }
 
     /// Drains (PROTOCOL §8): new upgrades get HTTP 503 from now on, and every open connection is closed with

@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hashlink::LinkedHashMap;
 use sockeye_core::codec::{Envelope, Payload, TopicPosition};
+use sockeye_core::error::CloseCode;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -78,6 +79,10 @@ struct Topic {
     history: VecDeque<Stored>,
     /// By connection id: iteration order (and so delivery order across subscribers) is deterministic.
     subscribers: BTreeMap<u64, Subscriber>,
+    /// With Redis: `ep` and `seq` come from Redis ([`Topics::observe`], [`Topics::deliver`]).
+    known: bool,
+    /// With Redis: an event was delivered here (from then on `seq` is the last one delivered).
+    delivered: bool,
 }
 
 impl Topic {
@@ -88,6 +93,8 @@ impl Topic {
             seq: 0,
             history: VecDeque::new(),
             subscribers: BTreeMap::new(),
+            known: false,
+            delivered: false,
         }
     }
 
@@ -149,6 +156,19 @@ impl Registry {
         if self.idle.len() > MAX_IDLE_TOPICS {
             if let Some((_, mut forgotten)) = self.idle.pop_front() {
                 forgotten.clear_history(&mut self.ages);
+            }
+        }
+    }
+
+    /// Moves an active topic left without subscribers to the idle ones.
+    fn park_if_empty(&mut self, name: &str) {
+        if self
+            .active
+            .get(name)
+            .is_some_and(|topic| topic.subscribers.is_empty())
+        {
+            if let Some(topic) = self.active.remove(name) {
+                self.park(topic);
             }
         }
     }
@@ -367,11 +387,7 @@ impl Topics {
             return;
         };
         entry.subscribers.remove(&connection);
-        if entry.subscribers.is_empty() {
-            if let Some(entry) = registry.active.remove(topic) {
-                registry.park(entry);
-            }
-        }
+        registry.park_if_empty(topic);
     }
 
     /// Assigns the topic's next `seq`, keeps the event in the history, and queues one `evt`, encoded once,
@@ -436,14 +452,125 @@ impl Topics {
             }
             None => Fanout::default(),
         };
-        let emptied = entry.subscribers.is_empty();
         registry.keep(topic, seq, &frame, now);
-        if emptied {
-            if let Some(entry) = registry.active.remove(topic) {
-                registry.park(entry);
-            }
-        }
+        registry.park_if_empty(topic);
         Ok(Published { position, fanout })
+    }
+
+    /// Adds a subscriber to a topic whose sequence another store keeps (Redis): the topic takes the epoch
+    /// and `seq` of the first event [`Topics::deliver`] brings.
+    pub fn attach(&self, topic: &str, connection: u64, subscriber: Subscriber) {
+        let mut registry = self.lock();
+        let Registry { active, idle, .. } = &mut *registry;
+        if !active.contains_key(topic) {
+            // What an idle topic remembered may be stale by now.
+            idle.remove(topic);
+            let entry = Topic::new(Arc::from(topic));
+            active.insert(Arc::clone(&entry.name), entry);
+        }
+        if let Some(entry) = active.get_mut(topic) {
+            entry.subscribers.insert(connection, subscriber);
+        }
+    }
+
+    /// Fans out an event another store sequenced (Redis) to this server's subscribers of `topic`, once:
+    /// events at or below the last `seq` delivered are dropped. An event of another epoch than the one
+    /// delivered so far asks every subscriber to reconnect ([`Topics::reset`]).
+    pub fn deliver(
+        &self,
+        topic: &str,
+        ep: &str,
+        seq: u64,
+        frame: Bytes,
+        outbound: &Arc<Budget>,
+    ) -> Fanout {
+        let mut registry = self.lock();
+        let Some(entry) = registry.active.get_mut(topic) else {
+            return Fanout::default();
+        };
+        if !entry.known {
+            entry.ep = Arc::from(ep);
+            entry.known = true;
+        } else if *entry.ep != *ep {
+            drop(registry);
+            self.reset(topic, ep);
+            return Fanout::default();
+        } else if seq <= entry.seq {
+            return Fanout::default();
+        }
+        entry.delivered = true;
+        let Some(encoded) = Encoded::charge(frame, outbound) else {
+            // The server cannot hold the event now: its subscribers reconnect and resume from the history.
+            let fanout = Fanout {
+                delivered: 0,
+                overflowed: entry.subscribers.len(),
+            };
+            for subscriber in std::mem::take(&mut entry.subscribers).into_values() {
+                subscriber
+                    .control
+                    .request_overflow_close("server output budget spent".to_owned());
+            }
+            entry.seq = seq;
+            registry.park_if_empty(topic);
+            return fanout;
+        };
+        entry.seq = seq;
+        let event = Event {
+            topic: Arc::clone(&entry.name),
+            ep: Arc::clone(&entry.ep),
+            seq,
+            encoded,
+        };
+        let fanout = fan_out(&mut entry.subscribers, &event);
+        registry.park_if_empty(topic);
+        fanout
+    }
+
+    /// Redis answered a subscription of `topic` with `(ep, seq)`. Until an event is delivered here, the topic
+    /// stands at the lowest such `seq`, so a catch-up after a lost channel starts early enough for every
+    /// subscriber (each drops what it has already).
+    pub fn observe(&self, topic: &str, ep: &str, seq: u64) {
+        let mut registry = self.lock();
+        let Some(entry) = registry.active.get_mut(topic) else {
+            return;
+        };
+        if entry.delivered {
+            return;
+        }
+        if entry.known && *entry.ep == *ep {
+            entry.seq = entry.seq.min(seq);
+        } else {
+            entry.ep = Arc::from(ep);
+            entry.seq = seq;
+            entry.known = true;
+        }
+    }
+
+    /// The topic's epoch changed under its subscribers (Redis was flushed): each is asked to reconnect
+    /// (close 1012), so it subscribes again and learns the new epoch from the reply.
+    pub fn reset(&self, topic: &str, ep: &str) {
+        let mut registry = self.lock();
+        let Some(entry) = registry.active.remove(topic) else {
+            return;
+        };
+        tracing::info!(topic = %crate::connection::quoted(topic), ep, "topic epoch changed: its subscribers reconnect");
+        for subscriber in entry.subscribers.into_values() {
+            subscriber.control.request_close(
+                CloseCode::SERVICE_RESTART,
+                "topic epoch changed: subscribe again".to_owned(),
+                false,
+            );
+        }
+    }
+
+    /// Every topic with subscribers whose place in Redis is known: its name, epoch and `seq`.
+    pub fn positions(&self) -> Vec<(String, Arc<str>, u64)> {
+        self.lock()
+            .active
+            .values()
+            .filter(|t| t.known)
+            .map(|t| (t.name.to_string(), Arc::clone(&t.ep), t.seq))
+            .collect()
     }
 
     /// Drops history events past the age limit (a sweep, so idle topics do not keep them).
@@ -502,8 +629,6 @@ fn fan_out(subscribers: &mut BTreeMap<u64, Subscriber>, event: &Event) -> Fanout
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    use sockeye_core::error::CloseCode;
 
     const MAX: usize = 1 << 20;
 

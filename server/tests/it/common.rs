@@ -506,3 +506,110 @@ pub async fn publish_acked(ws: &mut Client, id: u64, topic: &str, d: Value) -> P
     send(ws, &pub_env(Some(id), topic, d)).await;
     expect_position(&recv(ws).await, id)
 }
+
+// ---- a redis-server of the test's own ----
+
+/// A `redis-server` this test started on a free loopback port, with no persistence and a temporary
+/// directory; killed (and the directory removed) when dropped.
+pub struct RedisServer {
+    child: Option<std::process::Child>,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl RedisServer {
+    /// Starts one. `None` (with the reason printed) when `redis-server` is not installed and `CI` is not set;
+    /// in CI a missing `redis-server` fails the test (scripts/install.sh installs it).
+    pub async fn start() -> Option<RedisServer> {
+        let installed = std::process::Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_ok_and(|out| out.status.success());
+        if !installed {
+            assert!(
+                std::env::var("CI").map_or(true, |ci| ci != "true"),
+                "redis-server is missing in CI: scripts/install.sh installs it"
+            );
+            eprintln!("SKIPPED: redis-server is not installed (scripts/install.sh installs it)");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let dir = std::env::temp_dir().join(format!("sockeye-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let mut server = RedisServer {
+            child: None,
+            port,
+            dir,
+        };
+        server.resume().await;
+        Some(server)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Starts the process again on the same port (after [`RedisServer::stop`]) and waits until it answers.
+    pub async fn resume(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "no", "--dir"])
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if self.command(&["PING"]).await.is_ok() {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server did not answer"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Kills the process and waits for it to end.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Runs one command on a connection of its own.
+    pub async fn command(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
+        let client = redis::Client::open(self.url())?;
+        let mut connection =
+            tokio::time::timeout(PATIENCE, client.get_multiplexed_async_connection())
+                .await
+                .map_err(|_| redis::RedisError::from(std::io::Error::other("timed out")))??;
+        let mut cmd = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            cmd.arg(*arg);
+        }
+        cmd.query_async(&mut connection).await
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -8,4 +8,5 @@ mod common;
 mod http;
 mod lifecycle;
 mod protocol;
+mod redis;
 mod resume;
