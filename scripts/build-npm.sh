@@ -25,6 +25,7 @@
 # js/errors.js snippet, which the .d.ts already declares, so `import { TimeoutError } from "@sockeye/client"` works.
 # Then package.json is written here (wasm-pack's names the crate and lists one build), wasm-pack's .gitignore and
 # the raw-exports typings (sockeye_bg.wasm.d.ts, which nothing imports) are dropped, and the outputs are checked.
+# Every .js is minified with terser (the glue is part of what a page downloads).
 # tests/e2e/package.test.mjs packs the result, installs the tarball in a scratch project and imports it.
 set -euo pipefail
 
@@ -55,6 +56,14 @@ wasm_pack() {
         printf '\n// The error classes (scripts/build-npm.sh).\nexport { %s } from "./%s";\n' "$ERRORS" "$snippet" \
             >>"$dir/sockeye.js"
     rm -f "$dir/.gitignore" "$dir/sockeye_bg.wasm.d.ts"
+
+    # The JS glue minified last (terser, from scripts/install.sh): local names and whitespace go; exports,
+    # property names and the `@ts-self-types` comment stay. 6.7 KB -> 4.4 KB gzipped (client-wasm/README.md).
+    local js
+    while IFS= read -r -d '' js; do
+        terser "$js" --module --compress --mangle --comments '/@ts-self-types/' --output "$js.min"
+        mv "$js.min" "$js"
+    done < <(find "$dir" -name '*.js' -print0)
 }
 
 # check_build DIR: the files and declarations every build must have.

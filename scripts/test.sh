@@ -241,3 +241,4 @@ run_section "browser tests: cargo test -p sockeye-wasm --target wasm32-unknown-u
 run_section "npm package @sockeye/client: scripts/build-npm.sh, scripts/size.sh, pack + scratch install (tests/e2e)" \
     npm_package
 run_section "demo page tests: tests/e2e (playwright-core, headless Chromium)" demo_page_tests
+run_section "benchmark suite builds (release; scripts/bench.sh --quick runs it)" cargo build --release -p sockeye-bench --all-targets

@@ -41,7 +41,8 @@ pub struct Limits {
     pub outbound_bytes: usize,
     /// Bytes of encoded replies and events held for writing across all connections (an event counts once,
     /// however many subscribers share it). A reply that does not fit closes its connection with 1013; a
-    /// publish that does not fit is refused (`err RESOURCE_EXHAUSTED`). Default 128 MiB.
+    /// publish that does not fit is refused (`err RESOURCE_EXHAUSTED`); either way the connection with the
+    /// most output queued is closed with 1013 too, so room comes back. Default 96 MiB.
     pub total_outbound_bytes: usize,
     /// Bytes read from sockets and not yet handled, across all connections: WebSocket messages still
     /// arriving (each up to `max_message_bytes`) and the last message of each connection while it is held.
@@ -57,17 +58,20 @@ pub struct Limits {
     /// Topics one connection may be subscribed to at once; beyond it `sub` is answered with
     /// `err RESOURCE_EXHAUSTED`. Default 1024.
     pub max_subscriptions: usize,
+    /// Subscriptions across all connections (each costs the server up to a few hundred bytes: the topic name
+    /// twice and the entries); beyond it `sub` is answered with `err RESOURCE_EXHAUSTED`. Default 65 536.
+    pub max_total_subscriptions: usize,
     /// tungstenite's read buffer per connection (bytes). Small keeps idle connections cheap. Default 4 KiB.
     pub read_buffer_size: usize,
     /// tungstenite's write buffer per connection (bytes): written out once it holds this much. Default 4 KiB.
     pub write_buffer_size: usize,
     /// Time a client has to send a whole HTTP request head, counted from the connection's start or, on a
     /// keep-alive connection, from the end of the previous response: it is also the keep-alive idle timeout.
-    /// Default 10 s.
+    /// Positive, at most a year. Default 10 s.
     pub handshake_timeout: Duration,
     /// An HTTP response (a static file) whose client accepts no byte for this long is abandoned and its
     /// connection closed. Not applied after the upgrade (a WebSocket peer that stops reading is closed by the
-    /// heartbeat). Default 30 s.
+    /// heartbeat). Positive, at most a year. Default 30 s.
     pub write_timeout: Duration,
     /// Time an asynchronous auth verifier may take before the connection is closed with 4001. Default 10 s.
     pub auth_timeout: Duration,
@@ -80,11 +84,12 @@ impl Default for Limits {
             max_inflight: 64,
             outbound_queue: 256,
             outbound_bytes: 32 * 1024 * 1024,
-            total_outbound_bytes: 128 * 1024 * 1024,
+            total_outbound_bytes: 96 * 1024 * 1024,
             total_inbound_bytes: 64 * 1024 * 1024,
             total_reassembly_bytes: 64 * 1024 * 1024,
             total_history_bytes: 64 * 1024 * 1024,
             max_subscriptions: 1024,
+            max_total_subscriptions: 64 * 1024,
             read_buffer_size: 4 * 1024,
             write_buffer_size: 4 * 1024,
             handshake_timeout: Duration::from_secs(10),
@@ -258,6 +263,16 @@ pub(crate) struct Config {
     pub history_ttl: Duration,
     /// `redis://HOST:PORT/DB`: topics are shared with every instance using the same Redis.
     pub redis: Option<String>,
+}
+
+impl Config {
+    pub fn history_limits(&self) -> crate::broker::HistoryLimits {
+        crate::broker::HistoryLimits {
+            size: self.history_size,
+            ttl: self.history_ttl,
+            total_bytes: self.limits.total_history_bytes,
+        }
+    }
 }
 
 impl Default for Config {

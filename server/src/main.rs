@@ -77,8 +77,12 @@ struct Args {
     outbound_bytes: usize,
 
     /// Bytes of replies and events held for writing across all connections (an event counts once).
-    #[arg(long, value_name = "BYTES", default_value_t = 128 * 1024 * 1024)]
+    #[arg(long, value_name = "BYTES", default_value_t = 96 * 1024 * 1024)]
     total_outbound_bytes: usize,
+
+    /// Subscriptions across all connections; beyond it `sub` gets `err RESOURCE_EXHAUSTED`.
+    #[arg(long, value_name = "N", default_value_t = 64 * 1024)]
+    max_total_subscriptions: usize,
 
     /// Bytes read from sockets and not yet handled, across all connections; the connection whose read would
     /// pass it is closed with 1013.
@@ -150,6 +154,7 @@ async fn main() -> ExitCode {
     limits.outbound_queue = args.outbound_queue;
     limits.outbound_bytes = args.outbound_bytes;
     limits.total_outbound_bytes = args.total_outbound_bytes;
+    limits.max_total_subscriptions = args.max_total_subscriptions;
     limits.total_inbound_bytes = args.total_inbound_bytes;
     limits.total_reassembly_bytes = args.total_reassembly_bytes;
     limits.total_history_bytes = args.total_history_bytes;
@@ -181,19 +186,19 @@ async fn main() -> ExitCode {
         builder = builder.static_dir(dir);
     }
 
+    // Before the listening line: a SIGTERM sent as soon as it is read must drain, not kill.
+    let mut signals = match Signals::new() {
+        Ok(signals) => signals,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
     let server = match builder.start().await {
         Ok(server) => server,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
             eprintln!("sockeye-server: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    // Before the line that tells the world the server is up: a SIGTERM right after it must drain, not kill.
-    let mut signals = match Signals::new() {
-        Ok(signals) => signals,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot install signal handlers");
             return ExitCode::FAILURE;
         }
     };

@@ -11,6 +11,7 @@ use sockeye_core::codec::{Envelope, FragmentPlan, Fragmenter, KIND_COMPLETE};
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 
 use crate::budget::{Budget, Charge};
+use crate::server::ConnControl;
 
 /// One envelope encoded as a COMPLETE frame (`KIND_COMPLETE`, then the envelope), charged to the server-wide
 /// output budget for as long as anyone holds it. Shared (`Arc`) by every subscriber of an event.
@@ -70,17 +71,18 @@ enum Out {
 pub(crate) struct OutQueue {
     items: VecDeque<Out>,
     fragmenter: Fragmenter,
-    budget: Arc<Budget>,
+    /// Whose `outbound` budget the queued bytes are charged to.
+    control: Arc<ConnControl>,
     /// Envelope bytes in `items`.
     bytes: usize,
 }
 
 impl OutQueue {
-    pub fn new(fragment_threshold: usize, budget: Arc<Budget>) -> OutQueue {
+    pub fn new(fragment_threshold: usize, control: Arc<ConnControl>) -> OutQueue {
         OutQueue {
             items: VecDeque::new(),
             fragmenter: Fragmenter::new(fragment_threshold),
-            budget,
+            control,
             bytes: 0,
         }
     }
@@ -113,7 +115,7 @@ impl OutQueue {
                 Ok(())
             }
             Err(e) => {
-                self.budget.give(encoded.len());
+                self.control.outbound.give(encoded.len());
                 Err(e)
             }
         }
@@ -142,7 +144,7 @@ impl OutQueue {
         if finished {
             if let Some(Out::Envelope { encoded, .. }) = self.items.pop_front() {
                 self.bytes -= encoded.len();
-                self.budget.give(encoded.len());
+                self.control.outbound.give(encoded.len());
             }
         }
         Some(message)
@@ -151,7 +153,7 @@ impl OutQueue {
     /// Drops everything queued (a connection closed for being too slow need not be sent its backlog).
     pub fn clear(&mut self) {
         self.items.clear();
-        self.budget.give(self.bytes);
+        self.control.outbound.give(self.bytes);
         self.bytes = 0;
     }
 }
@@ -184,9 +186,10 @@ mod tests {
         let shared = event(50_000, &server);
         let charged = server.used();
         assert_eq!(charged, shared.len());
-        let budgets: Vec<Arc<Budget>> = (0..3).map(|_| Arc::new(Budget::new(1 << 20))).collect();
-        for budget in &budgets {
-            let mut queue = OutQueue::new(10_000, Arc::clone(budget));
+        for _ in 0..3 {
+            let control = Arc::new(ConnControl::new(1 << 20));
+            let budget = &control.outbound;
+            let mut queue = OutQueue::new(10_000, Arc::clone(&control));
             assert!(budget.try_take(shared.len()));
             queue.push(Arc::clone(&shared)).expect("fragments");
             assert_eq!(queue.bytes(), shared.len());
@@ -217,8 +220,9 @@ mod tests {
     fn a_complete_frame_is_the_shared_bytes_and_clearing_gives_the_budget_back() {
         let server = Arc::new(Budget::new(1 << 20));
         let shared = event(1_000, &server);
-        let budget = Arc::new(Budget::new(1 << 20));
-        let mut queue = OutQueue::new(100_000, Arc::clone(&budget));
+        let control = Arc::new(ConnControl::new(1 << 20));
+        let budget = &control.outbound;
+        let mut queue = OutQueue::new(100_000, Arc::clone(&control));
         queue.push_text("ready");
         for _ in 0..2 {
             assert!(budget.try_take(shared.len()));

@@ -103,7 +103,7 @@ pub(crate) struct CloseRequest {
 /// The part of a connection other tasks can reach: its output budget, a close request and the wake-up for it.
 pub(crate) struct ConnControl {
     /// Bytes queued for this connection (events and replies), taken when queued, given back once written.
-    pub outbound: Arc<Budget>,
+    pub outbound: Budget,
     close: Mutex<Option<CloseRequest>>,
     pub notify: Notify,
     /// Set by the connection's task when it has ended.
@@ -113,7 +113,7 @@ pub(crate) struct ConnControl {
 impl ConnControl {
     pub fn new(outbound_limit: usize) -> ConnControl {
         ConnControl {
-            outbound: Arc::new(Budget::new(outbound_limit)),
+            outbound: Budget::new(outbound_limit),
             close: Mutex::new(None),
             notify: Notify::new(),
             closed: AtomicBool::new(false),
@@ -199,16 +199,18 @@ impl Shared {
         let outbound = Arc::new(Budget::new(limits.total_outbound_bytes));
         let reassembly = Arc::new(Budget::new(limits.total_reassembly_bytes));
         let inbound = Arc::new(Budget::new(limits.total_inbound_bytes));
-        let topics = Topics::new(HistoryLimits {
-            // With Redis, history lives there.
-            size: if redis.is_some() {
-                0
-            } else {
-                config.history_size
+        let topics = Topics::new(
+            HistoryLimits {
+                // With Redis, history lives there.
+                size: if redis.is_some() {
+                    0
+                } else {
+                    config.history_size
+                },
+                ..config.history_limits()
             },
-            ttl: config.history_ttl,
-            total_bytes: limits.total_history_bytes,
-        });
+            limits.max_total_subscriptions,
+        );
         Shared {
             config,
             app,
@@ -285,9 +287,12 @@ impl Shared {
             .publish(topic, data, limit, &self.outbound)
             .map_err(|refused| match refused {
                 Refused::TooLarge(size) => PublishError::TooLarge { size, limit },
-                Refused::Busy => PublishError::Busy {
-                    limit: self.outbound.limit(),
-                },
+                Refused::Busy => {
+                    self.shed_largest_backlog();
+                    PublishError::Busy {
+                        limit: self.outbound.limit(),
+                    }
+                }
             })?;
         Counters::add(
             &self.counters.overflow_closes,
@@ -318,6 +323,25 @@ impl Shared {
     pub fn deliver_frame(&self, topic: &str, ep: &str, seq: u64, frame: bytes::Bytes) {
         let fanout = self.topics.deliver(topic, ep, seq, frame, &self.outbound);
         Counters::add(&self.counters.overflow_closes, fanout.overflowed as u64);
+    }
+
+    /// When the server-wide output budget is spent: asks the connection with the most output queued to close
+    /// with 1013 (its backlog dropped), so peers that stop reading cannot keep everyone else's replies and
+    /// events refused until the heartbeat closes them.
+    pub fn shed_largest_backlog(&self) {
+        let largest = self
+            .lock_connections()
+            .values()
+            .max_by_key(|control| control.outbound.used())
+            .filter(|control| control.outbound.used() > 0)
+            .cloned();
+        if let Some(control) = largest {
+            Counters::add(&self.counters.overflow_closes, 1);
+            control.request_overflow_close(format!(
+                "server output budget of {} bytes spent: the largest backlog is dropped",
+                self.outbound.limit()
+            ));
+        }
     }
 
     /// Closes every registered connection with `code` now.
@@ -584,10 +608,17 @@ impl ServerBuilder {
                 "outbound_queue must be positive".to_owned(),
             ));
         }
-        if limits.handshake_timeout.is_zero() || limits.write_timeout.is_zero() {
-            return Err(StartError::InvalidConfig(
-                "handshake_timeout and write_timeout must be positive".to_owned(),
-            ));
+        // hyper adds the head timeout to `Instant::now()`, which panics on overflow: a year stands for "never".
+        let year = Duration::from_secs(365 * 86_400);
+        for (name, timeout) in [
+            ("handshake_timeout", limits.handshake_timeout),
+            ("write_timeout", limits.write_timeout),
+        ] {
+            if timeout.is_zero() || timeout > year {
+                return Err(StartError::InvalidConfig(format!(
+                    "{name} must be positive and at most a year"
+                )));
+            }
         }
         let max_connections = *config
             .max_connections
@@ -642,7 +673,7 @@ impl ServerBuilder {
         })?;
         let redis = match &config.redis {
             Some(url) => Some(
-                RedisBroker::new(url, config.history_size, config.history_ttl)
+                RedisBroker::new(url, &config.history_limits(), &config.limits)
                     .map_err(|e| StartError::InvalidConfig(e.to_string()))?,
             ),
             None => None,
@@ -818,7 +849,8 @@ impl ServerHandle {
     /// Publishes raw `data` to `topic`'s subscribers as the server. Returns how many it was queued for.
     ///
     /// # Errors
-    /// [`PublishError::InvalidTopic`] when the name breaks the rules.
+    /// [`PublishError::InvalidTopic`] when the name breaks the rules, [`PublishError::TooLarge`] over the
+    /// message size limit, [`PublishError::Busy`] when the server's output budget cannot hold it now.
     pub fn publish(&self, topic: &str, data: Option<Payload>) -> Result<usize, PublishError> {
         self.shared.publish_from_app(topic, data)
     }

@@ -21,17 +21,22 @@ const tsPackageJson = createRequire(import.meta.url).resolve("typescript/package
 const tsc = path.join(path.dirname(tsPackageJson), JSON.parse(readFileSync(tsPackageJson, "utf8")).bin.tsc);
 
 // What a user needs and nothing else: the web build at the root, the bundler build in bundler/, the typings of
-// each, the error classes' snippet, README, LICENSE. The snippet directory carries a hash of the crate.
+// each, the JS snippets (error classes, option checks, the CBOR walk), README, LICENSE. The snippet directory
+// carries a hash of the crate.
 const EXPECTED_FILES = [
   "LICENSE",
   "README.md",
+  "bundler/snippets/sockeye-wasm-HASH/js/cbor.js",
   "bundler/snippets/sockeye-wasm-HASH/js/errors.js",
+  "bundler/snippets/sockeye-wasm-HASH/js/options.js",
   "bundler/sockeye.d.ts",
   "bundler/sockeye.js",
   "bundler/sockeye_bg.js",
   "bundler/sockeye_bg.wasm",
   "package.json",
+  "snippets/sockeye-wasm-HASH/js/cbor.js",
   "snippets/sockeye-wasm-HASH/js/errors.js",
+  "snippets/sockeye-wasm-HASH/js/options.js",
   "sockeye.d.ts",
   "sockeye.js",
   "sockeye_bg.wasm",

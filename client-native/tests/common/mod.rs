@@ -430,3 +430,12 @@ impl std::io::Write for Logs {
         Ok(())
     }
 }
+
+/// The secrets the credential tests hand a client (token, token in the query, header value, URL user info).
+pub const SECRETS: [&str; 4] = ["SECRET-T", "SECRET-Q", "SECRET-H", "SECRET-U"];
+
+/// A [`RawServer`] that accepts every upgrade, sends `ready` and reads until the client closes.
+pub async fn silent_server() -> RawServer {
+    use futures_util::StreamExt;
+    RawServer::start(|mut ws| async move { while let Some(Ok(_)) = ws.next().await {} }).await
+}

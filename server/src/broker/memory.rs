@@ -147,6 +147,8 @@ struct Registry {
     ages: Ages,
     limits: HistoryLimits,
     history_bytes: Arc<Budget>,
+    /// Subscriptions (connection and topic pairs) across `active`.
+    subscriptions: usize,
 }
 
 impl Registry {
@@ -258,9 +260,17 @@ impl Registry {
 /// Every topic subscribed to or published to, with its epoch, `seq` and history. A topic's `seq` counts every
 /// publish, subscribers or not, so a client that re-subscribes can resume (PROTOCOL §9). Of the topics
 /// without subscribers, the [`MAX_IDLE_TOPICS`] used most recently are remembered (a bound on what peers can
-/// make the server remember); one forgotten and used again starts a new epoch.
+/// make the server remember), and so are subscriptions across all connections; a topic forgotten and used
+/// again starts a new epoch.
 pub(crate) struct Topics {
     inner: Mutex<Registry>,
+    max_subscriptions: usize,
+}
+
+/// The server-wide subscription limit is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Full {
+    pub limit: usize,
 }
 
 /// Topics without subscribers kept for their epoch, `seq` and history; beyond this, the one idle longest is
@@ -302,7 +312,9 @@ pub(crate) struct Subscribed {
 }
 
 impl Topics {
-    pub fn new(limits: HistoryLimits) -> Topics {
+    /// A registry keeping history within `limits` and at most `max_subscriptions` subscriptions across all
+    /// connections.
+    pub fn new(limits: HistoryLimits, max_subscriptions: usize) -> Topics {
         let history_bytes = Arc::new(Budget::new(limits.total_bytes));
         Topics {
             inner: Mutex::new(Registry {
@@ -311,8 +323,53 @@ impl Topics {
                 ages: Ages::default(),
                 limits,
                 history_bytes,
+                subscriptions: 0,
             }),
+            max_subscriptions,
         }
+    }
+
+    /// Adds `connection` to `topic`'s subscribers (creating the active topic with `create` when needed),
+    /// counting it against the server-wide limit.
+    fn add_subscriber<'r>(
+        &self,
+        registry: &'r mut Registry,
+        topic: &str,
+        connection: u64,
+        subscriber: Subscriber,
+        create: impl FnOnce(&mut LinkedHashMap<Arc<str>, Topic>) -> Topic,
+    ) -> Result<&'r mut Topic, Full> {
+        let known = registry
+            .active
+            .get(topic)
+            .is_some_and(|t| t.subscribers.contains_key(&connection));
+        if !known && registry.subscriptions >= self.max_subscriptions {
+            return Err(Full {
+                limit: self.max_subscriptions,
+            });
+        }
+        let Registry {
+            active,
+            idle,
+            subscriptions,
+            ..
+        } = registry;
+        let name = match active.get_key_value(topic) {
+            Some((name, _)) => Arc::clone(name),
+            None => {
+                let entry = create(idle);
+                let name = Arc::clone(&entry.name);
+                active.insert(Arc::clone(&name), entry);
+                name
+            }
+        };
+        let entry = active
+            .entry(name)
+            .or_insert_with_key(|name| Topic::new(Arc::clone(name)));
+        if entry.subscribers.insert(connection, subscriber).is_none() {
+            *subscriptions += 1;
+        }
+        Ok(entry)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
@@ -324,32 +381,23 @@ impl Topics {
     /// Adds a subscriber and says where it starts. With `since`, the events after it are returned for replay
     /// when the history still holds all of them (`recovered: true`); live events with greater `seq`s follow
     /// through the subscriber's queue. Both happen under one lock, so none is missed or sent twice.
+    ///
+    /// # Errors
+    /// [`Full`] when the server holds its limit of subscriptions.
     pub fn subscribe(
         &self,
         topic: &str,
         connection: u64,
         subscriber: Subscriber,
         since: Option<&TopicPosition>,
-    ) -> Subscribed {
+    ) -> Result<Subscribed, Full> {
         let mut registry = self.lock();
         registry.expire(Instant::now());
         let history_on = registry.limits.size > 0;
-        let Registry { active, idle, .. } = &mut *registry;
-        let name = match active.get_key_value(topic) {
-            Some((name, _)) => Arc::clone(name),
-            None => {
-                let entry = idle
-                    .remove(topic)
-                    .unwrap_or_else(|| Topic::new(Arc::from(topic)));
-                let name = Arc::clone(&entry.name);
-                active.insert(Arc::clone(&name), entry);
-                name
-            }
-        };
-        let entry = active
-            .entry(name)
-            .or_insert_with_key(|name| Topic::new(Arc::clone(name)));
-        entry.subscribers.insert(connection, subscriber);
+        let entry = self.add_subscriber(&mut registry, topic, connection, subscriber, |idle| {
+            idle.remove(topic)
+                .unwrap_or_else(|| Topic::new(Arc::from(topic)))
+        })?;
         let mut replay = Vec::new();
         let recovered = since.map(|since| {
             if !history_on || since.ep != *entry.ep || since.seq > entry.seq {
@@ -373,12 +421,12 @@ impl Topics {
                 _ => false,
             }
         });
-        Subscribed {
+        Ok(Subscribed {
             ep: Arc::clone(&entry.ep),
             seq: entry.seq,
             recovered,
             replay,
-        }
+        })
     }
 
     pub fn unsubscribe(&self, topic: &str, connection: u64) {
@@ -386,7 +434,9 @@ impl Topics {
         let Some(entry) = registry.active.get_mut(topic) else {
             return;
         };
-        entry.subscribers.remove(&connection);
+        if entry.subscribers.remove(&connection).is_some() {
+            registry.subscriptions -= 1;
+        }
         registry.park_if_empty(topic);
     }
 
@@ -440,6 +490,7 @@ impl Topics {
         };
         entry.seq = seq;
         let position = entry.position();
+        let before = entry.subscribers.len();
         let fanout = match encoded {
             Some(encoded) => {
                 let event = Event {
@@ -452,6 +503,7 @@ impl Topics {
             }
             None => Fanout::default(),
         };
+        registry.subscriptions -= before - entry.subscribers.len();
         registry.keep(topic, seq, &frame, now);
         registry.park_if_empty(topic);
         Ok(Published { position, fanout })
@@ -459,18 +511,17 @@ impl Topics {
 
     /// Adds a subscriber to a topic whose sequence another store keeps (Redis): the topic takes the epoch
     /// and `seq` of the first event [`Topics::deliver`] brings.
-    pub fn attach(&self, topic: &str, connection: u64, subscriber: Subscriber) {
+    ///
+    /// # Errors
+    /// [`Full`] when the server holds its limit of subscriptions.
+    pub fn attach(&self, topic: &str, connection: u64, subscriber: Subscriber) -> Result<(), Full> {
         let mut registry = self.lock();
-        let Registry { active, idle, .. } = &mut *registry;
-        if !active.contains_key(topic) {
+        self.add_subscriber(&mut registry, topic, connection, subscriber, |idle| {
             // What an idle topic remembered may be stale by now.
             idle.remove(topic);
-            let entry = Topic::new(Arc::from(topic));
-            active.insert(Arc::clone(&entry.name), entry);
-        }
-        if let Some(entry) = active.get_mut(topic) {
-            entry.subscribers.insert(connection, subscriber);
-        }
+            Topic::new(Arc::from(topic))
+        })?;
+        Ok(())
     }
 
     /// Fans out an event another store sequenced (Redis) to this server's subscribers of `topic`, once:
@@ -511,6 +562,7 @@ impl Topics {
                     .request_overflow_close("server output budget spent".to_owned());
             }
             entry.seq = seq;
+            registry.subscriptions -= fanout.overflowed;
             registry.park_if_empty(topic);
             return fanout;
         };
@@ -521,7 +573,9 @@ impl Topics {
             seq,
             encoded,
         };
+        let before = entry.subscribers.len();
         let fanout = fan_out(&mut entry.subscribers, &event);
+        registry.subscriptions -= before - entry.subscribers.len();
         registry.park_if_empty(topic);
         fanout
     }
@@ -553,6 +607,7 @@ impl Topics {
         let Some(entry) = registry.active.remove(topic) else {
             return;
         };
+        registry.subscriptions -= entry.subscribers.len();
         tracing::info!(topic = %crate::connection::quoted(topic), ep, "topic epoch changed: its subscribers reconnect");
         for subscriber in entry.subscribers.into_values() {
             subscriber.control.request_close(
@@ -633,7 +688,7 @@ mod tests {
     const MAX: usize = 1 << 20;
 
     fn topics() -> Topics {
-        Topics::new(HistoryLimits::default())
+        Topics::new(HistoryLimits::default(), MAX)
     }
 
     fn subscriber(queue: usize, budget: usize) -> (Subscriber, mpsc::Receiver<Event>) {
@@ -673,11 +728,13 @@ mod tests {
         // `t0` was idle longest: forgotten. `t1` was remembered and is now the oldest.
         publish(&topics, "t1", &outbound);
         let (sub, mut rx) = subscriber(8, MAX);
-        let t0_again = topics.subscribe("t0", 1, sub.clone(), Some(&t0));
+        let t0_again = topics
+            .subscribe("t0", 1, sub.clone(), Some(&t0))
+            .expect("room");
         assert_eq!(t0_again.seq, 0, "t0 restarted");
         assert_ne!(*t0_again.ep, *t0.ep, "in a new epoch");
         assert_eq!(t0_again.recovered, Some(false));
-        topics.subscribe("t1", 1, sub, None);
+        topics.subscribe("t1", 1, sub, None).expect("room");
         publish(&topics, "t0", &outbound);
         publish(&topics, "t1", &outbound);
         assert_eq!(seq_of(rx.try_recv().expect("t0").encoded.frame()), 1);
@@ -697,8 +754,8 @@ mod tests {
         let (small, _small_rx) = subscriber(8, 100);
         let (large, mut large_rx) = subscriber(8, MAX);
         let small_control = Arc::clone(&small.control);
-        topics.subscribe("t", 1, small, None);
-        topics.subscribe("t", 2, large, None);
+        topics.subscribe("t", 1, small, None).expect("room");
+        topics.subscribe("t", 2, large, None).expect("room");
         let data = Payload::encode(&"x".repeat(200)).expect("text encodes");
         let published = topics
             .publish("t", Some(data), MAX, &outbound)
@@ -726,7 +783,7 @@ mod tests {
         let topics = topics();
         let outbound = Arc::new(Budget::new(100));
         let (sub, mut rx) = subscriber(8, MAX);
-        topics.subscribe("t", 1, sub, None);
+        topics.subscribe("t", 1, sub, None).expect("room");
         let data = Payload::encode(&"x".repeat(200)).expect("text encodes");
         assert_eq!(
             topics.publish("t", Some(data), MAX, &outbound),
@@ -741,20 +798,25 @@ mod tests {
 
     #[test]
     fn since_replays_what_the_history_holds_and_reports_what_it_no_longer_does() {
-        let topics = Topics::new(HistoryLimits {
-            size: 5,
-            ..HistoryLimits::default()
-        });
+        let topics = Topics::new(
+            HistoryLimits {
+                size: 5,
+                ..HistoryLimits::default()
+            },
+            MAX,
+        );
         let outbound = Arc::new(Budget::new(MAX));
         for _ in 0..7 {
             publish(&topics, "t", &outbound);
         }
         let (sub, _rx) = subscriber(8, MAX);
-        let start = topics.subscribe("t", 1, sub.clone(), None);
+        let start = topics.subscribe("t", 1, sub.clone(), None).expect("room");
         assert_eq!((start.seq, start.recovered), (7, None));
         let ep = start.ep;
         // Events 3..=7 are kept: since 2 replays all of them, since 1 lacks event 2.
-        let resumed = topics.subscribe("t", 2, sub.clone(), Some(&since(&ep, 2)));
+        let resumed = topics
+            .subscribe("t", 2, sub.clone(), Some(&since(&ep, 2)))
+            .expect("room");
         assert_eq!(resumed.recovered, Some(true));
         let seqs: Vec<u64> = resumed
             .replay
@@ -765,19 +827,25 @@ mod tests {
             })
             .collect();
         assert_eq!(seqs, [3, 4, 5, 6, 7]);
-        let lost = topics.subscribe("t", 3, sub.clone(), Some(&since(&ep, 1)));
+        let lost = topics
+            .subscribe("t", 3, sub.clone(), Some(&since(&ep, 1)))
+            .expect("room");
         assert_eq!((lost.recovered, lost.replay.len()), (Some(false), 0));
-        let current = topics.subscribe("t", 4, sub.clone(), Some(&since(&ep, 7)));
+        let current = topics
+            .subscribe("t", 4, sub.clone(), Some(&since(&ep, 7)))
+            .expect("room");
         assert_eq!((current.recovered, current.replay.len()), (Some(true), 0));
-        let other_epoch = topics.subscribe(
-            "t",
-            5,
-            sub,
-            Some(&TopicPosition {
-                ep: "another".to_owned(),
-                seq: 6,
-            }),
-        );
+        let other_epoch = topics
+            .subscribe(
+                "t",
+                5,
+                sub,
+                Some(&TopicPosition {
+                    ep: "another".to_owned(),
+                    seq: 6,
+                }),
+            )
+            .expect("room");
         assert_eq!(
             (other_epoch.recovered, other_epoch.replay.len()),
             (Some(false), 0)
@@ -786,10 +854,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn events_older_than_the_age_limit_are_not_replayed() {
-        let topics = Topics::new(HistoryLimits {
-            ttl: Duration::from_secs(60),
-            ..HistoryLimits::default()
-        });
+        let topics = Topics::new(
+            HistoryLimits {
+                ttl: Duration::from_secs(60),
+                ..HistoryLimits::default()
+            },
+            MAX,
+        );
         let outbound = Arc::new(Budget::new(MAX));
         let ep = publish(&topics, "t", &outbound).position.ep;
         let ep: Arc<str> = Arc::from(ep);
@@ -799,9 +870,13 @@ mod tests {
         topics.expire();
         let (sub, _rx) = subscriber(8, MAX);
         // Event 1 is 70 s old (gone), event 2 is 30 s old.
-        let lost = topics.subscribe("t", 1, sub.clone(), Some(&since(&ep, 0)));
+        let lost = topics
+            .subscribe("t", 1, sub.clone(), Some(&since(&ep, 0)))
+            .expect("room");
         assert_eq!(lost.recovered, Some(false));
-        let kept = topics.subscribe("t", 2, sub, Some(&since(&ep, 1)));
+        let kept = topics
+            .subscribe("t", 2, sub, Some(&since(&ep, 1)))
+            .expect("room");
         assert_eq!(kept.recovered, Some(true));
         assert_eq!(kept.replay.len(), 1);
     }
@@ -810,15 +885,18 @@ mod tests {
     fn the_byte_budget_drops_the_oldest_events_of_any_topic_first() {
         let outbound = Arc::new(Budget::new(MAX));
         let frame_len = {
-            let probe = Topics::new(HistoryLimits::default());
+            let probe = Topics::new(HistoryLimits::default(), MAX);
             publish(&probe, "a", &outbound);
             probe.history_bytes()
         };
         // Room for three events.
-        let topics = Topics::new(HistoryLimits {
-            total_bytes: 3 * frame_len,
-            ..HistoryLimits::default()
-        });
+        let topics = Topics::new(
+            HistoryLimits {
+                total_bytes: 3 * frame_len,
+                ..HistoryLimits::default()
+            },
+            MAX,
+        );
         let a = publish(&topics, "a", &outbound).position;
         publish(&topics, "b", &outbound);
         publish(&topics, "a", &outbound);
@@ -827,24 +905,52 @@ mod tests {
         let (sub, _rx) = subscriber(8, MAX);
         let ep: Arc<str> = Arc::from(a.ep);
         // a's first event went first; its second is still there.
-        let lost = topics.subscribe("a", 1, sub.clone(), Some(&since(&ep, 0)));
+        let lost = topics
+            .subscribe("a", 1, sub.clone(), Some(&since(&ep, 0)))
+            .expect("room");
         assert_eq!(lost.recovered, Some(false));
-        let kept = topics.subscribe("a", 2, sub, Some(&since(&ep, 1)));
+        let kept = topics
+            .subscribe("a", 2, sub, Some(&since(&ep, 1)))
+            .expect("room");
         assert_eq!((kept.recovered, kept.replay.len()), (Some(true), 1));
     }
 
     #[test]
     fn history_size_zero_keeps_nothing_and_answers_every_since_unrecovered() {
-        let topics = Topics::new(HistoryLimits {
-            size: 0,
-            ..HistoryLimits::default()
-        });
+        let topics = Topics::new(
+            HistoryLimits {
+                size: 0,
+                ..HistoryLimits::default()
+            },
+            MAX,
+        );
         let outbound = Arc::new(Budget::new(MAX));
         let at = publish(&topics, "t", &outbound).position;
         assert_eq!(topics.history_bytes(), 0);
         let (sub, _rx) = subscriber(8, MAX);
         let ep: Arc<str> = Arc::from(at.ep);
-        let answer = topics.subscribe("t", 1, sub, Some(&since(&ep, 1)));
+        let answer = topics
+            .subscribe("t", 1, sub, Some(&since(&ep, 1)))
+            .expect("room");
         assert_eq!((answer.seq, answer.recovered), (1, Some(false)));
+    }
+
+    #[test]
+    fn subscriptions_across_connections_are_bounded_and_counted_back() {
+        let topics = Topics::new(HistoryLimits::default(), 2);
+        let (sub, _rx) = subscriber(8, MAX);
+        topics.subscribe("a", 1, sub.clone(), None).expect("room");
+        topics.subscribe("a", 2, sub.clone(), None).expect("room");
+        topics
+            .subscribe("a", 2, sub.clone(), None)
+            .expect("already counted");
+        assert_eq!(
+            topics.subscribe("b", 1, sub.clone(), None).map(|_| ()),
+            Err(Full { limit: 2 })
+        );
+        topics.unsubscribe("a", 2);
+        topics.unsubscribe("a", 2);
+        topics.subscribe("b", 1, sub, None).expect("room again");
+        assert_eq!(topics.lock().subscriptions, 2);
     }
 }

@@ -26,10 +26,11 @@ use ::redis::{Client, RedisError, Script};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use sockeye_core::codec::{Envelope, Payload, TopicPosition};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
-use super::memory::{new_epoch, Subscribed};
+use super::memory::{new_epoch, HistoryLimits, Subscribed};
 use crate::app::RpcError;
+use crate::config::Limits;
 use crate::outbound::Encoded;
 use crate::server::Shared;
 use sockeye_core::error::ErrorCode;
@@ -143,6 +144,9 @@ pub(crate) struct RedisBroker {
     /// after a subscription's answer must reach it).
     listening: watch::Sender<bool>,
     subscribe_script: Script,
+    /// Replays read from Redis at once: each holds up to one connection's output budget until queued, so
+    /// together they hold at most about the server-wide output budget. Others wait their turn.
+    replays: Semaphore,
     history_size: usize,
     history_ttl: Duration,
     keep: Duration,
@@ -158,9 +162,10 @@ impl RedisBroker {
     /// acknowledged publishes fail with `UNAVAILABLE` until Redis is there).
     pub fn new(
         url: &str,
-        history_size: usize,
-        history_ttl: Duration,
+        history: &HistoryLimits,
+        limits: &Limits,
     ) -> Result<(RedisBroker, mpsc::Receiver<Job>), RedisConfigError> {
+        let (history_size, history_ttl) = (history.size, history.ttl);
         let client = Client::open(url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(RESPONSE_TIMEOUT))
@@ -175,6 +180,9 @@ impl RedisBroker {
             publishes,
             listening: watch::channel(false).0,
             subscribe_script: Script::new(SUBSCRIBE_LUA),
+            replays: Semaphore::new(
+                (limits.total_outbound_bytes / limits.outbound_bytes.max(1)).max(1),
+            ),
             history_size,
             history_ttl,
             keep: history_ttl.max(MIN_KEEP),
@@ -233,6 +241,15 @@ impl RedisBroker {
                 "redis: events channel not connected",
             ));
         }
+        let _turn = match since {
+            Some(_) => Some(
+                self.replays
+                    .acquire()
+                    .await
+                    .map_err(|_| RpcError::new(ErrorCode::Unavailable, "server shutting down"))?,
+            ),
+            None => None,
+        };
         self.read(topic, since, max_bytes).await
     }
 

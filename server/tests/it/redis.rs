@@ -180,6 +180,9 @@ async fn while_redis_is_down_acknowledged_publishes_fail_and_fan_out_resumes_aft
     expect_err(&recv(&mut publisher_b).await, Some(21), "UNAVAILABLE");
     assert_alive(&mut on_a, 22).await; // connections are kept
     assert_alive(&mut on_b, 22).await;
+    // A subscription cannot be answered without Redis either.
+    send(&mut publisher_a, &sub_since(23, "elsewhere", None)).await;
+    expect_err(&recv(&mut publisher_a).await, Some(23), "UNAVAILABLE");
     redis.resume().await;
     let mut published = None;
     for attempt in 0..100 {

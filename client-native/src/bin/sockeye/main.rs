@@ -12,7 +12,8 @@ use clap::{Args, Parser, Subcommand};
 use futures_util::StreamExt;
 use serde_json::{json, Value as Json};
 use sockeye::{
-    Certificate, Client, ClientBuilder, Error, Status, SubscriptionItem, TopicPosition, Transition,
+    Certificate, Client, ClientBuilder, Error, Status, SubscriptionItem, TopicEvent, TopicPosition,
+    Transition,
 };
 
 const EXIT_HELP: &str = "\
@@ -316,6 +317,9 @@ fn builder(url: &str, options: &Options, long_running: bool) -> Result<ClientBui
         .max_attempts
         .unwrap_or(if long_running { 0 } else { 3 });
     let mut builder = Client::builder(url)
+        // Half the protocol's 8: at most 64 MiB of partial messages, so that with one whole message being
+        // read, decoded and printed as JSON the CLI stays under 256 MB whatever the server sends (issue 13).
+        .max_partial_messages(4)
         .reconnect(!options.no_reconnect)
         .max_attempts((attempts > 0).then_some(attempts))
         .base_delay(Duration::from_millis(options.base_delay_ms))
@@ -382,8 +386,9 @@ async fn listen(client: &Client, topics: &[String], count: Option<u64>) -> Resul
     while count.is_none_or(|n| printed < n) {
         tokio::select! {
             item = streams.next() => match item {
-                Some((_, Ok(SubscriptionItem::Event(event)))) => {
-                    let line = json!({ "topic": event.topic, "seq": event.seq, "data": json::cbor_to_json(&event.data) });
+                Some((_, Ok(SubscriptionItem::Event(TopicEvent { topic, seq, data, .. })))) => {
+                    let line = json!({ "topic": topic, "seq": seq, "data": json::cbor_to_json(&data) });
+                    drop(data); // a message can be 16 MiB: one copy fewer while the line is written out
                     print_line(&line.to_string())?;
                     printed += 1;
                 }
