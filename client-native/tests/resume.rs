@@ -43,6 +43,40 @@ async fn kick(client: &Client) {
     .await;
 }
 
+/// A subscriber (which a test can keep away) to `news`, a publisher, and the first event, delivered.
+struct Scene {
+    away: Arc<AtomicBool>,
+    client: Client,
+    news: Subscription<u64>,
+    publisher: Client,
+    first: TopicPosition,
+}
+
+async fn scene(server: &sockeye_server::ServerHandle) -> Scene {
+    let away = Arc::new(AtomicBool::new(false));
+    let client = subscriber(server.ws_url(), Arc::clone(&away)).await;
+    let mut news = client.subscribe::<u64>("news").unwrap();
+    within("subscribed", news.subscribed()).await.unwrap();
+    let publisher = within("connect", fast(server.ws_url()).connect())
+        .await
+        .unwrap();
+    let first = publisher.publish_acked("news", &0u64).await.unwrap();
+    match next_item(&mut news).await {
+        SubscriptionItem::Event(e) => assert_eq!(
+            (e.data, e.seq, e.ep.as_deref()),
+            (0, first.seq, Some(&*first.ep))
+        ),
+        other => panic!("{other:?}"),
+    }
+    Scene {
+        away,
+        client,
+        news,
+        publisher,
+        first,
+    }
+}
+
 async fn next_item(subscription: &mut Subscription<u64>) -> SubscriptionItem<u64> {
     within("an item", subscription.next())
         .await
@@ -53,23 +87,13 @@ async fn next_item(subscription: &mut Subscription<u64>) -> SubscriptionItem<u64
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_published_while_a_subscriber_is_away_arrive_exactly_once_then_resumed() {
     let server = server().await;
-    let away = Arc::new(AtomicBool::new(false));
-    let client = subscriber(server.ws_url(), Arc::clone(&away)).await;
-    let mut news = client.subscribe::<u64>("news").unwrap();
-    within("subscribed", news.subscribed()).await.unwrap();
-    let publisher = within("connect", fast(server.ws_url()).connect())
-        .await
-        .unwrap();
-    let first = publisher.publish_acked("news", &0u64).await.unwrap();
-    match next_item(&mut news).await {
-        SubscriptionItem::Event(e) => {
-            assert_eq!(
-                (e.data, e.seq, e.ep.as_deref()),
-                (0, first.seq, Some(&*first.ep))
-            )
-        }
-        other => panic!("{other:?}"),
-    }
+    let Scene {
+        away,
+        client,
+        mut news,
+        publisher,
+        first,
+    } = scene(&server).await;
 
     // Events keep being published, one after another, while the subscriber is kicked off, kept away, and let
     // back in.
@@ -127,15 +151,13 @@ async fn events_published_while_a_subscriber_is_away_arrive_exactly_once_then_re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_away_longer_than_the_history_reaches_hears_exactly_what_was_lost() {
     let server = start(server_builder().history_size(10)).await;
-    let away = Arc::new(AtomicBool::new(false));
-    let client = subscriber(server.ws_url(), Arc::clone(&away)).await;
-    let mut news = client.subscribe::<u64>("news").unwrap();
-    within("subscribed", news.subscribed()).await.unwrap();
-    let publisher = within("connect", fast(server.ws_url()).connect())
-        .await
-        .unwrap();
-    let first = publisher.publish_acked("news", &0u64).await.unwrap();
-    assert!(matches!(next_item(&mut news).await, SubscriptionItem::Event(e) if e.data == 0));
+    let Scene {
+        away,
+        client,
+        mut news,
+        publisher,
+        first,
+    } = scene(&server).await;
 
     away.store(true, Ordering::SeqCst);
     kick(&client).await;
