@@ -1,18 +1,19 @@
 //! The connection: one state machine a shell drives with `handle_*` and drains with `poll_*`.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use core::fmt;
 
 use crate::backoff::{self, Rng};
 use crate::codec::{
     validate_topic, Envelope, FragmentError, Fragmenter, InvalidTopic, Payload, ProtocolViolation,
-    Reassembler, Refusal,
+    Reassembler, Refusal, SubAck, TopicPosition,
 };
 use crate::config::{Config, ConfigError, QueueLimits};
 use crate::error::{CloseCode, CloseReason, ErrorCode};
 use crate::queue::{OfflineQueue, Queued};
-use crate::requests::{RequestError, RequestId, Requests, Stage};
+use crate::requests::{Kind, RequestError, RequestId, Requests, Stage};
 use crate::state::{terminal_reason, DisconnectReason, Status, Transition};
 use crate::text::{n, Text};
 use crate::time::{millis, Duration, Instant};
@@ -95,17 +96,35 @@ pub enum Event {
         method: String,
         data: Option<Payload>,
     },
-    /// An `evt` on a subscribed topic.
+    /// An `evt` on a subscribed topic, delivered once: a duplicate (a `seq` already delivered in the epoch) is
+    /// dropped. `ep` is the topic's epoch (PROTOCOL §9), `None` from a server that does not name one.
     TopicEvent {
         topic: String,
         seq: u64,
+        ep: Option<Arc<str>>,
         data: Option<Payload>,
     },
+    /// The events `from ..= to` of `topic` are lost (PROTOCOL §9): the server could not replay them after a
+    /// reconnect, or a live event skipped their numbers. Reported before the next event.
+    TopicGap { topic: String, from: u64, to: u64 },
+    /// `topic` started a new epoch `ep` (the server lost its history, or restarted without one): how many
+    /// events were missed cannot be known. The next events count in the new epoch.
+    TopicReset { topic: String, ep: String },
+    /// `topic` was re-subscribed after a reconnect with nothing lost: the `replayed` events the server kept
+    /// in its history have been delivered (as [`Event::TopicEvent`]s, before this event).
+    TopicResumed { topic: String, replayed: u64 },
     /// A request ended: reply, server `err`, or a local failure (`DEADLINE_EXCEEDED`, `UNAVAILABLE`,
     /// `CANCELLED`). Each request ends exactly once.
     Reply {
         id: RequestId,
         result: Result<Option<Payload>, RequestError>,
+    },
+    /// An acknowledged publish ([`Connection::publish_acked`]) ended, exactly once: stored at `{ep, seq}`, or
+    /// failed like a request (server `err`, `DEADLINE_EXCEEDED`, `UNAVAILABLE`, `CANCELLED`, or
+    /// `INVALID_ARGUMENT` for an acknowledgement without a valid `{ep, seq}`).
+    Published {
+        id: RequestId,
+        result: Result<TopicPosition, RequestError>,
     },
     /// The server acknowledged a `sub` (on every `ready`, for every topic): events flow from now on.
     Subscribed { topic: String },
@@ -534,10 +553,10 @@ impl Connection {
                 code, message, data,
             )))),
             Envelope::Evt { topic, seq, data } => {
-                // An `evt` for a topic already unsubscribed locally is late, not an error.
-                if self.topics.contains(&topic) {
-                    self.push(Output::Event(Event::TopicEvent { topic, seq, data }));
-                }
+                // An `evt` for a topic already unsubscribed locally is late, not an error: dropped there.
+                let outputs = &mut self.outputs;
+                self.topics
+                    .deliver(topic, seq, data, |e| outputs.push_back(Output::Event(e)));
             }
             Envelope::Sub { id, .. } | Envelope::Unsub { id, .. } => {
                 self.send_now(&Envelope::Err {
@@ -559,21 +578,26 @@ impl Connection {
     /// A `res`/`err` arrived for `id`: a request, a `sub` acknowledgement, or something already ended.
     fn complete(&mut self, id: u64, result: Result<Option<Payload>, RequestError>) {
         if let Some(topic) = self.topics.take_ack(id) {
-            let event = match result {
-                Ok(_) => Event::Subscribed { topic },
+            match result {
+                Ok(data) => {
+                    // A `d` that is not a §9 position (a server without §9 may send any) is no position.
+                    let ack = data.and_then(|d| SubAck::from_payload(&d).ok());
+                    let continuity = self.topics.acknowledged(&topic, ack);
+                    self.push(Output::Event(Event::Subscribed { topic }));
+                    if let Some(event) = continuity {
+                        self.push(Output::Event(event));
+                    }
+                }
                 Err(error) => {
                     self.topics.remove(&topic);
-                    Event::SubscribeFailed { topic, error }
+                    self.push(Output::Event(Event::SubscribeFailed { topic, error }));
                 }
-            };
-            return self.push(Output::Event(event));
+            }
+            return;
         }
         // A reply for a request that already timed out or was cancelled is dropped: it ended once already.
-        if self.requests.remove(id).is_some() {
-            self.push(Output::Event(Event::Reply {
-                id: RequestId(id),
-                result,
-            }));
+        if let Some((_, kind)) = self.requests.remove(id) {
+            self.push_reply(id, kind, result);
         }
     }
 
@@ -724,20 +748,18 @@ impl Connection {
     fn send_sub(&mut self, topic: String) {
         let id = self.requests.allocate_id();
         self.topics.expect_ack(id, &topic);
-        self.send_now(&Envelope::Sub {
-            id,
-            topic,
-            since: None,
-        });
+        let since = self.topics.since(&topic);
+        self.send_now(&Envelope::Sub { id, topic, since });
     }
 
     fn handle_timeout(&mut self, now: Instant) {
-        for (id, stage) in self.requests.take_expired(now) {
+        for (id, stage, kind) in self.requests.take_expired(now) {
             if stage == Stage::Queued {
                 self.queue.remove_request(id);
             }
             self.push_reply(
                 id,
+                kind,
                 Err(RequestError::local(
                     ErrorCode::DeadlineExceeded,
                     "request timed out",
@@ -872,6 +894,31 @@ impl Connection {
         .map(drop)
     }
 
+    /// Publishes to a topic with an acknowledgement (PROTOCOL §9: a `pub` with an `id`), now or from the
+    /// offline queue. The outcome arrives as exactly one [`Event::Published`] with the returned id: the
+    /// event's `{ep, seq}` once the server stored it, or a failure. The deadline (`timeout`, else the configured
+    /// request timeout) counts from `now`, as for [`Self::request`]; so do `UNAVAILABLE` when the connection
+    /// drops while it is in flight (the event may or may not have been stored then) and [`Self::cancel`].
+    ///
+    /// # Errors
+    /// As [`Self::publish`]; a refused publish gets no id and no event.
+    pub fn publish_acked(
+        &mut self,
+        now: Instant,
+        topic: &str,
+        data: Option<Payload>,
+        timeout: Option<Duration>,
+    ) -> Result<RequestId, SendError> {
+        validate_topic(topic).map_err(SendError::InvalidTopic)?;
+        let id = self.requests.allocate_id();
+        let envelope = Envelope::Pub {
+            id: Some(id),
+            topic: topic.to_owned(),
+            data,
+        };
+        self.track(now, id, Kind::Publish, envelope, timeout)
+    }
+
     /// Issues a request; its deadline (`timeout`, else the configured default) counts from `now`. The outcome
     /// arrives as exactly one [`Event::Reply`] with the returned id.
     ///
@@ -885,24 +932,31 @@ impl Connection {
         timeout: Option<Duration>,
     ) -> Result<RequestId, SendError> {
         let id = self.requests.allocate_id();
-        let stage = self.submit(
-            Envelope::Req {
-                id,
-                method: method.to_owned(),
-                data,
-            },
-            Some(id),
-        )?;
-        self.requests.insert(
+        let envelope = Envelope::Req {
             id,
-            now + timeout.unwrap_or(self.config.request_timeout),
-            stage,
-        );
+            method: method.to_owned(),
+            data,
+        };
+        self.track(now, id, Kind::Call, envelope, timeout)
+    }
+
+    /// Sends or queues an envelope that expects a reply with `id`, under a deadline counted from `now`.
+    fn track(
+        &mut self,
+        now: Instant,
+        id: u64,
+        kind: Kind,
+        envelope: Envelope,
+        timeout: Option<Duration>,
+    ) -> Result<RequestId, SendError> {
+        let stage = self.submit(envelope, Some(id))?;
+        let deadline = now + timeout.unwrap_or(self.config.request_timeout);
+        self.requests.insert(id, deadline, stage, kind);
         Ok(RequestId(id))
     }
 
-    /// Cancels a pending request: it ends with `CANCELLED` (a queued one is never sent). Returns false when
-    /// it had already ended.
+    /// Cancels a pending request or acknowledged publish: it ends with `CANCELLED` (a queued one is never
+    /// sent). Returns false when it had already ended.
     pub fn cancel(&mut self, _now: Instant, id: RequestId) -> bool {
         if !self.requests.contains(id.0) {
             return false;
@@ -1008,17 +1062,34 @@ impl Connection {
     }
 
     fn fail_request(&mut self, id: u64, code: ErrorCode, message: &str) {
-        if self.requests.remove(id) == Some(Stage::Queued) {
+        let Some((stage, kind)) = self.requests.remove(id) else {
+            return;
+        };
+        if stage == Stage::Queued {
             self.queue.remove_request(id);
         }
-        self.push_reply(id, Err(RequestError::local(code, message)));
+        self.push_reply(id, kind, Err(RequestError::local(code, message)));
     }
 
-    fn push_reply(&mut self, id: u64, result: Result<Option<Payload>, RequestError>) {
-        self.push(Output::Event(Event::Reply {
-            id: RequestId(id),
-            result,
-        }));
+    /// Ends a request with the event its kind calls for.
+    fn push_reply(&mut self, id: u64, kind: Kind, result: Result<Option<Payload>, RequestError>) {
+        let id = RequestId(id);
+        let event = match kind {
+            Kind::Call => Event::Reply { id, result },
+            Kind::Publish => Event::Published {
+                id,
+                result: result.and_then(|data| {
+                    let position = data.as_ref().map(TopicPosition::from_payload);
+                    position.and_then(Result::ok).ok_or_else(|| {
+                        RequestError::local(
+                            ErrorCode::InvalidArgument,
+                            "the server acknowledged the publish without a valid {ep, seq}",
+                        )
+                    })
+                }),
+            },
+        };
+        self.push(Output::Event(event));
     }
 
     fn transition(&mut self, now: Instant, to: Status) {

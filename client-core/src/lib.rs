@@ -2,7 +2,9 @@
 //!
 //! This crate does no I/O, reads no clock and draws no randomness of its own: it is the connection
 //! lifecycle (PROTOCOL §7), full-jitter backoff, keepalive, request correlation with deadlines, the bounded
-//! offline queue, topic subscriptions that survive reconnects, and the wire codec ([`codec`]). Shells bind it to
+//! offline queue, topic subscriptions that survive reconnects and resume where they left off (PROTOCOL §9:
+//! `since`, duplicates dropped, every gap, reset and resume reported as an [`Event`]), acknowledged publishes,
+//! and the wire codec ([`codec`]). Shells bind it to
 //! a socket and a timer: `sockeye-wasm` to the browser's `WebSocket`, `sockeye` to tokio.
 //!
 //! # The driver contract

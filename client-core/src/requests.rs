@@ -68,11 +68,21 @@ pub(crate) enum Stage {
     InFlight,
 }
 
+/// What a pending id is, so its end is reported as the right event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A `req`: ends with a [`crate::Event::Reply`].
+    Call,
+    /// A `pub` with an `id` (PROTOCOL §9): ends with a [`crate::Event::Published`].
+    Publish,
+}
+
 #[derive(Debug)]
 struct Pending {
     id: u64,
     deadline: Instant,
     stage: Stage,
+    kind: Kind,
 }
 
 /// The table of requests that have neither a reply nor a failure yet.
@@ -102,7 +112,7 @@ impl Requests {
     }
 
     /// Inserts a request; an id already pending is replaced.
-    pub fn insert(&mut self, id: u64, deadline: Instant, stage: Stage) {
+    pub fn insert(&mut self, id: u64, deadline: Instant, stage: Stage, kind: Kind) {
         self.remove(id);
         let Err(at) = self.find(id) else { return };
         self.pending.insert(
@@ -111,6 +121,7 @@ impl Requests {
                 id,
                 deadline,
                 stage,
+                kind,
             },
         );
         let key = (deadline, id);
@@ -124,13 +135,13 @@ impl Requests {
         }
     }
 
-    /// Removes a request; returns its stage if it was pending.
-    pub fn remove(&mut self, id: u64) -> Option<Stage> {
+    /// Removes a request; returns its stage and kind if it was pending.
+    pub fn remove(&mut self, id: u64) -> Option<(Stage, Kind)> {
         let p = self.pending.remove(self.find(id).ok()?);
         if let Ok(i) = self.deadlines.binary_search(&(p.deadline, id)) {
             self.deadlines.remove(i);
         }
-        Some(p.stage)
+        Some((p.stage, p.kind))
     }
 
     pub fn contains(&self, id: u64) -> bool {
@@ -142,7 +153,7 @@ impl Requests {
     }
 
     /// Removes and returns every request whose deadline is at or before `now`, earliest first.
-    pub fn take_expired(&mut self, now: Instant) -> Vec<(u64, Stage)> {
+    pub fn take_expired(&mut self, now: Instant) -> Vec<(u64, Stage, Kind)> {
         let due = self.deadlines.partition_point(|(at, _)| *at <= now);
         if due == 0 {
             return Vec::new();
@@ -150,7 +161,7 @@ impl Requests {
         let mut expired = Vec::with_capacity(due);
         for &(_, id) in &self.deadlines[..due] {
             if let Ok(i) = self.find(id) {
-                expired.push((id, self.pending[i].stage));
+                expired.push((id, self.pending[i].stage, self.pending[i].kind));
             }
         }
         self.deadlines.drain(..due);
@@ -182,7 +193,7 @@ mod tests {
     fn ids_are_never_reused() {
         let mut r = Requests::default();
         let a = r.allocate_id();
-        r.insert(a, Instant::from_millis(5), Stage::InFlight);
+        r.insert(a, Instant::from_millis(5), Stage::InFlight, Kind::Call);
         r.remove(a);
         assert_ne!(r.allocate_id(), a);
     }
@@ -194,7 +205,7 @@ mod tests {
 
         let mut rng = crate::backoff::Rng::new(11);
         let mut table = Requests::default();
-        let mut pending: BTreeMap<u64, (Instant, Stage)> = BTreeMap::new();
+        let mut pending: BTreeMap<u64, (Instant, Stage, Kind)> = BTreeMap::new();
         let mut deadlines: BTreeSet<(Instant, u64)> = BTreeSet::new();
         let mut now = 0;
         for _ in 0..20_000 {
@@ -207,15 +218,20 @@ mod tests {
                     } else {
                         Stage::InFlight
                     };
-                    table.insert(id, at, stage);
-                    pending.insert(id, (at, stage));
+                    let kind = if rng.below(2) == 0 {
+                        Kind::Call
+                    } else {
+                        Kind::Publish
+                    };
+                    table.insert(id, at, stage, kind);
+                    pending.insert(id, (at, stage, kind));
                     deadlines.insert((at, id));
                 }
                 2 => {
                     let id = rng.below(table.next_id + 2);
-                    let expected = pending.remove(&id).map(|(at, stage)| {
+                    let expected = pending.remove(&id).map(|(at, stage, kind)| {
                         deadlines.remove(&(at, id));
-                        stage
+                        (stage, kind)
                     });
                     assert_eq!(table.remove(id), expected);
                 }
@@ -235,7 +251,8 @@ mod tests {
                             break;
                         }
                         deadlines.pop_first();
-                        expected.push((id, pending.remove(&id).unwrap().1));
+                        let (_, stage, kind) = pending.remove(&id).unwrap();
+                        expected.push((id, stage, kind));
                     }
                     assert_eq!(table.take_expired(at), expected);
                 }
@@ -249,7 +266,7 @@ mod tests {
             for stage in [Stage::Queued, Stage::InFlight] {
                 let ids: Vec<u64> = pending
                     .iter()
-                    .filter(|(_, (_, s))| *s == stage)
+                    .filter(|(_, (_, s, _))| *s == stage)
                     .map(|(id, _)| *id)
                     .collect();
                 assert_eq!(table.ids_in(stage), ids);
@@ -261,13 +278,13 @@ mod tests {
     fn expiry_takes_only_what_is_due_in_deadline_order() {
         let mut r = Requests::default();
         for (id, at) in [(1, 30), (2, 10), (3, 20)] {
-            r.insert(id, Instant::from_millis(at), Stage::Queued);
+            r.insert(id, Instant::from_millis(at), Stage::Queued, Kind::Call);
         }
         assert_eq!(r.next_deadline(), Some(Instant::from_millis(10)));
         let due: Vec<u64> = r
             .take_expired(Instant::from_millis(20))
             .into_iter()
-            .map(|(id, _)| id)
+            .map(|(id, _, _)| id)
             .collect();
         assert_eq!(due, [2, 3]);
         assert_eq!(r.next_deadline(), Some(Instant::from_millis(30)));

@@ -6,7 +6,7 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
-use sockeye_core::codec::Envelope;
+use sockeye_core::codec::{Envelope, SubAck, TopicPosition};
 use sockeye_core::{
     CloseCode, Duration, Event, Input, Output, QueueLimits, RequestId, SocketId, Status,
 };
@@ -18,6 +18,9 @@ enum Step {
     Stop,
     Open,
     Ready,
+    /// Whatever it takes to be `ready` from here (a backoff's end, start, open, `ready`), so that topic
+    /// traffic happens often.
+    Connect,
     Close(u16),
     Error,
     /// Jump to the next deadline and fire it.
@@ -26,6 +29,8 @@ enum Step {
     Advance(u64),
     Send,
     Request(u64),
+    /// An acknowledged publish with this deadline in ms: it ends like a request.
+    PublishAcked(u64),
     /// Cancel the n-th issued request.
     Cancel(usize),
     /// The server replies to the n-th issued request (whether or not it is still pending).
@@ -35,6 +40,10 @@ enum Step {
     /// The socket refuses a message over the size limit.
     TooBig,
     Subscribe(u8),
+    /// The server acknowledges every `sub` sent so far with a §9 position `{ep, seq}` (ep from a small set).
+    AckSubs(u8, u64, Option<bool>),
+    /// The server sends an `evt` on topic `t{n}` with this `seq`.
+    Evt(u8, u64),
     Wake,
     Network(bool),
     Garbage(Vec<u8>),
@@ -46,17 +55,22 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::Stop),
         3 => Just(Step::Open),
         3 => Just(Step::Ready),
+        4 => Just(Step::Connect),
         2 => prop::sample::select(vec![1000u16, 1001, 1006, 1008, 1011, 4002, 4003]).prop_map(Step::Close),
         1 => Just(Step::Error),
         4 => Just(Step::FireTimeout),
         2 => (0u64..40_000).prop_map(Step::Advance),
         4 => Just(Step::Send),
         3 => (1u64..20_000).prop_map(Step::Request),
+        2 => (1u64..20_000).prop_map(Step::PublishAcked),
         1 => (0usize..20).prop_map(Step::Cancel),
         2 => (0usize..20).prop_map(Step::Reply),
         1 => (0usize..20).prop_map(Step::BrokenReply),
         1 => Just(Step::TooBig),
         1 => (0u8..3).prop_map(Step::Subscribe),
+        3 => (0u8..2, 0u64..12, proptest::option::of(any::<bool>()))
+            .prop_map(|(ep, seq, recovered)| Step::AckSubs(ep, seq, recovered)),
+        8 => (0u8..3, 0u64..12).prop_map(|(topic, seq)| Step::Evt(topic, seq)),
         1 => Just(Step::Wake),
         1 => any::<bool>().prop_map(Step::Network),
         1 => prop::collection::vec(any::<u8>(), 0..12).prop_map(Step::Garbage),
@@ -73,6 +87,11 @@ struct Observer {
     sent_seq: u64,
     delivered_seq: Vec<u64>,
     last_attempt: u32,
+    /// Ids of every `sub` sent.
+    subs: Vec<u64>,
+    /// Per topic, the `seq` the next event or gap must start at, once known: the delivered sequence has no
+    /// hole and no repeat that was not reported.
+    expected: BTreeMap<String, u64>,
 }
 
 impl Observer {
@@ -94,12 +113,38 @@ impl Observer {
                     );
                 }
                 Output::SendBinary(frame) if frame.first() == Some(&0) => {
-                    if let Ok(Envelope::Msg { name, .. }) = Envelope::decode(&frame[1..]) {
-                        self.delivered_seq
-                            .push(name.parse().expect("names are numbers"));
+                    match Envelope::decode(&frame[1..]) {
+                        Ok(Envelope::Msg { name, .. }) => self
+                            .delivered_seq
+                            .push(name.parse().expect("names are numbers")),
+                        Ok(Envelope::Sub { id, .. }) => self.subs.push(id),
+                        _ => {}
                     }
                 }
-                Output::Event(Event::Reply { id, .. }) => *self.ended.entry(*id).or_default() += 1,
+                Output::Event(Event::Reply { id, .. } | Event::Published { id, .. }) => {
+                    *self.ended.entry(*id).or_default() += 1
+                }
+                Output::Event(Event::TopicEvent {
+                    topic,
+                    seq,
+                    ep: Some(_),
+                    ..
+                }) => {
+                    if let Some(next) = self.expected.get(topic) {
+                        prop_assert_eq!(seq, next, "event out of sequence on {}", topic);
+                    }
+                    self.expected.insert(topic.clone(), seq + 1);
+                }
+                Output::Event(Event::TopicGap { topic, from, to }) => {
+                    prop_assert!(from <= to);
+                    if let Some(next) = self.expected.get(topic) {
+                        prop_assert_eq!(from, next, "gap out of sequence on {}", topic);
+                    }
+                    self.expected.insert(topic.clone(), to + 1);
+                }
+                Output::Event(Event::TopicReset { topic, .. }) => {
+                    self.expected.remove(topic);
+                }
                 Output::Event(Event::StateChanged(t)) => {
                     if let Status::Connecting { attempt } = t.to {
                         let fresh_start = matches!(t.from, Status::Disconnected { .. });
@@ -134,6 +179,10 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
     config.keepalive_timeout = Duration::from_millis(1_000);
     config.reconnect.max_attempts = Some(6);
     let mut sim = Sim::new(config);
+    // Subscribed from the start: every `ready` re-subscribes, so acks, events and reconnects interleave.
+    for topic in ["t0", "t1"] {
+        sim.conn.subscribe(sim.now, topic).expect("valid topic");
+    }
     let mut obs = Observer::default();
     for step in steps {
         let socket = sim.socket;
@@ -165,6 +214,20 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                     message: "",
                 })
             }
+            Step::Connect => {
+                let mut outs = Vec::new();
+                if matches!(sim.conn.status(), Status::Reconnecting { .. }) {
+                    outs.extend(sim.fire_next_timeout().unwrap_or_default());
+                }
+                outs.extend(sim.input(Input::Start));
+                let socket = sim.socket;
+                outs.extend(sim.input(Input::SocketOpened { socket }));
+                outs.extend(sim.input(Input::SocketText {
+                    socket,
+                    text: "ready",
+                }));
+                outs
+            }
             Step::FireTimeout => sim.fire_next_timeout().unwrap_or_default(),
             Step::Advance(ms) => sim.advance(ms),
             Step::Send => {
@@ -184,6 +247,38 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 }
                 sim.drain()
             }
+            Step::PublishAcked(ms) => {
+                if let Ok(id) =
+                    sim.conn
+                        .publish_acked(sim.now, "t0", None, Some(Duration::from_millis(ms)))
+                {
+                    obs.issued.push(id);
+                }
+                sim.drain()
+            }
+            Step::AckSubs(ep, seq, recovered) => {
+                let data = SubAck {
+                    position: TopicPosition {
+                        ep: format!("e{ep}"),
+                        seq,
+                    },
+                    recovered,
+                }
+                .to_payload();
+                let mut outs = Vec::new();
+                for id in obs.subs.clone() {
+                    outs.extend(sim.binary(&complete_frame(&Envelope::Res {
+                        id,
+                        data: Some(data.clone()),
+                    })));
+                }
+                outs
+            }
+            Step::Evt(topic, seq) => sim.binary(&complete_frame(&Envelope::Evt {
+                topic: format!("t{topic}"),
+                seq,
+                data: None,
+            })),
             Step::Cancel(n) => {
                 if let Some(id) = obs.issued.get(n) {
                     sim.conn.cancel(sim.now, *id);

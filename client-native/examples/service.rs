@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use sockeye::{Client, Error, ErrorCode};
+use sockeye::{Client, Error, ErrorCode, SubscriptionItem};
 
 /// The request and reply of the server's `add` method (in the embedded server below).
 #[derive(Serialize, Deserialize, Debug)]
@@ -115,8 +115,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     while let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(500), ticks.next()).await
     {
-        let event = event?;
-        println!("tick {} (seq {})", event.data, event.seq);
+        match event? {
+            SubscriptionItem::Event(event) => println!("tick {} (seq {})", event.data, event.seq),
+            SubscriptionItem::Gap { from, to } => println!("ticks {from}..={to} were lost"),
+            other => println!("{other:?}"),
+        }
     }
 
     client.close().await;

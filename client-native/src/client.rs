@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures_util::Stream;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use sockeye_core::codec::{validate_topic, Payload};
+use sockeye_core::codec::{validate_topic, Payload, TopicPosition};
 use sockeye_core::{Status, Transition};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -32,20 +32,22 @@ pub(crate) enum Command {
         data: Option<Payload>,
         ack: oneshot::Sender<Result<(), Error>>,
     },
-    Request {
+    /// A request or an acknowledged publish: something the server answers.
+    Call {
         key: u64,
-        method: String,
+        target: Target,
         data: Option<Payload>,
         timeout: Option<Duration>,
-        reply: oneshot::Sender<Result<Option<Payload>, Error>>,
+        reply: ReplyTo,
     },
+    /// Cancels a [`Command::Call`].
     Cancel {
         key: u64,
     },
     Subscribe {
         topic: String,
         key: u64,
-        feed: Feed<RawEvent>,
+        feed: Feed<RawItem>,
         state: watch::Sender<SubState>,
     },
     Unsubscribe {
@@ -62,6 +64,42 @@ pub(crate) enum Command {
     Close,
 }
 
+/// What a [`Command::Call`] asks for.
+pub(crate) enum Target {
+    /// A request calling this method.
+    Method(String),
+    /// An acknowledged publish to this topic.
+    Publish(String),
+}
+
+/// Where the outcome of a [`Command::Call`] goes: a request's reply, or an acknowledged publish's position.
+pub(crate) enum ReplyTo {
+    Call(oneshot::Sender<Result<Option<Payload>, Error>>),
+    Publish(oneshot::Sender<Result<TopicPosition, Error>>),
+}
+
+impl ReplyTo {
+    /// The application stopped waiting (its future was dropped).
+    pub fn is_closed(&self) -> bool {
+        match self {
+            ReplyTo::Call(tx) => tx.is_closed(),
+            ReplyTo::Publish(tx) => tx.is_closed(),
+        }
+    }
+
+    /// Ends the call with `error` (a dropped future hears nothing).
+    pub fn fail(self, error: Error) {
+        match self {
+            ReplyTo::Call(tx) => {
+                let _ = tx.send(Err(error));
+            }
+            ReplyTo::Publish(tx) => {
+                let _ = tx.send(Err(error));
+            }
+        }
+    }
+}
+
 /// Whether a subscription's `sub` is acknowledged on the current connection ([`Subscription::subscribed`]).
 #[derive(Clone, Debug)]
 pub(crate) enum SubState {
@@ -73,11 +111,24 @@ pub(crate) enum SubState {
     Failed(Error),
 }
 
-/// A topic event before the subscriber's type is applied.
-pub(crate) struct RawEvent {
-    pub topic: String,
-    pub seq: u64,
-    pub data: Option<Payload>,
+/// A subscription's item before the subscriber's type is applied.
+pub(crate) enum RawItem {
+    Event {
+        topic: String,
+        seq: u64,
+        ep: Option<Arc<str>>,
+        data: Option<Payload>,
+    },
+    Gap {
+        from: u64,
+        to: u64,
+    },
+    Reset {
+        ep: String,
+    },
+    Resumed {
+        replayed: u64,
+    },
 }
 
 /// A listener stream's sending half.
@@ -103,9 +154,13 @@ fn payload_len(data: Option<&Payload>) -> usize {
     data.map_or(0, |p| p.as_cbor().len())
 }
 
-impl Weigh for RawEvent {
+impl Weigh for RawItem {
     fn weight(&self) -> usize {
-        self.topic.len() + payload_len(self.data.as_ref())
+        match self {
+            RawItem::Event { topic, data, .. } => topic.len() + payload_len(data.as_ref()),
+            RawItem::Reset { ep } => ep.len(),
+            RawItem::Gap { .. } | RawItem::Resumed { .. } => 0,
+        }
     }
 }
 
@@ -348,6 +403,46 @@ impl Client {
         SendFuture::new(submitted)
     }
 
+    /// Publishes `data` to `topic` and waits for the server to acknowledge it (PROTOCOL §9: a `pub` with an
+    /// `id`): resolves to where the event was stored, its topic's epoch and `seq`.
+    ///
+    /// Issued when the future is first polled, queued while offline, with a deadline and cancellation on
+    /// drop exactly like [`Client::request`] ([`PublishFuture::timeout`]).
+    ///
+    /// # Errors
+    /// [`Error::Server`] for the server's refusal (e.g. `PERMISSION_DENIED`, or `UNAVAILABLE` while its
+    /// history store is unreachable), [`Error::DeadlineExceeded`] on timeout, [`Error::Unavailable`] when the
+    /// connection dropped while the publish was in flight (it may or may not have been stored), and the errors
+    /// of [`Client::publish`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let server = sockeye_server::Server::builder().bind("127.0.0.1:0".parse()?).start().await?;
+    /// use std::time::Duration;
+    ///
+    /// let client = sockeye::Client::builder(server.ws_url()).connect().await?;
+    /// let stored = client
+    ///     .publish_acked("prices", &42.5)
+    ///     .timeout(Duration::from_secs(1))
+    ///     .await;
+    /// // With a server that keeps history: `stored?.seq` is the event's place in the topic.
+    /// # let _ = stored;
+    /// # client.close().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn publish_acked<T: Serialize + ?Sized>(&self, topic: &str, data: &T) -> PublishFuture {
+        let data = validate_topic(topic)
+            .map_err(Error::from)
+            .and_then(|()| Payload::encode(data).map(Some).map_err(Error::from));
+        PublishFuture {
+            call: Call::new(self.clone(), topic, data),
+        }
+    }
+
     /// Calls `method` on the server with `req` as the payload and decodes the reply as `Resp`.
     ///
     /// The request is issued when the returned future is first polled; its deadline (the builder's
@@ -391,20 +486,21 @@ impl Client {
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned,
     {
+        let data = Payload::encode(req).map(Some).map_err(Error::from);
         RequestFuture {
-            client: self.clone(),
-            state: RequestState::Unsent {
-                method: method.to_owned(),
-                data: Payload::encode(req).map(Some).map_err(Error::from),
-                timeout: None,
-            },
+            call: Call::new(self.clone(), method, data),
             _resp: PhantomData,
         }
     }
 
-    /// Subscribes to `topic` and returns its events, decoded as `T`.
+    /// Subscribes to `topic` and returns its events, decoded as `T`, and what happened to its sequence.
     ///
-    /// The subscription survives reconnects: `sub` is re-sent on every `ready`. Several streams may follow
+    /// The subscription survives reconnects: `sub` is re-sent on every `ready`, carrying the last event
+    /// delivered (PROTOCOL §9), so a server that keeps history replays what was missed. The stream yields
+    /// [`SubscriptionItem`]s: every event once ([`SubscriptionItem::Event`]; duplicates are dropped), and,
+    /// in order with them, [`SubscriptionItem::Gap`] for events lost for good, [`SubscriptionItem::Reset`]
+    /// when the topic's sequence started anew, [`SubscriptionItem::Resumed`] when a reconnect lost nothing.
+    /// [`SubscriptionItem::into_event`] keeps just the events. Several streams may follow
     /// the same topic; dropping the last one unsubscribes. The stream yields `Err` items without ending for
     /// an event whose payload does not decode as `T` ([`Error::Payload`]) or when the application fell more
     /// than the builder's [`stream_buffer`](ClientBuilder::stream_buffer) or
@@ -424,6 +520,7 @@ impl Client {
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let server = sockeye_server::Server::builder().bind("127.0.0.1:0".parse()?).start().await?;
     /// use futures_util::StreamExt;
+    /// use sockeye::SubscriptionItem;
     /// use std::time::Duration;
     ///
     /// let client = sockeye::Client::builder(server.ws_url()).connect().await?;
@@ -431,8 +528,11 @@ impl Client {
     /// // Wait for the server's acknowledgement: from then on, every event is delivered.
     /// tokio::time::timeout(Duration::from_secs(5), prices.subscribed()).await??;
     /// client.publish("prices", &42.5).await?;
-    /// let event = prices.next().await.expect("stream open")?;
-    /// assert_eq!((event.topic.as_str(), event.data), ("prices", 42.5));
+    /// match prices.next().await.expect("stream open")? {
+    ///     SubscriptionItem::Event(event) => assert_eq!((event.topic.as_str(), event.data), ("prices", 42.5)),
+    ///     SubscriptionItem::Gap { from, to } => println!("events {from}..={to} are lost"),
+    ///     other => println!("{other:?}"),
+    /// }
     /// # client.close().await;
     /// # Ok(())
     /// # }
@@ -710,60 +810,83 @@ impl Future for SendFuture {
     }
 }
 
-enum RequestState {
+/// What a [`Call`] resolves to, and how it is asked of the driver.
+trait Issue: Sized {
+    /// What the call's `target` names (a method, or a topic to publish to).
+    fn target(target: String) -> Target;
+    fn reply_to(reply: oneshot::Sender<Result<Self, Error>>) -> ReplyTo;
+}
+
+impl Issue for Option<Payload> {
+    fn target(method: String) -> Target {
+        Target::Method(method)
+    }
+
+    fn reply_to(reply: oneshot::Sender<Result<Self, Error>>) -> ReplyTo {
+        ReplyTo::Call(reply)
+    }
+}
+
+impl Issue for TopicPosition {
+    fn target(topic: String) -> Target {
+        Target::Publish(topic)
+    }
+
+    fn reply_to(reply: oneshot::Sender<Result<Self, Error>>) -> ReplyTo {
+        ReplyTo::Publish(reply)
+    }
+}
+
+enum CallState<R> {
     Unsent {
-        method: String,
+        target: String,
         data: Result<Option<Payload>, Error>,
         timeout: Option<Duration>,
     },
     Sent {
         key: u64,
-        rx: oneshot::Receiver<Result<Option<Payload>, Error>>,
+        rx: oneshot::Receiver<Result<R, Error>>,
     },
     Done,
 }
 
-/// The future of [`Client::request`]. Dropping it before it completes cancels the request.
-#[must_use = "a request is issued when its future is first polled"]
-pub struct RequestFuture<Resp> {
+/// Something the server answers (a request, an acknowledged publish): issued on its first poll, with its own
+/// deadline, cancelled when dropped before it ends.
+struct Call<R> {
     client: Client,
-    state: RequestState,
-    _resp: PhantomData<fn() -> Resp>,
+    state: CallState<R>,
 }
 
-impl<Resp> std::fmt::Debug for RequestFuture<Resp> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = match &self.state {
-            RequestState::Unsent { method, .. } => format!("unsent {method:?}"),
-            RequestState::Sent { key, .. } => format!("pending #{key}"),
-            RequestState::Done => "done".to_owned(),
-        };
-        f.debug_struct("RequestFuture")
-            .field("state", &state)
-            .finish()
+impl<R: Issue> Call<R> {
+    fn new(client: Client, target: &str, data: Result<Option<Payload>, Error>) -> Self {
+        Call {
+            client,
+            state: CallState::Unsent {
+                target: target.to_owned(),
+                data,
+                timeout: None,
+            },
+        }
     }
-}
 
-impl<Resp> RequestFuture<Resp> {
-    /// This request's own deadline instead of the builder's
-    /// [`request_timeout`](ClientBuilder::request_timeout), counted from the first poll. No effect once the
-    /// future has been polled.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        if let RequestState::Unsent { timeout: t, .. } = &mut self.state {
+    fn set_timeout(&mut self, timeout: Duration) {
+        if let CallState::Unsent { timeout: t, .. } = &mut self.state {
             *t = Some(timeout);
         }
-        self
     }
-}
 
-impl<Resp: DeserializeOwned> Future for RequestFuture<Resp> {
-    type Output = Result<Resp, Error>;
+    fn describe(&self) -> String {
+        match &self.state {
+            CallState::Unsent { target, .. } => format!("unsent {target:?}"),
+            CallState::Sent { key, .. } => format!("pending #{key}"),
+            CallState::Done => "done".to_owned(),
+        }
+    }
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
-        match std::mem::replace(&mut this.state, RequestState::Done) {
-            RequestState::Unsent {
-                method,
+    fn poll_reply(&mut self, cx: &mut Context<'_>) -> Poll<Result<R, Error>> {
+        match std::mem::replace(&mut self.state, CallState::Done) {
+            CallState::Unsent {
+                target,
                 data,
                 timeout,
             } => {
@@ -771,22 +894,23 @@ impl<Resp: DeserializeOwned> Future for RequestFuture<Resp> {
                     Ok(data) => data,
                     Err(e) => return Poll::Ready(Err(e)),
                 };
-                let key = this.client.key();
+                let key = self.client.key();
                 let (reply, rx) = oneshot::channel();
-                if let Err(e) = this.client.submit(Command::Request {
+                let command = Command::Call {
                     key,
-                    method,
+                    target: R::target(target),
                     data,
                     timeout,
-                    reply,
-                }) {
+                    reply: R::reply_to(reply),
+                };
+                if let Err(e) = self.client.submit(command) {
                     return Poll::Ready(Err(e));
                 }
-                this.state = RequestState::Sent { key, rx };
+                self.state = CallState::Sent { key, rx };
             }
-            other => this.state = other,
+            other => self.state = other,
         }
-        let RequestState::Sent { rx, .. } = &mut this.state else {
+        let CallState::Sent { rx, .. } = &mut self.state else {
             return Poll::Ready(Err(Error::Cancelled {
                 message: "polled after completion".into(),
             }));
@@ -796,17 +920,84 @@ impl<Resp: DeserializeOwned> Future for RequestFuture<Resp> {
             Poll::Ready(Ok(result)) => result,
             Poll::Ready(Err(_)) => Err(Error::Closed),
         };
-        this.state = RequestState::Done;
-        Poll::Ready(result.and_then(|data| decode_optional(data.as_ref())))
+        self.state = CallState::Done;
+        Poll::Ready(result)
     }
 }
 
-impl<Resp> Drop for RequestFuture<Resp> {
+impl<R> Drop for Call<R> {
     fn drop(&mut self) {
-        if let RequestState::Sent { key, .. } = self.state {
+        if let CallState::Sent { key, .. } = self.state {
             // Cancelled by drop. A closed client has nothing left to cancel.
             let _ = self.client.inner.commands.send(Command::Cancel { key });
         }
+    }
+}
+
+/// The future of [`Client::request`]. Dropping it before it completes cancels the request.
+#[must_use = "a request is issued when its future is first polled"]
+pub struct RequestFuture<Resp> {
+    call: Call<Option<Payload>>,
+    _resp: PhantomData<fn() -> Resp>,
+}
+
+impl<Resp> std::fmt::Debug for RequestFuture<Resp> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestFuture")
+            .field("state", &self.call.describe())
+            .finish()
+    }
+}
+
+impl<Resp> RequestFuture<Resp> {
+    /// This request's own deadline instead of the builder's
+    /// [`request_timeout`](ClientBuilder::request_timeout), counted from the first poll. No effect once the
+    /// future has been polled.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.call.set_timeout(timeout);
+        self
+    }
+}
+
+impl<Resp: DeserializeOwned> Future for RequestFuture<Resp> {
+    type Output = Result<Resp, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.call
+            .poll_reply(cx)
+            .map(|result| result.and_then(|data| decode_optional(data.as_ref())))
+    }
+}
+
+/// The future of [`Client::publish_acked`]: where the server stored the event. Dropping it before it
+/// completes cancels the wait (a publish still queued is never sent; one already sent may be stored).
+#[must_use = "an acknowledged publish is issued when its future is first polled"]
+pub struct PublishFuture {
+    call: Call<TopicPosition>,
+}
+
+impl std::fmt::Debug for PublishFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublishFuture")
+            .field("state", &self.call.describe())
+            .finish()
+    }
+}
+
+impl PublishFuture {
+    /// This publish's own deadline instead of the builder's
+    /// [`request_timeout`](ClientBuilder::request_timeout), counted from the first poll.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.call.set_timeout(timeout);
+        self
+    }
+}
+
+impl Future for PublishFuture {
+    type Output = Result<TopicPosition, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.call.poll_reply(cx)
     }
 }
 
@@ -817,7 +1008,37 @@ pub struct TopicEvent<T> {
     pub topic: String,
     /// The server's per-topic sequence number.
     pub seq: u64,
+    /// The epoch `seq` counts in (PROTOCOL §9); `None` from a server that does not name one.
+    pub ep: Option<Arc<str>>,
     pub data: T,
+}
+
+/// What a [`Subscription`] yields, in the order it happened: the topic's events, and what became of its
+/// sequence across reconnects (PROTOCOL §9). Nothing lost goes unreported.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum SubscriptionItem<T> {
+    /// One event, delivered once.
+    Event(TopicEvent<T>),
+    /// The events `from ..= to` are lost: the server's history no longer held them when the client
+    /// re-subscribed, or the live sequence skipped them.
+    Gap { from: u64, to: u64 },
+    /// The topic's sequence started anew in epoch `ep` (the server lost its history or restarted without
+    /// one): events may have been lost, and how many cannot be known.
+    Reset { ep: String },
+    /// A re-subscription after a reconnect lost nothing: the `replayed` events the server kept meanwhile have
+    /// been yielded (as [`SubscriptionItem::Event`]s, before this item).
+    Resumed { replayed: u64 },
+}
+
+impl<T> SubscriptionItem<T> {
+    /// The event, if this item is one.
+    pub fn into_event(self) -> Option<TopicEvent<T>> {
+        match self {
+            SubscriptionItem::Event(event) => Some(event),
+            _ => None,
+        }
+    }
 }
 
 /// The stream of [`Client::subscribe`]. Dropping it unsubscribes (when it is the topic's last stream).
@@ -825,7 +1046,7 @@ pub struct TopicEvent<T> {
 pub struct Subscription<T> {
     topic: String,
     key: u64,
-    tap: Tap<RawEvent>,
+    tap: Tap<RawItem>,
     state: watch::Receiver<SubState>,
     commands: mpsc::UnboundedSender<Command>,
     _data: PhantomData<fn() -> T>,
@@ -858,7 +1079,8 @@ impl<T> Subscription<T> {
     /// let mut news = client.subscribe::<String>("news")?;
     /// news.subscribed().await?;
     /// server.publish("news", Some(sockeye::Payload::encode(&"hello")?))?;
-    /// assert_eq!(news.next().await.expect("stream open")?.data, "hello");
+    /// let item = news.next().await.expect("stream open")?;
+    /// assert_eq!(item.into_event().map(|e| e.data).as_deref(), Some("hello"));
     /// # client.close().await;
     /// # Ok(())
     /// # }
@@ -888,17 +1110,26 @@ impl<T> std::fmt::Debug for Subscription<T> {
 }
 
 impl<T: DeserializeOwned> Stream for Subscription<T> {
-    type Item = Result<TopicEvent<T>, Error>;
+    type Item = Result<SubscriptionItem<T>, Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.tap.poll_next(cx).map(|item| {
             item.map(|raw| {
-                let raw = raw?;
-                let data = decode_optional(raw.data.as_ref())?;
-                Ok(TopicEvent {
-                    topic: raw.topic,
-                    seq: raw.seq,
-                    data,
+                Ok(match raw? {
+                    RawItem::Event {
+                        topic,
+                        seq,
+                        ep,
+                        data,
+                    } => SubscriptionItem::Event(TopicEvent {
+                        topic,
+                        seq,
+                        ep,
+                        data: decode_optional(data.as_ref())?,
+                    }),
+                    RawItem::Gap { from, to } => SubscriptionItem::Gap { from, to },
+                    RawItem::Reset { ep } => SubscriptionItem::Reset { ep },
+                    RawItem::Resumed { replayed } => SubscriptionItem::Resumed { replayed },
                 })
             })
         })

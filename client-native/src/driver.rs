@@ -22,7 +22,7 @@ use sockeye_core::{
     CloseCode, CloseReason, Connection, ErrorCode, Event, Input, Instant as CoreInstant, Output,
     RequestError, RequestId, SocketId, Status, Transition,
 };
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
@@ -31,7 +31,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tracing::{debug, info, trace, warn};
 
-use crate::client::{Command, Feed, Listener, Message, RawEvent, SubState};
+use crate::client::{Command, Feed, Listener, Message, RawItem, ReplyTo, SubState, Target};
 use crate::handlers::Handlers;
 use crate::transport::{ConnectError, Transport, WsStream};
 use crate::Error;
@@ -100,7 +100,7 @@ struct Response {
 
 struct PendingRequest {
     key: u64,
-    reply: oneshot::Sender<Result<Option<Payload>, Error>>,
+    reply: ReplyTo,
 }
 
 /// What woke the loop.
@@ -124,7 +124,7 @@ struct TopicFeeds {
 
 struct TopicFeed {
     key: u64,
-    feed: Feed<RawEvent>,
+    feed: Feed<RawItem>,
     state: watch::Sender<SubState>,
 }
 
@@ -409,9 +409,9 @@ impl Driver {
                 self.drain();
                 let _ = ack.send(result);
             }
-            Command::Request {
+            Command::Call {
                 key,
-                method,
+                target,
                 data,
                 timeout,
                 reply,
@@ -419,15 +419,17 @@ impl Driver {
                 if reply.is_closed() {
                     return; // dropped before the driver saw it; its Cancel follows
                 }
-                match self.conn.request(now, &method, data, timeout) {
+                let issued = match &target {
+                    Target::Method(method) => self.conn.request(now, method, data, timeout),
+                    Target::Publish(topic) => self.conn.publish_acked(now, topic, data, timeout),
+                };
+                match issued {
                     Ok(id) => {
-                        trace!(id = id.0, %method, "request issued");
+                        trace!(id = id.0, "request issued");
                         self.requests.insert(id, PendingRequest { key, reply });
                         self.request_keys.insert(key, id);
                     }
-                    Err(e) => {
-                        let _ = reply.send(Err(e.into()));
-                    }
+                    Err(e) => reply.fail(e.into()),
                 }
                 self.drain();
             }
@@ -716,21 +718,45 @@ impl Driver {
                     }))
                 });
             }
-            Event::TopicEvent { topic, seq, data } => {
-                if let Some(entry) = self.topics.get_mut(&topic) {
-                    entry.feeds.retain(|TopicFeed { feed, .. }| {
-                        feed.deliver(Ok(RawEvent {
-                            topic: topic.clone(),
-                            seq,
-                            data: data.clone(),
-                        }))
-                    });
-                }
+            Event::TopicEvent {
+                topic,
+                seq,
+                ep,
+                data,
+            } => self.hand_to_subscribers(&topic, || RawItem::Event {
+                topic: topic.clone(),
+                seq,
+                ep: ep.clone(),
+                data: data.clone(),
+            }),
+            Event::TopicGap { topic, from, to } => {
+                // `?`: the topic is the application's, but written quoted like every other topic here.
+                warn!(topic = ?topic, from, to, "events lost");
+                self.hand_to_subscribers(&topic, || RawItem::Gap { from, to });
+            }
+            Event::TopicReset { topic, ep } => {
+                warn!(topic = ?topic, ep = ?ep, "topic sequence reset");
+                self.hand_to_subscribers(&topic, || RawItem::Reset { ep: ep.clone() });
+            }
+            Event::TopicResumed { topic, replayed } => {
+                debug!(topic = ?topic, replayed, "topic resumed");
+                self.hand_to_subscribers(&topic, || RawItem::Resumed { replayed });
             }
             Event::Reply { id, result } => {
-                if let Some(PendingRequest { key, reply }) = self.requests.remove(&id) {
-                    self.request_keys.remove(&key);
-                    self.replies_woken += 1;
+                if let Some(PendingRequest {
+                    reply: ReplyTo::Call(reply),
+                    ..
+                }) = self.end_request(id)
+                {
+                    let _ = reply.send(result.map_err(Error::from));
+                }
+            }
+            Event::Published { id, result } => {
+                if let Some(PendingRequest {
+                    reply: ReplyTo::Publish(reply),
+                    ..
+                }) = self.end_request(id)
+                {
                     let _ = reply.send(result.map_err(Error::from));
                 }
             }
@@ -763,6 +789,25 @@ impl Driver {
             }
             Event::Draining => info!("the server is draining"),
         }
+    }
+
+    /// Hands an item to every stream following `topic`, forgetting streams that are gone.
+    fn hand_to_subscribers(&mut self, topic: &str, item: impl Fn() -> RawItem) {
+        if let Some(entry) = self.topics.get_mut(topic) {
+            entry
+                .feeds
+                .retain(|TopicFeed { feed, .. }| feed.deliver(Ok(item())));
+        }
+    }
+
+    /// A request or acknowledged publish ended: forget it. (The core decides each id's kind, so the event
+    /// always matches the stored [`ReplyTo`].)
+    fn end_request(&mut self, id: RequestId) -> Option<PendingRequest> {
+        let pending = self.requests.remove(&id)?;
+        self.request_keys.remove(&pending.key);
+        // Either kind wakes a requester that may send at once: counts towards the batching yield above.
+        self.replies_woken += 1;
+        Some(pending)
     }
 
     /// A server `req`: run its handler as a task, or answer `UNIMPLEMENTED`.

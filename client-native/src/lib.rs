@@ -84,11 +84,12 @@ mod transport;
 
 pub use builder::ClientBuilder;
 pub use client::{
-    Client, Incoming, Message, RequestFuture, SendFuture, Subscription, TopicEvent, Transitions,
+    Client, Incoming, Message, PublishFuture, RequestFuture, SendFuture, Subscription,
+    SubscriptionItem, TopicEvent, Transitions,
 };
 pub use error::Error;
 pub use sockeye_core::SUBPROTOCOL;
 pub use transport::Certificate;
 
-pub use sockeye_core::codec::Payload;
+pub use sockeye_core::codec::{Payload, TopicPosition};
 pub use sockeye_core::{CloseCode, DisconnectReason, ErrorCode, Instant, Status, Transition};

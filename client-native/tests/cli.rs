@@ -567,6 +567,138 @@ async fn escape_sequences_from_the_server_never_reach_the_terminal_raw() {
     }
 }
 
+/// `listen` against a scripted §9 server: a live skip, then (after a restart) a new epoch. Gaps and resets get
+/// lines of their own between the events; `--count` counts events only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_prints_gaps_and_resets_as_lines_of_their_own() {
+    use futures_util::{SinkExt, StreamExt};
+    use sockeye_core::codec::{Envelope, Payload, SubAck, TopicPosition};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let connections = Arc::new(AtomicUsize::new(0));
+    let server = RawServer::start(move |mut ws| {
+        let n = connections.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let id = loop {
+                match ws.next().await {
+                    Some(Ok(Message::Binary(frame))) => {
+                        if let Ok(Envelope::Sub { id, .. }) = Envelope::decode(&frame[1..]) {
+                            break id;
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    _ => return,
+                }
+            };
+            let (ep, seq, events): (&str, u64, &[u64]) = match n {
+                0 => ("e1", 0, &[1, 3]),
+                _ => ("e2", 5, &[6]),
+            };
+            let ack = SubAck {
+                position: TopicPosition { ep: ep.into(), seq },
+                recovered: (n > 0).then_some(false),
+            };
+            let mut frames = vec![Envelope::Res {
+                id,
+                data: Some(ack.to_payload()),
+            }];
+            frames.extend(events.iter().map(|&seq| Envelope::Evt {
+                topic: "t".into(),
+                seq,
+                data: Some(Payload::encode(&seq).unwrap()),
+            }));
+            for envelope in &frames {
+                let _ = ws.send(Message::binary(complete_frame(envelope))).await;
+            }
+            if n == 0 {
+                let _ = ws.close(None).await;
+            }
+            while let Some(Ok(_)) = ws.next().await {}
+        }
+    })
+    .await;
+    let output = run(&[
+        "listen",
+        &server.url(),
+        "t",
+        "--count",
+        "3",
+        "--base-delay-ms",
+        "20",
+    ])
+    .await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        json_lines(&output),
+        [
+            json!({ "topic": "t", "seq": 1, "data": 1 }),
+            json!({ "topic": "t", "gap": { "from": 2, "to": 2 } }),
+            json!({ "topic": "t", "seq": 3, "data": 3 }),
+            json!({ "topic": "t", "reset": { "ep": "e2" } }),
+            json!({ "topic": "t", "seq": 6, "data": 6 }),
+        ]
+    );
+}
+
+/// `publish --ack` waits for the server's acknowledgement and prints where the event was stored; a refusal is
+/// exit code 5 with the server's code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_ack_prints_where_the_event_was_stored() {
+    use futures_util::{SinkExt, StreamExt};
+    use sockeye::ErrorCode;
+    use sockeye_core::codec::{Envelope, TopicPosition};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let server = RawServer::start(|mut ws| async move {
+        while let Some(Ok(message)) = ws.next().await {
+            let Message::Binary(frame) = message else {
+                continue;
+            };
+            let Ok(Envelope::Pub {
+                id: Some(id),
+                topic,
+                ..
+            }) = Envelope::decode(&frame[1..])
+            else {
+                continue;
+            };
+            let reply = if topic == "open" {
+                Envelope::Res {
+                    id,
+                    data: Some(
+                        TopicPosition {
+                            ep: "k7".into(),
+                            seq: 12,
+                        }
+                        .to_payload(),
+                    ),
+                }
+            } else {
+                Envelope::Err {
+                    id: Some(id),
+                    code: ErrorCode::PermissionDenied,
+                    message: "read-only topic".into(),
+                    data: None,
+                }
+            };
+            let _ = ws.send(Message::binary(complete_frame(&reply))).await;
+        }
+    })
+    .await;
+    let output = run(&["publish", "--ack", &server.url(), "open", "42"]).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(json_lines(&output), [json!({ "ep": "k7", "seq": 12 })]);
+    let output = run(&["publish", "--ack", &server.url(), "closed", "42"]).await;
+    assert_eq!(output.status.code(), Some(5), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("PERMISSION_DENIED"),
+        "{}",
+        stderr(&output)
+    );
+}
+
 /// With `RUST_LOG=trace`, no token, `?token=` or header value reaches stderr. Before, tungstenite's handshake
 /// logged the whole upgrade request there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

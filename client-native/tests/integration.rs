@@ -67,6 +67,8 @@ async fn publish_when_subscribed<T: serde::de::DeserializeOwned>(
         .await
         .expect("stream open")
         .expect("event decodes")
+        .into_event()
+        .expect("an event, not a gap")
 }
 
 #[tokio::test]
@@ -340,7 +342,12 @@ async fn subscriptions_resume_after_reconnect() {
     eventually("a reconnect", || names(&seen).contains(&"reconnecting")).await;
     ready(&client).await;
 
-    // No new subscribe call: the client re-subscribed on `ready` by itself.
+    // No new subscribe call: the client re-subscribed on `ready` by itself, from the event it had (PROTOCOL §9),
+    // and nothing was missed.
+    match within("the resume", news.next()).await.unwrap().unwrap() {
+        sockeye::SubscriptionItem::Resumed { replayed: 0 } => {}
+        other => panic!("resumed with nothing replayed expected: {other:?}"),
+    }
     let event = publish_when_subscribed(&server, &mut news, "news", 2).await;
     assert_eq!(event.data, 2);
     // Nothing else was published.
@@ -365,6 +372,7 @@ async fn client_publish_reaches_subscribers() {
         .unwrap();
     alice.publish("room", "hi").await.unwrap();
     let event = within("bob's event", room.next()).await.unwrap().unwrap();
+    let event = event.into_event().expect("an event");
     assert_eq!(event.data, "hi");
     assert_eq!(event.seq, 1);
     assert!(matches!(

@@ -352,8 +352,9 @@ function callback(f, name) {
 }
 
 /**
- * The `options` of `request` (`withSignal`) and `waitForStatus`: `[timeoutMs (NaN: none), signal (undefined:
- * none)]`; `prefix` names the object in errors. `null` options or signal are none, as for `fetch`.
+ * The `options` of `request` and an acknowledged `publish` (`withSignal`), and of `waitForStatus`: `[timeoutMs
+ * (NaN: none), signal (undefined: none)]`; `prefix` names the object in errors. `null` options or signal are none,
+ * as for `fetch`.
  */
 export function callOptions(options, prefix, withSignal) {
   const timeout = ms(options, prefix, "timeoutMs");
@@ -411,4 +412,23 @@ export function checkOptions(options) {
     count(queue, "options.queue.", "maxMessages"),
     count(queue, "options.queue.", "maxBytes"),
   ];
+}
+
+const SUBSCRIBE = ["onError", "onGap", "onResumed"];
+
+/**
+ * `subscribe(topic, handler, options)`'s `options` as `[onError, onGap, onResumed]` (absent: undefined):
+ * `{ onError, onGap, onResumed }`, or a function, which is `onError` (the argument's meaning before the other
+ * callbacks existed); `undefined` and `null` are none.
+ */
+export function checkSubscribeOptions(options) {
+  if (options === undefined || options === null) return [];
+  if (typeof options === "function") return [options];
+  if (typeof options !== "object" || Array.isArray(options)) {
+    fail("subscribe: the third argument must be an onError function or { onError, onGap, onResumed }");
+  }
+  object(options, "subscribe options", SUBSCRIBE);
+  return SUBSCRIBE.map((key) => options[key] ?? undefined).map(
+    (f, i) => f === undefined ? f : callback(f, `subscribe options.${SUBSCRIBE[i]}`),
+  );
 }

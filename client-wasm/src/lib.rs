@@ -20,7 +20,7 @@ mod options;
 mod shell;
 
 use errors::{error, type_error, Kind};
-use shell::Inner;
+use shell::{Inner, Target};
 
 #[wasm_bindgen(typescript_custom_section)]
 const TYPES: &'static str = r#"
@@ -143,7 +143,44 @@ export interface WaitOptions {
   timeoutMs?: number;
 }
 
-export interface EventMeta { topic: string; seq: number }
+/** What a topic handler gets besides the data. */
+export interface EventMeta {
+  topic: string;
+  /** The event's number in its topic's sequence. */
+  seq: number;
+  /** The epoch `seq` counts in (PROTOCOL §9); absent from a server that does not name one. */
+  ep?: string;
+}
+
+/** `onGap` for a lost range: the events `from`..=`to` (inclusive) of `topic` will never be delivered. */
+export interface GapInfo { topic: string; from: number; to: number; reset?: undefined }
+/** `onGap` for a new epoch: the topic's sequence started anew (the server lost its history), so how many events
+ *  were missed cannot be known. Later events count in epoch `ep`. */
+export interface ResetInfo { topic: string; reset: true; ep: string }
+/** `onResumed`: after a reconnect the topic went on without a loss; `replayed` events the server kept in its
+ *  history were delivered to the handler (before this call). */
+export interface ResumedInfo { topic: string; replayed: number }
+
+export interface SubscribeOptions {
+  /** The server refused the subscription (which ends it). */
+  onError?: (error: ServerError) => void;
+  /** Events were lost, or the sequence started anew. Without `onGap`, a loss is reported on the console. */
+  onGap?: (info: GapInfo | ResetInfo) => void;
+  /** A re-subscription after a reconnect lost nothing. */
+  onResumed?: (info: ResumedInfo) => void;
+}
+
+export interface PublishOptions {
+  /** `true`: the server acknowledges the publish, and `publish` returns a promise of where the event was stored. */
+  ack?: boolean;
+  /** With `ack`: counted from the call, queued time included. Default `requestTimeoutMs`. */
+  timeoutMs?: number;
+  /** With `ack`: aborting rejects with `AbortError` (a queued publish is never sent). */
+  signal?: AbortSignal;
+}
+
+/** Where an acknowledged publish was stored: its topic's epoch and the event's `seq`. */
+export interface Published { ep: string; seq: number }
 export interface MessageMeta { name: string }
 
 /** Base of every error this package raises; `code` is one of PROTOCOL §4's codes. */
@@ -197,17 +234,24 @@ export interface Client {
   /** Publishes to `topic` (now when `ready`, else from the offline queue). Throws `QueueFullError` when the
    *  offline queue is full, `SockeyeError` (`INVALID_ARGUMENT`) for a bad topic name, `TypeError` when `data`
    *  cannot be encoded. */
-  publish(topic: string, data?: unknown): void;
+  publish(topic: string, data?: unknown, options?: PublishOptions & { ack?: false }): void;
+  /** Publishes to `topic` and resolves once the server stored the event, with its `{ ep, seq }`. Rejects like
+   *  `request`: `ServerError` for the server's refusal, `TimeoutError`, `ConnectionClosedError` when the
+   *  connection dropped while it was in flight (it may or may not have been stored), `QueueFullError`,
+   *  `AbortError`. */
+  publish(topic: string, data: unknown, options: PublishOptions & { ack: true }): Promise<Published>;
   /** Sends a request; resolves with the reply's data, rejects with a `SockeyeError` subclass. Issued while not
    *  `ready`, it waits in the offline queue (its deadline still counts). `data` may be any value `cbor.rs`
    *  encodes (`undefined`: no data). */
   request<T = any>(method: string, data?: unknown, options?: RequestOptions): Promise<T>;
-  /** Calls `handler` for every event on `topic`, across reconnects; returns the unsubscribe function.
-   *  `onError` hears the server's refusal of the subscription (which ends it). */
+  /** Calls `handler` for every event on `topic`, once each, across reconnects (a reconnect resumes from the last
+   *  event delivered: a server that keeps history replays what was missed); returns the unsubscribe function.
+   *  `options.onGap` hears every loss, `options.onResumed` every reconnect that lost nothing, `options.onError`
+   *  the server's refusal of the subscription (which ends it); a function in place of `options` is `onError`. */
   subscribe<T = any>(
     topic: string,
     handler: (data: T, meta: EventMeta) => void,
-    onError?: (error: ServerError) => void,
+    options?: SubscribeOptions | ((error: ServerError) => void),
   ): () => void;
   /** Calls `handler` for every server `msg` named `name` (`"*"`: every message); returns the unsubscribe function. */
   onMessage<T = any>(name: string, handler: (data: T, meta: MessageMeta) => void): () => void;
@@ -275,9 +319,20 @@ impl Client {
     // See the `.d.ts` (`request<T>`).
     #[wasm_bindgen(skip_typescript, skip_jsdoc)]
     pub fn request(&self, method: String, data: JsValue, options: JsValue) -> Promise {
+        self.awaited(Target::Method(method), &data, &options)
+    }
+
+    /// Issues something the server answers (a request, an acknowledged publish) with `{ timeoutMs, signal }`
+    /// from `options`; the promise settles with its outcome. (A `Target` rather than a closure: one copy of this
+    /// in the package, not one per caller.)
+    fn awaited(&self, target: Target, data: &JsValue, options: &JsValue) -> Promise {
+        let prefix = match target {
+            Target::Method(_) => "request options.",
+            Target::Publish(_) => "publish options.",
+        };
         let parsed = (|| {
-            let payload = cbor::encode(&data)?;
-            let (timeout, signal) = options::call_options(&options, "request options.", true)?;
+            let payload = cbor::encode(data)?;
+            let (timeout, signal) = options::call_options(options, prefix, true)?;
             Ok::<_, JsValue>((payload, timeout, signal))
         })();
         let (payload, timeout, signal) = match parsed {
@@ -291,12 +346,12 @@ impl Client {
             return errors::rejected(&error(
                 Kind::Abort,
                 "CANCELLED",
-                "request aborted before it was sent",
+                "aborted before it was sent",
             ));
         }
         let (promise, resolve, reject) = errors::promise();
         self.inner
-            .request(&method, payload, timeout, signal, resolve, reject);
+            .track(target, payload, timeout, signal, resolve, reject);
         promise
     }
 
@@ -309,14 +364,24 @@ impl Client {
         self.inner.send(&name, payload)
     }
 
-    // Publishes `data` to `topic` (now when `ready`, else from the offline queue).
-    //
-    // Throws `QueueFullError` when the offline queue is full, `SockeyeError` (`INVALID_ARGUMENT`) for a topic
-    // name PROTOCOL §4 forbids, `TypeError` when `data` cannot be encoded.
+    // See the `.d.ts` (`publish`): fire-and-forget, or with `{ ack: true }` a promise of `{ ep, seq }`.
     #[wasm_bindgen(skip_typescript, skip_jsdoc)]
-    pub fn publish(&self, topic: String, data: JsValue) -> Result<(), JsValue> {
+    pub fn publish(
+        &self,
+        topic: String,
+        data: JsValue,
+        options: JsValue,
+    ) -> Result<JsValue, JsValue> {
+        let ack = shell::get(&options, "ack");
+        if !ack.is_undefined() && ack.as_bool().is_none() {
+            return Err(type_error("publish options.ack must be a boolean"));
+        }
+        if ack.is_truthy() {
+            return Ok(self.awaited(Target::Publish(topic), &data, &options).into());
+        }
         let payload = cbor::encode(&data)?;
-        self.inner.publish(&topic, payload)
+        self.inner.publish(&topic, payload)?;
+        Ok(JsValue::UNDEFINED)
     }
 
     // See the `.d.ts` (`subscribe<T>`).
@@ -325,17 +390,13 @@ impl Client {
         &self,
         topic: String,
         handler: JsValue,
-        on_error: JsValue,
+        options: JsValue,
     ) -> Result<JsValue, JsValue> {
         let handler = callback(handler, "subscribe: handler")?;
-        // Checked here: wasm-bindgen does not check an `Option<Function>` argument, and a bad one would only
-        // fail (on the console) when the server refuses the subscription.
-        let on_error = if on_error.is_undefined() || on_error.is_null() {
-            None
-        } else {
-            Some(callback(on_error, "subscribe: onError")?)
-        };
-        self.inner.subscribe(topic, handler, on_error)
+        // Checked here, not when a callback is first needed: a bad one would only fail (on the console) when the
+        // server refuses the subscription or an event is lost.
+        let callbacks = options::topic_callbacks(&options)?;
+        self.inner.subscribe(topic, handler, callbacks)
     }
 
     // Calls `handler` with every transition (`{ from, to, at, … }`); returns the unsubscribe function.

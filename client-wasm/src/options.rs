@@ -30,10 +30,16 @@ pub(crate) enum Hook {
 
 impl Lifecycle {
     pub(crate) fn get(&self, hook: Hook) -> Option<Function> {
-        Some(self.0.get(hook as u32))
-            .filter(JsValue::is_function)
-            .map(JsCast::unchecked_into)
+        function(self.0.get(hook as u32))
     }
+}
+
+/// A callback `js/errors.js` checked (or `undefined`) as a [`Function`]. (`is_function` and an unchecked cast
+/// rather than `dyn_into`: no `instanceof` import.)
+fn function(v: JsValue) -> Option<Function> {
+    Some(v)
+        .filter(JsValue::is_function)
+        .map(JsCast::unchecked_into)
 }
 
 impl Default for Lifecycle {
@@ -68,6 +74,10 @@ extern "C" {
         prefix: &str,
         with_signal: bool,
     ) -> Result<Array, JsValue>;
+
+    /// `subscribe`'s third argument as `[onError, onGap, onResumed]` (absent ones undefined); see there.
+    #[wasm_bindgen(catch, js_name = checkSubscribeOptions)]
+    fn check_subscribe_options(options: &JsValue) -> Result<Array, JsValue>;
 }
 
 /// Reads `new Client(options)`.
@@ -156,8 +166,35 @@ pub(crate) fn items(array: &Array) -> impl Iterator<Item = JsValue> + '_ {
     (0..array.length()).map(|i| array.get(i))
 }
 
-/// `{ timeoutMs, signal }` of `request` (`with_signal`) and `waitForStatus`, checked by `callOptions` in
-/// `js/errors.js`; `prefix` names the options object in errors, e.g. `"request options."`.
+/// `subscribe`'s callbacks besides the handler.
+#[derive(Default)]
+pub(crate) struct TopicCallbacks {
+    /// The server refused the subscription (which ends it).
+    pub(crate) on_error: Option<Function>,
+    /// Events were lost (`{ topic, from, to }`), or the topic's sequence started anew (`{ topic, reset, ep }`).
+    pub(crate) on_gap: Option<Function>,
+    /// A re-subscription lost nothing (`{ topic, replayed }`).
+    pub(crate) on_resumed: Option<Function>,
+}
+
+/// `subscribe(topic, handler, options)`'s `options`: `{ onError, onGap, onResumed }`, or a function, which is
+/// `onError`; `undefined` and `null`: none. Checked by `checkSubscribeOptions` in `js/errors.js`.
+///
+/// # Errors
+/// A `TypeError` for anything else, or a key or callback that is not one of those functions.
+pub(crate) fn topic_callbacks(v: &JsValue) -> Result<TopicCallbacks, JsValue> {
+    let checked = check_subscribe_options(v)?;
+    let callback = |i| function(checked.get(i));
+    Ok(TopicCallbacks {
+        on_error: callback(0),
+        on_gap: callback(1),
+        on_resumed: callback(2),
+    })
+}
+
+/// `{ timeoutMs, signal }` of `request` and an acknowledged `publish` (`with_signal`), and `{ timeoutMs }` of
+/// `waitForStatus`, checked by `callOptions` in `js/errors.js`; `prefix` names the options object in errors, e.g.
+/// `"request options."`.
 ///
 /// # Errors
 /// A `TypeError` naming the bad option.

@@ -38,7 +38,7 @@ use web_sys::{AbortSignal, EventTarget, MessageEvent, WebSocket};
 
 use crate::cbor;
 use crate::errors::{self, apply, apply_to, error, request_error, settle, Kind};
-use crate::options::{self, Hook, Lifecycle, Options};
+use crate::options::{self, Hook, Lifecycle, Options, TopicCallbacks};
 
 #[wasm_bindgen]
 extern "C" {
@@ -258,14 +258,22 @@ impl Drop for Abort {
     }
 }
 
-/// An application callback under a name: a topic (with its `onError`), a message name, a server-request method,
-/// or none (transitions). One element type for the four lists: each distinct one costs the package its own copy
-/// of `Vec`'s code (~250 bytes gzipped each).
+/// What [`Inner::track`] issues.
+pub(crate) enum Target {
+    /// A request calling this method.
+    Method(String),
+    /// An acknowledged publish to this topic.
+    Publish(String),
+}
+
+/// An application callback under a name: a topic (with its other callbacks), a message name, a server-request
+/// method, or none (transitions). One element type for the four lists: each distinct one costs the package its
+/// own copy of `Vec`'s code (~250 bytes gzipped each).
 struct Listener {
     id: u32,
     name: String,
     f: Function,
-    on_error: Option<Function>,
+    callbacks: TopicCallbacks,
 }
 
 fn listener(id: u32, name: String, f: Function) -> Listener {
@@ -273,7 +281,7 @@ fn listener(id: u32, name: String, f: Function) -> Listener {
         id,
         name,
         f,
-        on_error: None,
+        callbacks: TopicCallbacks::default(),
     }
 }
 
@@ -326,13 +334,16 @@ impl State {
     fn event(&mut self, event: Event) {
         match event {
             Event::Reply { id, result } => {
-                if let Some(i) = self.requests.iter().position(|p| p.id == id.0) {
-                    let p = self.requests.swap_remove(i);
-                    let _ = match result {
-                        Ok(data) => apply(&p.resolve, &[&cbor::decode(data.as_ref())]),
-                        Err(e) => apply(&p.reject, &[&request_error(&e)]),
-                    };
-                }
+                self.settle(id, result.map(|data| cbor::decode(data.as_ref())));
+            }
+            Event::Published { id, result } => {
+                let stored = result.map(|at| {
+                    let o = Object::new();
+                    set(&o, "ep", &at.ep.into());
+                    set(&o, "seq", &(at.seq as f64).into());
+                    o.into()
+                });
+                self.settle(id, stored);
             }
             Event::StateChanged(transition) => {
                 let name = transition.to.name();
@@ -355,6 +366,17 @@ impl State {
                 });
             }
             other => self.actions.push_back(Action::Event(other)),
+        }
+    }
+
+    /// Resolves or rejects the promise of request `id` (a request or an acknowledged publish).
+    fn settle(&mut self, id: RequestId, result: Result<JsValue, RequestError>) {
+        if let Some(i) = self.requests.iter().position(|p| p.id == id.0) {
+            let p = self.requests.swap_remove(i);
+            let _ = match result {
+                Ok(value) => apply(&p.resolve, &[&value]),
+                Err(e) => apply(&p.reject, &[&request_error(&e)]),
+            };
         }
     }
 
@@ -781,21 +803,45 @@ impl Inner {
                     self.call(f.unchecked_ref(), &[&data, &meta]);
                 }
             }
-            Event::TopicEvent { topic, seq, data } => {
-                let handlers = snapshot(
-                    self.state
-                        .borrow()
-                        .topics
-                        .iter()
-                        .filter(|l| l.name == topic)
-                        .map(|l| &l.f),
-                );
+            Event::TopicEvent {
+                topic,
+                seq,
+                ep,
+                data,
+            } => {
+                let handlers = self.topic_callbacks(&topic, |l| Some(&l.f));
                 let data = cbor::decode(data.as_ref());
                 let meta = Object::new();
                 set(&meta, "topic", &topic.into());
                 set(&meta, "seq", &(seq as f64).into());
+                if let Some(ep) = ep {
+                    set(&meta, "ep", &(*ep).into());
+                }
                 for f in options::items(&handlers) {
                     self.call(f.unchecked_ref(), &[&data, &meta]);
+                }
+            }
+            Event::TopicGap { topic, from, to } => {
+                let info = Object::new();
+                set(&info, "topic", &topic.as_str().into());
+                set(&info, "from", &(from as f64).into());
+                set(&info, "to", &(to as f64).into());
+                self.report_gap(&topic, &info);
+            }
+            Event::TopicReset { topic, ep } => {
+                let info = Object::new();
+                set(&info, "topic", &topic.as_str().into());
+                set(&info, "reset", &true.into());
+                set(&info, "ep", &ep.into());
+                self.report_gap(&topic, &info);
+            }
+            Event::TopicResumed { topic, replayed } => {
+                let handlers = self.topic_callbacks(&topic, |l| l.callbacks.on_resumed.as_ref());
+                let info = Object::new();
+                set(&info, "topic", &topic.into());
+                set(&info, "replayed", &(replayed as f64).into());
+                for f in options::items(&handlers) {
+                    self.call(f.unchecked_ref(), &[&info]);
                 }
             }
             Event::SubscribeFailed { topic, error } => {
@@ -809,7 +855,7 @@ impl Inner {
                 };
                 let e = request_error(&error);
                 for l in removed {
-                    match l.on_error {
+                    match l.callbacks.on_error {
                         Some(f) => self.call(&f, &[&e]),
                         None => console_error("sockeye: subscription refused", &e),
                     }
@@ -837,7 +883,33 @@ impl Inner {
                 }
             }
             // Settled in `State::event`; transitions come as `Action::Transition`.
-            Event::Reply { .. } | Event::StateChanged(_) => {}
+            Event::Reply { .. } | Event::Published { .. } | Event::StateChanged(_) => {}
+        }
+    }
+
+    /// The callbacks `pick` chooses from the listeners of `topic`, cloned so no borrow is held while they run.
+    fn topic_callbacks(
+        &self,
+        topic: &str,
+        pick: impl Fn(&Listener) -> Option<&Function>,
+    ) -> js_sys::Array {
+        let st = self.state.borrow();
+        snapshot(
+            st.topics
+                .iter()
+                .filter(|l| l.name == topic)
+                .filter_map(pick),
+        )
+    }
+
+    /// A loss on `topic` goes to every `onGap`; never silently: without one, to the console.
+    fn report_gap(&self, topic: &str, info: &JsValue) {
+        let handlers = self.topic_callbacks(topic, |l| l.callbacks.on_gap.as_ref());
+        if handlers.length() == 0 {
+            console_error("sockeye: events lost", info);
+        }
+        for f in options::items(&handlers) {
+            self.call(f.unchecked_ref(), &[info]);
         }
     }
 
@@ -991,17 +1063,23 @@ impl Inner {
         });
     }
 
-    pub(crate) fn request(
+    /// Issues a request or an acknowledged publish; `resolve` or `reject` settles with its outcome, and `signal`
+    /// (when given) cancels it.
+    pub(crate) fn track(
         self: &Rc<Self>,
-        method: &str,
+        target: Target,
         data: Option<sockeye_core::codec::Payload>,
         timeout: Option<sockeye_core::Duration>,
         signal: Option<AbortSignal>,
         resolve: Function,
         reject: Function,
     ) {
-        self.with(
-            |st, now| match st.conn.request(now, method, data, timeout) {
+        self.with(|st, now| {
+            let issued = match &target {
+                Target::Method(method) => st.conn.request(now, method, data, timeout),
+                Target::Publish(topic) => st.conn.publish_acked(now, topic, data, timeout),
+            };
+            match issued {
                 Err(e) => {
                     let _ = apply(&reject, &[&errors::send_error(&e)]);
                 }
@@ -1028,8 +1106,8 @@ impl Inner {
                         _abort: abort,
                     });
                 }
-            },
-        );
+            }
+        });
     }
 
     pub(crate) fn send(
@@ -1054,7 +1132,7 @@ impl Inner {
         self: &Rc<Self>,
         topic: String,
         handler: Function,
-        on_error: Option<Function>,
+        callbacks: TopicCallbacks,
     ) -> Result<JsValue, JsValue> {
         let id = self.with(|st, now| {
             st.conn
@@ -1065,7 +1143,7 @@ impl Inner {
                 id,
                 name: topic.clone(),
                 f: handler,
-                on_error,
+                callbacks,
             });
             Ok::<_, JsValue>(id)
         })?;

@@ -878,6 +878,137 @@ const extra = {
 };
 Object.assign(scenarios, extra);
 
+// PROTOCOL §9: resume without gaps, losses reported through `onGap`, acknowledged publish. Topics are unique per
+// run: the test servers keep each topic's history for the life of their process.
+const uniqueTopic = (name) => `${name}-${Date.now()}-${Math.floor(Math.random() * 1e9)}`;
+
+/** A started, ready client that publishes (acknowledged) for a scenario. */
+async function publisher(Client, env) {
+  const client = new Client({ url: env.server });
+  client.start();
+  await client.waitForStatus("ready", { timeoutMs: 5000 });
+  return client;
+}
+
+/**
+ * A client subscribed to a fresh topic, recording its events and `onGap`/`onResumed` calls, which a scenario can
+ * keep away from the server (`away(true)`: it is kicked off and every attempt goes to a dead port) while another
+ * client publishes.
+ */
+async function resumeScenario(Client, env, body) {
+  let down = false;
+  const options = { url: () => (down ? DEAD : env.server), reconnect: fast };
+  await withClient(Client, options, async (client, transitions) => {
+    const topic = uniqueTopic("resume");
+    const seen = { events: [], gaps: [], resumed: [] };
+    client.subscribe(topic, (data, meta) => seen.events.push({ data, ...meta }), {
+      onGap: (info) => seen.gaps.push(info),
+      onResumed: (info) => seen.resumed.push(info),
+    });
+    client.start();
+    await client.waitForStatus("ready", { timeoutMs: 5000 });
+    await client.request("echo", 0); // answered after the `sub`: the subscription is acknowledged
+    const other = await publisher(Client, env);
+    const away = async (gone) => {
+      down = gone;
+      if (gone) {
+        const mark = transitions.length;
+        client.request("close", { code: 1012, reason: "restart" }).catch(() => {});
+        await until(() => transitions.slice(mark).some((t) => t.from === "ready"), 5000, "the server's close");
+      } else {
+        await client.waitForStatus("ready", { timeoutMs: 5000 });
+      }
+    };
+    try {
+      await body({ client, other, topic, seen, away });
+    } finally {
+      await other.close();
+      other.free();
+    }
+  });
+}
+
+const resume = {
+  async resumeDeliversEveryMissedEventOnce(Client, env) {
+    await resumeScenario(Client, env, async ({ other, topic, seen, away }) => {
+      const first = await other.publish(topic, 0, { ack: true });
+      assertEq(Object.keys(first).sort(), ["ep", "seq"], "an acknowledged publish resolves to { ep, seq }");
+      await until(() => seen.events.length === 1, 3000, "the first event");
+      assertEq(seen.events[0], { data: 0, topic, seq: first.seq, ep: first.ep }, "handler meta");
+      await away(true);
+      // Published while the client is away, some concurrently: all stored before it comes back.
+      const stored = await Promise.all(Array.from({ length: 20 }, (_, i) => other.publish(topic, i + 1, { ack: true })));
+      assertEq(stored.map((s) => s.ep), stored.map(() => first.ep), "one epoch");
+      await away(false);
+      await until(() => seen.resumed.length === 1, 5000, "onResumed");
+      assertEq(seen.resumed, [{ topic, replayed: 20 }], "resumed with every missed event replayed");
+      await other.publish(topic, 21, { ack: true });
+      await until(() => seen.events.length === 22, 5000, "the live event after the replay");
+      const seqs = seen.events.map((e) => e.seq);
+      assertEq(seqs, seqs.map((_, i) => first.seq + i), "every seq exactly once, in order");
+      assertEq(new Set(seen.events.map((e) => e.data)).size, 22, "every event once");
+      assertEq(seen.gaps, [], "nothing lost");
+    });
+  },
+
+  async resumeReportsAGapWhenHistoryIsTooShort(Client, env) {
+    await resumeScenario(Client, env, async ({ other, topic, seen, away }) => {
+      const first = await other.publish(topic, "first", { ack: true });
+      await until(() => seen.events.length === 1, 3000, "the first event");
+      await away(true);
+      // More than the server's history keeps per topic (1000 by default): the oldest missed ones are gone.
+      const count = 1100;
+      for (let i = 1; i < count; i++) other.publish(topic, i);
+      const last = await other.publish(topic, count, { ack: true, timeoutMs: 20000 });
+      assertEq(last.seq, first.seq + count, "the server numbered every event");
+      await away(false);
+      await until(() => seen.gaps.length === 1, 5000, "onGap");
+      assertEq(seen.gaps, [{ topic, from: first.seq + 1, to: last.seq }], "the gap names exactly the lost events");
+      assertEq(seen.resumed, [], "not resumed: events were lost");
+      await other.publish(topic, "live", { ack: true });
+      await until(() => seen.events.length === 2, 3000, "the live event");
+      assertEq(seen.events.map((e) => [e.data, e.seq]), [["first", first.seq], ["live", last.seq + 1]], "events");
+    });
+  },
+
+  async subscribeAndPublishOptions(Client, env) {
+    await withClient(Client, { url: env.server, requestTimeoutMs: 60000 }, async (client) => {
+      const bad = (fn, what, needle) => {
+        const e = thrown(fn, what);
+        assertError(e, "TypeError", undefined, what);
+        assert(e.message.includes(needle), `${what} names ${needle}: ${e.message}`);
+      };
+      bad(() => client.subscribe("x", () => {}, { onGap: 5 }), "onGap not a function", "onGap");
+      bad(() => client.subscribe("x", () => {}, { onResumed: "no" }), "onResumed not a function", "onResumed");
+      bad(() => client.subscribe("x", () => {}, { onGaps: () => {} }), "unknown option", "onGaps");
+      bad(() => client.publish("x", 1, { ack: "yes" }), "ack not a boolean", "ack");
+      client.subscribe("x", () => {}, { onError: () => {}, onGap: () => {}, onResumed: () => {} })();
+      client.subscribe("x", () => {}, {})();
+      assertEq(client.publish("x", 1), undefined, "fire-and-forget returns nothing");
+      assertEq(client.publish("x", 1, { ack: false }), undefined, "ack: false is fire-and-forget");
+      // Not started: an acknowledged publish waits in the offline queue, under its own deadline.
+      const late = await rejection(client.publish("x", 1, { ack: true, timeoutMs: 50 }), "queued past its deadline");
+      assertError(late, "TimeoutError", "DEADLINE_EXCEEDED", "acknowledged publish timeout");
+      const reserved = await rejection(client.publish("$x", 1, { ack: true }), "reserved topic");
+      assertError(reserved, "SockeyeError", "INVALID_ARGUMENT", "reserved topic");
+      // `{ timeoutMs, signal }` are checked as `request`'s are, named as the publish's.
+      const badSignal = await rejection(client.publish("x", 1, { ack: true, signal: 5 }), "bad signal");
+      assertError(badSignal, "TypeError", undefined, "signal not an AbortSignal");
+      assert(badSignal.message.startsWith("publish options.signal"), `names the option: ${badSignal.message}`);
+      const badTimeout = await rejection(client.publish("x", 1, { ack: true, timeoutMs: -1 }), "bad timeoutMs");
+      assert(badTimeout.message.startsWith("publish options.timeoutMs"), `names the option: ${badTimeout.message}`);
+      const controller = new AbortController();
+      const aborted = client.publish("x", 1, { ack: true, signal: controller.signal });
+      controller.abort();
+      assertError(await rejection(aborted, "aborted"), "AbortError", "CANCELLED", "aborted publish");
+      const closed = client.publish("x", 1, { ack: true });
+      await client.close();
+      assertError(await rejection(closed, "closed"), "AbortError", "CANCELLED", "publish cut off by close()");
+    });
+  },
+};
+Object.assign(scenarios, resume);
+
 export function runScenario(name, Client, env) {
   const scenario = scenarios[name];
   if (!scenario) return Promise.reject(new Error(`no scenario ${name}`));

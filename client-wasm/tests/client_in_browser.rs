@@ -175,3 +175,18 @@ async fn data_that_fails_to_encode_rejects_and_leaves_the_client_usable() {
 async fn an_application_websocket_may_call_into_the_client_from_its_constructor() {
     scenario("appWebSocketCallsBack").await;
 }
+
+#[wasm_bindgen_test]
+async fn subscribe_and_publish_options_are_checked_and_acked_publishes_reject_typed() {
+    scenario("subscribeAndPublishOptions").await;
+}
+
+#[wasm_bindgen_test]
+async fn a_page_kept_away_while_events_are_published_gets_each_once_then_on_resumed() {
+    scenario("resumeDeliversEveryMissedEventOnce").await;
+}
+
+#[wasm_bindgen_test]
+async fn a_page_away_longer_than_the_history_reaches_hears_the_loss_through_on_gap() {
+    scenario("resumeReportsAGapWhenHistoryIsTooShort").await;
+}

@@ -550,18 +550,16 @@ struct Fields {
 /// Every `t` this version knows.
 const KINDS: [&str; 8] = ["msg", "req", "res", "err", "sub", "unsub", "pub", "evt"];
 
-/// The longest known key (`topic`, `since`); longer keys are unknown without looking further.
-const MAX_KEY: usize = 5;
-
-/// The longest key of a §9 map (`recovered`).
-const MAX_POSITION_KEY: usize = 9;
+/// The longest known key, of an envelope or a §9 map (`recovered`); longer keys are unknown without looking
+/// further.
+const MAX_KEY: usize = 9;
 
 impl Fields {
     /// Walks the whole map once, recording where each known key's value is.
     ///
     /// Stops at the first malformed item; a non-text key is only noted so the scan can still find the `id`.
     fn scan(&mut self, bytes: &[u8]) -> Result<(), EnvelopeErrorKind> {
-        let (end, non_text_key) = walk_map::<MAX_KEY>(bytes, 0, |key, span| {
+        let (end, non_text_key) = walk_map(bytes, 0, &mut |key, span| {
             let span = Some(span);
             match key {
                 Some(b"t") => self.t = span,
@@ -661,14 +659,15 @@ impl Fields {
 }
 
 /// Walks the map at `pos`, calling `entry(key, value)` for each entry in order: `key` is the text key's bytes when
-/// it has at most `N` of them, `None` for a longer text key or a non-text one. Returns where the map ends and
-/// whether a key was not text.
+/// it has at most [`MAX_KEY`] of them, `None` for a longer text key or a non-text one. Returns where the map ends
+/// and whether a key was not text.
 ///
-/// Stops at the first malformed item; a non-text key is only noted, so a scan can still find the `id`.
-fn walk_map<const N: usize>(
+/// Stops at the first malformed item; a non-text key is only noted, so a scan can still find the `id`. (`dyn`:
+/// one copy of the walk serves envelopes and §9 maps, which matters to the browser package's size.)
+fn walk_map(
     bytes: &[u8],
     start: usize,
-    mut entry: impl FnMut(Option<&[u8]>, Span),
+    entry: &mut dyn FnMut(Option<&[u8]>, Span),
 ) -> Result<(usize, bool), EnvelopeErrorKind> {
     let (header, mut pos) = cbor::read_header(bytes, start).map_err(walk_error)?;
     if header.major != MAJOR_MAP {
@@ -699,7 +698,7 @@ fn walk_map<const N: usize>(
         pos = cbor::skip_item(bytes, pos).map_err(walk_error)?;
         let value_start = pos;
         pos = cbor::skip_item(bytes, pos).map_err(walk_error)?;
-        let key = key_bytes::<N>(bytes, key_start);
+        let key = key_bytes(bytes, key_start);
         non_text_key |= key.is_none() && !key_is_text(bytes, key_start);
         entry(
             key.as_ref().map(|(buf, len)| &buf[..*len]),
@@ -716,7 +715,7 @@ fn read_position(
     key: &'static str,
 ) -> Result<(TopicPosition, Option<bool>), EnvelopeErrorKind> {
     let (mut ep, mut seq, mut recovered) = (None, None, None);
-    walk_map::<MAX_POSITION_KEY>(bytes, start, |k, span| match k {
+    walk_map(bytes, start, &mut |k, span| match k {
         Some(b"ep") => ep = Some(span),
         Some(b"seq") => seq = Some(span),
         Some(b"recovered") => recovered = Some(span),
@@ -763,14 +762,14 @@ fn key_is_text(bytes: &[u8], pos: usize) -> bool {
     bytes.get(pos).is_some_and(|b| b >> 5 == MAJOR_TEXT)
 }
 
-/// The bytes of a well-formed text key at `pos`, or `None` when it is not text or longer than `N` bytes (than
-/// any known key). Indefinite-length keys are joined from their chunks.
-fn key_bytes<const N: usize>(bytes: &[u8], pos: usize) -> Option<([u8; N], usize)> {
+/// The bytes of a well-formed text key at `pos`, or `None` when it is not text or longer than any known key.
+/// Indefinite-length keys are joined from their chunks.
+fn key_bytes(bytes: &[u8], pos: usize) -> Option<([u8; MAX_KEY], usize)> {
     let (header, mut pos) = cbor::read_header(bytes, pos).ok()?;
     if header.major != MAJOR_TEXT {
         return None;
     }
-    let mut buf = [0u8; N];
+    let mut buf = [0u8; MAX_KEY];
     let mut len = 0;
     let mut append = |chunk: &[u8]| -> Option<()> {
         buf.get_mut(len..len + chunk.len())?.copy_from_slice(chunk);

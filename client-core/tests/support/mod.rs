@@ -149,9 +149,18 @@ pub fn describe(out: &Output) -> String {
         Output::Event(Event::Message { name, .. }) => format!("message:{name}"),
         Output::Event(Event::Request { method, .. }) => format!("request:{method}"),
         Output::Event(Event::TopicEvent { topic, seq, .. }) => format!("evt:{topic}#{seq}"),
+        Output::Event(Event::TopicGap { topic, from, to }) => format!("gap:{topic}:{from}..={to}"),
+        Output::Event(Event::TopicReset { topic, ep }) => format!("reset:{topic}:{ep}"),
+        Output::Event(Event::TopicResumed { topic, replayed }) => {
+            format!("resumed:{topic}:{replayed}")
+        }
         Output::Event(Event::Reply { id, result }) => match result {
             Ok(_) => format!("reply:{}:ok", id.0),
             Err(e) => format!("reply:{}:{}", id.0, e.code),
+        },
+        Output::Event(Event::Published { id, result }) => match result {
+            Ok(at) => format!("published:{}:{}#{}", id.0, at.ep, at.seq),
+            Err(e) => format!("published:{}:{}", id.0, e.code),
         },
         Output::Event(Event::Subscribed { topic }) => format!("subscribed:{topic}"),
         Output::Event(Event::SubscribeFailed { topic, error }) => {

@@ -7,6 +7,9 @@ import init, {
   TimeoutError,
   ServerError,
   type ClientOptions,
+  type GapInfo,
+  type Published,
+  type ResetInfo,
   type Status,
   type Transition,
 } from "@sockeye/client";
@@ -37,7 +40,16 @@ export async function app(signal: AbortSignal): Promise<string> {
   client.start();
   await client.waitForStatus("ready", { timeoutMs: 5000 });
   const unsubscribe = client.subscribe<Echo>("room-1", (data, meta) => console.log(data.text, meta.seq.toFixed()));
+  const lossy = client.subscribe<Echo>("room-2", (data, { seq, ep }) => console.log(data.text, seq, ep?.length), {
+    onGap: (info: GapInfo | ResetInfo) => console.log(info.reset ? info.ep : `${info.from}..=${info.to}`),
+    onResumed: ({ topic, replayed }) => console.log(topic, replayed.toFixed()),
+    onError: (error: ServerError) => console.log(error.code),
+  });
+  client.subscribe("room-3", () => {}, (error: ServerError) => console.log(error.message))();
+  lossy();
   client.publish("room-1", { text: "hi" });
+  const stored: Published = await client.publish("room-1", { text: "kept" }, { ack: true, timeoutMs: 1000 });
+  console.log(stored.ep, stored.seq.toFixed());
   client.send("audit", new Uint8Array([1, 2]));
   try {
     const reply = await client.request<Echo>("echo", { text: "hi" }, { timeoutMs: 2000, signal });
@@ -68,6 +80,11 @@ export function refused(client: Client): void {
   client.status = "ready";
   // @ts-expect-error: the handler's meta has no such field
   client.subscribe("room-1", (_data, meta) => meta.offset);
+  // @ts-expect-error: no such subscribe option
+  client.subscribe("room-1", () => {}, { onLoss: () => {} });
+  // @ts-expect-error: a publish without `ack` resolves to nothing
+  const notAcked: Promise<Published> = client.publish("room-1", 1);
+  void notAcked;
   // @ts-expect-error: the bundler build has no init()
   import("@sockeye/client/bundler").then((m) => m.default());
 }

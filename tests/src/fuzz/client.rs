@@ -666,7 +666,7 @@ impl Run {
                     assert!(self.open, "ready without an open socket");
                 }
             }
-            Event::Reply { id, .. } => {
+            Event::Reply { id, .. } | Event::Published { id, .. } => {
                 assert!(self.issued.contains(&id), "reply for {id}, never issued");
                 let ends = self.ended.entry(id).or_default();
                 *ends += 1;
@@ -676,7 +676,11 @@ impl Run {
                 assert!(self.open && socket == self.socket, "request on {socket:?}");
                 self.inbound.push((socket, id));
             }
-            Event::TopicEvent { topic, .. } | Event::Subscribed { topic } => {
+            Event::TopicEvent { topic, .. }
+            | Event::Subscribed { topic }
+            | Event::TopicGap { topic, .. }
+            | Event::TopicReset { topic, .. }
+            | Event::TopicResumed { topic, .. } => {
                 assert!(self.subscribed.contains(&topic), "event for {topic:?}");
             }
             Event::SubscribeFailed { topic, .. } => {

@@ -11,7 +11,10 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use futures_util::StreamExt;
 use serde_json::{json, Value as Json};
-use sockeye::{Certificate, Client, ClientBuilder, Error, Status, TopicEvent, Transition};
+use sockeye::{
+    Certificate, Client, ClientBuilder, Error, Status, SubscriptionItem, TopicEvent, TopicPosition,
+    Transition,
+};
 
 const EXIT_HELP: &str = "\
 JSON payloads are converted to and from CBOR. In replies and events, byte strings are printed as base64
@@ -31,6 +34,7 @@ Examples:
   sockeye send --token s3cret ws://localhost:8080/ws audit '{\"event\":\"login\"}'
   sockeye listen ws://localhost:8080/ws prices news      # JSON lines: {\"topic\":..,\"seq\":..,\"data\":..}
   sockeye publish ws://localhost:8080/ws prices 42.5
+  sockeye publish --ack ws://localhost:8080/ws prices 42.5   # prints {\"ep\":..,\"seq\":..}
   sockeye status --watch ws://localhost:8080/ws";
 
 /// A command-line client for Sockeye servers (PROTOCOL.md): requests, messages, topics and connection status.
@@ -64,6 +68,8 @@ enum Command {
         json: Option<String>,
     },
     /// Subscribe to TOPICs and print each event as a line of JSON: {"topic":..,"seq":..,"data":..}.
+    /// Events lost across a reconnect get a line of their own, {"topic":..,"gap":{"from":..,"to":..}}, and so
+    /// does a topic whose sequence started anew, {"topic":..,"reset":{"ep":..}}.
     /// Runs until interrupted, --count events, or --timeout.
     Listen {
         /// The server's WebSocket URL, e.g. ws://localhost:8080/ws or wss://…
@@ -83,6 +89,9 @@ enum Command {
         topic: String,
         /// The payload as JSON (`-`: read stdin).
         json: String,
+        /// Wait for the server to store the event and print where: {"ep":..,"seq":..}.
+        #[arg(long)]
+        ack: bool,
     },
     /// Connect and print each state transition as a line of JSON; exit once ready (or, with --watch, keep
     /// printing until interrupted or --timeout).
@@ -255,15 +264,26 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             })
             .await
         }
-        Command::Publish { url, topic, json } => {
+        Command::Publish {
+            url,
+            topic,
+            json,
+            ack,
+        } => {
             let data = parse_json(Some(&json))?;
             let timeout = options.timeout.unwrap_or(default_timeout);
-            let builder = builder(&url, &options, false)?;
+            let builder = builder(&url, &options, false)?.request_timeout(timeout);
             bounded(timeout, "publishing", async {
                 let client = builder.connect().await?;
-                let sent = client.publish(&topic, &data).await;
+                if !ack {
+                    let sent = client.publish(&topic, &data).await;
+                    client.close().await;
+                    return Ok(sent?);
+                }
+                let stored = client.publish_acked(&topic, &data).await;
                 client.close().await;
-                Ok(sent?)
+                let TopicPosition { ep, seq } = stored?;
+                print_line(&json!({ "ep": ep, "seq": seq }).to_string())
             })
             .await
         }
@@ -342,7 +362,10 @@ fn header_name(header: &str) -> &str {
 async fn listen(client: &Client, topics: &[String], count: Option<u64>) -> Result<(), Failure> {
     let mut streams = futures_util::stream::SelectAll::new();
     for topic in topics {
-        streams.push(client.subscribe::<ciborium::Value>(topic)?);
+        let subscription = client.subscribe::<ciborium::Value>(topic)?;
+        // Gaps and resets carry no topic of their own: the stream's is attached to every item.
+        let topic = topic.clone();
+        streams.push(subscription.map(move |item| (topic.clone(), item)));
     }
     // Stop on a terminal disconnect (auth failure, attempts exhausted) instead of waiting forever.
     let mut transitions = client.transitions();
@@ -365,16 +388,24 @@ async fn listen(client: &Client, topics: &[String], count: Option<u64>) -> Resul
     let mut printed = 0u64;
     while count.is_none_or(|n| printed < n) {
         tokio::select! {
-            event = streams.next() => match event {
-                Some(Ok(TopicEvent { topic, seq, data, .. })) => {
+            item = streams.next() => match item {
+                Some((_, Ok(SubscriptionItem::Event(TopicEvent { topic, seq, data, .. })))) => {
                     let line = json!({ "topic": topic, "seq": seq, "data": json::cbor_to_json(&data) });
                     drop(data); // a message can be 16 MiB: one copy fewer while the line is written out
                     print_line(&line.to_string())?;
                     printed += 1;
                 }
-                Some(Err(Error::Lagged { skipped })) => eprintln!("sockeye: warning: {skipped} events dropped (output too slow)"),
-                Some(Err(e @ Error::Payload(_))) => eprintln!("sockeye: warning: {}", terminal::plain(&e.to_string())),
-                Some(Err(e)) => return Err(e.into()),
+                Some((topic, Ok(SubscriptionItem::Gap { from, to }))) => {
+                    print_line(&json!({ "topic": topic, "gap": { "from": from, "to": to } }).to_string())?;
+                }
+                Some((topic, Ok(SubscriptionItem::Reset { ep }))) => {
+                    print_line(&json!({ "topic": topic, "reset": { "ep": ep } }).to_string())?;
+                }
+                // Nothing was lost: nothing to print (`-v` logs it).
+                Some((_, Ok(_))) => {}
+                Some((_, Err(Error::Lagged { skipped }))) => eprintln!("sockeye: warning: {skipped} events dropped (output too slow)"),
+                Some((_, Err(e @ Error::Payload(_)))) => eprintln!("sockeye: warning: {}", terminal::plain(&e.to_string())),
+                Some((_, Err(e))) => return Err(e.into()),
                 None => return Ok(()),
             },
             error = &mut gave_up => return Err(error.into()),
