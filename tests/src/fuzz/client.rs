@@ -434,6 +434,17 @@ impl Run {
     }
 
     fn stale_input(&mut self, stale: Stale) {
+        // Any input after a time jump lets the core notice the jump first (a wake: probe or retry at once).
+        // Let that wake happen on its own, so what the stale event itself does is checked.
+        let threshold = self.conn.config().time_jump_threshold;
+        if !threshold.is_zero()
+            && self
+                .conn
+                .poll_timeout()
+                .is_some_and(|deadline| self.now > deadline + threshold)
+        {
+            self.input(Input::Wake);
+        }
         let socket = self.stale();
         let before = self.conn.status().clone();
         let outputs = match stale {

@@ -6,9 +6,11 @@
 
 mod client;
 mod codec;
+mod server;
 
 pub use client::client_core;
 pub use codec::{envelope, frame, reassembler};
+pub use server::server_session;
 
 /// A fuzz target: its name (the `fuzz/fuzz_targets/<name>.rs` binary and the `fuzz/corpus/<name>/` directory)
 /// and the harness it runs.
@@ -20,8 +22,7 @@ pub struct Target {
     pub seeds: fn() -> Vec<Vec<u8>>,
 }
 
-/// Every target. (`server_session`, the server's per-connection input handling through
-/// `sockeye_server::fuzzing::feed_frames`, is still to be written.)
+/// Every target.
 pub const TARGETS: &[Target] = &[
     Target {
         name: "frame",
@@ -41,6 +42,11 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "client_core",
         run: client_core,
+        seeds: Vec::new,
+    },
+    Target {
+        name: "server_session",
+        run: server_session,
         seeds: Vec::new,
     },
 ];
