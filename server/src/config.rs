@@ -13,8 +13,8 @@ use sockeye_core::error::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::app::Identity;
-use crate::budget::{FREE_INBOUND, MAX_CONTINUED_FRAME};
 use crate::broker::memory::MAX_IDLE_TOPICS;
+use crate::budget::{FREE_INBOUND, MAX_CONTINUED_FRAME};
 
 /// The memory the defaults keep the server within, whatever its peers do (issue 13): 512 MB. The default
 /// connection cap is sized so the budgets and the fixed cost of every connection fit in it
