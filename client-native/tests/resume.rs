@@ -5,29 +5,13 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use sockeye::{Client, Status, Subscription, SubscriptionItem, TopicPosition};
 
 use common::*;
-
-/// A client whose connection attempts fail while `away` is set.
-async fn subscriber(url: String, away: Arc<AtomicBool>) -> Client {
-    let client = fast(url).token_provider(move || {
-        let away = away.load(Ordering::SeqCst);
-        async move {
-            if away {
-                Err("kept away by the test")
-            } else {
-                Ok("any".to_owned())
-            }
-        }
-    });
-    within("connect", client.connect()).await.unwrap()
-}
 
 /// Asks the server to close this client's connection, and waits until the client noticed.
 async fn kick(client: &Client) {
@@ -77,13 +61,6 @@ async fn scene(server: &sockeye_server::ServerHandle) -> Scene {
     }
 }
 
-async fn next_item(subscription: &mut Subscription<u64>) -> SubscriptionItem<u64> {
-    within("an item", subscription.next())
-        .await
-        .expect("stream open")
-        .expect("no error")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_published_while_a_subscriber_is_away_arrive_exactly_once_then_resumed() {
     let server = server().await;
@@ -98,17 +75,7 @@ async fn events_published_while_a_subscriber_is_away_arrive_exactly_once_then_re
     // Events keep being published, one after another, while the subscriber is kicked off, kept away, and let
     // back in.
     const LAST: u64 = 300;
-    let published = Arc::new(AtomicU64::new(0));
-    let counter = Arc::clone(&published);
-    let publishing = tokio::spawn(async move {
-        for n in 1..=LAST {
-            let at = publisher.publish_acked("news", &n).await.expect("stored");
-            counter.store(n, Ordering::SeqCst);
-            assert_eq!(at.seq, first.seq + n, "one dense sequence");
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        publisher.close().await;
-    });
+    let (published, publishing) = publish_numbers(publisher, "news", first.clone(), LAST);
     eventually("some events before the kick", || {
         published.load(Ordering::SeqCst) >= 20
     })
@@ -122,22 +89,11 @@ async fn events_published_while_a_subscriber_is_away_arrive_exactly_once_then_re
     .await;
     away.store(false, Ordering::SeqCst);
 
-    let mut data = vec![0];
-    let mut resumed = Vec::new();
-    while data.last() != Some(&LAST) {
-        match next_item(&mut news).await {
-            SubscriptionItem::Event(e) => {
-                assert_eq!(e.seq, first.seq + e.data, "seq of {}", e.data);
-                data.push(e.data);
-            }
-            SubscriptionItem::Resumed { replayed } => resumed.push(replayed),
-            other => panic!("nothing may be lost: {other:?}"),
-        }
-    }
+    let (data, resumed) = events_and_resumes(&mut news, &first, LAST).await;
     within("the publisher", publishing).await.unwrap();
     assert_eq!(
         data,
-        (0..=LAST).collect::<Vec<_>>(),
+        (1..=LAST).collect::<Vec<_>>(),
         "every event exactly once, in order"
     );
     assert_eq!(resumed.len(), 1, "one reconnect, one resume: {resumed:?}");

@@ -4,11 +4,12 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sockeye::{Client, ClientBuilder, Status};
+use futures_util::StreamExt;
+use sockeye::{Client, ClientBuilder, Status, Subscription, SubscriptionItem, TopicPosition};
 use sockeye_server::{Server, ServerBuilder, ServerHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -84,9 +85,11 @@ pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
 
 /// A TCP proxy in front of `target`. [`Proxy::blackhole`] makes every connection open at that moment silent:
 /// bytes are read and dropped in both directions, as if the network had gone dark without a FIN. Close codes
-/// of the close frames the client sends (parsed from its masked frames) are recorded.
+/// of the close frames the client sends (parsed from its masked frames) are recorded. [`Proxy::retarget`]
+/// sends later connections elsewhere (a load balancer moving clients to another instance).
 pub struct Proxy {
     pub addr: SocketAddr,
+    target: Arc<Mutex<SocketAddr>>,
     connections: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
     /// While set, the proxy stops reading from clients: their writes back up.
     stalled: Arc<AtomicBool>,
@@ -102,9 +105,12 @@ impl Proxy {
         let (conns, codes) = (Arc::clone(&connections), Arc::clone(&client_close_codes));
         let stalled = Arc::new(AtomicBool::new(false));
         let stall = Arc::clone(&stalled);
+        let target = Arc::new(Mutex::new(target));
+        let current = Arc::clone(&target);
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let Ok(server) = TcpStream::connect(target).await else {
+                let to = *current.lock().unwrap();
+                let Ok(server) = TcpStream::connect(to).await else {
                     continue;
                 };
                 let silent = Arc::new(AtomicBool::new(false));
@@ -124,6 +130,7 @@ impl Proxy {
         });
         Proxy {
             addr,
+            target,
             connections,
             stalled,
             client_close_codes,
@@ -137,6 +144,11 @@ impl Proxy {
 
     pub fn url(&self) -> String {
         format!("ws://{}/ws", self.addr)
+    }
+
+    /// Connections accepted from now on go to `target`; open ones stay where they are.
+    pub fn retarget(&self, target: SocketAddr) {
+        *self.target.lock().unwrap() = target;
     }
 
     pub fn blackhole(&self) {
@@ -402,7 +414,6 @@ pub fn complete_frame(envelope: &sockeye_core::codec::Envelope) -> Vec<u8> {
 
 /// The code of the next close frame the peer sends, skipping everything else; `None` if the stream ends first.
 pub async fn next_close_code(ws: &mut RawSocket) -> Option<u16> {
-    use futures_util::StreamExt;
     while let Some(Ok(message)) = ws.next().await {
         if let tokio_tungstenite::tungstenite::Message::Close(frame) = message {
             return frame.map(|f| u16::from(f.code));
@@ -436,6 +447,85 @@ pub const SECRETS: [&str; 4] = ["SECRET-T", "SECRET-Q", "SECRET-H", "SECRET-U"];
 
 /// A [`RawServer`] that accepts every upgrade, sends `ready` and reads until the client closes.
 pub async fn silent_server() -> RawServer {
-    use futures_util::StreamExt;
     RawServer::start(|mut ws| async move { while let Some(Ok(_)) = ws.next().await {} }).await
+}
+
+// ---- PROTOCOL §9 resume scenes (resume.rs, redis.rs) ----
+
+/// A subscriber whose connection attempts fail while `away` is set (its token provider refuses), so that a
+/// test can keep it off the server while events are published.
+pub async fn subscriber(url: String, away: Arc<AtomicBool>) -> Client {
+    let client = fast(url).token_provider(move || {
+        let away = away.load(Ordering::SeqCst);
+        async move {
+            if away {
+                Err("kept away by the test")
+            } else {
+                Ok("any".to_owned())
+            }
+        }
+    });
+    within("connect", client.connect()).await.unwrap()
+}
+
+pub async fn next_item(subscription: &mut Subscription<u64>) -> SubscriptionItem<u64> {
+    within("an item", subscription.next())
+        .await
+        .expect("stream open")
+        .expect("no error")
+}
+
+/// Publishes `1..=last` on `topic`, acknowledged, one after another (1 ms apart), checking that event `n` went
+/// to `first.seq + n` of `first`'s epoch; counts the acknowledged ones. Closes the publisher at the end.
+pub fn publish_numbers(
+    publisher: Client,
+    topic: &'static str,
+    first: TopicPosition,
+    last: u64,
+) -> (Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+    let published = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&published);
+    let publishing = tokio::spawn(async move {
+        for n in 1..=last {
+            let at = within("an ack", publisher.publish_acked(topic, &n))
+                .await
+                .expect("stored");
+            let expected = TopicPosition {
+                ep: first.ep.clone(),
+                seq: first.seq + n,
+            };
+            assert_eq!(at, expected, "one dense sequence");
+            counter.store(n, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        publisher.close().await;
+    });
+    (published, publishing)
+}
+
+/// Reads `subscription` until the event with data `last`, checking each event `n` is at `first.seq + n` in
+/// `first`'s epoch; any gap or reset fails the test. Returns the events' data and each `Resumed`'s count.
+pub async fn events_and_resumes(
+    subscription: &mut Subscription<u64>,
+    first: &TopicPosition,
+    last: u64,
+) -> (Vec<u64>, Vec<u64>) {
+    let mut data = Vec::new();
+    let mut resumed = Vec::new();
+    while data.last() != Some(&last) {
+        match next_item(subscription).await {
+            SubscriptionItem::Event(e) => {
+                assert_eq!(
+                    (e.seq, e.ep.as_deref()),
+                    (first.seq + e.data, Some(&*first.ep)),
+                    "position of {}",
+                    e.data
+                );
+                data.push(e.data);
+            }
+            SubscriptionItem::Resumed { replayed } => resumed.push(replayed),
+            other => panic!("nothing may be lost: {other:?}"),
+        }
+    }
+    (data, resumed)
 }
