@@ -15,8 +15,9 @@ source "$ROOT/scripts/install.sh"
 
 PORT="${PORT:-8080}"
 
-printf '\n==> npm package: scripts/build-npm.sh web, copied to www/pkg\n'
-# The same build users get (profile wasm-release + wasm-opt, package.json named `sockeye`, error classes exported).
+printf '\n==> npm package @sockeye/client: scripts/build-npm.sh web, copied to www/pkg\n'
+# The web build users get from `@sockeye/client` (profile wasm-release + wasm-opt, error classes exported); the
+# page imports it by name through the import map in www/index.html.
 scripts/build-npm.sh web
 rm -rf www/pkg
 cp -r client-wasm/pkg www/pkg

@@ -12,12 +12,14 @@
 #     names a crate the registry lacks); brings wasm-bindgen and wasm-bindgen-test-runner
 #   - Debian chromium + chromium-driver             (apt-get; /usr/bin/chromium, /usr/bin/chromedriver)
 #   - wasm-opt from npm binaryen@$BINARYEN_VERSION  (into .tools/node_modules; Debian's binaryen is too old)
+#   - terser@$TERSER_VERSION from npm                (into .tools/node_modules; minifies the npm package's JS glue)
 #   - npm packages of the repo's own JS tests      (every package.json outside node_modules/, pkg/, target/)
 set -euo pipefail
 
 SOCKEYE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WASM_PACK_VERSION="0.15.1"
 BINARYEN_VERSION="132"
+TERSER_VERSION="5.51.2"
 SOCKEYE_TOOLS_DIR="$SOCKEYE_ROOT/.tools"
 
 _inst_say() { printf '[install] %s\n' "$*"; }
@@ -129,6 +131,24 @@ inst_wasm_opt() {
     fi
 }
 
+inst_terser() {
+    _inst_need npm "node and npm"
+    local have
+    have="$(terser --version 2>/dev/null || true)"
+    if [[ "$have" == "terser $TERSER_VERSION" ]]; then
+        _inst_skip "terser $TERSER_VERSION (at $(command -v terser))"
+    else
+        _inst_do "npm install terser@$TERSER_VERSION into $SOCKEYE_TOOLS_DIR (found: ${have:-none})"
+        mkdir -p "$SOCKEYE_TOOLS_DIR"
+        [[ -f "$SOCKEYE_TOOLS_DIR/package.json" ]] || echo '{ "private": true }' >"$SOCKEYE_TOOLS_DIR/package.json"
+        npm install --prefix "$SOCKEYE_TOOLS_DIR" --no-audit --no-fund "terser@$TERSER_VERSION"
+        hash -r
+        have="$(terser --version 2>/dev/null || true)"
+        [[ "$have" == "terser $TERSER_VERSION" ]] ||
+            _inst_die "terser on PATH is '${have:-none}' after installing terser@$TERSER_VERSION ($(command -v terser || true))"
+    fi
+}
+
 # Every package.json of the repo's own JS (tests, page), not generated or installed ones.
 _inst_js_projects() {
     find "$SOCKEYE_ROOT" \
@@ -164,6 +184,7 @@ sockeye_install() {
     inst_wasm_bindgen
     inst_chromium
     inst_wasm_opt
+    inst_terser
     inst_js_deps
     _inst_say "tools ready in $((SECONDS - t0))s"
 }

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Prints the size of the npm package `sockeye`: the .wasm and the JS glue (the entry module plus its snippets),
-# raw and gzipped (gzip -9), and their sum: what a page downloads.
+# Prints the size of the npm package `@sockeye/client`: the .wasm and the JS glue (the entry module plus its
+# snippets), raw and gzipped (gzip -9), and their sum: what a page downloads.
 #
-#   scripts/size.sh             measures client-wasm/pkg (builds it first with scripts/build-npm.sh web if missing)
+#   scripts/size.sh             measures the web build, client-wasm/pkg (builds it first with
+#                               scripts/build-npm.sh web if missing)
 #   scripts/size.sh --build     rebuilds client-wasm/pkg first
-#   scripts/size.sh DIR         measures another wasm-pack output directory (e.g. client-wasm/pkg-bundler)
+#   scripts/size.sh DIR         measures another build directory (e.g. client-wasm/pkg/bundler)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,7 +17,7 @@ for arg in "$@"; do
     case "$arg" in
     --build) BUILD=1 ;;
     -h | --help)
-        sed -n '2,7p' "$0"
+        sed -n '2,8p' "$0"
         exit 0
         ;;
     *) DIR="$arg" ;;
@@ -36,8 +37,9 @@ gz() { cat "$@" | gzip -9 | wc -c; }
 kb() { awk -v b="$1" 'BEGIN { printf "%.1f KB", b / 1000 }'; }
 
 wasm=("$DIR"/*.wasm)
-# The glue: every .js the page loads (entry, *_bg.js for bundlers, snippets). Not the .d.ts.
-mapfile -t glue < <(find "$DIR" -name '*.js' | sort)
+# The glue: every .js the page loads (entry, *_bg.js for bundlers, snippets). Not the .d.ts, and not the other
+# build in the package's bundler/ directory.
+mapfile -t glue < <(find "$DIR" -path "$DIR/bundler" -prune -o -name '*.js' -print | sort)
 
 wasm_raw=$(raw "${wasm[@]}")
 wasm_gz=$(gz "${wasm[@]}")

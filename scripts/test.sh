@@ -4,9 +4,10 @@
 #   scripts/test.sh
 #
 # Installs what is missing (scripts/install.sh), then runs, stopping at the first failure:
-#   fmt, clippy, cargo test (host), the core built for wasm32, two reference servers on free loopback ports,
-#   the browser tests (headless Chromium through wasm-bindgen-test-runner + chromedriver), the npm package and
-#   the demo page (tests/e2e, playwright-core).
+#   fmt, clippy, cargo test (host), the core built for wasm32, the crates as crates.io would get them
+#   (`cargo publish --dry-run`), two reference servers on free loopback ports, the browser tests (headless
+#   Chromium through wasm-bindgen-test-runner + chromedriver), the npm package `@sockeye/client` (built, packed,
+#   installed in a scratch project, imported and type-checked) and the demo page (tests/e2e, playwright-core).
 # Every section prints a header and its time; a summary of all section times ends the run, pass or fail.
 # Logs of the reference server go to target/sockeye-test/.
 set -euo pipefail
@@ -174,11 +175,41 @@ browser_tests() {
 }
 
 # ---------------------------------------------------------------------------------------------------------------
-# The npm package: both wasm-pack targets, checked by scripts/build-npm.sh, and its size
+# The crates as crates.io gets them: packaged and built from the packages, in dependency order (cargo resolves the
+# unpublished sockeye-core and sockeye-server through a local registry of the packages it just made)
+# ---------------------------------------------------------------------------------------------------------------
+crate_packages() {
+    # cargo builds sockeye-server and sockeye against the sockeye-core it just packaged, taken from a local registry
+    # like any crates.io dependency, and so treats it as immutable: the sources unpacked into
+    # $CARGO_HOME/registry/src/-<hash>/NAME-VERSION and the library built from them are reused by every later run
+    # with the same version, even after the crate changed (the check then fails, or passes, on old code). So those
+    # copies are dropped first, and the verification builds in a target directory of its own, where everything
+    # named sockeye* is one of these packages and is cleaned (the dependencies stay built between runs).
+    local target_dir="$ROOT/target/publish-check" crates=(-p sockeye-core -p sockeye-server -p sockeye)
+    rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/sockeye-{core-,server-,}[0-9]*
+    [[ ! -d "$target_dir" ]] || cargo clean -q --target-dir "$target_dir" "${crates[@]}"
+    # --allow-dirty: what is checked is the packages, not whether the work tree is committed.
+    cargo publish --dry-run --allow-dirty --target-dir "$target_dir" "${crates[@]}"
+    # The library without its CLI (feature `cli`) must not pull in the CLI's dependencies.
+    local cli_deps
+    cli_deps="$(cargo tree -p sockeye --no-default-features -e normal --prefix none |
+        grep -E '^(clap|clap_[a-z]+|tracing-subscriber|serde_json) ' || true)"
+    if [[ -n "$cli_deps" ]]; then
+        echo "scripts/test.sh: sockeye --no-default-features depends on the CLI's crates:" >&2
+        echo "$cli_deps" >&2
+        return 1
+    fi
+    echo "sockeye --no-default-features: no clap, tracing-subscriber or serde_json"
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+# The npm package @sockeye/client: both builds (scripts/build-npm.sh checks their files), its size, and the packed
+# tarball: its file list, installed in a scratch project, imported by Node, type-checked by tsc --strict
 # ---------------------------------------------------------------------------------------------------------------
 npm_package() {
     scripts/build-npm.sh all
     scripts/size.sh client-wasm/pkg
+    npm --prefix tests/e2e run test:package
 }
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -187,7 +218,7 @@ npm_package() {
 demo_page_tests() {
     rm -rf www/pkg
     cp -r client-wasm/pkg www/pkg
-    SOCKEYE_SERVER_BIN="$(server_binary)" npm --prefix tests/e2e test
+    SOCKEYE_SERVER_BIN="$(server_binary)" npm --prefix tests/e2e run test:demo
 }
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -204,8 +235,10 @@ run_section "cargo clippy --workspace --all-targets -- -D warnings" \
 run_section "cargo test --workspace" cargo test --workspace
 run_section "cargo build -p sockeye-core --target wasm32-unknown-unknown --no-default-features" \
     cargo build -p sockeye-core --target wasm32-unknown-unknown --no-default-features
+run_section "crates: cargo publish --dry-run (sockeye-core, sockeye-server, sockeye)" crate_packages
 run_section "start reference servers (sockeye-server --addr 127.0.0.1:0, open and with --token)" start_test_servers
 run_section "browser tests: cargo test -p sockeye-wasm --target wasm32-unknown-unknown (headless Chrome)" browser_tests
-run_section "npm package: scripts/build-npm.sh, scripts/size.sh" npm_package
+run_section "npm package @sockeye/client: scripts/build-npm.sh, scripts/size.sh, pack + scratch install (tests/e2e)" \
+    npm_package
 run_section "demo page tests: tests/e2e (playwright-core, headless Chromium)" demo_page_tests
 run_section "benchmark suite builds (release; scripts/bench.sh --quick runs it)" cargo build --release -p sockeye-bench --all-targets

@@ -1,5 +1,6 @@
-// The demo page: every control goes through the public API of the `sockeye` npm package (built into ./pkg).
-import init, { Client } from "./pkg/sockeye.js";
+// The demo page: every control goes through the public API of the `@sockeye/client` npm package (built into
+// ./pkg, found through the import map in index.html).
+import init, { Client } from "@sockeye/client";
 
 await init();
 

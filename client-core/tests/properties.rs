@@ -30,6 +30,10 @@ enum Step {
     Cancel(usize),
     /// The server replies to the n-th issued request (whether or not it is still pending).
     Reply(usize),
+    /// The server sends a malformed `res` carrying the n-th issued request's id.
+    BrokenReply(usize),
+    /// The socket refuses a message over the size limit.
+    TooBig,
     Subscribe(u8),
     Wake,
     Network(bool),
@@ -50,6 +54,8 @@ fn step() -> impl Strategy<Value = Step> {
         3 => (1u64..20_000).prop_map(Step::Request),
         1 => (0usize..20).prop_map(Step::Cancel),
         2 => (0usize..20).prop_map(Step::Reply),
+        1 => (0usize..20).prop_map(Step::BrokenReply),
+        1 => Just(Step::TooBig),
         1 => (0u8..3).prop_map(Step::Subscribe),
         1 => Just(Step::Wake),
         1 => any::<bool>().prop_map(Step::Network),
@@ -191,6 +197,22 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 })),
                 None => vec![],
             },
+            Step::BrokenReply(n) => match obs.issued.get(n) {
+                // `{"t": "res", "id": id, "d": <a reserved CBOR header>}`
+                Some(id) => {
+                    let mut frame = vec![
+                        0, 0xa3, 0x61, b't', 0x63, b'r', b'e', b's', 0x62, b'i', b'd', 0x1b,
+                    ];
+                    frame.extend(id.0.to_be_bytes());
+                    frame.extend([0x61, b'd', 0x1c]);
+                    sim.binary(&frame)
+                }
+                None => vec![],
+            },
+            Step::TooBig => sim.input(Input::MessageTooBig {
+                socket,
+                size: 1 << 30,
+            }),
             Step::Subscribe(n) => {
                 let _ = sim.conn.subscribe(sim.now, &format!("t{n}"));
                 sim.drain()

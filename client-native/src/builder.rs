@@ -26,7 +26,8 @@ use crate::Error;
 /// 1000 messages / 1 MiB; fragment threshold 100 KiB; request timeout 30 s; webpki roots for `wss://`.
 ///
 /// Limits on what a server can make the client hold (each documented on its method): messages of at most
-/// [16 MiB](ClientBuilder::max_message_size), [4 MiB](ClientBuilder::max_write_backlog) of frames waiting to be
+/// [16 MiB](ClientBuilder::max_message_size), [8](ClientBuilder::max_partial_messages) of them being reassembled
+/// at once, [4 MiB](ClientBuilder::max_write_backlog) of frames waiting to be
 /// written, [1000](ClientBuilder::max_inbound_requests) server requests awaiting their handlers, and
 /// [1024 items](ClientBuilder::stream_buffer) or [16 MiB](ClientBuilder::stream_buffer_bytes) waiting per stream.
 ///
@@ -222,6 +223,14 @@ impl ClientBuilder {
     /// The largest message accepted from the server, whole or reassembled (default 16 MiB).
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.config.reassembly.max_message_bytes = bytes;
+        self
+    }
+
+    /// Fragmented messages from the server being reassembled at once, at most (default 8, PROTOCOL §3). Each
+    /// may hold up to [`max_message_size`](ClientBuilder::max_message_size) until it completes; one more is
+    /// refused (the client closes with 4004 and reconnects).
+    pub fn max_partial_messages(mut self, messages: usize) -> Self {
+        self.config.reassembly.max_partial_messages = messages;
         self
     }
 

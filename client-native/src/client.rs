@@ -138,7 +138,8 @@ impl<T: Weigh> Feed<T> {
     pub fn deliver(&self, item: Result<T, Error>) -> bool {
         let weight = item.as_ref().map_or(0, Weigh::weight);
         let waiting = self.waiting.load(Ordering::Acquire);
-        if waiting > 0 && waiting.saturating_add(weight) > self.max_bytes {
+        // Weightless items (errors, transitions) are bounded by the item count alone.
+        if weight > 0 && waiting > 0 && waiting.saturating_add(weight) > self.max_bytes {
             if self.tx.is_closed() {
                 return false;
             }
@@ -501,7 +502,10 @@ impl Client {
     /// `INVALID_ARGUMENT`); the handler's `Ok` becomes the `res` payload, its `Err` an `err` reply with
     /// [`Error::code`]. Requests for methods without a handler are answered `UNIMPLEMENTED`. Handlers run as
     /// their own tasks; a reply is dropped if the connection it was requested on is gone by then. Handlers
-    /// still running when the client ends are stopped.
+    /// still running when the client ends are stopped. At most
+    /// [`max_inbound_requests`](ClientBuilder::max_inbound_requests) handlers run at once: at that bound the
+    /// client reads nothing more from the server until one answers, so a handler that never finishes holds
+    /// its place (and enough of them stall the connection until the keepalive closes it).
     ///
     /// A handler that holds a [`Client`] clone keeps the connection alive (the client's task ends when every
     /// handle is gone): call [`Client::close`] to end such a client.
@@ -1010,11 +1014,17 @@ mod tests {
         // Nothing waits: an item over the limit goes through; then nothing more fits.
         assert!(feed.deliver(message(500)));
         assert!(feed.deliver(message(10)));
+        // An error weighs nothing: it is never dropped for bytes, even with more than the limit waiting.
+        assert!(feed.deliver(Err(Error::Closed)));
         assert!(matches!(
             tap.poll_next(&mut cx),
             Poll::Ready(Some(Err(Error::Lagged { skipped: 1 })))
         ));
         assert!(matches!(tap.poll_next(&mut cx), Poll::Ready(Some(Ok(_)))));
+        assert!(matches!(
+            tap.poll_next(&mut cx),
+            Poll::Ready(Some(Err(Error::Closed)))
+        ));
         // Taken: its bytes are free again.
         for _ in 0..2 {
             assert!(feed.deliver(message(50)));

@@ -559,7 +559,7 @@ impl Driver {
                     // RFC 6455 §7.4.1: 1005, no status code was present.
                     None => (CloseCode(1005), ""),
                 };
-                debug!(%code, reason, "closed by the server");
+                debug!(%code, reason, "closed by the server"); // a `&str` field is written quoted, escaped
                 let reason = reason.to_owned();
                 self.retire_socket();
                 self.input(Input::SocketClosed {
@@ -634,7 +634,7 @@ impl Driver {
         let (Some(mut writer), Some(mut reader)) = (self.writer.take(), self.reader.take()) else {
             return;
         };
-        debug!(%code, %reason, "closing the socket");
+        debug!(%code, reason = ?reason, "closing the socket"); // may quote the server
         let frame = CloseFrame {
             code: WsCloseCode::from(code.0),
             reason: truncate(reason).into(),
@@ -740,14 +740,17 @@ impl Driver {
                 }
             }
             Event::SubscribeFailed { topic, error } => {
-                warn!(%topic, %error, "subscription refused");
+                // `?` on peer-controlled text: written quoted, with every control character escaped.
+                warn!(topic = ?topic, error = ?error.to_string(), "subscription refused");
                 let error = Error::from(error);
                 for f in self.topics.remove(&topic).unwrap_or_default().feeds {
                     f.state.send_replace(SubState::Failed(error.clone()));
                     f.feed.deliver(Err(error.clone()));
                 }
             }
-            Event::Notice(error) => warn!(%error, "the server reported an error"),
+            Event::Notice(error) => {
+                warn!(error = ?error.to_string(), "the server reported an error")
+            }
             Event::Draining => info!("the server is draining"),
         }
     }
@@ -789,7 +792,7 @@ impl Driver {
             }
             Status::Disconnected {
                 reason: Some(reason),
-            } => info!(%reason, "disconnected"),
+            } => info!(reason = ?reason.to_string(), "disconnected"),
             to => info!(from = %transition.from, %to, "state changed"),
         }
         if !matches!(transition.to, Status::Ready) {

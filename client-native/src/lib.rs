@@ -61,7 +61,10 @@
 //!
 //! The client emits [`tracing`] events inside a `sockeye` span (carrying the URL without its query): state
 //! transitions and disconnect reasons at `info`, attempts, delays and socket failures at `debug`. Tokens and
-//! header values are never logged.
+//! header values are never logged, by this crate or its dependencies, at any level: the upgrade request is sent
+//! by hyper (which does not log), never handed to tungstenite (whose handshake logs the whole request at
+//! `trace` through the `log` crate), and URLs are logged without user info or query. Text the server controls
+//! (close reasons, `err` messages) is logged quoted, with control characters escaped.
 //!
 //! # The `sockeye` CLI
 //!

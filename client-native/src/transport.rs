@@ -3,21 +3,35 @@
 //! Nothing here decides *when* to connect or what a failure means for the lifecycle; it only reports how an
 //! attempt ended, in the two classes the core distinguishes (PROTOCOL §6): an upgrade refused with HTTP 401/403
 //! (terminal, like 4003) and every other failure (retried with backoff).
+//!
+//! # Why the upgrade goes through hyper
+//!
+//! tungstenite's client handshake logs the whole upgrade request at trace level through the `log` crate
+//! (`Request: "GET /ws?token=… Authorization: Bearer …"`), and a library cannot stop that whatever logger the
+//! application installs (`log`'s `max_level_*` features are global). So tungstenite never sees the request:
+//! hyper's HTTP/1 client sends it and reads the `101` (hyper emits no logs unless built with
+//! `--cfg hyper_unstable_tracing`), this module checks the answer as RFC 6455 §4.1 requires, and tungstenite
+//! takes over the upgraded stream with [`WebSocketStream::from_partially_read`], so nothing is lost or copied.
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
-use http::header::{HeaderName, HeaderValue, AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
+use http::header::{
+    HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
+    SEC_WEBSOCKET_PROTOCOL, UPGRADE,
+};
+use http::{Response, StatusCode};
+use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError, SubProtocolError};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::Error;
 
@@ -175,13 +189,15 @@ pub(crate) struct Transport {
     /// `scheme://host:port/path`, without user info or query (either may carry a credential): the only form
     /// ever logged.
     pub display_url: String,
+    /// Where to connect: the URL's host (without an IPv6 literal's brackets) and port (default 80 / 443).
+    host: String,
+    port: u16,
     headers: Vec<(HeaderName, HeaderValue)>,
     token: Option<TokenSource>,
     token_in_query: bool,
-    connector: Connector,
+    /// For `wss://`: the connector and the name the server's certificate must carry.
+    tls: Option<(TlsConnector, ServerName<'static>)>,
     ws_config: WebSocketConfig,
-    /// Cleared after a server answered without echoing the subprotocol (PROTOCOL §1 allows such servers).
-    offer_subprotocol: AtomicBool,
 }
 
 impl fmt::Debug for Transport {
@@ -251,10 +267,20 @@ impl Transport {
             headers.push((header, value));
         }
 
-        let connector = if tls {
-            Connector::Rustls(options.tls.client_config()?)
+        let host = uri.host().unwrap_or_default();
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host)
+            .to_owned();
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let tls = if tls {
+            let name = ServerName::try_from(host.clone()).map_err(|_| {
+                Error::Config("the URL's host is not a valid TLS server name".into())
+            })?;
+            Some((TlsConnector::from(options.tls.client_config()?), name))
         } else {
-            Connector::Plain
+            None
         };
 
         let max_in = options.max_message_bytes.saturating_add(16);
@@ -275,12 +301,13 @@ impl Transport {
         Ok(Transport {
             url: options.url,
             display_url,
+            host,
+            port,
             headers,
             token: options.token,
             token_in_query: options.token_in_query,
-            connector,
+            tls,
             ws_config,
-            offer_subprotocol: AtomicBool::new(true),
         })
     }
 
@@ -315,74 +342,152 @@ impl Transport {
             _ => None,
         };
         let token = token.as_deref();
-        let offer = self.offer_subprotocol.load(Ordering::Relaxed);
-        let result = match self.open(token, bearer.as_ref(), offer).await {
-            Err(WsError::Protocol(ProtocolError::SecWebSocketSubProtocolError(
-                SubProtocolError::NoSubProtocol,
-            ))) if offer => {
-                // PROTOCOL §1: a server that does not echo the subprotocol is still accepted.
-                tracing::debug!(
-                    "the server does not echo {SUBPROTOCOL}; connecting without offering it"
-                );
-                self.offer_subprotocol.store(false, Ordering::Relaxed);
-                self.open(token, bearer.as_ref(), false).await
-            }
-            other => other,
-        };
-        result.map_err(|e| classify(e, token))
+        self.open(token, bearer).await.map_err(|e| match e {
+            ConnectError::Other(message) => ConnectError::Other(redact(message, token)),
+            auth => auth,
+        })
     }
 
+    /// TCP, TLS, the upgrade through hyper, then tungstenite on the upgraded stream (see the module docs).
     async fn open(
         &self,
         token: Option<&str>,
-        bearer: Option<&HeaderValue>,
-        offer_subprotocol: bool,
-    ) -> Result<WsStream, WsError> {
+        bearer: Option<HeaderValue>,
+    ) -> Result<WsStream, ConnectError> {
+        let failed = |what: &str, e: &dyn fmt::Display| ConnectError::Other(format!("{what}: {e}"));
         let url = match token {
             Some(token) if self.token_in_query => with_query_token(&self.url, token),
             _ => self.url.clone(),
         };
-        let mut request = url.into_client_request()?;
+        // `Host`, `Connection`, `Upgrade`, `Sec-WebSocket-Version` and a fresh `Sec-WebSocket-Key`.
+        let mut request = url
+            .into_client_request()
+            .map_err(|e| failed("invalid URL", &e))?;
+        // Origin form: hyper sends the target as given, and only the path and query belong in it.
+        let target = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .parse()
+            .map_err(|e| failed("invalid URL", &e))?;
+        *request.uri_mut() = target;
         let headers = request.headers_mut();
         for (name, value) in &self.headers {
             headers.append(name.clone(), value.clone());
         }
         if let Some(bearer) = bearer {
-            headers.insert(AUTHORIZATION, bearer.clone());
+            headers.insert(AUTHORIZATION, bearer);
         }
-        if offer_subprotocol {
-            headers.insert(
-                SEC_WEBSOCKET_PROTOCOL,
-                HeaderValue::from_static(SUBPROTOCOL),
-            );
+        headers.insert(
+            SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(SUBPROTOCOL),
+        );
+        let key = headers
+            .get(SEC_WEBSOCKET_KEY)
+            .cloned()
+            .ok_or_else(|| ConnectError::Other("no Sec-WebSocket-Key".into()))?;
+
+        let tcp = TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| failed("cannot connect", &e))?;
+        // PERF.md measured Nagle halving throughput.
+        tcp.set_nodelay(true)
+            .map_err(|e| failed("cannot connect", &e))?;
+        let stream = match &self.tls {
+            None => MaybeTlsStream::Plain(tcp),
+            Some((connector, name)) => MaybeTlsStream::Rustls(
+                connector
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(|e| failed("TLS handshake failed", &e))?,
+            ),
+        };
+
+        let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+            // Some servers compare header names case-sensitively (as tungstenite's handshake also allows for).
+            .title_case_headers(true)
+            .handshake::<_, String>(TokioIo::new(stream))
+            .await
+            .map_err(|e| failed("the upgrade failed", &e))?;
+        // The connection must be driven while the request is answered and until it hands the socket to the
+        // upgrade; it may finish before the response is picked up.
+        let mut connection = std::pin::pin!(connection.with_upgrades());
+        let mut send = std::pin::pin!(sender.send_request(request.map(|()| String::new())));
+        let mut driving = true;
+        let response = loop {
+            tokio::select! {
+                response = &mut send => break response.map_err(|e| failed("the upgrade failed", &e))?,
+                ended = &mut connection, if driving => {
+                    driving = false;
+                    ended.map_err(|e| failed("the upgrade failed", &e))?;
+                }
+            }
+        };
+        check_upgrade(&response, &key)?;
+        let upgrade = hyper::upgrade::on(response);
+        let upgraded = if driving {
+            let (upgraded, ended) = tokio::join!(upgrade, connection);
+            ended.map_err(|e| failed("the upgrade failed", &e))?;
+            upgraded
         } else {
-            headers.remove(SEC_WEBSOCKET_PROTOCOL);
-        }
-        let (stream, _response) = tokio_tungstenite::connect_async_tls_with_config(
-            request,
+            upgrade.await
+        };
+        let upgraded = upgraded.map_err(|e| failed("the upgrade failed", &e))?;
+        let parts = upgraded
+            .downcast::<TokioIo<MaybeTlsStream<TcpStream>>>()
+            .map_err(|_| ConnectError::Other("the upgraded stream is not the socket".into()))?;
+        // Bytes the server sent right after its `101` (often `ready`) were read with the response: hand them on.
+        Ok(WebSocketStream::from_partially_read(
+            parts.io.into_inner(),
+            parts.read_buf.to_vec(),
+            Role::Client,
             Some(self.ws_config),
-            true, // TCP_NODELAY: PERF.md measured Nagle halving throughput.
-            Some(self.connector.clone()),
         )
-        .await?;
-        Ok(stream)
+        .await)
     }
 }
 
-/// Sorts a failed upgrade into the core's two classes. The message never contains the token.
-fn classify(error: WsError, token: Option<&str>) -> ConnectError {
-    let message = match &error {
-        WsError::Http(response) => {
-            let status = response.status();
-            let message = format!("the upgrade was refused with HTTP {status}");
-            if status == http::StatusCode::UNAUTHORIZED || status == http::StatusCode::FORBIDDEN {
-                return ConnectError::Auth(message);
-            }
-            message
-        }
-        other => other.to_string(),
+/// Checks the server's answer to the upgrade (RFC 6455 §4.1) and sorts a refusal into the core's two classes.
+/// Messages never quote the server's header values.
+fn check_upgrade<B>(response: &Response<B>, key: &HeaderValue) -> Result<(), ConnectError> {
+    let status = response.status();
+    if status != StatusCode::SWITCHING_PROTOCOLS {
+        let message = format!("the upgrade was refused with HTTP {status}");
+        return Err(
+            if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                ConnectError::Auth(message)
+            } else {
+                ConnectError::Other(message)
+            },
+        );
+    }
+    let headers = response.headers();
+    let lists = |name, token: &str| {
+        headers.get_all(name).iter().any(|value| {
+            value.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|item| item.trim().eq_ignore_ascii_case(token))
+            })
+        })
     };
-    ConnectError::Other(redact(message, token))
+    if !lists(UPGRADE, "websocket") || !lists(CONNECTION, "upgrade") {
+        return Err(ConnectError::Other(
+            "the server answered 101 without switching to WebSocket".into(),
+        ));
+    }
+    let accept = derive_accept_key(key.as_bytes());
+    if headers.get(SEC_WEBSOCKET_ACCEPT).map(HeaderValue::as_bytes) != Some(accept.as_bytes()) {
+        return Err(ConnectError::Other(
+            "the server's Sec-WebSocket-Accept does not match the key".into(),
+        ));
+    }
+    // PROTOCOL §1: a server that does not echo the subprotocol is accepted; one that picks another is not.
+    match headers.get(SEC_WEBSOCKET_PROTOCOL) {
+        Some(chosen) if chosen != SUBPROTOCOL => Err(ConnectError::Other(format!(
+            "the server chose a subprotocol other than {SUBPROTOCOL}"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Removes the token from a message (a URL with `?token=` can end up in an error's text).
@@ -477,15 +582,29 @@ mod tests {
     #[test]
     fn wss_builds_a_tls_config_and_401_is_an_auth_failure() {
         assert!(Transport::new(options("wss://example.com/ws")).is_ok());
-        let response = http::Response::builder().status(401).body(None).unwrap();
+        let key = HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ==");
+        let answer = |status: u16| Response::builder().status(status);
         assert!(matches!(
-            classify(WsError::Http(Box::new(response)), None),
-            ConnectError::Auth(_)
+            check_upgrade(&answer(401).body(()).unwrap(), &key),
+            Err(ConnectError::Auth(_))
         ));
-        let response = http::Response::builder().status(503).body(None).unwrap();
         assert!(matches!(
-            classify(WsError::Http(Box::new(response)), None),
-            ConnectError::Other(_)
+            check_upgrade(&answer(503).body(()).unwrap(), &key),
+            Err(ConnectError::Other(_))
         ));
+        // RFC 6455 §1.3's example key and accept value.
+        let switched = || {
+            answer(101)
+                .header("upgrade", "WebSocket")
+                .header("connection", "keep-alive, Upgrade")
+                .header("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+        };
+        assert!(check_upgrade(&switched().body(()).unwrap(), &key).is_ok());
+        let echoed = switched().header("sec-websocket-protocol", SUBPROTOCOL);
+        assert!(check_upgrade(&echoed.body(()).unwrap(), &key).is_ok());
+        let other = switched().header("sec-websocket-protocol", "chat");
+        assert!(check_upgrade(&other.body(()).unwrap(), &key).is_err());
+        let wrong = HeaderValue::from_static("x3JJHMbDL1EzLkh9GBhXDw==");
+        assert!(check_upgrade(&switched().body(()).unwrap(), &wrong).is_err());
     }
 }

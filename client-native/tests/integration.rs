@@ -1117,18 +1117,6 @@ fn credentials_never_reach_the_logs() {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::Layer;
 
-    #[derive(Clone, Default)]
-    struct Logs(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Logs {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     let logs = Logs::default();
     let writer = logs.clone();
     let layer = tracing_subscriber::fmt::layer()
@@ -1172,7 +1160,7 @@ fn credentials_never_reach_the_logs() {
             .unwrap_err();
         assert!(!err.to_string().contains("SECRET"), "{err}");
     });
-    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let logs = logs.text();
     assert!(logs.contains("connecting"), "nothing logged: {logs}");
     assert!(!logs.contains("SECRET"), "{logs}");
 }

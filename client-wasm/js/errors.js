@@ -1,5 +1,5 @@
-// Error classes of the `sockeye` package, constructed from Rust (src/errors.rs) and re-exported from the package
-// entry by scripts/build-npm.sh. Every error has `code`, one of PROTOCOL.md §4's error codes.
+// Error classes of the `@sockeye/client` package, constructed from Rust (src/errors.rs) and re-exported from the
+// package entry by scripts/build-npm.sh. Every error has `code`, one of PROTOCOL.md §4's error codes.
 //
 // Names are set explicitly: a minifier may rename the classes, `error.name` must not change.
 

@@ -1,4 +1,4 @@
-//! Sockeye for the browser: the npm package `sockeye`.
+//! Sockeye for the browser: the npm package `@sockeye/client` (built by scripts/build-npm.sh).
 //!
 //! A thin shell that binds [`sockeye_core::Connection`] (every decision: lifecycle, backoff, keepalive, requests,
 //! offline queue, topics, the wire codec) to `WebSocket`, one `setTimeout` and the page's `online`/`offline`/
@@ -164,6 +164,17 @@ export class QueueFullError extends SockeyeError { readonly code: "RESOURCE_EXHA
 /** `CANCELLED`: aborted through its `AbortSignal`, or cancelled by `close()`. */
 export class AbortError extends SockeyeError { readonly code: "CANCELLED"; }
 
+/**
+ * The Sockeye client: one connection that reconnects, keeps alive, and keeps requests, the offline queue and
+ * topic subscriptions across reconnects.
+ *
+ * @example
+ * import init, { Client } from "@sockeye/client"; // or "@sockeye/client/bundler" (no init) for webpack/Vite wasm plugins
+ * await init();
+ * const client = new Client({ url: "wss://example.com/ws", getToken: async () => "…" });
+ * client.start();
+ * const reply = await client.request("echo", { hello: "world" }, { timeoutMs: 2000 });
+ */
 export interface Client {
   /** Connects (and keeps reconnecting, as configured). Also follows the page's `online`/`offline` and visibility
    *  changes until `close()`. Does nothing while already started. */
@@ -380,7 +391,7 @@ impl Drop for Client {
 
 fn callback(v: JsValue, name: &str) -> Result<Function, JsValue> {
     v.dyn_into::<Function>()
-        .map_err(|_| type_error(&format!("{name} must be a function")))
+        .map_err(|_| type_error(&[name, " must be a function"].concat()))
 }
 
 /// The heap: Talc instead of the standard library's dlmalloc, which costs the package ~8 KB of code where Talc

@@ -37,7 +37,7 @@ use web_sys::{AbortSignal, EventTarget, MessageEvent, WebSocket};
 
 use crate::cbor;
 use crate::errors::{self, apply, apply_to, error, request_error, settle, Kind};
-use crate::options::{Lifecycle, Options, Token, Url};
+use crate::options::{self, Lifecycle, Options, Token, Url};
 
 /// PROTOCOL §1.
 const SUBPROTOCOL: &str = "sockeye.v1";
@@ -397,7 +397,7 @@ impl Inner {
             lifecycle,
             handlers,
         } = options;
-        let conn = Connection::new(config).map_err(|e| errors::type_error(&e.to_string()))?;
+        let conn = Connection::new(config).map_err(|e| options::config_error(&e))?;
         Ok(Rc::new_cyclic(|weak: &Weak<Inner>| {
             let w = weak.clone();
             let tick = callback(move |_| {
@@ -488,7 +488,7 @@ impl Inner {
             st.waiters.retain(|w| {
                 let expired = w.deadline.is_some_and(|d| d <= now);
                 if expired {
-                    let message = format!("status \"{}\" not reached in time", w.status);
+                    let message = ["status \"", &w.status, "\" not reached in time"].concat();
                     let _ = apply(
                         &w.reject,
                         &[&error(Kind::Timeout, "DEADLINE_EXCEEDED", &message)],
@@ -582,9 +582,9 @@ impl Inner {
     fn connect(self: &Rc<Self>, socket: SocketId, url: &str, token: Option<&str>) {
         let url = match token {
             Some(token) => {
-                let sep = if url.contains('?') { '&' } else { '?' };
+                let sep = if url.contains('?') { "&" } else { "?" };
                 let token = String::from(js_sys::encode_uri_component(token));
-                format!("{url}{sep}token={token}")
+                [url, sep, "token=", &token].concat()
             }
             None => url.to_owned(),
         };
@@ -848,7 +848,7 @@ impl Inner {
             .find(|(_, m, _)| m == method)
             .map(|(_, _, f)| f.clone());
         let Some(handler) = handler else {
-            let message = format!("no handler for method \"{method}\"");
+            let message = ["no handler for method \"", method, "\""].concat();
             self.with(|st, now| {
                 st.conn.respond(
                     now,
@@ -1206,6 +1206,6 @@ fn describe(prefix: &str, e: &JsValue) -> String {
     if prefix.is_empty() {
         message
     } else {
-        format!("{prefix}: {message}")
+        [prefix, ": ", &message].concat()
     }
 }

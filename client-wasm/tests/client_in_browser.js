@@ -1,4 +1,4 @@
-// Browser scenarios for the `sockeye` package: each one uses only the public JS API, as a web app would.
+// Browser scenarios for the `@sockeye/client` package: each one uses only the public JS API, as a web app would.
 // client_in_browser.rs runs them in headless Chromium (one wasm-bindgen test each) with `Client` (the exported
 // class) and `env` ({ server, authServer }: ws:// URLs of reference servers, the second started with
 // `--token secret`). A scenario resolves when it passed and throws (with a message saying what) when not.

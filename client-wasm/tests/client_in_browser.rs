@@ -37,7 +37,7 @@ extern "C" {
 const SERVER: Option<&str> = option_env!("SOCKEYE_TEST_SERVER");
 const AUTH_SERVER: Option<&str> = option_env!("SOCKEYE_TEST_AUTH_SERVER");
 
-/// The exported `Client` class, as `import { Client } from "sockeye"` gives it to an application.
+/// The exported `Client` class, as `import { Client } from "@sockeye/client"` gives it to an application.
 fn client_class() -> JsValue {
     let options = Object::new();
     Reflect::set(&options, &"url".into(), &"ws://127.0.0.1:1/ws".into()).unwrap();

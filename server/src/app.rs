@@ -114,7 +114,8 @@ impl Context {
     /// every subscriber gets an `evt`. Returns how many subscribers it was queued for.
     ///
     /// # Errors
-    /// [`PublishError`] when the topic name breaks the rules or `value` cannot be encoded.
+    /// [`PublishError`] when the topic name breaks the rules, `value` cannot be encoded, the event is larger
+    /// than the message size limit, or the server's output budget cannot hold it now (`Busy`).
     pub fn publish<T: Serialize + ?Sized>(
         &self,
         topic: &str,

@@ -31,8 +31,9 @@ pub struct Limits {
     /// Requests (and asynchronous message handlers) running at once on one connection; beyond it a request is
     /// answered with `err RESOURCE_EXHAUSTED`. Default 64.
     pub max_inflight: usize,
-    /// Events queued for one subscriber. A subscriber whose queue overflows is closed with 1013 rather than
-    /// losing events or stalling the publisher. Default 256.
+    /// Events queued for one subscriber. A subscriber whose queue overflows is closed with 1013 (its backlog
+    /// dropped: it has seen an unbroken run of events, then the close) rather than silently losing events or
+    /// stalling the publisher. Default 256.
     pub outbound_queue: usize,
     /// Bytes of replies and events queued for one connection and not yet written. A connection that goes
     /// over (a subscriber too slow for its events, a peer not reading its replies) is closed with 1013 and
@@ -40,7 +41,8 @@ pub struct Limits {
     pub outbound_bytes: usize,
     /// Bytes of encoded replies and events held for writing across all connections (an event counts once,
     /// however many subscribers share it). A reply that does not fit closes its connection with 1013; a
-    /// publish that does not fit is refused (`err RESOURCE_EXHAUSTED`). Default 128 MiB.
+    /// publish that does not fit is refused (`err RESOURCE_EXHAUSTED`); either way the connection with the
+    /// most output queued is closed with 1013 too, so room comes back. Default 96 MiB.
     pub total_outbound_bytes: usize,
     /// Bytes read from sockets and not yet handled, across all connections: WebSocket messages still
     /// arriving (each up to `max_message_bytes`) and the last message of each connection while it is held.
@@ -53,17 +55,20 @@ pub struct Limits {
     /// Topics one connection may be subscribed to at once; beyond it `sub` is answered with
     /// `err RESOURCE_EXHAUSTED`. Default 1024.
     pub max_subscriptions: usize,
+    /// Subscriptions across all connections (each costs the server up to a few hundred bytes: the topic name
+    /// twice and the entries); beyond it `sub` is answered with `err RESOURCE_EXHAUSTED`. Default 65 536.
+    pub max_total_subscriptions: usize,
     /// tungstenite's read buffer per connection (bytes). Small keeps idle connections cheap. Default 4 KiB.
     pub read_buffer_size: usize,
     /// tungstenite's write buffer per connection (bytes): written out once it holds this much. Default 4 KiB.
     pub write_buffer_size: usize,
     /// Time a client has to send a whole HTTP request head, counted from the connection's start or, on a
     /// keep-alive connection, from the end of the previous response: it is also the keep-alive idle timeout.
-    /// Default 10 s.
+    /// Positive, at most a year. Default 10 s.
     pub handshake_timeout: Duration,
     /// An HTTP response (a static file) whose client accepts no byte for this long is abandoned and its
     /// connection closed. Not applied after the upgrade (a WebSocket peer that stops reading is closed by the
-    /// heartbeat). Default 30 s.
+    /// heartbeat). Positive, at most a year. Default 30 s.
     pub write_timeout: Duration,
     /// Time an asynchronous auth verifier may take before the connection is closed with 4001. Default 10 s.
     pub auth_timeout: Duration,
@@ -76,10 +81,11 @@ impl Default for Limits {
             max_inflight: 64,
             outbound_queue: 256,
             outbound_bytes: 32 * 1024 * 1024,
-            total_outbound_bytes: 128 * 1024 * 1024,
+            total_outbound_bytes: 96 * 1024 * 1024,
             total_inbound_bytes: 64 * 1024 * 1024,
             total_reassembly_bytes: 64 * 1024 * 1024,
             max_subscriptions: 1024,
+            max_total_subscriptions: 64 * 1024,
             read_buffer_size: 4 * 1024,
             write_buffer_size: 4 * 1024,
             handshake_timeout: Duration::from_secs(10),

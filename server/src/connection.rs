@@ -30,7 +30,7 @@ use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::app::{Context, Identity, RpcError, TopicAccess};
-use crate::budget::{Charge, InboundBudgetSpent, Metered};
+use crate::budget::{Charge, InboundRefused, Metered};
 use crate::builtins::{self, Builtin};
 use crate::config::{Auth, Credentials};
 use crate::outbound::{Encoded, OutQueue};
@@ -272,10 +272,11 @@ struct Conn {
     reassembler: Reassembler,
     /// The reassembler's buffered bytes, charged to the server-wide reassembly budget.
     reassembly_charge: Charge,
-    /// The last inbound message, kept until the next read has started: tungstenite reads into a buffer
-    /// that shares its allocation with the message it returned, and reuses that allocation (up to the
-    /// largest message size) for as long as it is the only owner. Holding the message makes it allocate a
-    /// small buffer instead, so a connection idle after one big message does not keep its size.
+    /// The last binary message, kept while tungstenite's read buffer still shares its allocation: that
+    /// buffer reuses the allocation of the largest message read (up to the message size limit) whenever it
+    /// is the only owner, so holding the message until tungstenite has moved to a buffer of its own lets a
+    /// big message's allocation go instead of staying for the connection's lifetime. Meanwhile its bytes
+    /// count against the inbound budget (they are alive either way).
     held: Option<Bytes>,
     /// Frames to write, in order.
     out: OutQueue,
@@ -284,7 +285,7 @@ struct Conn {
     /// The sending end handed to the topic registry, and the receiving end; created by the first `sub`.
     events: Option<(mpsc::Sender<Event>, mpsc::Receiver<Event>)>,
     subscriptions: BTreeSet<String>,
-    inflight: FuturesUnordered<BoxFuture<'static, Option<Envelope>>>,
+    inflight: Inflight,
     last_inbound: Instant,
     frames_in: u64,
     frames_out: u64,
@@ -297,10 +298,7 @@ impl Conn {
             reassembler: Reassembler::new(limits.reassembly.clone()),
             reassembly_charge: Charge::empty(&shared.reassembly),
             held: None,
-            out: OutQueue::new(
-                shared.config.fragment_threshold,
-                Arc::clone(&control.outbound),
-            ),
+            out: OutQueue::new(shared.config.fragment_threshold, Arc::clone(&control)),
             shared,
             id,
             control,
@@ -308,7 +306,7 @@ impl Conn {
             needs_flush: false,
             events: None,
             subscriptions: BTreeSet::new(),
-            inflight: FuturesUnordered::new(),
+            inflight: Inflight::default(),
             last_inbound: Instant::now(),
             frames_in: 0,
             frames_out: 0,
@@ -370,11 +368,7 @@ impl Conn {
                     if let Some(envelope) = reply {
                         self.send_envelope(envelope);
                     }
-                    while let Some(Some(reply)) = self.inflight.next().now_or_never() {
-                        if let Some(envelope) = reply {
-                            self.send_envelope(envelope);
-                        }
-                    }
+                    self.reap_finished();
                     Flow::Continue
                 }
                 Some(event) = recv_event(&mut self.events) => {
@@ -465,6 +459,20 @@ impl Conn {
         Ok(())
     }
 
+    /// Without a socket (fuzzing): hands over the requests finished and events queued by now, then takes
+    /// every frame queued for writing. Returns how many frames that was.
+    fn drain_now(&mut self) -> usize {
+        self.reap_finished();
+        while let Some(event) = self.events.as_mut().and_then(|(_, rx)| rx.try_recv().ok()) {
+            self.queue_event(event);
+        }
+        let mut frames = 0;
+        while self.out.pop().is_some() {
+            frames += 1;
+        }
+        frames
+    }
+
     fn publish_counters(&mut self) {
         let counters = &self.shared.counters;
         Counters::add(&counters.frames_in, std::mem::take(&mut self.frames_in));
@@ -533,9 +541,14 @@ impl Conn {
                         self.protocol_error();
                         Flow::close(CloseCode::INVALID_PAYLOAD, "text frame is not UTF-8")
                     }
-                    WsError::Io(e) if e.get_ref().is_some_and(|e| e.is::<InboundBudgetSpent>()) => {
-                        tracing::info!(connection = self.id, error = %e, "closing");
-                        Flow::close(CloseCode::TRY_AGAIN_LATER, e.to_string())
+                    WsError::Io(e) => {
+                        match e.get_ref().and_then(|e| e.downcast_ref::<InboundRefused>()) {
+                            Some(refused) => {
+                                tracing::info!(connection = self.id, error = %refused, "closing");
+                                Flow::close(refused.close_code(), refused.to_string())
+                            }
+                            None => Flow::Gone,
+                        }
                     }
                     _ => Flow::Gone,
                 };
@@ -560,9 +573,7 @@ impl Conn {
             }
             Message::Binary(bytes) => {
                 self.frames_in += 1;
-                let flow = self.on_binary(&bytes, now);
-                self.held = Some(bytes);
-                flow
+                self.on_binary(&bytes, now)
             }
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {
                 // tungstenite queued the pong for a ping; a flush sends it.
@@ -660,8 +671,22 @@ impl Conn {
         }
     }
 
+    /// Takes the handlers that have finished out of `inflight`, sending their replies. Inbound frames are
+    /// read before `inflight` is polled, so after a burst (a stalled network delivering at once) it holds
+    /// handlers that finished long ago; without this they would count against the limit.
+    fn reap_finished(&mut self) {
+        while let Some(Some(reply)) = self.inflight.next().now_or_never() {
+            if let Some(envelope) = reply {
+                self.send_envelope(envelope);
+            }
+        }
+    }
+
     fn on_request(&mut self, id: u64, method: String, data: Option<Payload>) -> Flow {
         let limit = self.shared.config.limits.max_inflight;
+        if self.inflight.len() >= limit {
+            self.reap_finished();
+        }
         if self.inflight.len() >= limit {
             let message = format!("too many requests in flight (limit {limit})");
             self.reply(
@@ -710,8 +735,11 @@ impl Conn {
     }
 
     fn on_message(&mut self, name: String, data: Option<Payload>) {
+        let limit = self.shared.config.limits.max_inflight;
+        if self.inflight.len() >= limit {
+            self.reap_finished();
+        }
         if let Some(handler) = self.shared.app.messages.get(&name) {
-            let limit = self.shared.config.limits.max_inflight;
             if self.inflight.len() >= limit {
                 let message = format!(
                     "too many handlers in flight (limit {limit}): msg {:?} dropped",
@@ -756,7 +784,16 @@ impl Conn {
             events: sender.clone(),
             control: Arc::clone(&self.control),
         };
-        self.shared.topics.subscribe(topic, self.id, subscriber);
+        self.shared
+            .topics
+            .subscribe(topic, self.id, subscriber)
+            .map_err(|full| {
+                let message = format!(
+                    "the server's subscription limit ({}) is reached",
+                    full.limit
+                );
+                RpcError::new(ErrorCode::ResourceExhausted, message)
+            })?;
         self.subscriptions.insert(topic.to_owned());
         Ok(())
     }
@@ -836,32 +873,28 @@ impl Conn {
             }
             return;
         }
-        let Some(encoded) = Encoded::charge(frame, &self.shared.outbound) else {
-            tracing::warn!(
-                connection = self.id,
-                size,
-                "server output budget spent: closing"
-            );
-            self.control.request_overflow_close(format!(
-                "server output budget of {} bytes spent",
-                self.shared.outbound.limit()
-            ));
-            return;
-        };
         let budget = &self.control.outbound;
-        if !budget.try_take(encoded.len()) {
-            tracing::info!(
-                connection = self.id,
-                size,
-                "output budget exceeded: closing"
-            );
-            self.control.request_overflow_close(format!(
+        let charged = match Encoded::charge(frame, &self.shared.outbound) {
+            None => {
+                self.shared.shed_largest_backlog();
+                Err(format!(
+                    "server output budget of {} bytes spent",
+                    self.shared.outbound.limit()
+                ))
+            }
+            Some(encoded) if !budget.try_take(encoded.len()) => Err(format!(
                 "outbound budget of {} bytes exceeded: peer not reading",
                 budget.limit()
-            ));
-            return;
+            )),
+            Some(encoded) => Ok(encoded),
+        };
+        match charged {
+            Ok(encoded) => self.queue(encoded),
+            Err(reason) => {
+                tracing::info!(connection = self.id, size, %reason, "closing");
+                self.control.request_overflow_close(reason);
+            }
         }
-        self.queue(encoded);
     }
 
     /// Queues an event unless this connection has unsubscribed from its topic since it was published (after
@@ -934,21 +967,45 @@ impl Drop for Conn {
     }
 }
 
-/// The next inbound message. The message held from the previous read is dropped once this read has been
-/// polled (and tungstenite has set up its buffer for it): see `Conn::held`.
+/// Runs one connection of `shared` (past `ready`) without a socket: each message is handled as if it had
+/// arrived, and what it queued is taken at once. Stops at the first close. Returns the frames written and
+/// the close code and reason, if any. For fuzz targets (`crate::fuzzing`).
+pub(crate) fn feed(shared: Arc<Shared>, messages: Vec<Message>) -> (usize, Option<(u16, String)>) {
+    let id = shared.next_connection_id();
+    let control = Arc::new(ConnControl::new(shared.config.limits.outbound_bytes));
+    let mut conn = Conn::new(shared, id, Arc::clone(&control), Identity::anonymous());
+    conn.out.push_text("ready");
+    let mut frames = conn.drain_now();
+    for message in messages {
+        let flow = conn.on_inbound(Some(Ok(message)), Instant::now());
+        frames += conn.drain_now();
+        let flow = match flow {
+            Flow::Continue => conn.requested_close(),
+            other => other,
+        };
+        match flow {
+            Flow::Continue => {}
+            Flow::Close { code, reason, .. } => return (frames, Some((code.0, reason))),
+            Flow::PeerClosed | Flow::Gone => return (frames, None),
+        }
+    }
+    (frames, None)
+}
+
+/// The next inbound message. A binary message is held (see `Conn::held`) until tungstenite's buffer no
+/// longer shares its allocation; the inbound budget is charged for it meanwhile.
 async fn next_inbound(ws: &mut Ws, held: &mut Option<Bytes>) -> Option<Result<Message, WsError>> {
     std::future::poll_fn(|cx| {
         let polled = ws.poll_next_unpin(cx);
-        if let Some(bytes) = held.take() {
+        if let Some(bytes) = held.take_if(|bytes| bytes.is_unique()) {
             ws.get_mut().release(bytes.len());
         }
         if let Poll::Ready(Some(Ok(message))) = &polled {
-            // Handed over; a binary message is held until the next read (see `Conn::held`).
-            let held = match message {
-                Message::Binary(bytes) => bytes.len(),
-                _ => 0,
-            };
-            ws.get_mut().settle(held);
+            if let Message::Binary(bytes) = message {
+                // A reference count, not a copy.
+                *held = Some(bytes.clone());
+            }
+            ws.get_mut().settle(held.as_ref().map_or(0, Bytes::len));
         }
         polled
     })
@@ -969,6 +1026,36 @@ fn reassembly_budget_spent(shared: &Shared) -> Flow {
             shared.reassembly.limit()
         ),
     )
+}
+
+/// Requests and message handlers running on one connection, each ending in the envelope to send (if any).
+/// The set is allocated on the first request: `FuturesUnordered` allocates two shared blocks up front, and
+/// an idle connection needs none (measured: 0.16 KB per idle connection).
+#[derive(Default)]
+struct Inflight(Option<FuturesUnordered<BoxFuture<'static, Option<Envelope>>>>);
+
+impl Inflight {
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, FuturesUnordered::len)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn push(&mut self, future: BoxFuture<'static, Option<Envelope>>) {
+        self.0
+            .get_or_insert_with(FuturesUnordered::new)
+            .push(future);
+    }
+
+    /// The next one to finish; `None` when none is running.
+    async fn next(&mut self) -> Option<Option<Envelope>> {
+        match &mut self.0 {
+            Some(running) => running.next().await,
+            None => None,
+        }
+    }
 }
 
 async fn recv_event(

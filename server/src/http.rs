@@ -142,9 +142,10 @@ pub(crate) async fn serve(
     };
     let stream = parts.io.into_inner().into_inner();
     let leftover = parts.read_buf.to_vec();
+    // Freed now rather than when this (long-lived) function returns.
     drop(parts.read_buf);
     let ws = WebSocketStream::from_partially_read(
-        Metered::new(stream, &shared.inbound),
+        Metered::new(stream, &shared.inbound, &leftover),
         leftover,
         Role::Server,
         Some(shared.ws_config),
@@ -340,8 +341,10 @@ async fn serve_static(shared: &Shared, request: Request<Incoming>) -> Response<B
     if !may_serve(root, request.uri().path()).await {
         return not_found();
     }
-    let serve_dir = ServeDir::new(root).precompressed_gzip().precompressed_br();
-    let mut response = match serve_dir.clone().try_call(request).await {
+    // TypeScript declarations (the package's `.d.ts`): mime_guess calls `.ts` an MPEG transport stream.
+    let typescript = request.uri().path().ends_with(".ts");
+    let mut serve_dir = ServeDir::new(root).precompressed_gzip().precompressed_br();
+    let mut response = match serve_dir.try_call(request).await {
         Ok(response) => response.map(Either::Left),
         Err(e) => {
             tracing::debug!(error = %e, "static file not readable");
@@ -352,7 +355,14 @@ async fn serve_static(shared: &Shared, request: Request<Incoming>) -> Response<B
             );
         }
     };
+    let retype = typescript && response.status().is_success();
     let headers = response.headers_mut();
+    if retype {
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+    }
     // Revalidate on every load (`Last-Modified` makes that cheap), so a rebuilt package is picked up.
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert(

@@ -46,7 +46,8 @@
 //!   or without subscribers, so a returning subscriber sees a gap); idle topics are forgotten only past a bound. A refused
 //!   `pub` is answered with an `err` without `id`. Each subscriber has a bounded event queue
 //!   ([`Limits::outbound_queue`]); one that overflows is closed with 1013, so a slow subscriber neither stalls
-//!   publishers nor silently misses events.
+//!   publishers nor silently misses events. Events are encoded once per publish and shared by every
+//!   subscriber.
 //! - **Bad input** is answered as PROTOCOL.md says: framing violations close with 1002, oversize messages
 //!   with 1009, undecodable envelopes get `err INVALID_ARGUMENT` when an `id` can be recovered and close 1007
 //!   otherwise. Text frames other than `ping` close with 1002 (PROTOCOL.md names no code; they break §1–2).
@@ -60,6 +61,11 @@
 //!   within [`Limits::handshake_timeout`] (also the keep-alive idle timeout), and a response the client stops
 //!   reading is abandoned after [`Limits::write_timeout`]. Static files: dotfiles, symlinks leading out of the
 //!   directory and non-regular files are 404. A repeated or non-UTF-8 `Origin` closes with 1008.
+//! - **Memory budgets**: queued output per connection ([`Limits::outbound_bytes`]) and, server-wide, queued
+//!   output, bytes read and not yet handled, and partial messages ([`Limits::total_outbound_bytes`],
+//!   [`Limits::total_inbound_bytes`], [`Limits::total_reassembly_bytes`]). The connection that would pass one
+//!   is closed with 1013 (a `pub` the output budget cannot hold is refused instead). `SECURITY.md` lists every
+//!   limit.
 //! - **Drain** ([`ServerHandle::drain`]): new upgrades get HTTP 503, open connections are closed at random
 //!   moments spread across the window (each slot of `window / n` gets one connection at a random moment).
 //!
@@ -74,6 +80,8 @@ mod app;
 mod budget;
 mod config;
 mod connection;
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 mod outbound;
 mod server;

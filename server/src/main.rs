@@ -77,8 +77,12 @@ struct Args {
     outbound_bytes: usize,
 
     /// Bytes of replies and events held for writing across all connections (an event counts once).
-    #[arg(long, value_name = "BYTES", default_value_t = 128 * 1024 * 1024)]
+    #[arg(long, value_name = "BYTES", default_value_t = 96 * 1024 * 1024)]
     total_outbound_bytes: usize,
+
+    /// Subscriptions across all connections; beyond it `sub` gets `err RESOURCE_EXHAUSTED`.
+    #[arg(long, value_name = "N", default_value_t = 64 * 1024)]
+    max_total_subscriptions: usize,
 
     /// Bytes read from sockets and not yet handled, across all connections; the connection whose read would
     /// pass it is closed with 1013.
@@ -133,6 +137,7 @@ async fn main() -> ExitCode {
     limits.outbound_queue = args.outbound_queue;
     limits.outbound_bytes = args.outbound_bytes;
     limits.total_outbound_bytes = args.total_outbound_bytes;
+    limits.max_total_subscriptions = args.max_total_subscriptions;
     limits.total_inbound_bytes = args.total_inbound_bytes;
     limits.total_reassembly_bytes = args.total_reassembly_bytes;
     let mut drain = DrainOptions::with_window(Duration::from_millis(args.drain_window_ms));
@@ -158,6 +163,14 @@ async fn main() -> ExitCode {
         builder = builder.static_dir(dir);
     }
 
+    // Before the listening line: a SIGTERM sent as soon as it is read must drain, not kill.
+    let mut signals = match Signals::new() {
+        Ok(signals) => signals,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
     let server = match builder.start().await {
         Ok(server) => server,
         Err(e) => {
@@ -179,13 +192,6 @@ async fn main() -> ExitCode {
         tracing::info!(dir = %dir.display(), "open http://{}/ in a browser", server.local_addr());
     }
 
-    let mut signals = match Signals::new() {
-        Ok(signals) => signals,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot install signal handlers");
-            return ExitCode::FAILURE;
-        }
-    };
     let which = signals.next().await;
     tracing::info!(signal = which, "draining");
     tokio::select! {

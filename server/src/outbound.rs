@@ -11,6 +11,7 @@ use sockeye_core::codec::{Envelope, FragmentPlan, Fragmenter, KIND_COMPLETE};
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 
 use crate::budget::{Budget, Charge};
+use crate::server::ConnControl;
 
 /// One envelope encoded as a COMPLETE frame (`KIND_COMPLETE`, then the envelope), charged to the server-wide
 /// output budget for as long as anyone holds it. Shared (`Arc`) by every subscriber of an event.
@@ -62,17 +63,18 @@ enum Out {
 pub(crate) struct OutQueue {
     items: VecDeque<Out>,
     fragmenter: Fragmenter,
-    budget: Arc<Budget>,
+    /// Whose `outbound` budget the queued bytes are charged to.
+    control: Arc<ConnControl>,
     /// Envelope bytes in `items`.
     bytes: usize,
 }
 
 impl OutQueue {
-    pub fn new(fragment_threshold: usize, budget: Arc<Budget>) -> OutQueue {
+    pub fn new(fragment_threshold: usize, control: Arc<ConnControl>) -> OutQueue {
         OutQueue {
             items: VecDeque::new(),
             fragmenter: Fragmenter::new(fragment_threshold),
-            budget,
+            control,
             bytes: 0,
         }
     }
@@ -105,7 +107,7 @@ impl OutQueue {
                 Ok(())
             }
             Err(e) => {
-                self.budget.give(encoded.len());
+                self.control.outbound.give(encoded.len());
                 Err(e)
             }
         }
@@ -136,7 +138,7 @@ impl OutQueue {
         match self.items.pop_front() {
             Some(Out::Envelope { encoded, fragments }) => {
                 self.bytes -= encoded.len();
-                self.budget.give(encoded.len());
+                self.control.outbound.give(encoded.len());
                 if fragments.is_some() {
                     return Some(message);
                 }
@@ -156,7 +158,7 @@ impl OutQueue {
     /// Drops everything queued (a connection closed for being too slow need not be sent its backlog).
     pub fn clear(&mut self) {
         self.items.clear();
-        self.budget.give(self.bytes);
+        self.control.outbound.give(self.bytes);
         self.bytes = 0;
     }
 }
@@ -164,5 +166,81 @@ impl OutQueue {
 impl Drop for OutQueue {
     fn drop(&mut self) {
         self.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sockeye_core::codec::{Payload, Reassembler, ReassemblyLimits};
+    use sockeye_core::time::Instant;
+
+    /// An `evt` whose payload is a text of `size` bytes.
+    fn event(size: usize, server: &Arc<Budget>) -> Arc<Encoded> {
+        let envelope = Envelope::Evt {
+            topic: "t".to_owned(),
+            seq: 1,
+            data: Some(Payload::encode(&"x".repeat(size)).expect("text encodes")),
+        };
+        Encoded::charge(Encoded::frame_of(&envelope), server).expect("within the budget")
+    }
+
+    #[test]
+    fn one_encoding_serves_every_subscriber_and_budgets_are_given_back_once_written() {
+        let server = Arc::new(Budget::new(1 << 20));
+        let shared = event(50_000, &server);
+        let charged = server.used();
+        assert_eq!(charged, shared.len());
+        for _ in 0..3 {
+            let control = Arc::new(ConnControl::new(1 << 20));
+            let budget = &control.outbound;
+            let mut queue = OutQueue::new(10_000, Arc::clone(&control));
+            assert!(budget.try_take(shared.len()));
+            queue.push(Arc::clone(&shared)).expect("fragments");
+            assert_eq!(queue.bytes(), shared.len());
+            let mut reassembler = Reassembler::new(ReassemblyLimits::default());
+            let mut whole = None;
+            while let Some(message) = queue.pop() {
+                let Message::Binary(frame) = message else {
+                    panic!("a binary frame")
+                };
+                assert!(frame.len() <= 10_000 + 9);
+                if let Some(envelope) = reassembler
+                    .handle_frame(Instant::from_millis(0), &frame)
+                    .expect("valid fragments")
+                {
+                    whole = Some(envelope.into_owned());
+                }
+            }
+            assert_eq!(whole.as_deref(), Some(shared.envelope()));
+            assert_eq!(budget.used(), 0, "given back once written");
+        }
+        // Still one allocation, charged once, until the last holder lets go.
+        assert_eq!(server.used(), charged);
+        drop(shared);
+        assert_eq!(server.used(), 0);
+    }
+
+    #[test]
+    fn a_complete_frame_is_the_shared_bytes_and_clearing_gives_the_budget_back() {
+        let server = Arc::new(Budget::new(1 << 20));
+        let shared = event(1_000, &server);
+        let control = Arc::new(ConnControl::new(1 << 20));
+        let budget = &control.outbound;
+        let mut queue = OutQueue::new(100_000, Arc::clone(&control));
+        queue.push_text("ready");
+        for _ in 0..2 {
+            assert!(budget.try_take(shared.len()));
+            queue.push(Arc::clone(&shared)).expect("fits");
+        }
+        assert!(matches!(queue.pop(), Some(Message::Text(t)) if t.as_str() == "ready"));
+        let Some(Message::Binary(frame)) = queue.pop() else {
+            panic!("a binary frame")
+        };
+        assert_eq!(frame.as_ptr(), shared.frame.as_ptr(), "no copy");
+        assert_eq!(budget.used(), shared.len());
+        queue.clear();
+        assert_eq!(budget.used(), 0);
+        assert!(queue.is_empty());
     }
 }

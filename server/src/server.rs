@@ -100,7 +100,7 @@ pub(crate) struct CloseRequest {
 /// The part of a connection other tasks can reach: its output budget, a close request and the wake-up for it.
 pub(crate) struct ConnControl {
     /// Bytes queued for this connection (events and replies), taken when queued, given back once written.
-    pub outbound: Arc<Budget>,
+    pub outbound: Budget,
     close: Mutex<Option<CloseRequest>>,
     pub notify: Notify,
     /// Set by the connection's task when it has ended.
@@ -110,7 +110,7 @@ pub(crate) struct ConnControl {
 impl ConnControl {
     pub fn new(outbound_limit: usize) -> ConnControl {
         ConnControl {
-            outbound: Arc::new(Budget::new(outbound_limit)),
+            outbound: Budget::new(outbound_limit),
             close: Mutex::new(None),
             notify: Notify::new(),
             closed: AtomicBool::new(false),
@@ -182,6 +182,37 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    pub fn new(
+        config: Config,
+        app: App,
+        ws_config: WebSocketConfig,
+        static_root: Option<PathBuf>,
+    ) -> Shared {
+        let limits = &config.limits;
+        let outbound = Arc::new(Budget::new(limits.total_outbound_bytes));
+        let reassembly = Arc::new(Budget::new(limits.total_reassembly_bytes));
+        let inbound = Arc::new(Budget::new(limits.total_inbound_bytes));
+        let topics = Topics::new(limits.max_total_subscriptions);
+        Shared {
+            config,
+            app,
+            ws_config,
+            static_root,
+            counters: Counters::default(),
+            topics,
+            outbound,
+            reassembly,
+            inbound,
+            draining: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
+            connections: Mutex::new(HashMap::new()),
+            registered: watch::channel(0).0,
+            next_connection_id: AtomicU64::new(1),
+            origin: tokio::time::Instant::now(),
+            stop_accepting: Notify::new(),
+        }
+    }
+
     /// Now, on the core's clock.
     pub fn core_now(&self) -> CoreInstant {
         self.core_at(tokio::time::Instant::now())
@@ -242,12 +273,34 @@ impl Shared {
             .publish(topic, data, limit, &self.outbound)
             .map_err(|refused| match refused {
                 Refused::TooLarge(size) => PublishError::TooLarge { size, limit },
-                Refused::Busy => PublishError::Busy {
-                    limit: self.outbound.limit(),
-                },
+                Refused::Busy => {
+                    self.shed_largest_backlog();
+                    PublishError::Busy {
+                        limit: self.outbound.limit(),
+                    }
+                }
             })?;
         Counters::add(&self.counters.overflow_closes, fanout.overflowed as u64);
         Ok(fanout.delivered)
+    }
+
+    /// When the server-wide output budget is spent: asks the connection with the most output queued to close
+    /// with 1013 (its backlog dropped), so peers that stop reading cannot keep everyone else's replies and
+    /// events refused until the heartbeat closes them.
+    pub fn shed_largest_backlog(&self) {
+        let largest = self
+            .lock_connections()
+            .values()
+            .max_by_key(|control| control.outbound.used())
+            .filter(|control| control.outbound.used() > 0)
+            .cloned();
+        if let Some(control) = largest {
+            Counters::add(&self.counters.overflow_closes, 1);
+            control.request_overflow_close(format!(
+                "server output budget of {} bytes spent: the largest backlog is dropped",
+                self.outbound.limit()
+            ));
+        }
     }
 
     /// Closes every registered connection with `code` now.
@@ -473,10 +526,17 @@ impl ServerBuilder {
                 "outbound_queue must be positive".to_owned(),
             ));
         }
-        if limits.handshake_timeout.is_zero() || limits.write_timeout.is_zero() {
-            return Err(StartError::InvalidConfig(
-                "handshake_timeout and write_timeout must be positive".to_owned(),
-            ));
+        // hyper adds the head timeout to `Instant::now()`, which panics on overflow: a year stands for "never".
+        let year = Duration::from_secs(365 * 86_400);
+        for (name, timeout) in [
+            ("handshake_timeout", limits.handshake_timeout),
+            ("write_timeout", limits.write_timeout),
+        ] {
+            if timeout.is_zero() || timeout > year {
+                return Err(StartError::InvalidConfig(format!(
+                    "{name} must be positive and at most a year"
+                )));
+            }
         }
         let max_connections = *config
             .max_connections
@@ -529,28 +589,7 @@ impl ServerBuilder {
             addr: config.addr,
             source,
         })?;
-        let (registered, _) = watch::channel(0);
-        let outbound = Arc::new(Budget::new(config.limits.total_outbound_bytes));
-        let reassembly = Arc::new(Budget::new(config.limits.total_reassembly_bytes));
-        let inbound = Arc::new(Budget::new(config.limits.total_inbound_bytes));
-        let shared = Arc::new(Shared {
-            config,
-            app,
-            ws_config,
-            static_root,
-            counters: Counters::default(),
-            topics: Topics::default(),
-            outbound,
-            reassembly,
-            inbound,
-            draining: AtomicBool::new(false),
-            shutting_down: AtomicBool::new(false),
-            connections: Mutex::new(HashMap::new()),
-            registered,
-            next_connection_id: AtomicU64::new(1),
-            origin: tokio::time::Instant::now(),
-            stop_accepting: Notify::new(),
-        });
+        let shared = Arc::new(Shared::new(config, app, ws_config, static_root));
         tracing::info!(%local_addr, path = %shared.config.path, auth = ?shared.config.auth, max_connections, "sockeye-server listening");
         let accept_task = tokio::spawn(accept_loop(Arc::clone(&shared), listener, max_connections));
         Ok(ServerHandle {
@@ -699,7 +738,8 @@ impl ServerHandle {
     /// Publishes raw `data` to `topic`'s subscribers as the server. Returns how many it was queued for.
     ///
     /// # Errors
-    /// [`PublishError::InvalidTopic`] when the name breaks the rules.
+    /// [`PublishError::InvalidTopic`] when the name breaks the rules, [`PublishError::TooLarge`] over the
+    /// message size limit, [`PublishError::Busy`] when the server's output budget cannot hold it now.
     pub fn publish(&self, topic: &str, data: Option<Payload>) -> Result<usize, PublishError> {
         self.shared.publish(topic, data)
     }

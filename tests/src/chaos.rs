@@ -32,6 +32,8 @@ use tokio::time::Instant;
 
 /// Bytes read per chunk in each direction; also the unit a [`Fault::Cut`] cuts.
 const CHUNK: usize = 16 * 1024;
+/// Attempts to claim a [`Mode::Cut`] for a chunk before giving up on the connection.
+const MAX_CLAIMS: usize = 8;
 /// How long the proxy waits for the server when a client connects (a restarting server refuses at once).
 const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -359,26 +361,44 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, link: Arc<Link>) 
                 return end(to, true).await;
             }
         };
+        relay_chunk(&buf[..n], &mut to, &link, &mut mode).await;
+    }
+}
+
+/// Passes one chunk on as the link's mode says. A fault may change the mode while a cut is being claimed:
+/// the chunk then follows the new mode (dropping it and forwarding what comes next would cut a hole in the
+/// middle of the stream, which no network does).
+async fn relay_chunk(
+    chunk: &[u8],
+    to: &mut OwnedWriteHalf,
+    link: &Link,
+    mode: &mut watch::Receiver<Mode>,
+) {
+    // Each failed claim means the mode changed meanwhile; faults come milliseconds apart, so a few turns
+    // are plenty. Past them, the connection ends rather than lose the chunk.
+    for _ in 0..MAX_CLAIMS {
         let current = *mode.borrow_and_update();
         match current {
             Mode::Forward | Mode::Pause { .. } => {
-                if !forward(&mut to, &buf[..n], &mut mode).await {
+                if !forward(to, chunk, mode).await {
                     link.set(Mode::Kill { rst: false });
                 }
+                return;
             }
-            Mode::Blackhole => {}
+            Mode::Blackhole | Mode::Kill { .. } => return,
             Mode::Cut { keep_permille, rst } => {
                 if link.replace(current, Mode::Kill { rst }) {
                     link.counts.add(Fault::Cut);
                     // The kill is ours: it must not interrupt the prefix.
                     mode.borrow_and_update();
-                    let keep = n * keep_permille as usize / 1000;
-                    let _ = forward(&mut to, &buf[..keep], &mut mode).await;
+                    let keep = chunk.len() * keep_permille as usize / 1000;
+                    let _ = forward(to, &chunk[..keep], mode).await;
+                    return;
                 }
             }
-            Mode::Kill { .. } => {}
         }
     }
+    link.set(Mode::Kill { rst: false });
 }
 
 /// Writes all of `bytes` unless the link starts ending meanwhile (a peer that does not read must not keep a

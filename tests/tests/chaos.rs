@@ -4,10 +4,16 @@
 //!
 //! - every request ends exactly once, with its own reply or an error, and the server never runs one twice;
 //! - nothing the application handed over is lost silently: a message is lost only with the connection it was
-//!   written to (at most one run of lost messages per connection), a refused one never arrives;
-//! - no event is delivered twice to a subscription;
-//! - once the faults stop, every client is `ready` again and requests, messages and events all get through;
+//!   written to (what one connection delivers is an unbroken run of what the client accepted, and there are
+//!   no more runs of lost messages than connections), a refused one never arrives;
+//! - no event is delivered twice to a subscription, nor an echoed message twice to `incoming()`;
+//! - once the faults stop, every client is `ready` again, the server holds one connection per client and no
+//!   subscription a client dropped, and requests, messages and events all get through; what a client queued
+//!   while the server was down arrives in full;
 //! - the process's resident memory stays under [`RSS_LIMIT_MB`].
+//!
+//! Besides plain requests, the clients issue fragmented ones, ones with deadlines too short to make, and ones
+//! they abandon (drop) part-way, and keep subscribing to and dropping a topic of their own.
 //!
 //! `SOCKEYE_CHAOS_SEED=N` reruns a seed (it is printed at the start; the test output shows it on failure);
 //! `SOCKEYE_CHAOS_FAULTS=N` makes a longer soak. `RUST_LOG=sockeye=debug` shows the clients' view.
@@ -25,7 +31,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use sockeye::{Client, Error, ErrorCode, Status, Subscription};
 use sockeye_core::Rng;
-use sockeye_server::{RpcError, Server, ServerHandle};
+use sockeye_server::{DrainOptions, RpcError, Server, ServerHandle};
 use sockeye_tests::chaos::{chaos_seed, run_faults, ChaosProxy, Fault, Plan};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -36,17 +42,21 @@ const CLIENTS: usize = 4;
 const TOPICS: [&str; 3] = ["chaos.a", "chaos.b", "chaos.c"];
 /// Faults per run unless `SOCKEYE_CHAOS_FAULTS` says otherwise (issue 13: at least 1 000 in CI).
 const DEFAULT_FAULTS: u64 = 1000;
-/// The fault phase ends after this long even if fewer faults took effect (then the test fails).
-const FAULT_PHASE_LIMIT: Duration = Duration::from_secs(75);
+/// The fault phase ends after this long per planned fault even if fewer took effect (then the test fails):
+/// 75 s for 1 000. A fault comes every 16 ms on average, so that is ample.
+const FAULT_PHASE_LIMIT_PER_FAULT: Duration = Duration::from_millis(75);
 /// A request's own deadline.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// Anything the client should finish on its own (a request past its deadline, a send) gets this long before
 /// the test calls it a hang.
 const HANG: Duration = Duration::from_secs(10);
-/// Resident memory of the whole test process (server, proxy, clients, buffers) must stay below this. Measured
-/// at 30–40 MB for 1 000 faults (debug build); the bound leaves room for allocator slack and slower machines
-/// while still catching a leak that grows with the number of faults or reconnects.
-const RSS_LIMIT_MB: u64 = 256;
+/// Resident memory of the whole test process (server, proxy, clients, CLI runs' pipes) must stay below this.
+/// Measured at 15–20 MB for 1 000 faults (debug build, 2 cores); the bound leaves room for allocator slack and
+/// other machines while still catching a leak that grows with faults or reconnects (about 700 per run).
+const RSS_LIMIT_MB: u64 = 96;
+/// RSS samples taken, one every 100 ms (5 minutes, beyond a default run; a longer soak is measured again at its
+/// end).
+const RSS_SAMPLES: u32 = 3000;
 /// Payloads above the fragment threshold (100 KiB) travel as fragments, so cuts land inside them.
 const BIG_PAYLOAD: usize = 120 * 1024;
 /// `n` of the events and messages sent after the faults stop, and of the messages sent while the server is
@@ -120,10 +130,17 @@ impl Servers {
         panic!("the server could not bind {addr} again");
     }
 
-    /// Shuts the server down (giving its connections a moment, as a crash would not) and starts a new one
-    /// on the same port: its topics start again from `seq` 1.
+    /// Every other restart drains first (PROTOCOL §8: `bye`, closes spread over a short window, HTTP 503 to
+    /// new upgrades); then the server is shut down, giving its connections a moment (as a crash would not),
+    /// and a new one starts on the same port: its topics start again from `seq` 1.
     async fn restart(&self) {
         let mut current = self.current.lock().await;
+        if self.generation.load(Ordering::SeqCst) % 2 == 1 {
+            let mut drain = DrainOptions::with_window(Duration::from_millis(150));
+            drain.bye = true;
+            drain.deadline = Some(Duration::from_millis(400));
+            current.drain(drain).await;
+        }
         let _ = tokio::time::timeout(Duration::from_millis(300), current.shutdown()).await;
         *current = self.next().await;
     }
@@ -165,6 +182,11 @@ struct Tally {
     notes_refused: Mutex<Vec<u64>>,
     publishes: AtomicU64,
     publishes_refused: AtomicU64,
+    /// Requests dropped before they ended (cancelled by the application).
+    abandoned: AtomicU64,
+    /// `n` of the `echo` messages sent (the server sends each back as a `msg`), and of those that came back.
+    echoes_sent: Mutex<BTreeSet<u64>>,
+    echoes_back: Mutex<Vec<u64>>,
     /// Times the client reached `ready`.
     readies: AtomicU64,
     lagged: AtomicU64,
@@ -198,8 +220,15 @@ impl Soak {
     }
 }
 
-fn client(url: &str, seed: u64) -> Client {
-    Client::builder(url)
+/// Client `me`: fast reconnects and short timeouts for all; some with a tiny offline queue (sends and requests
+/// refused while offline) or a tiny fragment threshold (almost every envelope fragmented).
+fn client(url: &str, me: usize, seed: u64) -> Client {
+    let builder = match me % 4 {
+        1 => Client::builder(url).queue_limits(8, 16 * 1024),
+        3 => Client::builder(url).fragment_threshold(20),
+        _ => Client::builder(url),
+    };
+    builder
         .seed(seed)
         .base_delay(Duration::from_millis(10))
         .max_delay(Duration::from_millis(150))
@@ -213,13 +242,14 @@ fn client(url: &str, seed: u64) -> Client {
 }
 
 /// Issues requests one after another until stopped: mostly `rec` (the server counts executions), some big
-/// `echo`s (fragmented both ways).
+/// `echo`s (fragmented both ways), some with deadlines too short to make, some abandoned part-way.
 async fn requester(soak: Arc<Soak>, client: Client, tally: Arc<Tally>, seed: u64) {
     let mut rng = Rng::new(seed);
     while !soak.stopping() {
         let id = soak.next_request.fetch_add(1, Ordering::Relaxed);
         tally.requests.fetch_add(1, Ordering::Relaxed);
-        let rec = rng.below(16) != 0;
+        let kind = rng.below(16);
+        let rec = kind != 0;
         let outcome = if !rec {
             let text = format!("{id}:{}", "x".repeat(BIG_PAYLOAD));
             let reply = client.request::<_, String>("echo", &text);
@@ -227,10 +257,23 @@ async fn requester(soak: Arc<Soak>, client: Client, tally: Arc<Tally>, seed: u64
                 .await
                 .map(|r| r.map(|echoed| echoed == text))
         } else {
-            let reply = client.request::<_, u64>("rec", &id);
-            tokio::time::timeout(HANG, reply)
-                .await
-                .map(|r| r.map(|echoed| echoed == id))
+            let mut reply = client.request::<_, u64>("rec", &id);
+            if kind == 1 {
+                reply = reply.timeout(Duration::from_millis(5 + rng.below(60)));
+            }
+            // Abandoned: dropped after a moment, replied or not; the server may or may not have run it.
+            let patience = if kind == 2 {
+                Duration::from_millis(rng.below(40))
+            } else {
+                HANG
+            };
+            match tokio::time::timeout(patience, reply).await {
+                Err(_) if kind == 2 => {
+                    tally.abandoned.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                outcome => outcome.map(|r| r.map(|echoed| echoed == id)),
+            }
         };
         match outcome {
             Ok(Ok(true)) => {
@@ -269,13 +312,24 @@ fn expected_request_error(e: &Error) -> bool {
     }
 }
 
-/// Sends `note` messages and publishes events until stopped.
+/// Sends `note` messages, some `echo` messages, and publishes events until stopped.
 async fn sender(soak: Arc<Soak>, client: Client, tally: Arc<Tally>, me: usize, seed: u64) {
     let mut rng = Rng::new(seed);
     let mut n = 0;
     while !soak.stopping() {
         n += 1;
         let stamp = Stamp { p: me, n };
+        if rng.below(4) == 0 {
+            match tokio::time::timeout(HANG, client.send("echo", &stamp)).await {
+                Ok(Ok(())) => {
+                    tally.echoes_sent.lock().unwrap().insert(n);
+                }
+                Ok(Err(Error::ResourceExhausted { .. })) => {}
+                other => soak
+                    .violations
+                    .add(format!("client {me}: echo {n} ended with {other:?}")),
+            }
+        }
         match tokio::time::timeout(HANG, client.send("note", &stamp)).await {
             Ok(Ok(())) => tally.notes_ok.lock().unwrap().push(n),
             Ok(Err(Error::ResourceExhausted { .. })) => tally.notes_refused.lock().unwrap().push(n),
@@ -336,6 +390,40 @@ async fn consume(
                 tally.lagged.fetch_add(skipped, Ordering::Relaxed);
             }
             Err(e) => violations.add(format!("{topic}: stream error {e}")),
+        }
+    }
+}
+
+/// Keeps subscribing to a topic of the client's own and dropping the subscription, acknowledged or not,
+/// until stopped. Afterwards the server must hold no subscription to it.
+async fn churn(soak: Arc<Soak>, client: Client, me: usize, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let topic = format!("chaos.churn.{me}");
+    while !soak.stopping() {
+        match client.subscribe::<Stamp>(&topic) {
+            Ok(subscription) => {
+                let hold = Duration::from_millis(rng.below(300));
+                let _ = tokio::time::timeout(hold, subscription.subscribed()).await;
+            }
+            Err(e) => soak
+                .violations
+                .add(format!("client {me}: subscribe {topic}: {e}")),
+        }
+        tokio::time::sleep(Duration::from_millis(rng.below(50))).await;
+    }
+}
+
+/// Records the `echo` messages that come back, until the client is closed.
+async fn echoes(client: Client, tally: Arc<Tally>, violations: Violations) {
+    let mut incoming = client.incoming();
+    drop(client);
+    while let Some(message) = incoming.next().await {
+        match message.and_then(|m| m.decode::<Stamp>()) {
+            Ok(stamp) => tally.echoes_back.lock().unwrap().push(stamp.n),
+            Err(Error::Lagged { skipped }) => {
+                tally.lagged.fetch_add(skipped, Ordering::Relaxed);
+            }
+            Err(e) => violations.add(format!("incoming: {e}")),
         }
     }
 }
@@ -530,6 +618,318 @@ fn lost_runs(accepted: &[u64], arrived: &BTreeSet<u64>) -> usize {
     runs
 }
 
+/// Everything the checks after the storm need.
+struct Run {
+    seed: u64,
+    soak: Arc<Soak>,
+    ledger: Arc<Ledger>,
+    servers: Arc<Servers>,
+    clients: Vec<Client>,
+    tallies: Vec<Arc<Tally>>,
+    /// (client, topic, what it received, its prober)
+    subscriptions: Vec<(usize, &'static str, Received, mpsc::UnboundedSender<Probe>)>,
+}
+
+impl Run {
+    fn violation(&self, what: String) {
+        self.soak.violations.add(what);
+    }
+
+    /// Every client reaches `ready` (blackholed connections are noticed by keepalive first).
+    async fn all_ready(&self, when: &str) {
+        for (me, client) in self.clients.iter().enumerate() {
+            if let Err(e) = client.wait_for(Status::Ready, HANG).await {
+                self.violation(format!("client {me} not ready {when}: {e}"));
+            }
+        }
+    }
+
+    /// An outage: what the clients hand over while the server is down waits in their offline queues and
+    /// arrives, in full, once it is back.
+    async fn outage(&self) {
+        let mut queued_requests = JoinSet::new();
+        {
+            let mut current = self.servers.current.lock().await;
+            current.shutdown().await;
+            let offline = eventually(HANG, || {
+                self.clients.iter().all(|c| c.state() != Status::Ready)
+            })
+            .await;
+            assert!(
+                offline,
+                "seed {}: clients still ready with the server down",
+                self.seed
+            );
+            for (me, client) in self.clients.iter().enumerate() {
+                for n in QUEUED..QUEUED + 3 {
+                    match client.send("note", &Stamp { p: me, n }).await {
+                        Ok(()) => self.tallies[me].notes_ok.lock().unwrap().push(n),
+                        Err(e) => self.violation(format!("client {me}: send while offline: {e}")),
+                    }
+                }
+                let id = self.soak.next_request.fetch_add(1, Ordering::Relaxed);
+                let reply = client.request::<_, u64>("rec", &id).timeout(HANG);
+                queued_requests.spawn(async move { (me, id, reply.await) });
+            }
+            // Requests are issued (queued) when first polled: let their tasks run before the server returns.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            *current = self.servers.next().await;
+        }
+        while let Some(joined) = queued_requests.join_next().await {
+            match joined.expect("the request task") {
+                (me, id, Ok(echoed)) if echoed == id => {
+                    self.tallies[me].answered.lock().unwrap().push(id)
+                }
+                (me, id, other) => self.violation(format!(
+                    "client {me}: request {id} queued while offline ended with {other:?}"
+                )),
+            }
+        }
+        self.all_ready("after the outage").await;
+    }
+
+    /// Every client works: a request, messages, and an event on every topic that reaches every subscriber.
+    async fn calm_round(&self) {
+        for (me, client) in self.clients.iter().enumerate() {
+            let id = self.soak.next_request.fetch_add(1, Ordering::Relaxed);
+            match tokio::time::timeout(HANG, client.request::<_, u64>("rec", &id)).await {
+                Ok(Ok(echoed)) if echoed == id => {
+                    self.tallies[me].answered.lock().unwrap().push(id)
+                }
+                other => {
+                    self.violation(format!("client {me}: request after the faults: {other:?}"))
+                }
+            }
+            for n in FINAL..FINAL + 3 {
+                match client.send("note", &Stamp { p: me, n }).await {
+                    Ok(()) => self.tallies[me].notes_ok.lock().unwrap().push(n),
+                    Err(e) => self.violation(format!("client {me}: send after the faults: {e}")),
+                }
+            }
+        }
+        // Subscriptions are live again (re-subscribed on the last `ready`) before the final events.
+        for (me, topic, _, probe) in &self.subscriptions {
+            let (ask, answer) = oneshot::channel();
+            let live = match (probe.send(ask), answer.await) {
+                (Ok(()), Ok(subscribed)) => tokio::time::timeout(HANG, subscribed).await,
+                _ => Ok(Err(Error::Closed)),
+            };
+            if !matches!(live, Ok(Ok(()))) {
+                self.violation(format!(
+                    "client {me}: {topic} not subscribed after the faults: {live:?}"
+                ));
+            }
+        }
+        for (me, client) in self.clients.iter().enumerate() {
+            for (t, topic) in TOPICS.iter().enumerate() {
+                let stamp = Stamp {
+                    p: me,
+                    n: FINAL + t as u64,
+                };
+                if let Err(e) = client.publish(topic, &stamp).await {
+                    self.violation(format!("client {me}: publish after the faults: {e}"));
+                }
+            }
+        }
+        let delivered = eventually(HANG, || {
+            self.subscriptions.iter().all(|(_, topic, received, _)| {
+                let t = TOPICS.iter().position(|x| x == topic).unwrap_or(0) as u64;
+                let received = received.lock().unwrap();
+                (0..CLIENTS).all(|p| {
+                    received
+                        .iter()
+                        .any(|(_, s)| *s == Stamp { p, n: FINAL + t })
+                })
+            })
+        })
+        .await;
+        if !delivered {
+            self.violation(
+                "an event published after the faults did not reach every subscriber".into(),
+            );
+        }
+        let expected: Vec<u64> = (FINAL..FINAL + 3).chain(QUEUED..QUEUED + 3).collect();
+        let arrived = eventually(HANG, || {
+            let notes = self.ledger.notes.lock().unwrap();
+            (0..CLIENTS).all(|p| {
+                let got = notes.get(&p).map(Vec::as_slice).unwrap_or_default();
+                expected.iter().all(|n| got.iter().any(|(_, m)| m == n))
+            })
+        })
+        .await;
+        if !arrived {
+            let notes = self.ledger.notes.lock().unwrap();
+            for p in 0..CLIENTS {
+                let got = notes.get(&p).map(Vec::as_slice).unwrap_or_default();
+                let missing: Vec<_> = expected
+                    .iter()
+                    .filter(|n| !got.iter().any(|(_, m)| m == *n))
+                    .collect();
+                if !missing.is_empty() {
+                    self.violation(format!(
+                        "client {p}: messages {missing:?} (sent in calm) never arrived"
+                    ));
+                }
+            }
+        }
+        // No connection outlives its client, and no subscription one dropped: one connection per client, the
+        // three topics subscribed.
+        let settled = eventually(HANG, || {
+            self.servers.current.try_lock().is_ok_and(|s| {
+                let stats = s.stats();
+                (stats.connections_open, stats.topics) == (CLIENTS as u64, TOPICS.len() as u64)
+            })
+        })
+        .await;
+        if !settled {
+            let stats = self.servers.current.lock().await.stats();
+            self.violation(format!(
+                "the server holds {} connections and {} subscribed topics for {CLIENTS} clients on {} topics",
+                stats.connections_open,
+                stats.topics,
+                TOPICS.len()
+            ));
+        }
+    }
+
+    /// Each request ended once (a hang or a crossed reply was reported when it happened); none ran twice on
+    /// the server; every answered `rec` ran exactly once. Returns (issued, replied, abandoned, errors by code).
+    fn check_requests(&self) -> (u64, u64, u64, BTreeMap<String, u64>) {
+        let executed = self.ledger.executed.lock().unwrap().clone();
+        for (id, times) in &executed {
+            if *times > 1 {
+                self.violation(format!("request {id} ran {times} times on the server"));
+            }
+        }
+        let (mut issued, mut replied, mut abandoned) = (0, 0, 0);
+        let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+        for tally in &self.tallies {
+            issued += tally.requests.load(Ordering::Relaxed);
+            replied += tally.replies.load(Ordering::Relaxed);
+            abandoned += tally.abandoned.load(Ordering::Relaxed);
+            for (code, n) in tally.errors.lock().unwrap().iter() {
+                *errors.entry(code.clone()).or_default() += n;
+            }
+            for id in tally.answered.lock().unwrap().iter() {
+                if executed.get(id) != Some(&1) {
+                    self.violation(format!(
+                        "request {id} was answered but the server did not run it once"
+                    ));
+                }
+            }
+        }
+        (issued, replied, abandoned, errors)
+    }
+
+    /// Messages: none arrives twice, none that was refused or never sent arrives, what one connection carried
+    /// is an unbroken run of what the client accepted, and lost runs are no more than connections. Echoed
+    /// messages come back at most once. Returns (accepted, lost).
+    fn check_messages(&self) -> (usize, usize) {
+        let notes = self.ledger.notes.lock().unwrap().clone();
+        let (mut sent, mut lost) = (0, 0);
+        for (me, tally) in self.tallies.iter().enumerate() {
+            let accepted = tally.notes_ok.lock().unwrap().clone();
+            let refused: BTreeSet<u64> = tally
+                .notes_refused
+                .lock()
+                .unwrap()
+                .iter()
+                .copied()
+                .collect();
+            let received = notes.get(&me).cloned().unwrap_or_default();
+            let arrived: BTreeSet<u64> = received.iter().map(|(_, n)| *n).collect();
+            if arrived.len() != received.len() {
+                self.violation(format!("client {me}: a message arrived twice"));
+            }
+            // A connection carries a contiguous run of what was accepted (the queue flushed on its `ready`,
+            // then what was sent while it lasted), of which the server receives a prefix. A message missing
+            // between two that came on the same connection was dropped silently.
+            let position: HashMap<u64, usize> =
+                accepted.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+            let mut by_connection: BTreeMap<Conn, Vec<usize>> = BTreeMap::new();
+            for (conn, n) in &received {
+                match position.get(n) {
+                    Some(&i) => by_connection.entry(*conn).or_default().push(i),
+                    None if refused.contains(n) => self.violation(format!(
+                        "client {me}: message {n} arrived although its send failed"
+                    )),
+                    None => self.violation(format!(
+                        "client {me}: message {n} arrived but was never sent"
+                    )),
+                }
+            }
+            for (conn, positions) in &by_connection {
+                let low = positions.iter().min().copied().unwrap_or_default();
+                let high = positions.iter().max().copied().unwrap_or_default();
+                if high - low + 1 != positions.len() {
+                    let missing: Vec<u64> = (low..=high)
+                        .filter(|i| !positions.contains(i))
+                        .map(|i| accepted[i])
+                        .collect();
+                    self.violation(format!(
+                        "client {me}: connection {conn:?} delivered {} of the {} messages from {} to {}; \
+                         missing {missing:?}",
+                        positions.len(),
+                        high - low + 1,
+                        accepted[low],
+                        accepted[high]
+                    ));
+                }
+            }
+            let runs = lost_runs(&accepted, &arrived);
+            let readies = tally.readies.load(Ordering::Relaxed) as usize;
+            if runs > readies {
+                self.violation(format!(
+                    "client {me}: {runs} runs of lost messages over {readies} connections"
+                ));
+            }
+            sent += accepted.len();
+            lost += accepted.iter().filter(|n| !arrived.contains(n)).count();
+
+            let echoes_sent = tally.echoes_sent.lock().unwrap();
+            let back = tally.echoes_back.lock().unwrap();
+            let unique: BTreeSet<u64> = back.iter().copied().collect();
+            if unique.len() != back.len() {
+                self.violation(format!("client {me}: an echoed message came back twice"));
+            }
+            if let Some(n) = unique.iter().find(|n| !echoes_sent.contains(n)) {
+                self.violation(format!(
+                    "client {me}: echo {n} came back but was never sent"
+                ));
+            }
+        }
+        (sent, lost)
+    }
+
+    /// Events: never twice to a subscription; `seq` only goes back when the server restarted. Returns the
+    /// number of events received.
+    fn check_events(&self, restarts: u64) -> usize {
+        let mut events = 0;
+        for (me, topic, received, _) in &self.subscriptions {
+            let received = received.lock().unwrap();
+            events += received.len();
+            let mut seen = BTreeSet::new();
+            let mut went_back = 0;
+            let mut last_seq = 0;
+            for (seq, stamp) in received.iter() {
+                if !seen.insert(*stamp) {
+                    self.violation(format!("client {me} got {stamp:?} on {topic} twice"));
+                }
+                if *seq <= last_seq {
+                    went_back += 1;
+                }
+                last_seq = *seq;
+            }
+            if went_back > restarts {
+                self.violation(format!(
+                    "client {me}: seq on {topic} went back {went_back} times over {restarts} restarts"
+                ));
+            }
+        }
+        events
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_survive_a_thousand_faults_and_lose_nothing_silently() {
     let _ = tracing_subscriber::fmt()
@@ -556,7 +956,6 @@ async fn clients_survive_a_thousand_faults_and_lose_nothing_silently() {
         .await
         .expect("the proxy starts");
     let url = proxy.ws_url();
-
     let soak = Arc::new(Soak {
         violations: Violations::default(),
         stop: Arc::default(),
@@ -564,29 +963,36 @@ async fn clients_survive_a_thousand_faults_and_lose_nothing_silently() {
     });
     let peak_rss = Arc::new(AtomicU64::new(rss_mb()));
     let sampler = {
-        let (peak, soak) = (Arc::clone(&peak_rss), Arc::clone(&soak));
+        let peak = Arc::clone(&peak_rss);
         tokio::spawn(async move {
-            // Until the end of the test (aborted there).
-            loop {
+            for _ in 0..RSS_SAMPLES {
                 peak.fetch_max(rss_mb(), Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                if soak.violations.all().len() >= 50 {
-                    break;
-                }
             }
         })
     };
 
     // Clients, their subscriptions (two topics each), and their workload.
-    let mut clients = Vec::new();
-    let mut tallies = Vec::new();
-    let mut subscriptions: Vec<(usize, &str, Received, mpsc::UnboundedSender<Probe>)> = Vec::new();
+    let mut run = Run {
+        seed,
+        soak: Arc::clone(&soak),
+        ledger: Arc::clone(&ledger),
+        servers: Arc::clone(&servers),
+        clients: Vec::new(),
+        tallies: Vec::new(),
+        subscriptions: Vec::new(),
+    };
     let mut background = JoinSet::new();
     let mut workload = JoinSet::new();
     for me in 0..CLIENTS {
-        let client = client(&url, seed ^ me as u64);
+        let client = client(&url, me, seed ^ me as u64);
         let tally = Arc::new(Tally::default());
         background.spawn(count_readies(client.clone(), Arc::clone(&tally)));
+        background.spawn(echoes(
+            client.clone(),
+            Arc::clone(&tally),
+            soak.violations.clone(),
+        ));
         client
             .wait_for(Status::Ready, HANG)
             .await
@@ -599,7 +1005,8 @@ async fn clients_survive_a_thousand_faults_and_lose_nothing_silently() {
                 .expect("subscribed");
             let received = Received::default();
             let (probe, probes) = mpsc::unbounded_channel();
-            subscriptions.push((me, topic, Arc::clone(&received), probe));
+            run.subscriptions
+                .push((me, topic, Arc::clone(&received), probe));
             background.spawn(consume(
                 soak.violations.clone(),
                 subscription,
@@ -624,8 +1031,9 @@ async fn clients_survive_a_thousand_faults_and_lose_nothing_silently() {
             me,
             task_seed ^ 7,
         ));
-        clients.push(client);
-        tallies.push(tally);
+        workload.spawn(churn(Arc::clone(&soak), client.clone(), me, task_seed ^ 9));
+        run.clients.push(client);
+        run.tallies.push(tally);
     }
     let cli_task = tokio::spawn(cli_during_chaos(
         Arc::clone(&soak),
@@ -636,7 +1044,7 @@ async fn clients_survive_a_thousand_faults_and_lose_nothing_silently() {
     // The storm: a fault every 2–30 ms; a restart is rare (it takes longest).
     let plan = Plan {
         faults,
-        max_duration: FAULT_PHASE_LIMIT,
+        max_duration: FAULT_PHASE_LIMIT_PER_FAULT * u32::try_from(faults).unwrap_or(u32::MAX),
         gap_ms: (2, 30),
         weights: [20, 20, 8, 20, 20, 1],
     };
@@ -648,308 +1056,42 @@ async fn clients_survive_a_thousand_faults_and_lose_nothing_silently() {
     while workload.join_next().await.is_some() {}
     let cli_runs = cli_task.await.expect("the CLI task");
     let counts = proxy.counts();
-    eprintln!(
-        "seed {seed}: {counts} in {:.1} s ({} connections still open)",
-        storm.as_secs_f64(),
-        proxy.open_connections()
-    );
+    eprintln!("seed {seed}: {counts} in {:.1} s", storm.as_secs_f64());
 
-    // Calm: blackholed connections are noticed by keepalive, then every client is ready again.
-    for (me, client) in clients.iter().enumerate() {
-        if let Err(e) = client.wait_for(Status::Ready, HANG).await {
-            soak.violations
-                .add(format!("client {me} not ready after the faults: {e}"));
-        }
-    }
+    run.all_ready("after the faults").await;
+    // A blackhole or a delay may still be running out; then every client is ready (again).
     tokio::time::sleep(Duration::from_millis(800)).await;
-    for (me, client) in clients.iter().enumerate() {
-        if let Err(e) = client.wait_for(Status::Ready, HANG).await {
-            soak.violations
-                .add(format!("client {me} not ready after the faults: {e}"));
-        }
+    run.all_ready("after the faults").await;
+    run.outage().await;
+    run.calm_round().await;
+    match run_cli(&cli, &["request", &url, "echo", "{\"cli\":1000}"]).await {
+        Some(outcome) => check_cli(&soak.violations, "request", 1000, &outcome, true),
+        None => run.violation("CLI request after the faults hung".into()),
     }
 
-    // An outage: what the clients hand over while the server is down waits in their offline queues and
-    // arrives, in full, once it is back.
-    let mut queued_requests = JoinSet::new();
-    {
-        let mut current = servers.current.lock().await;
-        current.shutdown().await;
-        let offline = eventually(HANG, || clients.iter().all(|c| c.state() != Status::Ready)).await;
-        assert!(
-            offline,
-            "seed {seed}: clients still ready with the server down"
-        );
-        for (me, client) in clients.iter().enumerate() {
-            for k in 0..3 {
-                let n = QUEUED + k;
-                match client.send("note", &Stamp { p: me, n }).await {
-                    Ok(()) => tallies[me].notes_ok.lock().unwrap().push(n),
-                    Err(e) => soak
-                        .violations
-                        .add(format!("client {me}: send with the server down: {e}")),
-                }
-            }
-            let id = soak.next_request.fetch_add(1, Ordering::Relaxed);
-            let reply = client.request::<_, u64>("rec", &id).timeout(HANG);
-            queued_requests.spawn(async move { (me, id, reply.await) });
-        }
-        // The requests are issued (queued) when first polled: let their tasks run before the server returns.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        *current = servers.next().await;
-    }
-    while let Some(joined) = queued_requests.join_next().await {
-        match joined.expect("the request task") {
-            (_, id, Ok(echoed)) if echoed == id => {}
-            (me, id, other) => soak.violations.add(format!(
-                "client {me}: request {id} queued during the outage ended with {other:?}"
-            )),
-        }
-    }
-
-    // Every client works: a request, messages, and an event on every topic that reaches every subscriber.
-    for (me, client) in clients.iter().enumerate() {
-        let id = soak.next_request.fetch_add(1, Ordering::Relaxed);
-        match tokio::time::timeout(HANG, client.request::<_, u64>("rec", &id)).await {
-            Ok(Ok(echoed)) if echoed == id => {}
-            other => soak
-                .violations
-                .add(format!("client {me}: request after the faults: {other:?}")),
-        }
-        for k in 0..3 {
-            let stamp = Stamp {
-                p: me,
-                n: FINAL + k,
-            };
-            match client.send("note", &stamp).await {
-                Ok(()) => tallies[me].notes_ok.lock().unwrap().push(stamp.n),
-                Err(e) => soak
-                    .violations
-                    .add(format!("client {me}: send after the faults: {e}")),
-            }
-        }
-    }
-    // Subscriptions are live again (re-subscribed on the last `ready`) before the final events.
-    for (me, topic, _, probe) in &subscriptions {
-        let (ask, answer) = oneshot::channel();
-        let live = match probe.send(ask) {
-            Ok(()) => match answer.await {
-                Ok(subscribed) => tokio::time::timeout(HANG, subscribed).await,
-                Err(_) => Ok(Err(Error::Closed)),
-            },
-            Err(_) => Ok(Err(Error::Closed)),
-        };
-        if !matches!(live, Ok(Ok(()))) {
-            soak.violations.add(format!(
-                "client {me}: {topic} not subscribed again after the faults: {live:?}"
-            ));
-        }
-    }
-    for (me, client) in clients.iter().enumerate() {
-        for (t, topic) in TOPICS.iter().enumerate() {
-            let stamp = Stamp {
-                p: me,
-                n: FINAL + t as u64,
-            };
-            if let Err(e) = client.publish(topic, &stamp).await {
-                soak.violations
-                    .add(format!("client {me}: publish after the faults: {e}"));
-            }
-        }
-    }
-    let all_final_events = eventually(HANG, || {
-        subscriptions.iter().all(|(_, topic, received, _)| {
-            let t = TOPICS.iter().position(|x| x == topic).unwrap_or(0) as u64;
-            let received = received.lock().unwrap();
-            (0..CLIENTS).all(|p| {
-                received
-                    .iter()
-                    .any(|(_, s)| *s == Stamp { p, n: FINAL + t })
-            })
-        })
-    })
-    .await;
-    if !all_final_events {
-        soak.violations
-            .add("an event published after the faults did not reach every subscriber".into());
-    }
-    let all_final_notes = eventually(HANG, || {
-        let notes = ledger.notes.lock().unwrap();
-        (0..CLIENTS).all(|p| {
-            [FINAL, FINAL + 1, FINAL + 2, QUEUED, QUEUED + 1, QUEUED + 2]
-                .iter()
-                .all(|n| {
-                    notes
-                        .get(&p)
-                        .is_some_and(|got| got.iter().any(|(_, m)| m == n))
-                })
-        })
-    })
-    .await;
-    if !all_final_notes {
-        soak.violations
-            .add("a message sent after the faults did not arrive".into());
-    }
-    let calm_request = run_cli(&cli, &["request", &url, "echo", "{\"cli\":1000}"]).await;
-    match calm_request {
-        Some(run) => check_cli(&soak.violations, "request", 1000, &run, true),
-        None => soak
-            .violations
-            .add("CLI request after the faults hung".into()),
-    }
-
-    // No connection outlives its client: the server holds exactly one per client.
-    let settled = eventually(HANG, || {
-        servers
-            .current
-            .try_lock()
-            .is_ok_and(|s| s.stats().connections_open == CLIENTS as u64)
-    })
-    .await;
-    if !settled {
-        let open = servers.current.lock().await.stats().connections_open;
-        soak.violations.add(format!(
-            "the server holds {open} connections for {CLIENTS} clients"
-        ));
-    }
-
-    // Requests: each ended once; none ran twice on the server; every reply was the server's answer to it.
-    let executed = ledger.executed.lock().unwrap().clone();
-    for (id, times) in &executed {
-        if *times > 1 {
-            soak.violations
-                .add(format!("request {id} ran {times} times on the server"));
-        }
-    }
-    let mut requests = 0;
-    let mut replies = 0;
-    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-    for tally in &tallies {
-        requests += tally.requests.load(Ordering::Relaxed);
-        replies += tally.replies.load(Ordering::Relaxed);
-        for (code, n) in tally.errors.lock().unwrap().iter() {
-            *errors.entry(code.clone()).or_default() += n;
-        }
-        for id in tally.answered.lock().unwrap().iter() {
-            if executed.get(id).is_none_or(|&times| times != 1) {
-                soak.violations.add(format!(
-                    "request {id} was answered but the server did not run it once"
-                ));
-            }
-        }
-    }
-
-    // Messages: never duplicated, a refused one never arrives, lost ones only with a connection.
-    let notes = ledger.notes.lock().unwrap().clone();
-    let mut notes_sent = 0;
-    let mut notes_lost = 0;
-    for (me, tally) in tallies.iter().enumerate() {
-        let accepted = tally.notes_ok.lock().unwrap().clone();
-        let refused: BTreeSet<u64> = tally
-            .notes_refused
-            .lock()
-            .unwrap()
-            .iter()
-            .copied()
-            .collect();
-        let received = notes.get(&me).cloned().unwrap_or_default();
-        let arrived: BTreeSet<u64> = received.iter().map(|(_, n)| *n).collect();
-        if arrived.len() != received.len() {
-            soak.violations
-                .add(format!("client {me}: a message arrived twice"));
-        }
-        if let Some(n) = arrived.iter().find(|n| refused.contains(n)) {
-            soak.violations.add(format!(
-                "client {me}: message {n} arrived although its send failed"
-            ));
-        }
-        // What one connection carried is an unbroken run of what the client accepted: a message missing in
-        // the middle of it was dropped silently.
-        let position: HashMap<u64, usize> =
-            accepted.iter().enumerate().map(|(i, n)| (*n, i)).collect();
-        let mut by_connection: BTreeMap<Conn, Vec<usize>> = BTreeMap::new();
-        for (conn, n) in &received {
-            match position.get(n) {
-                Some(&i) => by_connection.entry(*conn).or_default().push(i),
-                None if !refused.contains(n) => soak.violations.add(format!(
-                    "client {me}: message {n} arrived but was never sent"
-                )),
-                None => {}
-            }
-        }
-        for (conn, positions) in &by_connection {
-            let (low, high) = (positions.iter().min(), positions.iter().max());
-            if let (Some(low), Some(high)) = (low, high) {
-                if high - low + 1 != positions.len() {
-                    soak.violations.add(format!(
-                        "client {me}: connection {conn:?} carried {} of the {} messages between two it \
-                         delivered",
-                        positions.len(),
-                        high - low + 1
-                    ));
-                }
-            }
-        }
-        let runs = lost_runs(&accepted, &arrived);
-        let readies = tally.readies.load(Ordering::Relaxed) as usize;
-        if runs > readies {
-            soak.violations.add(format!(
-                "client {me}: {runs} runs of lost messages over {readies} connections"
-            ));
-        }
-        notes_sent += accepted.len();
-        notes_lost += accepted.iter().filter(|n| !arrived.contains(n)).count();
-    }
-
-    // Events: never twice to a subscription; seq only goes back when the server restarted (in the storm, and
-    // for the outage).
-    let restarts = counts.get(Fault::Restart) + 1;
-    let mut events = 0;
-    for (me, topic, received, _) in &subscriptions {
-        let received = received.lock().unwrap();
-        events += received.len();
-        let mut seen = BTreeSet::new();
-        let mut went_back = 0;
-        let mut last_seq = 0;
-        for (seq, stamp) in received.iter() {
-            if !seen.insert(*stamp) {
-                soak.violations
-                    .add(format!("client {me} got {stamp:?} on {topic} twice"));
-            }
-            if *seq <= last_seq {
-                went_back += 1;
-            }
-            last_seq = *seq;
-        }
-        if went_back > restarts {
-            soak.violations.add(format!(
-                "client {me}: seq on {topic} went back {went_back} times over {restarts} restarts"
-            ));
-        }
-    }
-
+    let (requests, replied, abandoned, errors) = run.check_requests();
+    let (messages, lost) = run.check_messages();
+    // The storm's restarts and the outage.
+    let events = run.check_events(counts.get(Fault::Restart) + 1);
     let peak = peak_rss.load(Ordering::Relaxed).max(rss_mb());
     if peak >= RSS_LIMIT_MB {
-        soak.violations.add(format!(
+        run.violation(format!(
             "resident memory reached {peak} MB (limit {RSS_LIMIT_MB} MB)"
         ));
     }
-    let readies: u64 = tallies
-        .iter()
-        .map(|t| t.readies.load(Ordering::Relaxed))
-        .sum();
-    let lagged: u64 = tallies
-        .iter()
-        .map(|t| t.lagged.load(Ordering::Relaxed))
-        .sum();
+    let sum = |f: fn(&Tally) -> u64| run.tallies.iter().map(|t| f(t)).sum::<u64>();
     eprintln!(
-        "seed {seed}: {requests} requests ({replies} replied, errors {errors:?}), {notes_sent} messages \
-         ({notes_lost} lost with their connection), {events} events ({lagged} lagged), {readies} readies, \
-         {cli_runs} CLI runs during the faults, peak RSS {peak} MB, total {:.1} s",
+        "seed {seed}: {requests} requests ({replied} replied, {abandoned} abandoned, errors {errors:?}), \
+         {messages} messages ({lost} lost with their connection), {} publishes ({} refused), {events} events \
+         ({} lagged), {} readies, {cli_runs} CLI runs during the faults, peak RSS {peak} MB, total {:.1} s",
+        sum(|t| t.publishes.load(Ordering::Relaxed)),
+        sum(|t| t.publishes_refused.load(Ordering::Relaxed)),
+        sum(|t| t.lagged.load(Ordering::Relaxed)),
+        sum(|t| t.readies.load(Ordering::Relaxed)),
         started.elapsed().as_secs_f64()
     );
 
-    for client in &clients {
+    for client in &run.clients {
         client.close().await;
     }
     sampler.abort();
@@ -963,7 +1105,8 @@ async fn clients_survive_a_thousand_faults_and_lose_nothing_silently() {
     );
     assert!(
         counts.total() >= faults,
-        "seed {seed}: only {counts} within {FAULT_PHASE_LIMIT:?}"
+        "seed {seed}: only {counts} within {:?}",
+        plan.max_duration
     );
     for fault in Fault::ALL {
         assert!(

@@ -410,3 +410,32 @@ pub async fn next_close_code(ws: &mut RawSocket) -> Option<u16> {
     }
     None
 }
+
+/// A log sink for a `tracing_subscriber::fmt` writer (`move || logs.clone()`): everything written, kept.
+#[derive(Clone, Default)]
+pub struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Logs {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The secrets the credential tests hand a client (token, token in the query, header value, URL user info).
+pub const SECRETS: [&str; 4] = ["SECRET-T", "SECRET-Q", "SECRET-H", "SECRET-U"];
+
+/// A [`RawServer`] that accepts every upgrade, sends `ready` and reads until the client closes.
+pub async fn silent_server() -> RawServer {
+    use futures_util::StreamExt;
+    RawServer::start(|mut ws| async move { while let Some(Ok(_)) = ws.next().await {} }).await
+}

@@ -146,6 +146,11 @@ async fn help_documents_every_flag() {
         "--max-message-bytes",
         "--max-inflight",
         "--outbound-queue",
+        "--outbound-bytes",
+        "--total-outbound-bytes",
+        "--total-inbound-bytes",
+        "--total-reassembly-bytes",
+        "--max-total-subscriptions",
         "--drain-window-ms",
         "--bye",
         "--token-file",
@@ -268,6 +273,7 @@ async fn tokens_come_from_a_file_and_the_environment_too() {
 }
 
 /// Raises this process's soft open-file limit to at least `want` (within the hard limit).
+#[cfg(unix)]
 fn raise_own_file_limit(want: u64) {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -282,24 +288,86 @@ fn raise_own_file_limit(want: u64) {
     }
 }
 
+/// Runs the child with at most `files` open files, logging at `info` to a piped stderr.
+#[cfg(unix)]
+fn limit_files(command: &mut Command, files: u64) {
+    command.stderr(Stdio::piped()).env("RUST_LOG", "info");
+    // SAFETY: `setrlimit` is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: files,
+                rlim_max: files,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Log lines containing any of `needles`.
+fn count_lines(log: &Mutex<Vec<String>>, needles: &[&str]) -> usize {
+    log.lock()
+        .expect("not poisoned")
+        .iter()
+        .filter(|line| needles.iter().any(|n| line.contains(n)))
+        .count()
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn failing_accepts_are_logged_once_not_per_attempt() {
+    // A cap above what 48 files allow: accept() itself fails once the table is full.
+    let (mut child, addr, _) = spawn_with(
+        &["--max-connections", "1000", "--drain-window-ms", "100"],
+        |command| {
+            limit_files(command, 48);
+        },
+    )
+    .await;
+    let (log, _) = collect_stderr(&mut child);
+    let mut held = Vec::new();
+    for _ in 0..80 {
+        held.push(
+            tokio::net::TcpStream::connect(&addr)
+                .await
+                .expect("connect (the backlog takes it)"),
+        );
+    }
+    // The accept loop retries every 50 ms: a second's worth of failures.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    eventually("the failure is logged", || {
+        count_lines(&log, &["accept failed"]) > 0
+    })
+    .await;
+    let lines = count_lines(&log, &["accept failed"]);
+    assert_eq!(lines, 1, "accept failures logged {lines} times");
+    drop(held);
+    // Descriptors come back as the held connections close: serving again.
+    let url = format!("ws://{addr}/ws");
+    let mut admitted = None;
+    for _ in 0..200 {
+        if let Ok(Ok((mut ws, _))) =
+            tokio::time::timeout(Duration::from_secs(1), connect_with(&url, &[], true)).await
+        {
+            expect_text(&mut ws, "ready").await;
+            admitted = Some(ws);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_alive(&mut admitted.expect("admitted again"), 1).await;
+    exit_on_sigterm(child).await;
+}
+
+#[cfg(unix)]
 #[tokio::test]
 async fn under_a_1024_file_limit_the_server_caps_connections_and_answers_503() {
     raise_own_file_limit(4096);
     let (mut child, addr, _) = spawn_with(&["--drain-window-ms", "100"], |command| {
-        command.stderr(Stdio::piped()).env("RUST_LOG", "info");
-        // SAFETY: `setrlimit` is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            command.pre_exec(|| {
-                let limit = libc::rlimit {
-                    rlim_cur: 1024,
-                    rlim_max: 1024,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        limit_files(command, 1024);
     })
     .await;
     let (log, _) = collect_stderr(&mut child);
@@ -355,12 +423,7 @@ async fn under_a_1024_file_limit_the_server_caps_connections_and_answers_503() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert_alive(&mut admitted.expect("admitted again"), 1).await;
-    let refusal_lines = log
-        .lock()
-        .expect("not poisoned")
-        .iter()
-        .filter(|l| l.contains("connection limit reached") || l.contains("accept failed"))
-        .count();
+    let refusal_lines = count_lines(&log, &["connection limit reached", "accept failed"]);
     assert!(
         (1..=2).contains(&refusal_lines),
         "{refusal_lines} refusal log lines"
@@ -373,19 +436,18 @@ async fn no_secret_reaches_the_log_even_at_trace_level() {
     const SECRET: &str = "SECRET-7f3a";
     let (mut child, addr, _) = spawn_with(
         &[
+            "--token",
+            SECRET,
             "--allow-origin",
             "http://good.example",
             "--drain-window-ms",
             "100",
         ],
         |command| {
-            command
-                .stderr(Stdio::piped())
-                .env(
-                    "RUST_LOG",
-                    "trace,hyper=trace,tungstenite=trace,tokio_tungstenite=trace",
-                )
-                .env("SOCKEYE_TOKENS", SECRET);
+            command.stderr(Stdio::piped()).env(
+                "RUST_LOG",
+                "trace,hyper=trace,tungstenite=trace,tokio_tungstenite=trace",
+            );
         },
     )
     .await;

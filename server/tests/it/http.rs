@@ -1,6 +1,6 @@
 //! Static files and plain HTTP on the WebSocket port.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -50,6 +50,7 @@ async fn static_files_are_served_with_their_content_types() {
     www.write("data.json", b"{}");
     www.write("pkg/sockeye_wasm_bg.wasm", b"\0asm\x01\0\0\0");
     www.write("pkg/sockeye_wasm.js", b"export {}");
+    www.write("pkg/sockeye.d.ts", b"export {};");
     www.write("sub dir/a b.txt", b"spaced");
     let server = start(Server::builder().static_dir(&www.0)).await;
     let addr = server.local_addr();
@@ -70,6 +71,7 @@ async fn static_files_are_served_with_their_content_types() {
             b"\0asm\x01\0\0\0",
         ),
         ("/pkg/sockeye_wasm.js", "text/javascript", b"export {}"),
+        ("/pkg/sockeye.d.ts", "text/plain", b"export {};"),
         ("/sub%20dir/a%20b.txt", "text/plain", b"spaced"),
         ("/app.js?v=3", "text/javascript", b"console.log('hi')"),
     ] {
@@ -189,7 +191,8 @@ async fn the_websocket_path_is_configurable() {
 }
 
 /// A FIFO at `path` (opening it for reading blocks until a writer comes).
-fn mkfifo(path: &Path) {
+#[cfg(unix)]
+fn mkfifo(path: &std::path::Path) {
     use std::os::unix::ffi::OsStrExt;
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("no NUL in the path");
     // SAFETY: a valid NUL-terminated path.
@@ -197,6 +200,7 @@ fn mkfifo(path: &Path) {
     assert_eq!(rc, 0, "mkfifo: {}", std::io::Error::last_os_error());
 }
 
+#[cfg(unix)]
 #[tokio::test]
 async fn dotfiles_escaping_symlinks_and_non_regular_files_are_refused() {
     let www = TempDir::new();
@@ -345,7 +349,7 @@ async fn heads_that_never_finish_and_idle_keep_alive_connections_are_closed() {
     let www = TempDir::new();
     www.write("a.txt", b"a");
     let mut limits = Limits::default();
-    limits.handshake_timeout = Duration::from_millis(300);
+    limits.handshake_timeout = Duration::from_secs(1);
     let server = start(Server::builder().static_dir(&www.0).limits(limits)).await;
     let addr = server.local_addr();
 
@@ -456,4 +460,67 @@ async fn the_connection_cap_answers_503_and_frees_slots_as_connections_close() {
     let mut c = c.expect("a connection is admitted once another closed");
     assert_alive(&mut c, 1).await;
     assert_alive(&mut b, 1).await;
+}
+
+#[tokio::test]
+async fn timeouts_and_the_cap_are_checked_at_start() {
+    let start = |builder: sockeye_server::ServerBuilder| async move {
+        builder
+            .bind("127.0.0.1:0".parse().expect("an address"))
+            .start()
+            .await
+    };
+    for (handshake, write) in [
+        (Duration::ZERO, Duration::from_secs(1)),
+        (Duration::from_secs(1), Duration::MAX),
+    ] {
+        let mut limits = Limits::default();
+        limits.handshake_timeout = handshake;
+        limits.write_timeout = write;
+        assert!(matches!(
+            start(Server::builder().limits(limits)).await,
+            Err(sockeye_server::StartError::InvalidConfig(_))
+        ));
+    }
+    assert!(matches!(
+        start(Server::builder().max_connections(0)).await,
+        Err(sockeye_server::StartError::InvalidConfig(_))
+    ));
+    let server = start(Server::builder()).await.expect("the defaults start");
+    assert_eq!(
+        server.max_connections(),
+        sockeye_server::default_max_connections()
+    );
+}
+
+#[tokio::test]
+async fn bytes_sent_right_behind_the_upgrade_request_reach_the_websocket() {
+    let server = start(Server::builder()).await;
+    let mut stream = TcpStream::connect(server.local_addr())
+        .await
+        .expect("connect");
+    // The upgrade request and a masked `ping` text frame in one write: hyper reads both, and the frame must be
+    // handed over with the socket.
+    let mut bytes = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        .to_vec();
+    let mask = [1u8, 2, 3, 4];
+    bytes.extend([0x81, 0x80 | 4]);
+    bytes.extend(mask);
+    bytes.extend(b"ping".iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+    stream.write_all(&bytes).await.expect("write");
+
+    let mut received = Vec::new();
+    let mut buf = [0u8; 1024];
+    let pong = [0x81, 4, b'p', b'o', b'n', b'g'];
+    tokio::time::timeout(PATIENCE, async {
+        while !received.windows(pong.len()).any(|w| w == pong) {
+            let n = stream.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed before pong: {received:?}");
+            received.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("pong in time");
+    assert!(received.starts_with(b"HTTP/1.1 101 "));
 }

@@ -160,6 +160,22 @@ async fn a_silent_connection_is_closed_with_4002_and_a_pinging_one_is_kept() {
 async fn a_subscriber_that_cannot_keep_up_is_closed_with_1013_without_stalling_the_publisher() {
     let mut limits = Limits::default();
     limits.outbound_queue = 8;
+    let reason = slow_subscriber_is_closed_with_1013(limits).await;
+    assert!(reason.contains("queue"), "{reason}");
+}
+
+#[tokio::test]
+async fn a_subscriber_over_its_output_budget_is_closed_with_1013() {
+    let mut limits = Limits::default();
+    limits.reassembly.max_message_bytes = 128 * 1024;
+    limits.outbound_bytes = 1024 * 1024;
+    let reason = slow_subscriber_is_closed_with_1013(limits).await;
+    assert!(reason.contains("budget"), "{reason}");
+}
+
+/// A subscriber stops reading 64 KiB events until the server closes it; it must see an unbroken run of
+/// events, then 1013, and the publisher must be served meanwhile. Returns the close reason.
+async fn slow_subscriber_is_closed_with_1013(limits: Limits) -> String {
     let server = start(Server::builder().limits(limits)).await;
     let mut slow = connect(&server).await;
     let mut publisher = connect(&server).await;
@@ -170,7 +186,7 @@ async fn a_subscriber_that_cannot_keep_up_is_closed_with_1013_without_stalling_t
     ]);
     send(&mut slow, &sub).await;
     expect_res(&recv(&mut slow).await, 1);
-    // `slow` stops reading. 64 KiB events soon fill the socket buffers, then its queue of 8.
+    // `slow` stops reading. 64 KiB events soon fill the socket buffers, then its queue.
     let payload = Value::Bytes(vec![0xab; 64 * 1024]);
     let pub_evt = map(&[
         ("t", text("pub")),
@@ -200,9 +216,8 @@ async fn a_subscriber_that_cannot_keep_up_is_closed_with_1013_without_stalling_t
     );
 
     // The slow subscriber sees an unbroken run of events, then 1013: nothing lost silently.
-    let mut inbox = Inbox::default();
     let mut expected_seq = 1;
-    loop {
+    let reason = loop {
         match next(&mut slow).await {
             Some(Ok(Message::Binary(frame))) => {
                 assert_eq!(frame[0], 0x00, "a 64 KiB event fits the 100 KiB threshold");
@@ -211,18 +226,23 @@ async fn a_subscriber_that_cannot_keep_up_is_closed_with_1013_without_stalling_t
                 expected_seq += 1;
             }
             Some(Ok(Message::Close(frame))) => {
-                let code = frame.map(|f| u16::from(f.code));
-                assert_eq!(code, Some(1013));
-                break;
+                let frame = frame.expect("a close frame with a code");
+                assert_eq!(u16::from(frame.code), 1013);
+                break frame.reason.to_string();
             }
             other => panic!("unexpected {other:?}"),
         }
-    }
-    let _ = &mut inbox;
+    };
     assert!(
         expected_seq - 1 < published,
         "the subscriber cannot have received everything"
     );
+    // Everything it held is given back.
+    eventually("the output budget given back", || {
+        server.stats().outbound_bytes == 0
+    })
+    .await;
+    reason
 }
 
 #[tokio::test]

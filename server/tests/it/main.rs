@@ -3,6 +3,7 @@
 mod auth;
 mod bad_input;
 mod binary;
+mod budgets;
 mod common;
 mod http;
 mod lifecycle;

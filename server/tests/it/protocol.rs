@@ -194,6 +194,53 @@ async fn requests_beyond_the_in_flight_limit_are_resource_exhausted() {
     assert_alive(&mut ws, 6).await;
 }
 
+#[tokio::test]
+async fn a_burst_of_instant_handlers_is_not_refused_as_too_many_in_flight() {
+    // 200 messages and 200 requests arrive in one burst (as after a network stall). Each handler finishes at
+    // once, so none is ever really in flight beyond the 64 allowed: none may be refused or dropped.
+    let notes = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&notes);
+    let server = start(
+        Server::builder()
+            .method("rec", |_ctx: Context, n: u64| async move {
+                Ok::<_, RpcError>(n)
+            })
+            .message("note", move |_ctx: Context, _n: u64| {
+                let counted = Arc::clone(&counted);
+                async move {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                }
+            }),
+    )
+    .await;
+    let mut ws = connect(&server).await;
+    for n in 1..=200u64 {
+        let note = map(&[("t", text("msg")), ("m", text("note")), ("d", uint(n))]);
+        ws.feed(Message::binary(complete(&note)))
+            .await
+            .expect("feed");
+        ws.feed(Message::binary(complete(&req(n, "rec", Some(uint(n))))))
+            .await
+            .expect("feed");
+    }
+    ws.flush().await.expect("flush");
+    let mut answered = Vec::new();
+    for _ in 0..200 {
+        let reply = recv(&mut ws).await;
+        let Some(id) = get_uint(&reply, "id") else {
+            panic!("a reply to a request, not {reply:?}");
+        };
+        assert_eq!(expect_res(&reply, id), Some(uint(id)), "{reply:?}");
+        answered.push(id);
+    }
+    answered.sort_unstable();
+    assert_eq!(answered, (1..=200).collect::<Vec<_>>());
+    eventually("every message handled", || {
+        notes.load(Ordering::SeqCst) == 200
+    })
+    .await;
+}
+
 fn sub(id: u64, topic: &str) -> Value {
     map(&[("t", text("sub")), ("id", uint(id)), ("topic", text(topic))])
 }

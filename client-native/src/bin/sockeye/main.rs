@@ -1,8 +1,9 @@
 //! `sockeye`: a command-line client for the Sockeye protocol, with JSON in and out.
 
 mod json;
+mod terminal;
 
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use futures_util::StreamExt;
 use serde_json::{json, Value as Json};
-use sockeye::{Certificate, Client, ClientBuilder, Error, Status, Transition};
+use sockeye::{Certificate, Client, ClientBuilder, Error, Status, TopicEvent, Transition};
 
 const EXIT_HELP: &str = "\
 JSON payloads are converted to and from CBOR. In replies and events, byte strings are printed as base64
@@ -191,7 +192,8 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure { code, message }) => {
-            eprintln!("sockeye: error: {message}");
+            // The message may quote the server (an `err` message, a close reason).
+            eprintln!("sockeye: error: {}", terminal::plain(&message));
             ExitCode::from(code)
         }
     }
@@ -203,11 +205,24 @@ fn init_logging(verbose: u8) {
         1 => "info",
         _ => "debug",
     };
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Dependencies log at `debug` at most, whatever RUST_LOG says: their trace output is byte- and frame-level
+    // detail that may carry what the upgrade or the payloads hold (tungstenite once logged the whole upgrade
+    // request there, credentials included; the client no longer lets it see that request).
+    let dependencies_capped = tracing_subscriber::filter::filter_fn(|meta| {
+        *meta.level() != tracing::Level::TRACE || meta.target().starts_with("sockeye")
+    });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colours only for a terminal: a file or pipe gets plain text, without escape sequences.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
+        .finish()
+        .with(dependencies_capped)
         .try_init();
 }
 
@@ -282,6 +297,9 @@ fn builder(url: &str, options: &Options, long_running: bool) -> Result<ClientBui
         .max_attempts
         .unwrap_or(if long_running { 0 } else { 3 });
     let mut builder = Client::builder(url)
+        // Half the protocol's 8: at most 64 MiB of partial messages, so that with one whole message being
+        // read, decoded and printed as JSON the CLI stays under 256 MB whatever the server sends (issue 13).
+        .max_partial_messages(4)
         .reconnect(!options.no_reconnect)
         .max_attempts((attempts > 0).then_some(attempts))
         .base_delay(Duration::from_millis(options.base_delay_ms))
@@ -345,13 +363,14 @@ async fn listen(client: &Client, topics: &[String], count: Option<u64>) -> Resul
     while count.is_none_or(|n| printed < n) {
         tokio::select! {
             event = streams.next() => match event {
-                Some(Ok(event)) => {
-                    let line = json!({ "topic": event.topic, "seq": event.seq, "data": json::cbor_to_json(&event.data) });
+                Some(Ok(TopicEvent { topic, seq, data, .. })) => {
+                    let line = json!({ "topic": topic, "seq": seq, "data": json::cbor_to_json(&data) });
+                    drop(data); // a message can be 16 MiB: one copy fewer while the line is written out
                     print_line(&line.to_string())?;
                     printed += 1;
                 }
                 Some(Err(Error::Lagged { skipped })) => eprintln!("sockeye: warning: {skipped} events dropped (output too slow)"),
-                Some(Err(e @ Error::Payload(_))) => eprintln!("sockeye: warning: {e}"),
+                Some(Err(e @ Error::Payload(_))) => eprintln!("sockeye: warning: {}", terminal::plain(&e.to_string())),
                 Some(Err(e)) => return Err(e.into()),
                 None => return Ok(()),
             },
@@ -442,9 +461,10 @@ fn parse_json(text: Option<&str>) -> Result<Json, Failure> {
     serde_json::from_str(&text).map_err(|e| Failure::usage(format!("invalid JSON: {e}")))
 }
 
+/// Prints one line of JSON (every line on stdout is one).
 fn print_line(line: &str) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{line}")
+    writeln!(out, "{}", terminal::json(line))
         .and_then(|()| out.flush())
         .map_err(|e| Failure {
             code: 1,
