@@ -351,8 +351,13 @@ impl Connection {
             "drain poll_output() before the next input"
         );
         // Checked before the input acts: an overdue pong deadline must not end a connection whose answer may
-        // be waiting, unread, in the socket after a sleep.
-        if self.time_jumped(now) && !matches!(input, Input::Wake) {
+        // be waiting, unread, in the socket after a sleep. Not for inputs that end the socket (or the client):
+        // a probe on a socket reported gone would be sent into nothing.
+        let ends_socket = matches!(
+            input,
+            Input::Wake | Input::Stop | Input::SocketClosed { .. } | Input::SocketError { .. }
+        );
+        if !ends_socket && self.time_jumped(now) {
             self.handle_wake(now);
         }
         match input {

@@ -5,8 +5,8 @@ mod support;
 
 use sockeye_core::codec::{Envelope, Fragmenter, Payload};
 use sockeye_core::{
-    DisconnectReason, Duration, ErrorCode, Event, Input, Instant, Output, QueueLimits, RequestId,
-    SendError, Status,
+    CloseCode, DisconnectReason, Duration, ErrorCode, Event, Input, Instant, Output, QueueLimits,
+    RequestId, SendError, Status,
 };
 use support::{complete_frame, describe_all, events, payload, sent_envelopes, test_config, Sim};
 
@@ -364,6 +364,38 @@ fn any_input_after_a_time_jump_probes_before_it_acts() {
     });
     assert_eq!(describe_all(&outs), ["text:ping", "message:late"]);
     assert_eq!(sim.conn.status(), &Status::Ready);
+}
+
+#[test]
+fn a_socket_reported_gone_after_a_time_jump_gets_no_probe() {
+    // Found by the client_core fuzz target: the wake probe went out on a socket the shell had just reported
+    // closed, before the core handled the report.
+    for gone in ["error", "closed"] {
+        let mut sim = Sim::new(test_config());
+        sim.connect();
+        sim.now = sim.now + Duration::from_secs(600);
+        let socket = sim.socket;
+        let outs = match gone {
+            "error" => sim.input(Input::SocketError {
+                socket,
+                message: "reset",
+            }),
+            _ => sim.input(Input::SocketClosed {
+                socket,
+                code: CloseCode::ABNORMAL,
+                reason: "",
+            }),
+        };
+        let described = describe_all(&outs);
+        assert!(
+            !described.iter().any(|o| o == "text:ping"),
+            "{gone}: {described:?}"
+        );
+        assert!(
+            matches!(sim.conn.status(), Status::Reconnecting { .. }),
+            "{gone}"
+        );
+    }
 }
 
 #[test]
