@@ -33,7 +33,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::app::{Context, Identity, RpcError, TopicAccess};
 use crate::broker::{Event, Subscribed, Subscriber};
-use crate::budget::{Charge, InboundRefused, Metered, FREE_INBOUND};
+use crate::budget::{Charge, InboundRefused, Metered};
 use crate::builtins::{self, Builtin};
 use crate::config::{Auth, Credentials};
 use crate::outbound::{Encoded, OutQueue};
@@ -1221,13 +1221,8 @@ async fn next_inbound(ws: &mut Ws, held: &mut Option<Bytes>) -> Option<Result<Me
         }
         if let Poll::Ready(Some(Ok(message))) = &polled {
             if let Message::Binary(bytes) = message {
-                // Only messages past the uncharged allowance: holding one keeps tungstenite from reusing its
-                // read buffer (the next read allocates anew), which halved small-message throughput in
-                // `scripts/bench.sh` (server alone, 64 B: 0.98 -> 0.5 M/s); a small one is gone once handled.
-                if bytes.len() > FREE_INBOUND {
-                    // A reference count, not a copy.
-                    *held = Some(bytes.clone());
-                }
+                // A reference count, not a copy.
+                *held = Some(bytes.clone());
             }
             ws.get_mut().settle(held.as_ref().map_or(0, Bytes::len));
         }
