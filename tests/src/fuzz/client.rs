@@ -158,7 +158,7 @@ enum CodePick {
 }
 
 #[derive(Arbitrary, Debug)]
-enum PayloadPick {
+pub(super) enum PayloadPick {
     Text(String),
     Uint(u64),
     /// Used when it is one valid CBOR item, else `null`.
@@ -166,7 +166,7 @@ enum PayloadPick {
 }
 
 impl PayloadPick {
-    fn payload(self) -> Payload {
+    pub(super) fn payload(self) -> Payload {
         match self {
             PayloadPick::Text(text) => Payload::encode(&text),
             PayloadPick::Uint(n) => Payload::encode(&n),

@@ -2,9 +2,11 @@
 //! client, honest or not, may send after `ready`.
 
 use arbitrary::{Arbitrary, Unstructured};
-use sockeye_core::codec::{Envelope, Fragmenter, Payload, TopicPosition, KIND_COMPLETE};
+use sockeye_core::codec::{Envelope, Fragmenter, TopicPosition, KIND_COMPLETE};
 use sockeye_core::ErrorCode;
 use sockeye_server::fuzzing::{feed_frames, Frame};
+
+use super::client::PayloadPick;
 
 /// The longest close reason a close frame carries (RFC 6455 §5.5).
 const MAX_CLOSE_REASON: usize = 123;
@@ -71,14 +73,6 @@ enum TopicPick {
     Known(u8),
     Reserved,
     Any(String),
-}
-
-#[derive(Arbitrary, Debug)]
-enum PayloadPick {
-    Text(String),
-    Uint(u64),
-    /// Used when it is one valid CBOR item, else `null`.
-    Raw(Vec<u8>),
 }
 
 /// Feeds the frames the input describes to a fresh connection and checks what can be checked from outside:
@@ -189,16 +183,5 @@ impl ClientEnvelope {
                 data,
             },
         }
-    }
-}
-
-impl PayloadPick {
-    fn payload(self) -> Payload {
-        match self {
-            PayloadPick::Text(text) => Payload::encode(&text),
-            PayloadPick::Uint(n) => Payload::encode(&n),
-            PayloadPick::Raw(bytes) => Payload::from_cbor(bytes),
-        }
-        .unwrap_or_else(|_| Payload::null())
     }
 }
