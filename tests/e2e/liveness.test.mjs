@@ -82,7 +82,8 @@ before(async () => {
   chrome = spawn(
     chromiumPath,
     ["--headless", "--remote-debugging-pipe", `--user-data-dir=${profile}`, ...chromiumArgs, "about:blank"],
-    { stdio: ["ignore", "ignore", "ignore", "pipe", "pipe"] },
+    // Its own process group, so the after hook ends Chromium's helper processes with it.
+    { stdio: ["ignore", "ignore", "ignore", "pipe", "pipe"], detached: true },
   );
   cdp = new Cdp(chrome.stdio[3], chrome.stdio[4]);
   let page;
@@ -101,8 +102,21 @@ after(async () => {
     await Promise.race([exited, new Promise((resolve) => setTimeout(resolve, 5_000))]);
     if (chrome.exitCode === null) chrome.kill("SIGKILL");
   }
-  if (profile) rmSync(profile, { recursive: true, force: true });
+  if (chrome) {
+    try {
+      process.kill(-chrome.pid, "SIGKILL"); // helpers left in the group (renderer, zygote, crashpad)
+    } catch {
+      // none left
+    }
+  }
   await server?.close();
+  // Chromium's helper processes may still be writing the profile for a moment after the browser exits: retry
+  // (rmSync retries ENOTEMPTY/EBUSY), and never let cleanup fail the run or leave it hanging.
+  try {
+    if (profile) rmSync(profile, { recursive: true, force: true, maxRetries: 20, retryDelay: 100 });
+  } catch (error) {
+    console.warn(`could not remove ${profile}: ${error.message}`);
+  }
 });
 
 /** The tab, on the test page with the package loaded. */
