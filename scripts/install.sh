@@ -128,41 +128,31 @@ inst_redis() {
     _inst_apt redis-server
 }
 
-inst_wasm_opt() {
+# _inst_npm_tool BIN PACKAGE VERSION PATTERN: installs npm PACKAGE@VERSION into $SOCKEYE_TOOLS_DIR unless
+# `BIN --version` already matches the glob PATTERN, and checks it does afterwards.
+_inst_npm_tool() {
+    local bin="$1" package="$2" version="$3" pattern="$4" have
     _inst_need npm "node and npm"
-    local have
-    have="$(wasm-opt --version 2>/dev/null || true)"
-    if [[ "$have" == *"version $BINARYEN_VERSION"* ]]; then
-        _inst_skip "wasm-opt $BINARYEN_VERSION (at $(command -v wasm-opt))"
-    else
-        _inst_do "npm install binaryen@$BINARYEN_VERSION into $SOCKEYE_TOOLS_DIR (found: ${have:-none})"
-        mkdir -p "$SOCKEYE_TOOLS_DIR"
-        [[ -f "$SOCKEYE_TOOLS_DIR/package.json" ]] || echo '{ "private": true }' >"$SOCKEYE_TOOLS_DIR/package.json"
-        npm install --prefix "$SOCKEYE_TOOLS_DIR" --no-audit --no-fund "binaryen@$BINARYEN_VERSION"
-        hash -r
-        have="$(wasm-opt --version 2>/dev/null || true)"
-        [[ "$have" == *"version $BINARYEN_VERSION"* ]] ||
-            _inst_die "wasm-opt on PATH is '${have:-none}' after installing binaryen@$BINARYEN_VERSION ($(command -v wasm-opt || true))"
+    have="$("$bin" --version 2>/dev/null || true)"
+    # shellcheck disable=SC2053 # PATTERN is a glob on purpose
+    if [[ "$have" == $pattern ]]; then
+        _inst_skip "$bin from $package@$version (at $(command -v "$bin"))"
+        return
     fi
+    _inst_do "npm install $package@$version into $SOCKEYE_TOOLS_DIR (found: ${have:-none})"
+    mkdir -p "$SOCKEYE_TOOLS_DIR"
+    [[ -f "$SOCKEYE_TOOLS_DIR/package.json" ]] || echo '{ "private": true }' >"$SOCKEYE_TOOLS_DIR/package.json"
+    npm install --prefix "$SOCKEYE_TOOLS_DIR" --no-audit --no-fund "$package@$version"
+    hash -r
+    have="$("$bin" --version 2>/dev/null || true)"
+    # shellcheck disable=SC2053
+    [[ "$have" == $pattern ]] ||
+        _inst_die "$bin on PATH is '${have:-none}' after installing $package@$version ($(command -v "$bin" || true))"
 }
 
-inst_terser() {
-    _inst_need npm "node and npm"
-    local have
-    have="$(terser --version 2>/dev/null || true)"
-    if [[ "$have" == "terser $TERSER_VERSION" ]]; then
-        _inst_skip "terser $TERSER_VERSION (at $(command -v terser))"
-    else
-        _inst_do "npm install terser@$TERSER_VERSION into $SOCKEYE_TOOLS_DIR (found: ${have:-none})"
-        mkdir -p "$SOCKEYE_TOOLS_DIR"
-        [[ -f "$SOCKEYE_TOOLS_DIR/package.json" ]] || echo '{ "private": true }' >"$SOCKEYE_TOOLS_DIR/package.json"
-        npm install --prefix "$SOCKEYE_TOOLS_DIR" --no-audit --no-fund "terser@$TERSER_VERSION"
-        hash -r
-        have="$(terser --version 2>/dev/null || true)"
-        [[ "$have" == "terser $TERSER_VERSION" ]] ||
-            _inst_die "terser on PATH is '${have:-none}' after installing terser@$TERSER_VERSION ($(command -v terser || true))"
-    fi
-}
+inst_wasm_opt() { _inst_npm_tool wasm-opt binaryen "$BINARYEN_VERSION" "*version $BINARYEN_VERSION*"; }
+
+inst_terser() { _inst_npm_tool terser terser "$TERSER_VERSION" "terser $TERSER_VERSION"; }
 
 # Every package.json of the repo's own JS (tests, page), not generated or installed ones.
 _inst_js_projects() {
