@@ -90,12 +90,15 @@ mod app;
 mod broker;
 mod budget;
 mod config;
-mod connection;
 #[doc(hidden)]
 pub mod fuzzing;
 mod http;
 mod outbound;
 mod server;
+mod session;
+mod shell;
+#[doc(hidden)]
+pub mod sim;
 
 pub use app::{Context, Identity, RpcError, TopicAccess};
 pub use config::{
