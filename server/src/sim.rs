@@ -205,6 +205,19 @@ impl SimServer {
         }
     }
 
+    /// Every connection's outputs, in connection order (each connection's in its own order): what a shell
+    /// polling every socket once would write.
+    pub fn poll_all(&mut self) -> Vec<(u64, SimOutput)> {
+        let ids: Vec<u64> = self.connections.keys().copied().collect();
+        let mut outputs = Vec::new();
+        for id in ids {
+            while let Some(output) = self.poll_output(id) {
+                outputs.push((id, output));
+            }
+        }
+        outputs
+    }
+
     fn remove(&mut self, connection: u64) {
         if let Some(conn) = self.connections.remove(&connection) {
             broker::detach(&self.shared, connection, conn.session.topics());
