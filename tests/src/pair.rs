@@ -105,6 +105,8 @@ pub struct Pair {
     pub latency_ms: (u64, u64),
     /// When each attempt reached a server, by server index: the arrivals a drain or storm produces.
     pub arrivals: Vec<(usize, Instant)>,
+    /// Close frames the servers sent (whether or not they arrived): client, code, when.
+    pub server_closes: Vec<(usize, CloseCode, Instant)>,
     rng: Rng,
 }
 
@@ -123,6 +125,7 @@ impl Pair {
             peers: BTreeMap::new(),
             latency_ms: (1, 20),
             arrivals: Vec::new(),
+            server_closes: Vec::new(),
             rng: Rng::new(seed),
         }
     }
@@ -518,6 +521,7 @@ impl Pair {
                 SimOutput::Binary(data) => Frame::Binary(data),
                 SimOutput::Close { code, reason } => {
                     self.peers.remove(&(index, id));
+                    self.server_closes.push((client, code, self.now));
                     Frame::Close { code, reason }
                 }
                 SimOutput::Gone => {

@@ -173,7 +173,9 @@ fn keepalive_finds_a_blackholed_link_within_its_timeout() {
         "not before the heartbeat limit"
     );
     pair.drive_to(heard_last + secs(91), MAX_STEPS);
-    assert_eq!(pair.server().connections(), 0, "closed with 4002");
+    assert_eq!(pair.server().connections(), 0);
+    let (_, code, _) = pair.server_closes[0];
+    assert_eq!(code, CloseCode::HEARTBEAT_TIMEOUT);
     assert_eq!(pair.server().stats().connections_open, 0);
 }
 
