@@ -194,16 +194,19 @@ fn keepalive_holds_an_idle_link_open() {
     assert_eq!(pair.server().connections(), 1);
 }
 
+/// Drives until client 0 has seen an event `wanted` accepts.
+fn wait_for(pair: &mut Pair, wanted: fn(&Event) -> bool) {
+    let seen = pair.drive_until(
+        |p| p.clients[0].events.iter().any(|(_, e)| wanted(e)),
+        MAX_STEPS,
+    );
+    assert!(seen, "the event came");
+}
+
 /// Subscribes client 0 to `topic` and waits for the acknowledgement.
 fn subscribe(pair: &mut Pair, topic: &str) {
     pair.with_client(0, |conn, now| conn.subscribe(now, topic).expect("valid"));
-    assert!(pair.drive_until(
-        |p| p.clients[0]
-            .events
-            .iter()
-            .any(|(_, e)| matches!(e, Event::Subscribed { .. })),
-        MAX_STEPS
-    ));
+    wait_for(pair, |e| matches!(e, Event::Subscribed { .. }));
 }
 
 fn topic_events(pair: &Pair) -> Vec<(u64, Option<String>)> {
@@ -224,22 +227,23 @@ fn publish(pair: &mut Pair, topic: &str, n: u64) {
     }
 }
 
+/// One client subscribed to `news`, which has had `published` events, all delivered.
+fn subscribed_pair(seed: u64, published: u64) -> Pair {
+    let mut pair = ready_pair(seed, 1, &Config::default());
+    subscribe(&mut pair, "news");
+    publish(&mut pair, "news", published);
+    let delivered = published as usize;
+    assert!(pair.drive_until(|p| topic_events(p).len() == delivered, MAX_STEPS));
+    pair
+}
+
 #[test]
 fn a_broken_link_resumes_from_the_history_without_loss_or_duplicates() {
-    let mut pair = ready_pair(13, 1, &Config::default());
-    subscribe(&mut pair, "news");
-    publish(&mut pair, "news", 2);
-    assert!(pair.drive_until(|p| topic_events(p).len() == 2, MAX_STEPS));
+    let mut pair = subscribed_pair(13, 2);
     pair.break_link(0);
     // Published while the client is away: kept in the topic's history.
     publish(&mut pair, "news", 3);
-    assert!(pair.drive_until(
-        |p| p.clients[0]
-            .events
-            .iter()
-            .any(|(_, e)| matches!(e, Event::TopicResumed { .. })),
-        MAX_STEPS
-    ));
+    wait_for(&mut pair, |e| matches!(e, Event::TopicResumed { .. }));
     let resumed = pair.clients[0].events.iter().find_map(|(_, e)| match e {
         Event::TopicResumed { replayed, .. } => Some(*replayed),
         _ => None,
@@ -251,20 +255,11 @@ fn a_broken_link_resumes_from_the_history_without_loss_or_duplicates() {
 
 #[test]
 fn after_a_server_restart_a_subscriber_learns_the_new_epoch() {
-    let mut pair = ready_pair(17, 1, &Config::default());
-    subscribe(&mut pair, "news");
-    publish(&mut pair, "news", 3);
-    assert!(pair.drive_until(|p| topic_events(p).len() == 3, MAX_STEPS));
+    let mut pair = subscribed_pair(17, 3);
     let old_ep = topic_events(&pair)[0].1.clone();
     pair.restart_server(secs(1));
     // The new instance has no history: the resubscription (with `since`) is answered in a new epoch.
-    assert!(pair.drive_until(
-        |p| p.clients[0]
-            .events
-            .iter()
-            .any(|(_, e)| matches!(e, Event::TopicReset { .. })),
-        MAX_STEPS
-    ));
+    wait_for(&mut pair, |e| matches!(e, Event::TopicReset { .. }));
     assert!(pair.drive_until(|p| p.clients[0].is_ready(), MAX_STEPS));
     publish(&mut pair, "news", 1);
     assert!(pair.drive_until(|p| topic_events(p).len() == 4, MAX_STEPS));
