@@ -316,6 +316,9 @@ impl Shell {
 
     /// Writes what is left (bounded) and ends the socket the session's way; handlers already started run on.
     async fn finish(&mut self, ws: &mut Ws, ending: Option<Ending>) {
+        // An ended session takes no more events: the queue (maybe full, for a subscriber closed for being too
+        // slow) goes now, not after the closing handshake.
+        self.events = None;
         let ending = match ending {
             Some(ending) => Some(ending),
             None => tokio::time::timeout(CLOSE_TIMEOUT, async {

@@ -304,3 +304,86 @@ impl SimServer {
         self.shared.stats()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Server;
+
+    fn drain_outputs(server: &mut SimServer, connection: u64) -> Vec<SimOutput> {
+        std::iter::from_fn(|| server.poll_output(connection)).collect()
+    }
+
+    #[test]
+    fn before_ready_pings_are_answered_and_a_silent_verifier_is_cut_off_at_the_auth_timeout() {
+        let mut server = Server::builder()
+            .verifier(|_| std::future::pending())
+            .simulate();
+        let t0 = Instant::from_millis(1_000);
+        let id = server.connect(t0, Some("token")).expect("accepted");
+        assert!(drain_outputs(&mut server, id).is_empty(), "no `ready` yet");
+        server.handle_text(t0, id, "ping");
+        assert_eq!(drain_outputs(&mut server, id), [SimOutput::Text("pong")]);
+        let deadline = t0 + crate::Limits::default().auth_timeout;
+        assert_eq!(server.poll_timeout(), Some(deadline));
+        server.handle_timeout(Instant::from_millis(deadline.as_millis() - 1));
+        assert!(drain_outputs(&mut server, id).is_empty(), "early: harmless");
+        server.handle_timeout(deadline);
+        assert_eq!(
+            drain_outputs(&mut server, id),
+            [SimOutput::Close {
+                code: CloseCode::AUTH_TIMEOUT,
+                reason: "not authenticated in time".to_owned()
+            }]
+        );
+        assert!(!server.is_open(id));
+    }
+
+    #[test]
+    fn every_inbound_frame_moves_the_heartbeat_deadline() {
+        let limit = std::time::Duration::from_secs(90);
+        let mut server = Server::builder().heartbeat(Some(limit)).simulate();
+        let t0 = Instant::ZERO;
+        let id = server.connect(t0, None).expect("accepted");
+        assert_eq!(drain_outputs(&mut server, id), [SimOutput::Text("ready")]);
+        assert_eq!(server.poll_timeout(), Some(t0 + limit));
+        let t1 = t0 + std::time::Duration::from_secs(60);
+        server.handle_text(t1, id, "ping");
+        assert_eq!(drain_outputs(&mut server, id), [SimOutput::Text("pong")]);
+        assert_eq!(server.poll_timeout(), Some(t1 + limit));
+        server.handle_timeout(t0 + limit);
+        assert!(server.is_open(id), "the old deadline no longer counts");
+        server.handle_timeout(t1 + limit);
+        let closed = drain_outputs(&mut server, id);
+        assert!(matches!(
+            closed.as_slice(),
+            [SimOutput::Close { code, .. }] if *code == CloseCode::HEARTBEAT_TIMEOUT
+        ));
+    }
+
+    #[test]
+    fn a_drain_order_says_bye_then_closes_with_1001_and_refuses_new_connections() {
+        let mut server = Server::builder().simulate();
+        let t0 = Instant::ZERO;
+        let id = server.connect(t0, None).expect("accepted");
+        drain_outputs(&mut server, id);
+        let due = server.drain(t0, std::time::Duration::from_secs(1), true, 3);
+        assert_eq!(due.len(), 1);
+        let (_, at) = due[0];
+        assert!(
+            server.connect(t0, None).is_none(),
+            "HTTP 503 while draining"
+        );
+        server.handle_timeout(at);
+        assert_eq!(
+            drain_outputs(&mut server, id),
+            [
+                SimOutput::Text("bye"),
+                SimOutput::Close {
+                    code: CloseCode::GOING_AWAY,
+                    reason: "Server draining".to_owned()
+                }
+            ]
+        );
+    }
+}
