@@ -386,4 +386,50 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn an_unsub_handled_before_the_broker_answered_the_sub_still_wins() {
+        use sockeye_core::codec::Envelope;
+        let frame = |envelope: Envelope| {
+            let mut frame = vec![0u8];
+            frame.extend(envelope.encode());
+            frame
+        };
+        let mut server = Server::builder().simulate();
+        let t0 = Instant::ZERO;
+        let id = server.connect(t0, None).expect("accepted");
+        drain_outputs(&mut server, id);
+        // One batch, nothing pulled in between (the tokio shell handles up to 64 frames before writing).
+        let topic = "t".to_owned();
+        for envelope in [
+            Envelope::Sub {
+                id: 1,
+                topic: topic.clone(),
+                since: None,
+            },
+            Envelope::Unsub {
+                id: 2,
+                topic: topic.clone(),
+            },
+            Envelope::Pub {
+                id: Some(3),
+                topic,
+                data: None,
+            },
+        ] {
+            server.handle_binary(t0, id, &frame(envelope));
+        }
+        let kinds: Vec<String> = drain_outputs(&mut server, id)
+            .into_iter()
+            .map(|output| match output {
+                SimOutput::Binary(frame) => Envelope::decode(&frame[1..])
+                    .expect("a valid envelope")
+                    .kind()
+                    .to_owned(),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(kinds, ["res", "res", "res"], "no evt after the unsub");
+        assert_eq!(server.stats().topics, 0);
+    }
 }

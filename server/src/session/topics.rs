@@ -19,7 +19,7 @@ pub(super) struct Delivered {
     /// Empty until the first answer (with Redis).
     ep: Arc<str>,
     seq: u64,
-    /// With Redis, while a `sub` waits for its answer: the events that arrived meanwhile (their bytes are
+    /// While a `sub` waits for the broker's answer: the events that arrived meanwhile (their bytes are
     /// charged to this connection's budget, as if queued), handled once the answer is queued.
     pending: Option<Vec<Event>>,
 }
@@ -58,21 +58,23 @@ impl Session {
     }
 
     /// Subscribes; the broker's answer ([`super::Done::Subscribed`]) is answered with where the topic stands,
-    /// then the replay. With Redis, events that arrive before the answer wait ([`Delivered::pending`]).
+    /// then the replay. Events that arrive before the answer (with Redis) wait ([`Delivered::pending`]).
     pub(super) fn on_subscribe(&mut self, id: u64, topic: String, since: Option<TopicPosition>) {
         if let Err(e) = self.may_subscribe(&topic) {
             return self.answer(Some(id), Err(e));
         }
+        // Pending from now until the broker answers, whenever that is: an `unsub` handled meanwhile finds it
+        // (and follows it to the broker), and events that arrive meanwhile wait.
+        let delivered = self
+            .subscriptions
+            .entry(topic.clone())
+            .or_insert_with(|| Delivered {
+                ep: Arc::from(""),
+                seq: 0,
+                pending: None,
+            });
+        delivered.pending.get_or_insert_with(Vec::new);
         if self.broker_is_async() {
-            let delivered = self
-                .subscriptions
-                .entry(topic.clone())
-                .or_insert_with(|| Delivered {
-                    ep: Arc::from(""),
-                    seq: 0,
-                    pending: None,
-                });
-            delivered.pending.get_or_insert_with(Vec::new);
             self.inflight += 1;
         }
         // At most what this connection's budget has free; few such reads run at once (`RedisBroker`).
@@ -171,19 +173,13 @@ impl Session {
         topic: &str,
         result: Result<Subscribed, RpcError>,
     ) {
-        let asynchronous = self.broker_is_async();
-        let delivered = self.subscriptions.get_mut(topic);
-        if delivered.is_none() && asynchronous {
+        let Some(delivered) = self.subscriptions.get_mut(topic) else {
             // Unsubscribed meanwhile: the answer is still owed.
             let reply = result.map(|s| Some(sub_ack(&s.ep, s.seq, s.recovered).to_payload()));
             return self.answer(Some(id), reply);
-        }
-        let (waiting, established) = delivered.map_or((Vec::new(), false), |delivered| {
-            (
-                delivered.pending.take().unwrap_or_default(),
-                !delivered.ep.is_empty(),
-            )
-        });
+        };
+        let waiting = delivered.pending.take().unwrap_or_default();
+        let established = !delivered.ep.is_empty();
         match result {
             Ok(subscribed) => self.start_subscription(id, topic, subscribed),
             Err(e) => {
