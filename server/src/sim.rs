@@ -2,7 +2,7 @@
 //! (simulated) time. For fuzz targets ([`crate::fuzzing`]) and the `Pair` harness of the tests crate, which
 //! drives real client cores against real server sessions. Not a stable API: hidden from the docs.
 //!
-//! It is the same server as the tokio one: the same [`Session`]s, broker ([`crate::broker::execute`]), budgets
+//! It is the same server as the tokio one: the same `Session`s, broker (`broker::execute`), budgets
 //! and drain schedule; only the socket and the clock are replaced. Tasks (handlers, the auth verifier) are
 //! polled in place with a no-op waker each time their connection's output is pulled, so a handler that waits
 //! on tokio (the built-in `sleep`) needs a runtime entered by the caller and completes only in real time.
