@@ -5,7 +5,8 @@
 //!
 //! The wire carries WebSocket frames between a client socket and a server connection, each link with its own
 //! latency (drawn per link, so independent connections overtake each other while each link stays in order,
-//! as TCP does). Faults: a link broken at once (both ends see it, like a reset), a blackhole (a client's path
+//! as TCP does). Faults: a link broken at once (both ends see it, like a reset), loss (each frame breaks its
+//! link with a probability), a blackhole (a client's path
 //! drops every frame both ways, new connections included, and nobody is told), a server crash and restart,
 //! and a drain handing over to a new server instance.
 //!
@@ -103,6 +104,9 @@ pub struct Pair {
     peers: BTreeMap<(usize, u64), (usize, SocketId)>,
     /// Each link's latency is drawn from this range (milliseconds).
     pub latency_ms: (u64, u64),
+    /// Loss: each frame delivered breaks its link instead, with this probability in millionths (over TCP a
+    /// lost segment is retransmitted; what a WebSocket sees of a bad network is its connection breaking).
+    pub loss_per_million: u64,
     /// When each attempt reached a server, by server index: the arrivals a drain or storm produces.
     pub arrivals: Vec<(usize, Instant)>,
     /// Close frames the servers sent (whether or not they arrived): client, code, when.
@@ -124,6 +128,7 @@ impl Pair {
             sent: 0,
             peers: BTreeMap::new(),
             latency_ms: (1, 20),
+            loss_per_million: 0,
             arrivals: Vec::new(),
             server_closes: Vec::new(),
             rng: Rng::new(seed),
@@ -350,6 +355,12 @@ impl Pair {
         } = packet;
         if self.blackholed(client) {
             return;
+        }
+        let current = self.clients[client]
+            .link
+            .is_some_and(|link| link.socket == socket && link.server.is_some());
+        if current && self.rng.below(1_000_000) < self.loss_per_million {
+            return self.break_link(client);
         }
         match direction {
             Direction::ToClient => self.deliver_to_client(client, socket, frame),

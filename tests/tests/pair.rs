@@ -152,6 +152,56 @@ fn a_storm_of_clients_is_served_and_comes_back_after_a_server_crash() {
 }
 
 #[test]
+fn on_a_lossy_wire_every_request_ends_exactly_once_and_most_are_answered() {
+    let (clients, per_client) = (50, 20);
+    let mut pair = ready_pair(23, clients, &Config::default());
+    // One frame in 50 breaks its link.
+    pair.loss_per_million = 20_000;
+    let mut issued = Vec::new();
+    for round in 0..per_client {
+        for client in 0..clients {
+            let data = Payload::encode(&(client, round)).expect("encodes");
+            let id = pair.with_client(client, |conn, now| {
+                conn.request(now, "echo", Some(data), None)
+            });
+            // Refused only when the offline queue is full: never here.
+            issued.push((client, id.expect("queued or sent")));
+        }
+        let next = pair.now + Duration::from_millis(50);
+        pair.drive_to(next, MAX_STEPS);
+    }
+    let ended = |p: &Pair, client: usize, id| {
+        p.clients[client]
+            .events
+            .iter()
+            .filter(|(_, e)| matches!(e, Event::Reply { id: done, .. } if *done == id))
+            .count()
+    };
+    let done = pair.drive_until(
+        |p| issued.iter().all(|&(client, id)| ended(p, client, id) >= 1),
+        MAX_STEPS,
+    );
+    assert!(done, "every request ends");
+    let mut answered = 0;
+    for &(client, id) in &issued {
+        assert_eq!(ended(&pair, client, id), 1, "exactly once");
+        let ok = pair.clients[client]
+            .events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::Reply { id: done, result: Ok(_) } if *done == id));
+        answered += usize::from(ok);
+    }
+    let broken: usize = pair.clients.iter().map(|c| c.opens.len() - 1).sum();
+    eprintln!("broken {broken}, answered {answered} of {}", issued.len());
+    assert!(broken > 10, "the wire broke links: {broken}");
+    assert!(
+        answered * 2 > issued.len(),
+        "{answered} of {} answered",
+        issued.len()
+    );
+}
+
+#[test]
 fn keepalive_finds_a_blackholed_link_within_its_timeout() {
     let config = Config::default();
     let mut pair = ready_pair(7, 1, &config);
