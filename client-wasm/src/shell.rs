@@ -30,7 +30,7 @@ use js_sys::{Function, Object, Reflect, Uint8Array};
 use sockeye_core::handshake::{with_query_token, SUBPROTOCOL};
 use sockeye_core::{
     CloseCode, Connection, DisconnectReason, ErrorCode, Event, Input, Instant, Output,
-    RequestError, RequestId, SocketId, Status, Transition,
+    RequestError, RequestId, SocketId, Status, SubscriptionState, Transition,
 };
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
@@ -90,15 +90,9 @@ enum Action {
         socket: SocketId,
         attempt: u32,
     },
-    /// A state change, with what the shell knew when it happened.
-    Transition {
-        transition: Transition,
-        /// `ready` again after an earlier `ready` since `start()`.
-        reconnected: bool,
-        /// Code and reason of the socket's end, when this transition ends a connection.
-        close: (u16, String),
-    },
     Event(Event),
+    /// One callback for one listener (a new subscriber hears its topic's current state).
+    Call(Function, JsValue),
 }
 
 pub(crate) struct Inner {
@@ -124,15 +118,12 @@ struct State {
     socket: Option<Socket>,
     /// A socket the core asked for whose URL or token is still being resolved.
     opening: Option<SocketId>,
-    /// How the last socket ended (for `onDisconnect`).
-    last_close: (u16, String),
     /// The one timer, armed for the earliest deadline (the core's, or a `waitForStatus` timeout).
     timer: Option<Timer>,
     tick: Callback,
     /// `online`/`offline`/`visibilitychange`/`resume`, attached by `start()`, removed by `close()`.
     listeners: Option<Listeners>,
     hidden: bool,
-    ever_ready: bool,
     requests: Vec<Pending>,
     topics: Vec<Listener>,
     transitions: Vec<Listener>,
@@ -312,7 +303,6 @@ impl State {
                     if let Some(s) = self.socket.take_if(|s| s.id == socket) {
                         close(&s.ws, code.0, &reason);
                     }
-                    self.last_close = (code.0, reason.into_string());
                 }
                 Output::SendText(text) => {
                     if let Some(s) = &self.socket {
@@ -354,16 +344,8 @@ impl State {
                     }
                     !reached
                 });
-                let ready = matches!(transition.to, Status::Ready);
-                let reconnected = ready && self.ever_ready;
-                if ready {
-                    self.ever_ready = true;
-                }
-                self.actions.push_back(Action::Transition {
-                    transition,
-                    reconnected,
-                    close: self.last_close.clone(),
-                });
+                self.actions
+                    .push_back(Action::Event(Event::StateChanged(transition)));
             }
             other => self.actions.push_back(Action::Event(other)),
         }
@@ -403,10 +385,8 @@ impl State {
     }
 
     /// The socket `socket` ended (its `close` or `error` event): release it if it is the current one.
-    fn finish_socket(&mut self, socket: SocketId, code: u16, reason: &str) {
-        if self.socket.take_if(|s| s.id == socket).is_some() {
-            self.last_close = (code, reason.to_owned());
-        }
+    fn finish_socket(&mut self, socket: SocketId) {
+        self.socket.take_if(|s| s.id == socket);
     }
 
     fn next_id(&mut self) -> u32 {
@@ -452,12 +432,10 @@ impl Inner {
                 actions: VecDeque::new(),
                 socket: None,
                 opening: None,
-                last_close: (1006, String::new()),
                 timer: None,
                 tick,
                 listeners: None,
                 hidden: false,
-                ever_ready: false,
                 requests: Vec::new(),
                 topics: Vec::new(),
                 transitions: Vec::new(),
@@ -511,12 +489,8 @@ impl Inner {
             }
             match action {
                 Action::Open { socket, attempt } => self.open(socket, attempt),
-                Action::Transition {
-                    transition,
-                    reconnected,
-                    close,
-                } => self.deliver_transition(&transition, reconnected, close),
                 Action::Event(event) => self.deliver(event),
+                Action::Call(f, arg) => self.call(&f, &[&arg]),
             }
         }
         self.dispatching.set(false);
@@ -656,7 +630,6 @@ impl Inner {
         self.with(|st, now| {
             if st.opening == Some(socket) {
                 st.opening = None;
-                st.last_close = (1006, message.to_owned());
             }
             st.feed(now, Input::SocketError { socket, message });
         });
@@ -685,7 +658,7 @@ impl Inner {
                 let code = get(event, "code").as_f64().unwrap_or(0.0) as u16;
                 let reason = get(event, "reason").as_string().unwrap_or_default();
                 self.with(|st, now| {
-                    st.finish_socket(socket, code, &reason);
+                    st.finish_socket(socket);
                     st.feed(
                         now,
                         Input::SocketClosed {
@@ -699,7 +672,7 @@ impl Inner {
             _ => {
                 const MESSAGE: &str = "WebSocket error";
                 self.with(|st, now| {
-                    st.finish_socket(socket, CloseCode::ABNORMAL.0, MESSAGE);
+                    st.finish_socket(socket);
                     st.feed(
                         now,
                         Input::SocketError {
@@ -716,13 +689,8 @@ impl Inner {
     // Application callbacks (no borrow held)
     // ---------------------------------------------------------------------------------------------------------
 
-    fn deliver_transition(
-        self: &Rc<Self>,
-        t: &Transition,
-        reconnected: bool,
-        close: (u16, String),
-    ) {
-        let (listeners, lc) = {
+    fn deliver_transition(self: &Rc<Self>, t: &Transition) {
+        let (listeners, on_reconnecting, on_ready) = {
             let st = self.state.borrow();
             let l = &st.lifecycle;
             let on_state_change = l.get(Hook::StateChange);
@@ -731,46 +699,24 @@ impl Inner {
                     .iter()
                     .chain(st.transitions.iter().map(|l| &l.f)),
             );
-            let lc = (
-                l.get(Hook::Disconnect),
-                l.get(Hook::Reconnecting),
-                l.get(Hook::Ready),
-                l.get(Hook::Reconnected),
-            );
-            (listeners, lc)
+            (listeners, l.get(Hook::Reconnecting), l.get(Hook::Ready))
         };
-        let (on_disconnect, on_reconnecting, on_ready, on_reconnected) = lc;
         let object = transition_object(t);
         for f in options::items(&listeners) {
             self.call(f.unchecked_ref(), &[&object]);
         }
-        let was_open = matches!(t.from, Status::Connected { .. } | Status::Ready);
-        let is_open = matches!(t.to, Status::Connected { .. } | Status::Ready);
-        if was_open && !is_open {
-            if let Some(f) = on_disconnect {
-                let info = Object::new();
-                set(&info, "code", &close.0.into());
-                set(&info, "reason", &close.1.into());
-                let again = !matches!(t.to, Status::Disconnected { .. });
-                set(&info, "willReconnect", &again.into());
-                self.call(&f, &[&info]);
-            }
-        }
-        match &t.to {
-            Status::Reconnecting { .. } => {
-                if let Some(f) = on_reconnecting {
-                    self.call(&f, &[&object]);
-                }
-            }
-            Status::Ready => {
-                if let Some(f) = on_ready {
-                    self.call(&f, &[]);
-                }
-                if let (true, Some(f)) = (reconnected, on_reconnected) {
-                    self.call(&f, &[]);
-                }
-            }
+        match (&t.to, on_reconnecting, on_ready) {
+            (Status::Reconnecting { .. }, Some(f), _) => self.call(&f, &[&object]),
+            (Status::Ready, _, Some(f)) => self.call(&f, &[]),
             _ => {}
+        }
+    }
+
+    /// The lifecycle callback `hook`, if the application gave one, with `args`.
+    fn lifecycle(&self, hook: Hook, args: &[&JsValue]) {
+        let f = self.state.borrow().lifecycle.get(hook);
+        if let Some(f) = f {
+            self.call(&f, args);
         }
     }
 
@@ -844,7 +790,10 @@ impl Inner {
                     self.call(f.unchecked_ref(), &[&info]);
                 }
             }
-            Event::SubscribeFailed { topic, error } => {
+            Event::SubscriptionChanged {
+                topic,
+                state: SubscriptionState::Failed(error),
+            } => {
                 let removed: Vec<Listener> = {
                     let mut st = self.state.borrow_mut();
                     let (gone, kept) = std::mem::take(&mut st.topics)
@@ -854,11 +803,22 @@ impl Inner {
                     gone
                 };
                 let e = request_error(&error);
+                let failed = JsValue::from_str("failed");
                 for l in removed {
+                    if let Some(f) = l.callbacks.on_state {
+                        self.call(&f, &[&failed]);
+                    }
                     match l.callbacks.on_error {
                         Some(f) => self.call(&f, &[&e]),
                         None => console_error("sockeye: subscription refused", &e),
                     }
+                }
+            }
+            Event::SubscriptionChanged { topic, state } => {
+                let handlers = self.topic_callbacks(&topic, |l| l.callbacks.on_state.as_ref());
+                let state = JsValue::from_str(state.name());
+                for f in options::items(&handlers) {
+                    self.call(f.unchecked_ref(), &[&state]);
                 }
             }
             Event::Request {
@@ -867,8 +827,6 @@ impl Inner {
                 method,
                 data,
             } => self.serve(socket, id, &method, data.as_ref()),
-            // Events flow once acknowledged; nothing for the page to do.
-            Event::Subscribed { .. } => {}
             Event::Notice(e) => {
                 let f = self.state.borrow().lifecycle.get(Hook::Error);
                 match f {
@@ -876,14 +834,22 @@ impl Inner {
                     None => console_error("sockeye: server error", &request_error(&e)),
                 }
             }
-            Event::Draining => {
-                let f = self.state.borrow().lifecycle.get(Hook::Draining);
-                if let Some(f) = f {
-                    self.call(&f, &[]);
-                }
+            Event::Draining => self.lifecycle(Hook::Draining, &[]),
+            Event::StateChanged(t) => self.deliver_transition(&t),
+            Event::Disconnected {
+                code,
+                reason,
+                will_reconnect,
+            } => {
+                let info = Object::new();
+                set(&info, "code", &code.0.into());
+                set(&info, "reason", &reason.as_str().into());
+                set(&info, "willReconnect", &will_reconnect.into());
+                self.lifecycle(Hook::Disconnect, &[&info]);
             }
-            // Settled in `State::event`; transitions come as `Action::Transition`.
-            Event::Reply { .. } | Event::Published { .. } | Event::StateChanged(_) => {}
+            Event::Reconnected => self.lifecycle(Hook::Reconnected, &[]),
+            // Settled in `State::event`.
+            Event::Reply { .. } | Event::Published { .. } => {}
         }
     }
 
@@ -929,15 +895,7 @@ impl Inner {
             .find(|l| l.name == method)
             .map(|l| l.f.clone());
         let Some(handler) = handler else {
-            let message = ["no handler for method \"", method, "\""].concat();
-            self.with(|st, now| {
-                st.conn.respond(
-                    now,
-                    socket,
-                    id,
-                    Err(RequestError::local(ErrorCode::Unimplemented, message)),
-                )
-            });
+            self.with(|st, now| st.conn.respond_unimplemented(now, socket, id, method));
             return;
         };
         let meta = Object::new();
@@ -988,9 +946,6 @@ impl Inner {
 
     pub(crate) fn start(self: &Rc<Self>) {
         self.with(|st, now| {
-            if let Status::Disconnected { .. } = st.conn.status() {
-                st.ever_ready = false;
-            }
             if st.listeners.is_none() {
                 st.listeners = Listeners::attach(st.weak.clone());
                 st.hidden = page_hidden();
@@ -1135,9 +1090,17 @@ impl Inner {
         callbacks: TopicCallbacks,
     ) -> Result<JsValue, JsValue> {
         let id = self.with(|st, now| {
-            st.conn
+            let first = st
+                .conn
                 .subscribe(now, &topic)
                 .map_err(|e| errors::send_error(&e))?;
+            // The first subscriber hears `pending` from the core; a later one its topic's current state.
+            if let (false, Some(f), Some(state)) =
+                (first, &callbacks.on_state, st.conn.subscription(&topic))
+            {
+                st.actions
+                    .push_back(Action::Call(f.clone(), state.name().into()));
+            }
             let id = st.next_id();
             st.topics.push(Listener {
                 id,
@@ -1147,11 +1110,11 @@ impl Inner {
             });
             Ok::<_, JsValue>(id)
         })?;
+        // The core counts subscribers: each unsubscribe that removes a listener releases one. (A refused topic's
+        // listeners are gone already, and the core no longer counts them.)
         Ok(self.unsubscriber(move |st, now| {
-            let before = st.topics.len();
-            st.topics.retain(|l| l.id != id);
-            let last = !st.topics.iter().any(|l| l.name == topic);
-            if st.topics.len() < before && last {
+            if let Some(at) = st.topics.iter().position(|l| l.id == id) {
+                st.topics.swap_remove(at);
                 st.conn.unsubscribe(now, &topic);
             }
         }))
