@@ -1196,9 +1196,16 @@ fn transition_object(t: &Transition) -> JsValue {
         Status::Connecting { attempt } | Status::Connected { attempt } => {
             set(&o, "attempt", &(*attempt).into());
         }
-        Status::Reconnecting { attempt, delay, .. } => {
+        Status::Reconnecting {
+            attempt,
+            delay,
+            next_attempt_at,
+        } => {
             set(&o, "attempt", &(*attempt).into());
             set(&o, "delayMs", &(delay.as_millis() as f64).into());
+            if let Some(at) = next_attempt_at {
+                set(&o, "nextAttemptAt", &(at.as_millis() as f64).into());
+            }
         }
         Status::Disconnected { reason: Some(r) } => {
             set(&o, "reason", &r.as_str().into());
