@@ -376,13 +376,15 @@ impl Connection {
 
     fn stop(&mut self, now: Instant) {
         let reason = CloseReason::new("client closed");
-        if let Some(socket) = self.end_link() {
+        if let Some(link) = &self.link {
             self.push(Output::CloseSocket {
-                socket,
+                socket: link.socket,
                 code: CloseCode::NORMAL,
                 reason: reason.clone(),
             });
         }
+        self.report_disconnect(CloseCode::NORMAL, reason, false);
+        self.end_link();
         self.queue.clear();
         for id in self
             .requests
@@ -396,7 +398,6 @@ impl Connection {
                 "the connection was closed by the application",
             );
         }
-        self.report_disconnect(CloseCode::NORMAL, reason, false);
         if !matches!(
             self.status,
             Status::Disconnected {
@@ -413,9 +414,9 @@ impl Connection {
     }
 
     /// Drops the current socket's [`Link`] (its deadlines, reassembly, server requests and `sub` acks go with
-    /// it) and reports every topic that was live on it as pending again. Returns the socket it held.
-    fn end_link(&mut self) -> Option<SocketId> {
-        let link = self.link.take()?;
+    /// it) and reports every topic that was live on it as pending again.
+    fn end_link(&mut self) {
+        let Some(link) = self.link.take() else { return };
         let pending: Vec<String> = self
             .topics
             .live_on(link.socket)
@@ -427,7 +428,6 @@ impl Connection {
                 state: SubscriptionState::Pending,
             }));
         }
-        Some(link.socket)
     }
 
     /// [`Event::Disconnected`], when the connection ending now was open (`connected` or `ready`).
