@@ -31,8 +31,11 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tracing::{debug, info, trace, warn};
 
-use crate::client::{Command, Feed, Listener, Message, RawItem, ReplyTo, SubState, Target};
+use crate::client::Command;
 use crate::handlers::Handlers;
+use crate::requests::{ReplyTo, Target};
+use crate::streams::{Feed, Listener, Message};
+use crate::subscriptions::{RawItem, SubState};
 use crate::transport::{ConnectError, Transport, WsStream};
 use crate::Error;
 
