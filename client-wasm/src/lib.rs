@@ -3,7 +3,7 @@
 //! A thin shell that binds [`sockeye_core::Connection`] (every decision: lifecycle, backoff, keepalive, requests,
 //! offline queue, topics, the wire codec) to `WebSocket`, one `setTimeout` and the page's `online`/`offline`/
 //! `visibilitychange` events. The shell only carries out the core's outputs and reports what happens; see
-//! `shell.rs` for how it keeps application callbacks out of its borrows and how it owns its closures.
+//! `shell/mod.rs` for how it keeps application callbacks out of its borrows and how it owns its closures.
 //!
 //! The JS API (`Client`) is documented in `README.md` and typed by the `.d.ts` sections below; payloads are
 //! converted by `cbor.rs` (no serde in this build).
