@@ -417,14 +417,10 @@ impl Connection {
     /// it) and reports every topic that was live on it as pending again.
     fn end_link(&mut self) {
         let Some(link) = self.link.take() else { return };
-        let pending: Vec<String> = self
-            .topics
-            .live_on(link.socket)
-            .map(str::to_owned)
-            .collect();
-        for topic in pending {
-            self.push(Output::Event(Event::SubscriptionChanged {
-                topic,
+        let outputs = &mut self.outputs;
+        for topic in self.topics.live_on(link.socket) {
+            outputs.push_back(Output::Event(Event::SubscriptionChanged {
+                topic: topic.to_owned(),
                 state: SubscriptionState::Pending,
             }));
         }
