@@ -2,7 +2,7 @@
 //! sessions, no sockets, no sleeping. Every run is fixed by its seed.
 
 use sockeye_core::codec::Payload;
-use sockeye_core::{CloseCode, Config, Duration, Event, Instant};
+use sockeye_core::{CloseCode, Config, Duration, Event, Instant, SubscriptionState};
 use sockeye_server::Server;
 use sockeye_tests::pair::{histogram, Pair};
 
@@ -256,7 +256,15 @@ fn wait_for(pair: &mut Pair, wanted: fn(&Event) -> bool) {
 /// Subscribes client 0 to `topic` and waits for the acknowledgement.
 fn subscribe(pair: &mut Pair, topic: &str) {
     pair.with_client(0, |conn, now| conn.subscribe(now, topic).expect("valid"));
-    wait_for(pair, |e| matches!(e, Event::Subscribed { .. }));
+    wait_for(pair, |e| {
+        matches!(
+            e,
+            Event::SubscriptionChanged {
+                state: SubscriptionState::Live,
+                ..
+            }
+        )
+    });
 }
 
 fn topic_events(pair: &Pair) -> Vec<(u64, Option<String>)> {
