@@ -10,6 +10,7 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use sockeye_core::codec::{Envelope, Payload};
 use sockeye_core::error::{clip, ErrorCode};
+use sockeye_core::RequestError;
 
 use super::{Done, Session, MAX_QUOTED_NAME};
 use crate::app::{Context, RpcError};
@@ -22,34 +23,25 @@ pub(crate) fn quoted(name: &str) -> Cow<'_, str> {
 
 /// The envelope answering request `id` with `result` (`res` or `err` with the `id`); without an `id`, a
 /// connection-level notice (`err` without `id`) for an error and nothing for a success. Every reply the
-/// server sends is built here.
+/// server sends is built here, with the core's envelope helpers the clients answer with too.
 pub(crate) fn answer_envelope(
     id: Option<u64>,
     result: Result<Option<Payload>, RpcError>,
 ) -> Option<Envelope> {
     match (id, result) {
-        (Some(id), Ok(data)) => Some(Envelope::Res { id, data }),
-        (
-            id,
-            Err(RpcError {
-                code,
-                message,
-                data,
-            }),
-        ) => Some(Envelope::Err {
-            id,
-            code,
-            message,
-            data,
-        }),
+        (Some(id), result) => Some(Envelope::reply(id, result.map_err(RequestError::from))),
+        (None, Err(error)) => Some(Envelope::error(None, error.into())),
         (None, Ok(_)) => None,
     }
 }
 
-fn unimplemented(what: &str, name: &str) -> RpcError {
+/// The `UNIMPLEMENTED` answer to a request. Not yet the core's `RequestError::unimplemented`: that one cuts
+/// the name at 64 characters without the `…` mark that docs/protocol-notes.md promises for every quoted
+/// name (and `tests/memory.rs` checks); switching is this one line once the core marks its cut.
+fn unimplemented(method: &str) -> RpcError {
     RpcError::new(
         ErrorCode::Unimplemented,
-        format!("{what} {:?}", quoted(name)),
+        format!("unknown method {:?}", quoted(method)),
     )
 }
 
@@ -104,7 +96,7 @@ impl Session {
             return self.spawn_request(id, future);
         }
         if !self.shared.config.builtins {
-            return self.answer(Some(id), Err(unimplemented("unknown method", method)));
+            return self.answer(Some(id), Err(unimplemented(method)));
         }
         if method == "stats" {
             // Include this connection's frames so far.
@@ -117,7 +109,7 @@ impl Session {
                 self.answer(Some(id), Ok(None));
                 self.close(code, reason);
             }
-            None => self.answer(Some(id), Err(unimplemented("unknown method", method))),
+            None => self.answer(Some(id), Err(unimplemented(method))),
         }
     }
 
@@ -161,7 +153,8 @@ impl Session {
         } else if self.shared.config.builtins && name == "echo" {
             self.send_envelope(Envelope::Msg { name, data });
         } else {
-            self.answer(None, Err(unimplemented("no handler for msg", &name)));
+            let message = format!("no handler for msg {:?}", quoted(&name));
+            self.answer(None, Err(RpcError::new(ErrorCode::Unimplemented, message)));
         }
     }
 }
