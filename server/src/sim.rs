@@ -82,8 +82,9 @@ impl SimConnection {
 pub struct SimServer {
     shared: Arc<Shared>,
     connections: BTreeMap<u64, SimConnection>,
-    /// Drain closes not yet due: when, which connection, how.
-    scheduled: Vec<(Instant, u64, CloseRequest)>,
+    /// Drain closes not yet due, by when and which connection (one of a connection gone meanwhile is
+    /// skipped when due).
+    scheduled: BTreeMap<(Instant, u64), CloseRequest>,
     /// The time of the last input, for outputs pulled between inputs.
     now: Instant,
 }
@@ -93,7 +94,7 @@ impl SimServer {
         SimServer {
             shared: Arc::new(shared),
             connections: BTreeMap::new(),
-            scheduled: Vec::new(),
+            scheduled: BTreeMap::new(),
             now: Instant::from_millis(0),
         }
     }
@@ -222,7 +223,6 @@ impl SimServer {
         if let Some(conn) = self.connections.remove(&connection) {
             broker::detach(&self.shared, connection, conn.session.topics());
         }
-        self.scheduled.retain(|(_, id, _)| *id != connection);
     }
 
     /// The earliest deadline of any connection or scheduled drain close.
@@ -230,18 +230,18 @@ impl SimServer {
         self.connections
             .values()
             .filter_map(|conn| conn.session.poll_timeout())
-            .chain(self.scheduled.iter().map(|(at, _, _)| *at))
+            .chain(self.scheduled.keys().next().map(|(at, _)| *at))
             .min()
     }
 
     /// Time passed: every connection's deadlines and the drain schedule are checked against `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
-        let (due, later) = std::mem::take(&mut self.scheduled)
-            .into_iter()
-            .partition(|(at, _, _)| *at <= now);
-        self.scheduled = later;
-        for (_, id, request) in due {
+        while let Some(entry) = self.scheduled.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let ((_, id), request) = entry.remove_entry();
             if let Some(conn) = self.connections.get(&id) {
                 conn.control
                     .request_close(request.code, request.reason, request.bye);
@@ -276,7 +276,7 @@ impl SimServer {
                 bye,
                 drop_output: false,
             };
-            self.scheduled.push((at, ids[index], request));
+            self.scheduled.insert((at, ids[index]), request);
             due.push((ids[index], at));
         }
         due
