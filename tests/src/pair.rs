@@ -178,7 +178,7 @@ impl Pair {
 
     /// Breaks `client`'s link now: both ends see the connection fail (a reset).
     pub fn break_link(&mut self, client: usize) {
-        let Some(link) = self.clients[client].link.take() else {
+        let Some(link) = self.clients[client].link else {
             return;
         };
         if let Some((server, id)) = link.server {
@@ -187,7 +187,6 @@ impl Pair {
                 server.handle_gone(id);
             }
         }
-        self.clients[client].link = Some(link);
         self.client_error(client, link.socket, "connection reset");
     }
 
