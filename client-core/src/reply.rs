@@ -3,13 +3,9 @@
 //! wire spelling cannot drift between the shells and the server.
 
 use crate::codec::{Envelope, Payload};
-use crate::error::ErrorCode;
+use crate::error::{clip, ErrorCode, MAX_QUOTED_NAME};
 use crate::requests::RequestError;
 use crate::text::push_quoted;
-
-/// Characters of a peer-chosen method name quoted in an `UNIMPLEMENTED` answer: enough to recognise it, never
-/// an echo of a large name.
-const MAX_QUOTED_METHOD: usize = 64;
 
 impl Envelope {
     /// The answer to request `id`: `res` with the data, or `err` with the error's code, message and details.
@@ -39,10 +35,10 @@ impl Envelope {
 
 impl RequestError {
     /// The one answer to a request for a method nobody handles: `UNIMPLEMENTED`, naming the method quoted and
-    /// escaped (its first 64 characters).
+    /// escaped, cut to [`MAX_QUOTED_NAME`] bytes (a cut name ends in `…`).
     pub fn unimplemented(method: &str) -> RequestError {
         let mut message = String::from("unknown method ");
-        push_quoted(&mut message, method, MAX_QUOTED_METHOD);
+        push_quoted(&mut message, &clip(method, MAX_QUOTED_NAME), usize::MAX);
         RequestError::local(ErrorCode::Unimplemented, message)
     }
 }
@@ -80,7 +76,7 @@ mod tests {
         let long = RequestError::unimplemented(&"é".repeat(1000));
         assert_eq!(
             long.message,
-            ["unknown method \"", &"é".repeat(64), "\""].concat()
+            ["unknown method \"", &"é".repeat(62), "…\""].concat()
         );
     }
 }

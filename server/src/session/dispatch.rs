@@ -9,10 +9,10 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use sockeye_core::codec::{Envelope, Payload};
-use sockeye_core::error::{clip, ErrorCode};
+use sockeye_core::error::{clip, ErrorCode, MAX_QUOTED_NAME};
 use sockeye_core::RequestError;
 
-use super::{Done, Session, MAX_QUOTED_NAME};
+use super::{Done, Session};
 use crate::app::{Context, RpcError};
 use crate::builtins::{self, Builtin};
 
@@ -35,14 +35,9 @@ pub(crate) fn answer_envelope(
     }
 }
 
-/// The `UNIMPLEMENTED` answer to a request. Not yet the core's `RequestError::unimplemented`: that one cuts
-/// the name at 64 characters without the `…` mark that docs/protocol-notes.md promises for every quoted
-/// name (and `tests/memory.rs` checks); switching is this one line once the core marks its cut.
+/// The `UNIMPLEMENTED` answer to a request: the core's, which the clients give too.
 fn unimplemented(method: &str) -> RpcError {
-    RpcError::new(
-        ErrorCode::Unimplemented,
-        format!("unknown method {:?}", quoted(method)),
-    )
+    RequestError::unimplemented(method).into()
 }
 
 impl Session {

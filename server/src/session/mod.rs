@@ -191,9 +191,6 @@ pub(crate) struct Session {
     frames_out: u64,
 }
 
-/// A peer-chosen name quoted in replies and logs is cut to this many bytes.
-const MAX_QUOTED_NAME: usize = 128;
-
 impl Session {
     /// A session for a connection just upgraded at `now`: decides the origin and, when it can at once, the
     /// authentication (with a verifier, the first output is the [`Task`] asking it).
