@@ -234,6 +234,31 @@ mod tests {
             }
         }
 
+        /// The payload decoder (minicbor-serde, then ciborium for what it refuses) reads any item as ciborium
+        /// alone did, and where minicbor-serde reads it by itself it reads the same value.
+        #[cfg(feature = "serde")]
+        #[test]
+        fn payload_decode_agrees_with_ciborium_on_every_generated_item(item in cbor_item()) {
+            use ciborium::Value;
+            // Compared as ciborium's encoding of the value: NaN floats are not equal to themselves.
+            let encoded = |value: Value| {
+                let mut out = Vec::new();
+                ciborium::into_writer(&value, &mut out).map(|()| out).map_err(|e| e.to_string())
+            };
+            let old = ciborium::de::from_reader_with_recursion_limit::<Value, _>(item.as_slice(), MAX_DEPTH)
+                .map_err(|e| e.to_string())
+                .and_then(encoded);
+            let payload = Payload::from_cbor(item.clone()).expect("generated items are valid");
+            let new = payload.decode::<Value>().map_err(|e| e.to_string()).and_then(encoded);
+            prop_assert_eq!(new.is_ok(), old.is_ok());
+            if old.is_ok() {
+                prop_assert_eq!(&new, &old);
+            }
+            if let Ok(fast) = minicbor_serde::from_slice::<Value>(&item) {
+                prop_assert_eq!(encoded(fast), old);
+            }
+        }
+
         #[test]
         fn reassembler_never_panics_on_random_fragment_streams(
             steps in proptest::collection::vec(
