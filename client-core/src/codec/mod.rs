@@ -26,7 +26,7 @@
 //! - **Fragments**: a chunk may be empty; a new `msg_id` must start at index 0; the size limit applies to
 //!   each message (COMPLETE or reassembled so far), not to the sum of all partial messages.
 
-mod cbor;
+pub mod cbor;
 mod envelope;
 mod fragment;
 mod frame;
