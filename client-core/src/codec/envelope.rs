@@ -8,7 +8,6 @@
 //! The rules it applies where PROTOCOL §4 leaves a choice are listed in the `codec` module docs.
 
 use core::fmt;
-use std::borrow::Cow;
 
 use super::cbor::{self, Arg, WalkError, MAJOR_MAP, MAJOR_TEXT, MAJOR_UINT};
 use crate::error::{CloseCode, ErrorCode};
@@ -602,7 +601,7 @@ impl Fields {
             return Err(EnvelopeErrorKind::NonTextKey);
         }
         let text = |span: Option<Span>, key: &'static str| -> Result<String, EnvelopeErrorKind> {
-            read_text(bytes, span.ok_or(MissingKey(key))?, key).map(Cow::into_owned)
+            read_text(bytes, span.ok_or(MissingKey(key))?, key)
         };
         let uint = |span: Option<Span>, key: &'static str| -> Result<u64, EnvelopeErrorKind> {
             read_uint(bytes, span.ok_or(MissingKey(key))?).ok_or(EnvelopeErrorKind::WrongType {
@@ -614,8 +613,8 @@ impl Fields {
         let data = self
             .d
             .map(|(start, end)| Payload(bytes[start..end].to_vec()));
-        let t = read_text(bytes, self.t.ok_or(MissingKey("t"))?, "t")?;
-        Ok(match &*t {
+        let t = text(self.t, "t")?;
+        Ok(match t.as_str() {
             "msg" => Envelope::Msg {
                 name: text(self.m, "m")?,
                 data,
@@ -664,7 +663,7 @@ impl Fields {
                 data,
             },
             _ => {
-                let mut t = t.into_owned();
+                let mut t = t;
                 truncate_at_char_boundary(&mut t, MAX_UNKNOWN_TYPE);
                 return Err(EnvelopeErrorKind::UnknownType(t));
             }
@@ -742,7 +741,7 @@ fn read_position(
         },
         e => e,
     })?;
-    let ep = read_text(bytes, ep.ok_or(EnvelopeErrorKind::MissingKey("ep"))?, "ep")?.into_owned();
+    let ep = read_text(bytes, ep.ok_or(EnvelopeErrorKind::MissingKey("ep"))?, "ep")?;
     validate_epoch(&ep)?;
     let seq = read_uint(bytes, seq.ok_or(EnvelopeErrorKind::MissingKey("seq"))?).ok_or(
         EnvelopeErrorKind::WrongType {
@@ -818,13 +817,12 @@ fn read_uint(bytes: &[u8], (start, _): Span) -> Option<u64> {
     }
 }
 
-/// The text string at `span` (definite, or indefinite with each chunk valid UTF-8 on its own); borrowed from
-/// `bytes` unless it had to be joined from chunks.
-fn read_text<'a>(
-    bytes: &'a [u8],
+/// The text string at `span` (definite, or indefinite with each chunk valid UTF-8 on its own).
+fn read_text(
+    bytes: &[u8],
     (start, end): Span,
     key: &'static str,
-) -> Result<Cow<'a, str>, EnvelopeErrorKind> {
+) -> Result<String, EnvelopeErrorKind> {
     let wrong_type = EnvelopeErrorKind::WrongType {
         key,
         expected: "text",
@@ -847,7 +845,7 @@ fn read_text<'a>(
         Ok((text, to))
     };
     match header.arg {
-        Arg::Value(len) => Ok(Cow::Borrowed(chunk(pos, len)?.0)),
+        Arg::Value(len) => Ok(chunk(pos, len)?.0.to_owned()),
         Arg::Indefinite => {
             let mut out = String::new();
             while pos < end && bytes[pos] != 0xff {
@@ -859,7 +857,7 @@ fn read_text<'a>(
                 out.push_str(text);
                 pos = to;
             }
-            Ok(Cow::Owned(out))
+            Ok(out)
         }
     }
 }
