@@ -1853,6 +1853,42 @@ mod tests {
             assert!(payload(&deepest).decode::<ciborium::Value>().is_ok());
         }
 
+        /// minicbor-serde recurses once per level and has no limit of its own: the limit is the `Payload`
+        /// invariant. Hostile nesting of every container kind is refused before a decoder sees it, and the
+        /// deepest allowed nesting of each decodes (through minicbor-serde, and through ciborium for tags).
+        #[test]
+        fn hostile_nesting_is_refused_before_the_decoder_and_the_deepest_allowed_decodes() {
+            #[derive(serde::Deserialize)]
+            #[allow(dead_code)] // Only decoded: the recursion is the point.
+            enum Nest {
+                Leaf(u8),
+                List(Vec<Nest>),
+            }
+            // (opening bytes of one level, closing bytes, the innermost item)
+            let kinds: [(&[u8], &[u8], &[u8]); 4] = [
+                (&[0x81], &[], &[0x00]),             // [[[0]]]
+                (&[0x9f], &[0xff], &[0x00]),         // indefinite arrays
+                (&[0xa1, 0x61, b'k'], &[], &[0x00]), // {"k": {"k": 0}}
+                (&[0xc6], &[], &[0x00]),             // tags
+            ];
+            for (open, close, inner) in kinds {
+                let nested = |levels: usize| {
+                    [open.repeat(levels), inner.to_vec(), close.repeat(levels)].concat()
+                };
+                assert_eq!(
+                    Payload::from_cbor(nested(100_000)),
+                    Err(PayloadError::TooDeep),
+                    "{open:02x?}"
+                );
+                let deepest = payload(&nested(MAX_DEPTH));
+                assert!(deepest.decode::<ciborium::Value>().is_ok(), "{open:02x?}");
+            }
+            // A recursive type of the application's, 127 levels ({"List": [...]} is two): the same bound.
+            let mut lists = [0xa1, 0x64, b'L', b'i', b's', b't', 0x81].repeat(MAX_DEPTH / 2 - 1);
+            lists.extend([0xa1, 0x64, b'L', b'e', b'a', b'f', 0x01]);
+            assert!(payload(&lists).decode::<Nest>().is_ok());
+        }
+
         /// Every field type serde has, in one struct: what `Payload::encode` writes for it.
         #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
         enum Shape {
