@@ -452,7 +452,7 @@ impl Envelope {
     }
 
     /// At least the encoded size: the strings and payload, plus room for keys and headers.
-    fn size_hint(&self) -> usize {
+    pub(crate) fn size_hint(&self) -> usize {
         let text = match self {
             Envelope::Msg { name: m, .. } | Envelope::Req { method: m, .. } => m.len(),
             Envelope::Err { message, .. } => message.len(),
