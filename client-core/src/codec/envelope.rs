@@ -341,7 +341,7 @@ impl Payload {
     ///
     /// minicbor-serde reads it first: it decodes 2–3× as fast as ciborium (PERF.md), but it reads fewer forms
     /// than ciborium did before it (tags before a value, `undefined` as `None`, indefinite-length strings into
-    /// `String`, text into `char`, `null` as `()`, any float width into `f32`). Whatever it refuses is read
+    /// `String`, text into `char`, `null` as `()`, a double into `f32`). Whatever it refuses is read
     /// again by ciborium, so every payload that decoded before still does, to the same value.
     ///
     /// Depth: minicbor-serde has no limit of its own (100 000 nested arrays overflow the stack), so the limit is
@@ -1889,7 +1889,7 @@ mod tests {
             assert!(payload(&lists).decode::<Nest>().is_ok());
         }
 
-        /// Every field type serde has, in one struct: what `Payload::encode` writes for it.
+        /// An enum variant of every kind serde has.
         #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
         enum Shape {
             Unit,
@@ -1898,6 +1898,7 @@ mod tests {
             Struct { r: f32 },
         }
 
+        /// Every field type serde has, in one struct: what `Payload::encode` writes for each.
         #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
         struct Everything {
             small: u8,
