@@ -1,7 +1,8 @@
 //! The connection: one state machine a shell drives with `handle_*` and drains with `poll_*`.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+use alloc::collections::VecDeque;
+use alloc::sync::Arc;
+use alloc::{borrow::ToOwned, string::String, vec::Vec};
 
 use core::fmt;
 
@@ -181,7 +182,7 @@ impl fmt::Display for SendError {
     }
 }
 
-impl std::error::Error for SendError {}
+impl core::error::Error for SendError {}
 
 /// The Sockeye client connection as a pure state machine.
 ///

@@ -1,6 +1,8 @@
 //! What every shell puts on the upgrade request (PROTOCOL §1, §5): the subprotocol, and the token in the URL
 //! for clients that cannot set headers (browsers) or are told to use the query.
 
+use alloc::string::String;
+
 /// The WebSocket subprotocol every Sockeye client offers and a Sockeye server selects (PROTOCOL §1).
 pub const SUBPROTOCOL: &str = "sockeye.v1";
 

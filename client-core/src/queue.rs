@@ -1,7 +1,8 @@
 //! The offline queue: what the application sends while the connection is not `ready`, bounded by count and
 //! bytes. Overflow is refused, never dropped silently.
 
-use std::collections::VecDeque;
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
 
 use crate::config::QueueLimits;
 

@@ -5,6 +5,8 @@
 //! instead. The `Display` impls of the error types print the same text through [`Text`], so native users see
 //! no difference.
 
+use alloc::{borrow::ToOwned, string::String};
+
 /// A message built by appending pieces: `Text::from("more than ").num(max).str(" requests").into()`.
 #[derive(Default)]
 pub(crate) struct Text(String);

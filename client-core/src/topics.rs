@@ -7,7 +7,8 @@
 //! new epoch: the old sequence cannot be compared) and [`Event::TopicResumed`] (nothing lost). A server
 //! without §9 (no `d` in its `sub` reply) never names an epoch: its events pass through unchecked, as before.
 
-use std::sync::Arc;
+use alloc::sync::Arc;
+use alloc::{borrow::ToOwned, string::String, vec::Vec};
 
 use crate::codec::{Payload, SubAck, TopicPosition};
 use crate::connection::Event;
@@ -95,7 +96,7 @@ impl Topics {
             .position
             .as_ref()?;
         Some(TopicPosition {
-            ep: ep.to_string(),
+            ep: String::from(&**ep),
             seq: *seq,
         })
     }

@@ -22,9 +22,12 @@
 //! exception to "owned by the shell": they are the application's (`into_js_value`, freed by the GC), and hold
 //! only a `Weak`, so they outlive the client harmlessly.
 
-use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
-use std::rc::{Rc, Weak};
+use alloc::borrow::ToOwned;
+use alloc::collections::VecDeque;
+use alloc::rc::{Rc, Weak};
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::cell::{Cell, RefCell};
 
 use js_sys::{Function, Object, Reflect, Uint8Array};
 use sockeye_core::handshake::{with_query_token, SUBPROTOCOL};
@@ -847,7 +850,7 @@ impl Inner {
             Event::SubscribeFailed { topic, error } => {
                 let removed: Vec<Listener> = {
                     let mut st = self.state.borrow_mut();
-                    let (gone, kept) = std::mem::take(&mut st.topics)
+                    let (gone, kept) = core::mem::take(&mut st.topics)
                         .into_iter()
                         .partition(|l| l.name == topic);
                     st.topics = kept;

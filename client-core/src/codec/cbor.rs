@@ -9,6 +9,7 @@
 
 use super::envelope::MAX_DEPTH;
 use crate::text::{n, Text};
+use alloc::{string::String, vec::Vec};
 
 pub(crate) const MAJOR_UINT: u8 = 0;
 pub(crate) const MAJOR_NINT: u8 = 1;
