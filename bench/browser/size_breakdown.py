@@ -154,8 +154,9 @@ def main():
 
     env = dict(os.environ, CARGO_TARGET_DIR=os.path.join(ROOT, "target/size-breakdown"),
                CARGO_PROFILE_WASM_RELEASE_DEBUG="line-tables-only", CARGO_PROFILE_WASM_RELEASE_STRIP="none")
+    # As scripts/build-npm.sh builds it: without `std`.
     run("cargo", "build", "-q", "-p", "sockeye-wasm", "--lib", "--target", "wasm32-unknown-unknown",
-        "--profile", "wasm-release", env=env, capture=False)
+        "--profile", "wasm-release", "--no-default-features", env=env, capture=False)
     rustc_wasm = os.path.join(env["CARGO_TARGET_DIR"], "wasm32-unknown-unknown/wasm-release/sockeye_wasm.wasm")
     with tempfile.TemporaryDirectory() as tmp:
         run("wasm-bindgen", "--target", "web", "--out-dir", tmp, "--out-name", "sockeye", rustc_wasm)
