@@ -7,9 +7,9 @@
 //!
 //! The rules it applies where PROTOCOL §4 leaves a choice are listed in the `codec` module docs.
 
-use alloc::{borrow::ToOwned, string::String, vec, vec::Vec};
 #[cfg(feature = "serde")]
 use alloc::string::ToString;
+use alloc::{borrow::ToOwned, string::String, vec, vec::Vec};
 use core::fmt;
 
 use super::cbor::{self, Arg, WalkError, MAJOR_MAP, MAJOR_TEXT, MAJOR_UINT};
