@@ -6,9 +6,9 @@
 # Installs what is missing (scripts/install.sh), then runs, stopping at the first failure:
 #   fmt, clippy, cargo test (host), the core and the browser crate linted for wasm32 without std, the crates as
 #   crates.io would get them (`cargo publish --dry-run`), two reference servers on free loopback ports, the browser
-#   tests (headless Chromium through wasm-bindgen-test-runner + chromedriver), the npm package `@sockeye/client` (built, packed,
-#   installed in a scratch project, imported and type-checked), the demo page (tests/e2e, playwright-core) and the
-#   package against a scripted server (tests/e2e/liveness.test.mjs, the DevTools protocol).
+#   tests (headless Chromium through wasm-bindgen-test-runner + chromedriver), the npm package `@sockeye/client`
+#   (built, packed, installed in a scratch project, imported and type-checked), the demo page (tests/e2e,
+#   playwright-core) and the package against a scripted server (tests/e2e/liveness.test.mjs, the DevTools protocol).
 # Every section prints a header and its time; a summary of all section times ends the run, pass or fail.
 # Logs of the reference server go to target/sockeye-test/.
 set -euo pipefail
