@@ -457,9 +457,10 @@ fn callback(v: JsValue, name: &str) -> Result<Function, JsValue> {
 #[global_allocator]
 static TALC: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
 
-/// Without std (the npm build) a panic traps: no message is formatted, no location kept, which is what
-/// std's `panic = "abort"` still does (-4 KB gzipped). Nothing the network sends panics (see sockeye-core), so this
-/// is a bug's path only; the trap surfaces in JS as a `RuntimeError: unreachable` from the call that hit it.
+/// Without std (the npm build) a panic traps at once. std's hook would format the message and location first,
+/// with nowhere to print them on wasm32-unknown-unknown, and then trap the same way (bench/SIZE.md: the code that
+/// costs). Nothing the network sends panics (see sockeye-core), so this is a bug's path only; it surfaces in JS as
+/// a `RuntimeError: unreachable` thrown from the call that hit it, as before.
 #[cfg(all(not(feature = "std"), target_arch = "wasm32"))]
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo) -> ! {
