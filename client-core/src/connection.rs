@@ -170,8 +170,8 @@ impl SendError {
                 .num(n(limits.max_bytes))
                 .str(" bytes at most)")
                 .into(),
-            SendError::TooLarge(e) => ["message too large: ", &e.message()].concat(),
-            SendError::InvalidTopic(e) => ["invalid topic: ", &e.message()].concat(),
+            SendError::TooLarge(e) => String::from("message too large: ") + &e.message(),
+            SendError::InvalidTopic(e) => String::from("invalid topic: ") + &e.message(),
         }
     }
 }
@@ -507,7 +507,7 @@ impl Connection {
                 // A broken reply to one of our requests ends that request now rather than at its deadline.
                 if let (Some("res" | "err"), Some(id)) = (error.t, error.id) {
                     let message =
-                        ["the server's reply is malformed: ", &error.kind.message()].concat();
+                        String::from("the server's reply is malformed: ") + &error.kind.message();
                     self.complete(
                         id,
                         Err(RequestError::local(ErrorCode::InvalidArgument, message)),

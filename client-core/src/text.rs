@@ -3,7 +3,8 @@
 //! Every `format!`/`write!` call site, and the `Display` impls and integer formatting behind it, is code the
 //! browser package downloads; these messages (close reasons, `err` replies, refusals) are built by appending
 //! instead. The `Display` impls of the error types print the same text through [`Text`], so native users see
-//! no difference.
+//! no difference. A message of two or three pieces is `String::from(a) + b`: `[a, b].concat()` brings std's
+//! `join_generic_copy` (0.3 KB of the gzipped package, bench/SIZE.md).
 
 use alloc::{borrow::ToOwned, string::String};
 

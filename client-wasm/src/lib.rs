@@ -447,7 +447,7 @@ impl Drop for Client {
 
 fn callback(v: JsValue, name: &str) -> Result<Function, JsValue> {
     v.dyn_into::<Function>()
-        .map_err(|_| type_error(&[name, " must be a function"].concat()))
+        .map_err(|_| type_error(&(String::from(name) + " must be a function")))
 }
 
 /// The heap: Talc instead of the standard library's dlmalloc, which costs the package ~8 KB of code where Talc

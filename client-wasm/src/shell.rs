@@ -532,7 +532,7 @@ impl Inner {
             st.waiters.retain(|w| {
                 let expired = w.deadline.is_some_and(|d| d <= now);
                 if expired {
-                    let message = ["status \"", &w.status, "\" not reached in time"].concat();
+                    let message = String::from("status \"") + &w.status + "\" not reached in time";
                     let _ = apply(
                         &w.reject,
                         &[&error(Kind::Timeout, "DEADLINE_EXCEEDED", &message)],
@@ -932,7 +932,7 @@ impl Inner {
             .find(|l| l.name == method)
             .map(|l| l.f.clone());
         let Some(handler) = handler else {
-            let message = ["no handler for method \"", method, "\""].concat();
+            let message = String::from("no handler for method \"") + method + "\"";
             self.with(|st, now| {
                 st.conn.respond(
                     now,
@@ -1308,6 +1308,6 @@ fn describe(prefix: &str, e: &JsValue) -> String {
     if prefix.is_empty() {
         message
     } else {
-        [prefix, ": ", &message].concat()
+        String::from(prefix) + ": " + &message
     }
 }
