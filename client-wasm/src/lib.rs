@@ -384,7 +384,8 @@ impl Client {
         if !ack.is_undefined() && ack.as_bool().is_none() {
             return Err(type_error("publish options.ack must be a boolean"));
         }
-        if ack.is_truthy() {
+        // `as_bool`, not `is_truthy`: one JS import fewer (`ack` is a boolean or undefined here).
+        if ack.as_bool() == Some(true) {
             return Ok(self.awaited(Target::Publish(topic), &data, &options).into());
         }
         let payload = cbor::encode(&data)?;
