@@ -26,7 +26,7 @@ import sys
 import tempfile
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-OPT = ["-Oz", "--flatten", "--rereloop", "--merge-blocks", "-Oz", "--low-memory-unused", "--converge",
+OPT = ["-Oz", "--flatten", "--rereloop", "--merge-blocks", "-Oz", "-Oz", "--low-memory-unused", "--converge",
        "--enable-bulk-memory", "--enable-multivalue", "--enable-mutable-globals",
        "--enable-nontrapping-float-to-int", "--enable-reference-types", "--enable-sign-ext"]
 
