@@ -11,9 +11,10 @@ use sockeye_core::{Config, Connection, QueueLimits, Status};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
-use crate::client::{Client, Inner, StreamLimits};
+use crate::client::{Client, Inner};
 use crate::driver::{Driver, DEFAULT_WRITE_BACKLOG};
 use crate::handlers::{self, Handlers};
+use crate::streams::StreamLimits;
 use crate::transport::{self, Certificate, TlsOptions, TokenSource, Transport, TransportOptions};
 use crate::Error;
 
