@@ -115,7 +115,7 @@ END = "<!-- size_breakdown.py: end -->"
 AREAS = [
     (r"^client-core/src/codec/", "sockeye-core: wire codec (envelope, CBOR walk, frames, fragments)"),
     (r"^client-core/", "sockeye-core: connection state machine (requests, queue, topics, backoff, config)"),
-    (r"^client-wasm/src/shell\.rs", "sockeye-wasm: shell (socket, timer, callbacks, promises)"),
+    (r"^client-wasm/src/shell(\.rs|/)", "sockeye-wasm: shell (socket, timer, callbacks, promises)"),
     (r"^client-wasm/", "sockeye-wasm: exports, errors, options, payload glue"),
     (r"^std/(alloc|core)/src/(vec|raw_vec|collections|ptr|boxed|rc|string|slice|str|alloc|borrow)",
      "std: generic collections and drop glue, instantiated per type"),
