@@ -1,5 +1,6 @@
 //! Request correlation: ids, the pending table, and per-request deadlines counted from issue time.
 
+use alloc::{string::String, vec::Vec};
 use core::fmt;
 
 use crate::codec::Payload;
@@ -57,7 +58,7 @@ impl fmt::Display for RequestError {
     }
 }
 
-impl std::error::Error for RequestError {}
+impl core::error::Error for RequestError {}
 
 /// Where a pending request is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
