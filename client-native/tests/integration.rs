@@ -614,32 +614,24 @@ async fn header_auth_and_a_token_provider_called_on_every_attempt() {
     client.close().await;
 }
 
+/// Smoke test of the keepalive over a socket: the driver's timer sends `ping`, a silent link is closed with
+/// 4000 and the client reconnects. How soon (within interval + timeout) and that an idle link stays open are
+/// scenarios in simulated time (`tests/tests/pair.rs`).
 #[tokio::test]
 async fn keepalive_detects_a_silent_server_and_reconnects_with_4000() {
     let server = server().await;
     let proxy = Proxy::start(server.local_addr()).await;
     let client = fast(proxy.url())
-        .keepalive(Duration::from_millis(100), Duration::from_millis(1000))
+        .keepalive(Duration::from_millis(100), Duration::from_millis(500))
         .connect()
         .await
         .unwrap();
     let seen = record(&client);
-    // Alive: pings are answered, nothing happens for a while.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(client.state(), Status::Ready);
-    assert!(names(&seen).is_empty(), "{:?}", names(&seen));
-
     proxy.blackhole();
-    let lost = Instant::now();
     eventually("the keepalive to fire", || {
         names(&seen).contains(&"reconnecting")
     })
     .await;
-    assert!(
-        lost.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        lost.elapsed()
-    );
     eventually("the 4000 close frame", || {
         proxy.close_codes().contains(&4000)
     })
@@ -687,30 +679,24 @@ async fn a_stalled_socket_holds_senders_back_but_never_close() {
     assert!(matches!(client.send("late", &1).await, Err(Error::Closed)));
 }
 
+/// Smoke test of a drain over sockets: every client is closed, reconnects to the next instance on the same
+/// address and is served there. The spread of the closes and of the reconnections (full jitter) is a scenario
+/// in simulated time (`tests/tests/pair.rs`).
 #[tokio::test]
-async fn drain_reconnects_every_client_spread_by_jitter() {
-    const CLIENTS: usize = 10;
-    let window = Duration::from_millis(1000);
+async fn drain_reconnects_every_client_to_the_next_instance() {
+    const CLIENTS: usize = 3;
     let first = server().await;
     let addr = first.local_addr();
     let mut clients = Vec::new();
     let mut records = Vec::new();
     for _ in 0..CLIENTS {
-        let client = Client::builder(first.ws_url())
-            .stable_period(Duration::from_millis(100)) // so the drain's reconnect is attempt 1 again
-            .base_delay(Duration::from_millis(300))
-            .max_delay(Duration::from_secs(2))
-            .max_attempts(None)
-            .connect()
-            .await
-            .unwrap();
+        let client = fast(first.ws_url()).connect().await.unwrap();
         records.push(record(&client));
         clients.push(client);
     }
-
-    // Past the stable period, every client's next attempt counts from 1 again.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let result = first.drain(DrainOptions::with_window(window)).await;
+    let result = first
+        .drain(DrainOptions::with_window(Duration::from_millis(100)))
+        .await;
     assert_eq!(
         (result.closed, result.remaining, result.timed_out),
         (CLIENTS, 0, false)
@@ -718,58 +704,18 @@ async fn drain_reconnects_every_client_spread_by_jitter() {
     first.shutdown().await;
     drop(first);
     let second = start(server_builder().bind(addr)).await;
-    for client in &clients {
-        ready(client).await;
-    }
-
-    // The server spread its closes across the window…
-    let left: Vec<Instant> = records
-        .iter()
-        .map(|r| {
-            r.lock()
+    for (client, seen) in clients.iter().zip(&records) {
+        eventually("the client to leave ready", || {
+            seen.lock()
                 .unwrap()
                 .iter()
-                .find(|(_, t)| t.from == Status::Ready)
-                .expect("left ready")
-                .0
+                .any(|(_, t)| t.from == Status::Ready)
         })
-        .collect();
-    let span = *left.iter().max().unwrap() - *left.iter().min().unwrap();
-    assert!(span >= window / 4, "closes not spread: {span:?}");
-    // … and every client waited its own full-jitter delay, uniform in [0, base) for the first attempt.
-    let delays: Vec<Duration> = records
-        .iter()
-        .map(|r| {
-            let seen = r.lock().unwrap();
-            // The first step after leaving `ready`: a wait, or (a zero delay drawn) an attempt at once.
-            seen.iter()
-                .skip_while(|(_, t)| t.from != Status::Ready)
-                .find_map(|(_, t)| match t.to {
-                    Status::Reconnecting {
-                        attempt: 1, delay, ..
-                    } => Some(delay),
-                    Status::Connecting { attempt: 1 } => Some(Duration::ZERO),
-                    _ => None,
-                })
-                .unwrap_or_else(|| {
-                    panic!(
-                        "no first reconnect in {:?}",
-                        seen.iter().map(|(_, t)| &t.to).collect::<Vec<_>>()
-                    )
-                })
-        })
-        .collect();
-    assert!(
-        delays.iter().all(|d| *d < Duration::from_millis(300)),
-        "{delays:?}"
-    );
-    let mut distinct = delays.clone();
-    distinct.sort();
-    distinct.dedup();
-    assert!(
-        distinct.len() >= CLIENTS / 2,
-        "delays not spread: {delays:?}"
-    );
+        .await;
+        ready(client).await;
+        let echoed: String = client.request("echo", "back").await.unwrap();
+        assert_eq!(echoed, "back");
+    }
     assert_eq!(second.stats().connections_open, CLIENTS as u64);
     for client in &clients {
         client.close().await;
