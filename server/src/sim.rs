@@ -433,9 +433,34 @@ impl SimServer {
 mod tests {
     use super::*;
     use crate::Server;
+    use sockeye_core::codec::Envelope;
 
     fn drain_outputs(server: &mut SimServer, connection: u64) -> Vec<SimOutput> {
         std::iter::from_fn(|| server.poll_output(connection)).collect()
+    }
+
+    /// A complete binary frame carrying `envelope`.
+    fn frame(envelope: Envelope) -> Vec<u8> {
+        let mut frame = vec![0u8];
+        frame.extend(envelope.encode());
+        frame
+    }
+
+    /// The envelope kinds in `outputs`, by connection.
+    fn kinds(outputs: Vec<(u64, SimOutput)>) -> Vec<(u64, String)> {
+        outputs
+            .into_iter()
+            .map(|(id, output)| match output {
+                SimOutput::Binary(frame) => (
+                    id,
+                    Envelope::decode(&frame[1..])
+                        .expect("a valid envelope")
+                        .kind()
+                        .to_owned(),
+                ),
+                other => (id, format!("{other:?}")),
+            })
+            .collect()
     }
 
     #[test]
@@ -513,12 +538,6 @@ mod tests {
 
     #[test]
     fn an_unsub_handled_before_the_broker_answered_the_sub_still_wins() {
-        use sockeye_core::codec::Envelope;
-        let frame = |envelope: Envelope| {
-            let mut frame = vec![0u8];
-            frame.extend(envelope.encode());
-            frame
-        };
         let mut server = Server::builder().simulate();
         let t0 = Instant::ZERO;
         let id = server.connect(t0, None).expect("accepted");
@@ -543,17 +562,73 @@ mod tests {
         ] {
             server.handle_binary(t0, id, &frame(envelope));
         }
-        let kinds: Vec<String> = drain_outputs(&mut server, id)
+        let outputs = drain_outputs(&mut server, id)
             .into_iter()
-            .map(|output| match output {
-                SimOutput::Binary(frame) => Envelope::decode(&frame[1..])
-                    .expect("a valid envelope")
-                    .kind()
-                    .to_owned(),
-                other => format!("{other:?}"),
-            })
+            .map(|output| (id, output))
             .collect();
+        let kinds: Vec<String> = kinds(outputs).into_iter().map(|(_, kind)| kind).collect();
         assert_eq!(kinds, ["res", "res", "res"], "no evt after the unsub");
         assert_eq!(server.stats().topics, 0);
+    }
+
+    #[test]
+    fn a_published_event_wakes_its_subscriber_alone() {
+        let mut server = Server::builder().simulate();
+        let t0 = Instant::ZERO;
+        let subscriber = server.connect(t0, None).expect("accepted");
+        let bystander = server.connect(t0, None).expect("accepted");
+        let sub = Envelope::Sub {
+            id: 1,
+            topic: "t".to_owned(),
+            since: None,
+        };
+        server.handle_binary(t0, subscriber, &frame(sub));
+        let ready = SimOutput::Text("ready");
+        let outputs = server.poll_all();
+        assert_eq!(
+            kinds(outputs),
+            [
+                (subscriber, format!("{ready:?}")),
+                (subscriber, "res".to_owned()),
+                (bystander, format!("{ready:?}"))
+            ]
+        );
+        assert!(!server.is_woken());
+        assert_eq!(server.publish("t", None).expect("a valid topic"), 1);
+        // Through the event queue's waker: nothing else tells the in-memory shell.
+        assert!(server.is_woken());
+        assert_eq!(kinds(server.poll_all()), [(subscriber, "evt".to_owned())]);
+        assert!(!server.is_woken());
+    }
+
+    #[test]
+    fn a_handler_finishing_later_wakes_its_connection() {
+        let (finish, finished) = tokio::sync::watch::channel(false);
+        let mut server = Server::builder()
+            .method_raw("wait", move |_, _| {
+                let mut finished = finished.clone();
+                async move {
+                    let _ = finished.wait_for(|done| *done).await;
+                    Ok(None)
+                }
+            })
+            .simulate();
+        let t0 = Instant::ZERO;
+        let id = server.connect(t0, None).expect("accepted");
+        let req = Envelope::Req {
+            id: 1,
+            method: "wait".to_owned(),
+            data: None,
+        };
+        server.handle_binary(t0, id, &frame(req));
+        assert_eq!(
+            kinds(server.poll_all()),
+            [(id, format!("{:?}", SimOutput::Text("ready")))]
+        );
+        assert!(!server.is_woken(), "the handler is still at work");
+        finish.send_replace(true);
+        // Through the task's waker.
+        assert!(server.is_woken());
+        assert_eq!(kinds(server.poll_all()), [(id, "res".to_owned())]);
     }
 }
