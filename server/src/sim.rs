@@ -13,9 +13,7 @@
 //! [`SimServer::poll_all`] visits only connections with something to do, as a runtime would.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
@@ -74,8 +72,9 @@ fn lock(woken: &Woken) -> std::sync::MutexGuard<'_, BTreeSet<u64>> {
 struct SimConnection {
     session: Session,
     control: Arc<ConnControl>,
-    /// Completes when a close is ordered (`ConnControl::notify`, as the tokio shell waits for it).
-    close_ordered: BoxFuture<'static, ()>,
+    /// Completes when a close is ordered (`ConnControl::notify`, as the tokio shell waits for it); `None`
+    /// once it has: only the first order notifies, and it stands for good.
+    close_ordered: Option<BoxFuture<'static, ()>>,
     events: Option<(mpsc::Sender<Event>, mpsc::Receiver<Event>)>,
     /// Tasks not finished yet.
     tasks: Vec<Task>,
@@ -96,10 +95,10 @@ impl SimConnection {
     fn gather(&mut self, now: Instant) -> bool {
         let mut cx = Context::from_waker(&self.waker);
         let mut handed = false;
-        if Pin::new(&mut self.close_ordered).poll(&mut cx).is_ready() {
-            self.close_ordered = close_ordered(&self.control);
-            // Wait for the next order too (one ordered before the session ends is ignored by it).
-            let _ = Pin::new(&mut self.close_ordered).poll(&mut cx);
+        if let Some(order) = self.close_ordered.as_mut() {
+            if order.as_mut().poll(&mut cx).is_ready() {
+                self.close_ordered = None;
+            }
         }
         if let Some(request) = self.control.take_close() {
             // Ignored once the session is ending, so `handed` stays false then.
@@ -188,7 +187,7 @@ impl SimServer {
             id,
             SimConnection {
                 session,
-                close_ordered: close_ordered(&control),
+                close_ordered: Some(close_ordered(&control)),
                 control,
                 events: None,
                 tasks: Vec::new(),
