@@ -85,11 +85,6 @@ pub struct SimClient {
 }
 
 impl SimClient {
-    /// The client's core.
-    pub fn conn(&self) -> &Connection {
-        &self.conn
-    }
-
     /// Whether the core says `ready`.
     pub fn is_ready(&self) -> bool {
         self.conn.status() == &sockeye_core::Status::Ready

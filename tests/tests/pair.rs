@@ -80,8 +80,8 @@ fn a_drain_spreads_the_reconnections_across_the_window_with_full_jitter() {
         (busiest as f64) <= 2.0 * mean,
         "busiest 100 ms: {busiest}, uniform {mean:.1}"
     );
-    // Full jitter alone spreads a close for everyone at once over the first backoff (the server's spread
-    // hides it above: without jitter, the spread closes still arrive within 31 per 100 ms).
+    // Full jitter alone spreads a close for everyone at once across the backoff (the server's spread hides
+    // it above: without jitter, the spread closes still arrive within 31 per 100 ms).
     let (busiest, mean) = drain_storm(300, Duration::ZERO, &Config::default());
     eprintln!("jitter alone: busiest 100 ms {busiest}, uniform {mean:.1}");
     assert!(
