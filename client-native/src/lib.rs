@@ -90,9 +90,13 @@ pub use client::Client;
 pub use error::Error;
 pub use requests::{PublishFuture, RequestFuture, SendFuture};
 pub use sockeye_core::SUBPROTOCOL;
-pub use streams::{Incoming, Message, Transitions};
-pub use subscriptions::{Subscription, SubscriptionItem, TopicEvent};
+pub use streams::{ClientEvent, Events, Incoming, Listening, Message, Transitions};
+pub use subscriptions::{
+    Subscription, SubscriptionItem, SubscriptionState, SubscriptionStates, TopicEvent,
+};
 pub use transport::Certificate;
 
 pub use sockeye_core::codec::{Payload, TopicPosition};
-pub use sockeye_core::{CloseCode, DisconnectReason, ErrorCode, Instant, Status, Transition};
+pub use sockeye_core::{
+    CloseCode, CloseReason, DisconnectReason, ErrorCode, Instant, Status, Transition,
+};

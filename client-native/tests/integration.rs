@@ -10,7 +10,8 @@ use futures_util::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sockeye::{
-    Certificate, Client, DisconnectReason, Error, ErrorCode, Payload, Status, Transition,
+    Certificate, Client, ClientEvent, CloseCode, DisconnectReason, Error, ErrorCode, Payload,
+    Status, SubscriptionState, Transition,
 };
 use sockeye_server::{Context, DrainOptions, RpcError};
 use tokio::time::Instant;
@@ -466,6 +467,168 @@ async fn subscribed_follows_the_servers_acknowledgement_across_reconnects() {
 
     client.close().await;
     assert!(matches!(news.subscribed().await, Err(Error::Closed)));
+}
+
+/// The next lifecycle event, which must come within [`PATIENCE`].
+async fn next_event(events: &mut sockeye::Events) -> ClientEvent {
+    within("a lifecycle event", events.next())
+        .await
+        .expect("stream open")
+        .expect("no lag")
+}
+
+#[tokio::test]
+async fn events_report_why_the_connection_was_lost_and_whether_it_comes_back() {
+    let server = server().await;
+    let client = fast(server.ws_url()).connect().await.unwrap();
+    let mut events = client.events();
+
+    // The server closes with a code and reason of its own: retried.
+    client
+        .request::<_, ()>("close", &json!({ "code": 1012, "reason": "restarting ✓" }))
+        .await
+        .unwrap();
+    match next_event(&mut events).await {
+        ClientEvent::Disconnected {
+            code,
+            reason,
+            will_reconnect,
+        } => assert_eq!(
+            (code, reason.as_str(), will_reconnect),
+            (CloseCode(1012), "restarting ✓", true)
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        next_event(&mut events).await,
+        ClientEvent::Reconnected
+    ));
+    assert_eq!(client.state(), Status::Ready);
+
+    // A drain announced with `bye`: draining, then the server's close, retried.
+    let mut options = DrainOptions::with_window(Duration::from_millis(50));
+    options.bye = true;
+    let drained = server.drain(options).await;
+    assert_eq!(drained.closed, 1);
+    assert!(matches!(
+        next_event(&mut events).await,
+        ClientEvent::Draining
+    ));
+    match next_event(&mut events).await {
+        ClientEvent::Disconnected {
+            code,
+            reason,
+            will_reconnect,
+        } => assert_eq!(
+            (code, reason.as_str(), will_reconnect),
+            (CloseCode::GOING_AWAY, "Server draining", true)
+        ),
+        other => panic!("{other:?}"),
+    }
+
+    // Closed while reconnecting (the draining server answers 503): no connection was open, nothing to
+    // report, and the stream ends.
+    client.close().await;
+    assert!(within("the end", events.next()).await.is_none());
+}
+
+#[tokio::test]
+async fn events_report_a_refused_token_and_a_close_as_final() {
+    let server = start(server_builder().tokens(["good"])).await;
+    let client = fast(server.ws_url()).token("bad").build().unwrap();
+    let mut events = client.events();
+    match next_event(&mut events).await {
+        ClientEvent::Disconnected {
+            code,
+            will_reconnect,
+            ..
+        } => assert_eq!((code, will_reconnect), (CloseCode::AUTH_FAILED, false)),
+        other => panic!("{other:?}"),
+    }
+    client.close().await;
+    assert!(within("the end", events.next()).await.is_none());
+
+    // Closed by the application while ready: the client's own 1000, final.
+    let client = fast(server.ws_url()).token("good").connect().await.unwrap();
+    let mut events = client.events();
+    client.close().await;
+    match next_event(&mut events).await {
+        ClientEvent::Disconnected {
+            code,
+            reason,
+            will_reconnect,
+        } => assert_eq!(
+            (code, reason.as_str(), will_reconnect),
+            (CloseCode::NORMAL, "client closed", false)
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(within("the end", events.next()).await.is_none());
+}
+
+/// The name of the next subscription state, which must come within [`PATIENCE`].
+async fn next_state(states: &mut sockeye::SubscriptionStates) -> Option<&'static str> {
+    within("a state", states.next())
+        .await
+        .as_ref()
+        .map(SubscriptionState::name)
+}
+
+#[tokio::test]
+async fn subscription_states_go_pending_live_pending_live_and_failed_when_refused() {
+    let server = start(server_builder().authorize_topics(|_, topic, _| topic != "secret")).await;
+    // A reconnect delay of 300 ms: the pending state between connections lasts long enough to be seen.
+    let client = fast(server.ws_url())
+        .base_delay(Duration::from_millis(300))
+        .max_delay(Duration::from_secs(1))
+        .full_jitter(false)
+        .build()
+        .unwrap();
+    // Subscribed while still connecting: pending until the server acknowledges it.
+    let news = client.subscribe::<i64>("news").unwrap();
+    let mut states = news.states();
+    assert_eq!(next_state(&mut states).await, Some("pending"));
+    assert_eq!(next_state(&mut states).await, Some("live"));
+    assert_eq!(news.state().name(), "live");
+    assert_eq!(client.state(), Status::Ready);
+
+    // Lost with the connection; live again once the new connection acknowledged the re-subscription.
+    client
+        .request::<_, ()>("close", &json!({ "code": 1012 }))
+        .await
+        .unwrap();
+    assert_eq!(next_state(&mut states).await, Some("pending"));
+    assert_eq!(next_state(&mut states).await, Some("live"));
+
+    // Refused: failed with the server's error, and the stream of states ends.
+    let secret = client.subscribe::<i64>("secret").unwrap();
+    let mut states = secret.states();
+    assert!(matches!(
+        within("a state", states.next()).await,
+        Some(SubscriptionState::Pending)
+    ));
+    match within("a state", states.next()).await {
+        Some(SubscriptionState::Failed(Error::Server { code, .. })) => {
+            assert_eq!(code, ErrorCode::PermissionDenied)
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(within("the end", states.next()).await.is_none());
+    assert!(matches!(secret.state(), SubscriptionState::Failed(_)));
+
+    // Closing the client ends the stream of a live subscription too.
+    let mut states = news.states();
+    assert!(matches!(
+        within("a state", states.next()).await,
+        Some(SubscriptionState::Live)
+    ));
+    client.close().await;
+    let rest: Vec<&str> = within("the end", states.collect::<Vec<_>>())
+        .await
+        .iter()
+        .map(SubscriptionState::name)
+        .collect();
+    assert_eq!(rest, ["pending"], "the close ends the acknowledgement");
 }
 
 #[tokio::test]
