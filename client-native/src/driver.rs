@@ -826,7 +826,7 @@ impl Driver {
         for f in self.topics.get(&topic).into_iter().flatten() {
             // Changes only: a stream that joined a pending topic must not see `pending` twice.
             f.state.send_if_modified(|current| {
-                let changed = current.name() != state.name();
+                let changed = std::mem::discriminant(current) != std::mem::discriminant(&state);
                 if changed {
                     *current = state.clone();
                 }

@@ -51,6 +51,12 @@
 //! [`Client::state`], [`Client::transitions`] and [`Client::wait_for`]. A close with 4003 (or an upgrade
 //! refused with HTTP 401/403) or 1008 is terminal; everything else is retried. [`Client::close`] ends it all.
 //!
+//! What happens to the connection is reported as the core decides it, never guessed by this crate:
+//! [`Client::events`] yields [`ClientEvent::Disconnected`] with the close code, reason and whether the client
+//! will reconnect, [`ClientEvent::Reconnected`], [`ClientEvent::Draining`] and the server's connection-level
+//! errors; [`Subscription::state`] and [`Subscription::states`] tell whether a topic is pending, live on the
+//! current connection, or refused ([`SubscriptionState`]).
+//!
 //! # Errors
 //!
 //! One [`Error`] enum, whose [`Error::code`] is the protocol's error code: `DEADLINE_EXCEEDED` for a request

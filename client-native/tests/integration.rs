@@ -412,6 +412,11 @@ async fn client_publish_reaches_subscribers() {
     bob.close().await;
 }
 
+/// The next subscription state, which must come within [`PATIENCE`]; `None` when the stream ended.
+async fn next_state(states: &mut sockeye::SubscriptionStates) -> Option<SubscriptionState> {
+    within("a subscription state", states.next()).await
+}
+
 #[tokio::test]
 async fn subscribed_follows_the_servers_acknowledgement_across_reconnects() {
     let server = start(server_builder().authorize_topics(|_, topic, _| topic != "secret")).await;
@@ -424,9 +429,19 @@ async fn subscribed_follows_the_servers_acknowledgement_across_reconnects() {
         .unwrap();
     // Issued while offline: acknowledged only once connected.
     let news = client.subscribe::<i64>("news").unwrap();
+    let mut states = news.states();
     let acked = news.subscribed();
+    assert!(matches!(
+        next_state(&mut states).await,
+        Some(SubscriptionState::Pending)
+    ));
     ready(&client).await;
     within("the acknowledgement", acked).await.unwrap();
+    assert!(matches!(
+        next_state(&mut states).await,
+        Some(SubscriptionState::Live)
+    ));
+    assert!(matches!(news.state(), SubscriptionState::Live));
     // A second stream on a live topic is live at once.
     let also = client.subscribe::<i64>("news").unwrap();
     within("the second stream", also.subscribed())
@@ -448,13 +463,23 @@ async fn subscribed_follows_the_servers_acknowledgement_across_reconnects() {
         news.subscribed().now_or_never().is_none(),
         "still live while disconnected"
     );
+    assert!(matches!(news.state(), SubscriptionState::Pending));
+    assert!(matches!(
+        next_state(&mut states).await,
+        Some(SubscriptionState::Pending)
+    ));
     within("the new acknowledgement", news.subscribed())
         .await
         .unwrap();
+    assert!(matches!(
+        next_state(&mut states).await,
+        Some(SubscriptionState::Live)
+    ));
     assert_eq!(client.state(), Status::Ready);
 
-    // Refused: the error, and the stream ends.
+    // Refused: the error, the failed state, and the streams end.
     let mut secret = client.subscribe::<i64>("secret").unwrap();
+    let mut secret_states = secret.states();
     let err = within("the refusal", secret.subscribed())
         .await
         .unwrap_err();
@@ -464,9 +489,23 @@ async fn subscribed_follows_the_servers_acknowledgement_across_reconnects() {
         Some(Err(Error::Server { .. }))
     ));
     assert!(within("the end", secret.next()).await.is_none());
+    match next_state(&mut secret_states).await {
+        Some(SubscriptionState::Failed(Error::Server { code, .. })) => {
+            assert_eq!(code, ErrorCode::PermissionDenied)
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(next_state(&mut secret_states).await.is_none());
+    assert!(matches!(secret.state(), SubscriptionState::Failed(_)));
 
+    // Closing the client ends the acknowledgement, then the stream of states.
     client.close().await;
     assert!(matches!(news.subscribed().await, Err(Error::Closed)));
+    assert!(matches!(
+        next_state(&mut states).await,
+        Some(SubscriptionState::Pending)
+    ));
+    assert!(next_state(&mut states).await.is_none());
 }
 
 /// The next lifecycle event, which must come within [`PATIENCE`].
@@ -475,6 +514,18 @@ async fn next_event(events: &mut sockeye::Events) -> ClientEvent {
         .await
         .expect("stream open")
         .expect("no lag")
+}
+
+/// The next lifecycle event, which must be a disconnect: its code, reason and `will_reconnect`.
+async fn next_disconnect(events: &mut sockeye::Events) -> (CloseCode, String, bool) {
+    match next_event(events).await {
+        ClientEvent::Disconnected {
+            code,
+            reason,
+            will_reconnect,
+        } => (code, reason.as_str().to_owned(), will_reconnect),
+        other => panic!("not a disconnect: {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -488,17 +539,10 @@ async fn events_report_why_the_connection_was_lost_and_whether_it_comes_back() {
         .request::<_, ()>("close", &json!({ "code": 1012, "reason": "restarting ✓" }))
         .await
         .unwrap();
-    match next_event(&mut events).await {
-        ClientEvent::Disconnected {
-            code,
-            reason,
-            will_reconnect,
-        } => assert_eq!(
-            (code, reason.as_str(), will_reconnect),
-            (CloseCode(1012), "restarting ✓", true)
-        ),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(
+        next_disconnect(&mut events).await,
+        (CloseCode(1012), "restarting ✓".to_owned(), true)
+    );
     assert!(matches!(
         next_event(&mut events).await,
         ClientEvent::Reconnected
@@ -514,17 +558,10 @@ async fn events_report_why_the_connection_was_lost_and_whether_it_comes_back() {
         next_event(&mut events).await,
         ClientEvent::Draining
     ));
-    match next_event(&mut events).await {
-        ClientEvent::Disconnected {
-            code,
-            reason,
-            will_reconnect,
-        } => assert_eq!(
-            (code, reason.as_str(), will_reconnect),
-            (CloseCode::GOING_AWAY, "Server draining", true)
-        ),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(
+        next_disconnect(&mut events).await,
+        (CloseCode::GOING_AWAY, "Server draining".to_owned(), true)
+    );
 
     // Closed while reconnecting (the draining server answers 503): no connection was open, nothing to
     // report, and the stream ends.
@@ -537,14 +574,8 @@ async fn events_report_a_refused_token_and_a_close_as_final() {
     let server = start(server_builder().tokens(["good"])).await;
     let client = fast(server.ws_url()).token("bad").build().unwrap();
     let mut events = client.events();
-    match next_event(&mut events).await {
-        ClientEvent::Disconnected {
-            code,
-            will_reconnect,
-            ..
-        } => assert_eq!((code, will_reconnect), (CloseCode::AUTH_FAILED, false)),
-        other => panic!("{other:?}"),
-    }
+    let (code, _, will_reconnect) = next_disconnect(&mut events).await;
+    assert_eq!((code, will_reconnect), (CloseCode::AUTH_FAILED, false));
     client.close().await;
     assert!(within("the end", events.next()).await.is_none());
 
@@ -552,83 +583,11 @@ async fn events_report_a_refused_token_and_a_close_as_final() {
     let client = fast(server.ws_url()).token("good").connect().await.unwrap();
     let mut events = client.events();
     client.close().await;
-    match next_event(&mut events).await {
-        ClientEvent::Disconnected {
-            code,
-            reason,
-            will_reconnect,
-        } => assert_eq!(
-            (code, reason.as_str(), will_reconnect),
-            (CloseCode::NORMAL, "client closed", false)
-        ),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(
+        next_disconnect(&mut events).await,
+        (CloseCode::NORMAL, "client closed".to_owned(), false)
+    );
     assert!(within("the end", events.next()).await.is_none());
-}
-
-/// The name of the next subscription state, which must come within [`PATIENCE`].
-async fn next_state(states: &mut sockeye::SubscriptionStates) -> Option<&'static str> {
-    within("a state", states.next())
-        .await
-        .as_ref()
-        .map(SubscriptionState::name)
-}
-
-#[tokio::test]
-async fn subscription_states_go_pending_live_pending_live_and_failed_when_refused() {
-    let server = start(server_builder().authorize_topics(|_, topic, _| topic != "secret")).await;
-    // A reconnect delay of 300 ms: the pending state between connections lasts long enough to be seen.
-    let client = fast(server.ws_url())
-        .base_delay(Duration::from_millis(300))
-        .max_delay(Duration::from_secs(1))
-        .full_jitter(false)
-        .build()
-        .unwrap();
-    // Subscribed while still connecting: pending until the server acknowledges it.
-    let news = client.subscribe::<i64>("news").unwrap();
-    let mut states = news.states();
-    assert_eq!(next_state(&mut states).await, Some("pending"));
-    assert_eq!(next_state(&mut states).await, Some("live"));
-    assert_eq!(news.state().name(), "live");
-    assert_eq!(client.state(), Status::Ready);
-
-    // Lost with the connection; live again once the new connection acknowledged the re-subscription.
-    client
-        .request::<_, ()>("close", &json!({ "code": 1012 }))
-        .await
-        .unwrap();
-    assert_eq!(next_state(&mut states).await, Some("pending"));
-    assert_eq!(next_state(&mut states).await, Some("live"));
-
-    // Refused: failed with the server's error, and the stream of states ends.
-    let secret = client.subscribe::<i64>("secret").unwrap();
-    let mut states = secret.states();
-    assert!(matches!(
-        within("a state", states.next()).await,
-        Some(SubscriptionState::Pending)
-    ));
-    match within("a state", states.next()).await {
-        Some(SubscriptionState::Failed(Error::Server { code, .. })) => {
-            assert_eq!(code, ErrorCode::PermissionDenied)
-        }
-        other => panic!("{other:?}"),
-    }
-    assert!(within("the end", states.next()).await.is_none());
-    assert!(matches!(secret.state(), SubscriptionState::Failed(_)));
-
-    // Closing the client ends the stream of a live subscription too.
-    let mut states = news.states();
-    assert!(matches!(
-        within("a state", states.next()).await,
-        Some(SubscriptionState::Live)
-    ));
-    client.close().await;
-    let rest: Vec<&str> = within("the end", states.collect::<Vec<_>>())
-        .await
-        .iter()
-        .map(SubscriptionState::name)
-        .collect();
-    assert_eq!(rest, ["pending"], "the close ends the acknowledgement");
 }
 
 #[tokio::test]
