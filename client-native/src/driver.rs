@@ -44,6 +44,8 @@ pub(crate) const DEFAULT_WRITE_BACKLOG: usize = 4 << 20;
 const MAX_TIMEOUT_ROUNDS: usize = 16;
 /// Commands and frames taken per wake-up before what they produced is written (see [`Driver::gather`]).
 const GATHER_ROUNDS: usize = 256;
+/// Yields per batch while answered requesters are still issuing their next requests (see [`Driver::run`]).
+const MAX_BATCH_YIELDS: usize = 64;
 /// Stands in for deadlines too far away to represent.
 const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
 
@@ -163,8 +165,9 @@ pub(crate) struct Driver {
     stopped: bool,
     /// The clock reading of this wake-up, see [`Driver::now`].
     clock: Cell<Option<CoreInstant>>,
-    /// Requesters answered since the last yield: how many tasks may be about to issue a request.
-    replies_woken: usize,
+    /// Requesters answered and not yet heard from again: how many tasks may be about to issue a request
+    /// (see the batching in [`Driver::run`]).
+    awaited: usize,
 }
 
 impl Driver {
@@ -202,7 +205,7 @@ impl Driver {
             transitions: BTreeMap::new(),
             stopped: false,
             clock: Cell::new(None),
-            replies_woken: 0,
+            awaited: 0,
         }
     }
 
@@ -246,20 +249,26 @@ impl Driver {
             if self.stopped {
                 break;
             }
-            if self.replies_woken > 1
+            if self.awaited > 0
                 && self
                     .writer
                     .as_ref()
                     .is_some_and(|w| !w.out.is_empty() && !w.unflushed)
             {
-                // Frames wait, none fed yet, and several requesters were just answered: let them run first
-                // (each often issues its next request at once), then take what they sent, so the whole round
-                // goes out in one flush. One yield per batch, not per frame; none for a lone request, whose
-                // latency it would only add to.
-                self.replies_woken = 0;
-                tokio::task::yield_now().await;
-                self.clock.set(None);
-                self.gather();
+                // Frames wait, none fed yet, and requesters answered since the last write have not all issued
+                // their next request: let them run first (each often issues one at once), then take what
+                // they sent, so the whole round goes out in one flush. A requester's command wakes this task
+                // before the others have run (tokio runs the task it woke next), which ends a yield early:
+                // yield again while that brings new commands and some answered requesters are still
+                // missing. None for a lone request, whose latency it would only add to.
+                for _ in 0..MAX_BATCH_YIELDS {
+                    tokio::task::yield_now().await;
+                    self.clock.set(None);
+                    if !self.gather() || self.stopped || self.awaited == 0 {
+                        break;
+                    }
+                }
+                self.awaited = 0;
                 if self.stopped {
                     break;
                 }
@@ -291,7 +300,7 @@ impl Driver {
                 Wake::Timer => self.handle_timer(),
                 Wake::Reaped => {}
             }
-            self.gather();
+            let _ = self.gather();
         }
         // By reference: the task's future would otherwise hold a second copy of the driver's space.
         self.shutdown().await;
@@ -314,10 +323,12 @@ impl Driver {
     /// Takes every command and inbound frame that is already waiting (up to [`GATHER_ROUNDS`] of each), so
     /// the frames they produce are fed to the socket together and flushed once: one `sendto` for a batch of
     /// requests or replies instead of one each (issue 14, PERF.md: 1.41 M vs 0.23 M round trips/s).
-    fn gather(&mut self) {
+    /// Returns whether it took anything.
+    fn gather(&mut self) -> bool {
+        let mut took = false;
         for _ in 0..GATHER_ROUNDS {
             if self.stopped {
-                return;
+                return took;
             }
             let mut progressed = false;
             if self.held.is_empty() && self.accepting() {
@@ -328,7 +339,7 @@ impl Driver {
                     }
                     Err(mpsc::error::TryRecvError::Disconnected) => {
                         self.on_command(None);
-                        return;
+                        return took;
                     }
                     Err(mpsc::error::TryRecvError::Empty) => {}
                 }
@@ -340,9 +351,11 @@ impl Driver {
                 }
             }
             if !progressed {
-                return;
+                return took;
             }
+            took = true;
         }
+        took
     }
 
     /// False while the write backlog is at or above its bound.
@@ -416,6 +429,8 @@ impl Driver {
                 timeout,
                 reply,
             } => {
+                // An answered requester is back (or a new one came): one fewer to wait for before writing.
+                self.awaited = self.awaited.saturating_sub(1);
                 if reply.is_closed() {
                     return; // dropped before the driver saw it; its Cancel follows
                 }
@@ -805,8 +820,8 @@ impl Driver {
     fn end_request(&mut self, id: RequestId) -> Option<PendingRequest> {
         let pending = self.requests.remove(&id)?;
         self.request_keys.remove(&pending.key);
-        // Either kind wakes a requester that may send at once: counts towards the batching yield above.
-        self.replies_woken += 1;
+        // Either kind wakes a requester that may send at once: counts towards the batching in `run`.
+        self.awaited += 1;
         Some(pending)
     }
 
