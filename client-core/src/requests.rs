@@ -1,6 +1,7 @@
 //! Request correlation: ids, the pending table, and per-request deadlines counted from issue time.
 
 use core::fmt;
+use std::collections::VecDeque;
 
 use crate::codec::Payload;
 use crate::error::ErrorCode;
@@ -87,16 +88,17 @@ struct Pending {
 
 /// The table of requests that have neither a reply nor a failure yet.
 ///
-/// Two sorted `Vec`s rather than B-trees (each `BTreeMap`/`BTreeSet` instantiation costs the browser package
-/// several KB of code): `pending` sorted by id (ids are allocated in increasing order, so inserts append), and
-/// `deadlines` sorted by `(deadline, id)`, so the next deadline is its first element and expiry drains a prefix.
-/// Lookups are binary searches; inserting and removing shift the tail, which is cheap for the few thousand
-/// requests a client keeps in flight.
+/// Two sorted deques rather than B-trees (each `BTreeMap`/`BTreeSet` instantiation costs the browser package
+/// several KB of code): `pending` sorted by id, and `deadlines` sorted by `(deadline, id)`, so the next deadline
+/// is its first element and expiry drains a prefix. Lookups are binary searches. Ids are allocated in increasing
+/// order and most requests share one timeout, so both inserts land at the back and replies, arriving roughly in
+/// issue order, remove near the front: a deque does both without shifting (with sorted `Vec`s, removing the
+/// oldest of 64 requests in flight moved the other 63 in both, 2.4 % of the client's profile at 64 B).
 #[derive(Debug, Default)]
 pub(crate) struct Requests {
     next_id: u64,
-    pending: Vec<Pending>,
-    deadlines: Vec<(Instant, u64)>,
+    pending: VecDeque<Pending>,
+    deadlines: VecDeque<(Instant, u64)>,
 }
 
 impl Requests {
@@ -137,7 +139,7 @@ impl Requests {
 
     /// Removes a request; returns its stage and kind if it was pending.
     pub fn remove(&mut self, id: u64) -> Option<(Stage, Kind)> {
-        let p = self.pending.remove(self.find(id).ok()?);
+        let p = self.pending.remove(self.find(id).ok()?)?;
         if let Ok(i) = self.deadlines.binary_search(&(p.deadline, id)) {
             self.deadlines.remove(i);
         }
@@ -149,7 +151,7 @@ impl Requests {
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.deadlines.first().map(|(at, _)| *at)
+        self.deadlines.front().map(|(at, _)| *at)
     }
 
     /// Removes and returns every request whose deadline is at or before `now`, earliest first.
@@ -159,7 +161,7 @@ impl Requests {
             return Vec::new();
         }
         let mut expired = Vec::with_capacity(due);
-        for &(_, id) in &self.deadlines[..due] {
+        for &(_, id) in self.deadlines.range(..due) {
             if let Ok(i) = self.find(id) {
                 expired.push((id, self.pending[i].stage, self.pending[i].kind));
             }

@@ -365,10 +365,15 @@ impl Driver {
             .is_none_or(|w| w.out_bytes < self.max_backlog)
     }
 
-    /// Arms the one timer for the core's earliest deadline; an unchanged deadline is left alone.
+    /// Arms the one timer for the core's earliest deadline. A timer armed at or before it is left alone: waking
+    /// early is harmless (the core checks what is due), and the earliest request deadline moves with every
+    /// reply, so re-arming for a later one cost a timer update and two clock reads per wake-up at 64 B.
     fn arm_timer(&mut self) {
         let wanted = self.conn.poll_timeout();
-        if wanted == self.armed {
+        if self
+            .armed
+            .is_some_and(|armed| wanted.is_none_or(|wanted| armed <= wanted))
+        {
             return;
         }
         self.armed = wanted;
