@@ -11,6 +11,7 @@ use sockeye_core::{Config, Connection, QueueLimits, Status};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
+use crate::calls::Calls;
 use crate::client::{Client, Inner, StreamLimits};
 use crate::driver::{Driver, DEFAULT_WRITE_BACKLOG};
 use crate::handlers::{self, Handlers};
@@ -367,11 +368,13 @@ impl ClientBuilder {
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
         let (status_tx, status_rx) = watch::channel(Status::Disconnected { reason: None });
         let handlers = Arc::new(self.handlers);
+        let calls = Arc::new(Calls::default());
         let driver = Driver::new(
             conn,
             Arc::new(transport),
             Arc::clone(&handlers),
             commands_rx,
+            Arc::clone(&calls),
             status_tx,
             self.max_write_backlog,
         );
@@ -379,6 +382,7 @@ impl ClientBuilder {
         Ok(Client {
             inner: Arc::new(Inner {
                 commands: commands_tx,
+                calls,
                 status: status_rx,
                 handlers,
                 next_key: AtomicU64::new(1),

@@ -7,7 +7,7 @@
 //! connect, close, retry, ping or fail a request is the core's decision; the driver only performs it.
 
 use std::cell::Cell;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -31,7 +31,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tracing::{debug, info, trace, warn};
 
-use crate::client::{Command, Feed, Listener, Message, RawItem, ReplyTo, SubState, Target};
+use crate::calls::{CallRequest, Calls, Outcome, Target};
+use crate::client::{Command, Feed, Listener, Message, RawItem, SubState};
 use crate::handlers::Handlers;
 use crate::transport::{ConnectError, Transport, WsStream};
 use crate::Error;
@@ -100,11 +101,6 @@ struct Response {
     result: Result<Option<Payload>, RequestError>,
 }
 
-struct PendingRequest {
-    key: u64,
-    reply: ReplyTo,
-}
-
 /// What woke the loop.
 enum Wake {
     Command(Option<Command>),
@@ -157,8 +153,13 @@ pub(crate) struct Driver {
     arming: Option<Arming>,
     /// The deadline last handled, to never re-arm for a past instant in a loop.
     last_timeout: Option<CoreInstant>,
-    requests: BTreeMap<RequestId, PendingRequest>,
-    request_keys: HashMap<u64, RequestId>,
+    /// The calls' slots, shared with the client's handles.
+    calls: Arc<Calls>,
+    /// The calls issued to the core and not ended, as (core id, slot key), in id order: ids are issued in
+    /// increasing order and mostly end in it, so both ends of the deque do the work.
+    in_flight: VecDeque<(RequestId, usize)>,
+    /// The core id of each slot key in `in_flight` (slot keys are small and reused): finds a cancelled call.
+    call_ids: Vec<Option<RequestId>>,
     topics: BTreeMap<String, TopicFeeds>,
     incoming: BTreeMap<u64, Feed<Message>>,
     transitions: BTreeMap<u64, Feed<Transition>>,
@@ -176,6 +177,7 @@ impl Driver {
         transport: Arc<Transport>,
         handlers: Arc<Handlers>,
         commands: mpsc::UnboundedReceiver<Command>,
+        calls: Arc<Calls>,
         status: watch::Sender<Status>,
         max_backlog: usize,
     ) -> Self {
@@ -198,8 +200,9 @@ impl Driver {
             armed: None,
             arming: None,
             last_timeout: None,
-            requests: BTreeMap::new(),
-            request_keys: HashMap::new(),
+            calls,
+            in_flight: VecDeque::new(),
+            call_ids: Vec::new(),
             topics: BTreeMap::new(),
             incoming: BTreeMap::new(),
             transitions: BTreeMap::new(),
@@ -427,18 +430,17 @@ impl Driver {
                 self.drain();
                 let _ = ack.send(result);
             }
-            Command::Call {
-                key,
-                target,
-                data,
-                timeout,
-                reply,
-            } => {
+            Command::Call { key } => {
                 // An answered requester is back (or a new one came): one fewer to wait for before writing.
                 self.awaited = self.awaited.saturating_sub(1);
-                if reply.is_closed() {
+                let Some(CallRequest {
+                    target,
+                    data,
+                    timeout,
+                }) = self.calls.take_request(key)
+                else {
                     return; // dropped before the driver saw it; its Cancel follows
-                }
+                };
                 let issued = match &target {
                     Target::Method(method) => self.conn.request(now, method, data, timeout),
                     Target::Publish(topic) => self.conn.publish_acked(now, topic, data, timeout),
@@ -446,19 +448,19 @@ impl Driver {
                 match issued {
                     Ok(id) => {
                         trace!(id = id.0, "request issued");
-                        self.requests.insert(id, PendingRequest { key, reply });
-                        self.request_keys.insert(key, id);
+                        self.track_call(id, key);
                     }
-                    Err(e) => reply.fail(e.into()),
+                    Err(e) => self.calls.complete(key, Err(e.into())),
                 }
                 self.drain();
             }
             Command::Cancel { key } => {
-                if let Some(id) = self.request_keys.remove(&key) {
+                if let Some(id) = self.call_ids.get_mut(key).and_then(Option::take) {
                     trace!(id = id.0, "request cancelled by drop");
                     self.conn.cancel(now, id);
                     self.drain();
                 }
+                self.calls.release(key);
             }
             Command::Subscribe {
                 topic,
@@ -763,22 +765,10 @@ impl Driver {
                 self.hand_to_subscribers(&topic, || RawItem::Resumed { replayed });
             }
             Event::Reply { id, result } => {
-                if let Some(PendingRequest {
-                    reply: ReplyTo::Call(reply),
-                    ..
-                }) = self.end_request(id)
-                {
-                    let _ = reply.send(result.map_err(Error::from));
-                }
+                self.end_call(id, result.map(Outcome::Reply).map_err(Error::from))
             }
             Event::Published { id, result } => {
-                if let Some(PendingRequest {
-                    reply: ReplyTo::Publish(reply),
-                    ..
-                }) = self.end_request(id)
-                {
-                    let _ = reply.send(result.map_err(Error::from));
-                }
+                self.end_call(id, result.map(Outcome::Position).map_err(Error::from))
             }
             Event::Request {
                 socket,
@@ -820,14 +810,31 @@ impl Driver {
         }
     }
 
-    /// A request or acknowledged publish ended: forget it. (The core decides each id's kind, so the event
-    /// always matches the stored [`ReplyTo`].)
-    fn end_request(&mut self, id: RequestId) -> Option<PendingRequest> {
-        let pending = self.requests.remove(&id)?;
-        self.request_keys.remove(&pending.key);
+    /// A call was issued to the core as `id`.
+    fn track_call(&mut self, id: RequestId, key: usize) {
+        // Ids increase, so this appends; kept sorted whatever the core does.
+        let at = self.in_flight.partition_point(|&(i, _)| i < id);
+        self.in_flight.insert(at, (id, key));
+        if self.call_ids.len() <= key {
+            self.call_ids.resize(key + 1, None);
+        }
+        self.call_ids[key] = Some(id);
+    }
+
+    /// A request or acknowledged publish ended: hand its outcome to its future, and forget it.
+    fn end_call(&mut self, id: RequestId, result: Result<Outcome, Error>) {
+        let Ok(at) = self.in_flight.binary_search_by_key(&id, |&(i, _)| i) else {
+            return;
+        };
+        let Some((_, key)) = self.in_flight.remove(at) else {
+            return;
+        };
+        if let Some(slot) = self.call_ids.get_mut(key) {
+            *slot = None;
+        }
+        self.calls.complete(key, result);
         // Either kind wakes a requester that may send at once: counts towards the batching in `run`.
         self.awaited += 1;
-        Some(pending)
     }
 
     /// A server `req`: run its handler as a task, or answer `UNIMPLEMENTED`.
@@ -890,8 +897,8 @@ impl Driver {
         self.serving.abort_all();
         self.handlers.clear();
         self.retire_socket();
-        // Requests the core still holds (none after `Stop`) end with their senders: `Error::Closed`.
-        self.requests.clear();
+        // Calls the core still holds (none after `Stop`) end with `Error::Closed` when the driver is dropped.
+        self.in_flight.clear();
         self.topics.clear();
         self.incoming.clear();
         self.transitions.clear();
@@ -900,6 +907,14 @@ impl Driver {
         debug!("client task finished");
         // Dropping the driver (and `self.status` with it) right after this tells `Client::close` that the task
         // has ended.
+    }
+}
+
+impl Drop for Driver {
+    /// However the task ends (closed, every handle dropped, aborted with its runtime), every call still
+    /// waiting fails with [`Error::Closed`] and no new one can wait forever.
+    fn drop(&mut self) {
+        self.calls.close();
     }
 }
 
