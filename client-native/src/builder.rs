@@ -369,7 +369,7 @@ impl ClientBuilder {
         let (status_tx, status_rx) = watch::channel(Status::Disconnected { reason: None });
         let handlers = Arc::new(self.handlers);
         let calls = Arc::new(Calls::default());
-        let driver = Driver::new(
+        let driver = Box::new(Driver::new(
             conn,
             Arc::new(transport),
             Arc::clone(&handlers),
@@ -377,7 +377,7 @@ impl ClientBuilder {
             Arc::clone(&calls),
             status_tx,
             self.max_write_backlog,
-        );
+        ));
         runtime.spawn(driver.run().instrument(span));
         Ok(Client {
             inner: Arc::new(Inner {
