@@ -110,6 +110,10 @@ impl Requests {
 
     /// Where `id` is in `pending`: `Ok(index)` when pending, else `Err(insertion point)`.
     fn find(&self, id: u64) -> Result<usize, usize> {
+        // Replies mostly arrive in issue order: the oldest request is the likeliest.
+        if self.pending.front().is_some_and(|p| p.id == id) {
+            return Ok(0);
+        }
         self.pending.binary_search_by_key(&id, |p| p.id)
     }
 
@@ -140,7 +144,10 @@ impl Requests {
     /// Removes a request; returns its stage and kind if it was pending.
     pub fn remove(&mut self, id: u64) -> Option<(Stage, Kind)> {
         let p = self.pending.remove(self.find(id).ok()?)?;
-        if let Ok(i) = self.deadlines.binary_search(&(p.deadline, id)) {
+        let key = (p.deadline, id);
+        if self.deadlines.front() == Some(&key) {
+            self.deadlines.pop_front();
+        } else if let Ok(i) = self.deadlines.binary_search(&key) {
             self.deadlines.remove(i);
         }
         Some((p.stage, p.kind))
