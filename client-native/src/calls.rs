@@ -62,6 +62,20 @@ struct State {
     closed: bool,
 }
 
+/// Slots kept allocated while none is in use; more are given back (a burst of calls would otherwise keep its
+/// peak for the client's life: a slab never shrinks past a vacant slot).
+const KEPT_SLOTS: usize = 256;
+
+impl State {
+    fn free(&mut self, key: usize) -> Option<Slot> {
+        let slot = self.slots.try_remove(key);
+        if self.slots.is_empty() && self.slots.capacity() > KEPT_SLOTS {
+            self.slots = Slab::new();
+        }
+        slot
+    }
+}
+
 /// The slab of calls in flight, see the module docs.
 #[derive(Default)]
 pub(crate) struct Calls {
@@ -100,8 +114,8 @@ impl Calls {
                 }
                 Poll::Pending
             }
-            Some(Slot::Done(_)) => match state.slots.remove(key) {
-                Slot::Done(result) => Poll::Ready(result),
+            Some(Slot::Done(_)) => match state.free(key) {
+                Some(Slot::Done(result)) => Poll::Ready(result),
                 _ => Poll::Ready(Err(Error::Closed)), // just matched as `Done`
             },
             // Only the future itself abandons or frees its key.
@@ -119,7 +133,7 @@ impl Calls {
                 true
             }
             Some(Slot::Done(_)) => {
-                state.slots.remove(key);
+                state.free(key);
                 false
             }
             Some(Slot::Abandoned) | None => false,
@@ -128,10 +142,7 @@ impl Calls {
 
     /// Frees a key whose `Command::Call` never reached the driver (the channel was closed).
     pub fn forget(&self, key: usize) {
-        let mut state = self.lock();
-        if state.slots.contains(key) {
-            state.slots.remove(key);
-        }
+        self.lock().free(key);
     }
 
     /// The driver takes a call's request; `None` when its future is gone already (its `Cancel` follows).
@@ -162,7 +173,7 @@ impl Calls {
     pub fn release(&self, key: usize) {
         let mut state = self.lock();
         if matches!(state.slots.get(key), Some(Slot::Abandoned)) {
-            state.slots.remove(key);
+            state.free(key);
         }
     }
 
@@ -238,6 +249,21 @@ mod tests {
         calls.complete(other, Ok(Outcome::Reply(None)));
         assert!(!calls.abandon(other));
         assert_eq!(calls.len(), 0);
+    }
+
+    #[test]
+    fn a_burst_of_calls_gives_its_slots_back_once_all_have_ended() {
+        let calls = Calls::default();
+        let waker = noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let keys: Vec<usize> = (0..4 * KEPT_SLOTS)
+            .map(|_| calls.issue(request(), &waker).unwrap())
+            .collect();
+        for &key in &keys {
+            calls.complete(key, Ok(Outcome::Reply(None)));
+            assert!(calls.poll(key, &mut cx).is_ready());
+        }
+        assert!(calls.lock().slots.capacity() <= KEPT_SLOTS);
     }
 
     #[test]

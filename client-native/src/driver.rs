@@ -47,6 +47,8 @@ const MAX_TIMEOUT_ROUNDS: usize = 16;
 const GATHER_ROUNDS: usize = 256;
 /// Bytes waiting past which a batch is written without waiting for more (see [`Writer::batching`]).
 const BATCH_BYTES: usize = 64 * 1024;
+/// Call ids kept allocated while no call is in flight (see [`Driver::end_call`]).
+const KEPT_CALL_IDS: usize = 256;
 /// Yields per batch while answered requesters are still issuing their next requests (see [`Driver::run`]).
 const MAX_BATCH_YIELDS: usize = 64;
 /// Stands in for deadlines too far away to represent.
@@ -848,6 +850,11 @@ impl Driver {
         };
         if let Some(slot) = self.call_ids.get_mut(key) {
             *slot = None;
+        }
+        if self.in_flight.is_empty() && self.call_ids.capacity() > KEPT_CALL_IDS {
+            // Every entry is `None` now; a burst of calls keeps no memory past its end.
+            self.call_ids = Vec::new();
+            self.in_flight.shrink_to_fit();
         }
         self.calls.complete(key, result);
         // Either kind wakes a requester that may send at once: counts towards the batching in `run`.
