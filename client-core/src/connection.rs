@@ -8,16 +8,17 @@ use core::fmt;
 use crate::backoff::{self, Rng};
 use crate::codec::{
     validate_topic, Envelope, FragmentError, Fragmenter, InvalidTopic, Payload, ProtocolViolation,
-    Reassembler, Refusal, SubAck, TopicPosition,
+    Refusal, SubAck, TopicPosition,
 };
 use crate::config::{Config, ConfigError, QueueLimits};
 use crate::error::{CloseCode, CloseReason, ErrorCode};
+use crate::link::Link;
 use crate::queue::{OfflineQueue, Queued};
 use crate::requests::{Kind, RequestError, RequestId, Requests, Stage};
 use crate::state::{terminal_reason, DisconnectReason, Status, Transition};
-use crate::text::{n, Text};
+use crate::text::{n, push_quoted, Text};
 use crate::time::{millis, Duration, Instant};
-use crate::topics::Topics;
+use crate::topics::{SubscriptionState, Topics};
 
 /// Names one socket the core asked the shell to open. Inputs about any other socket are stale and ignored, so
 /// a late `close` event from a replaced socket cannot disturb the current one.
@@ -126,10 +127,26 @@ pub enum Event {
         id: RequestId,
         result: Result<TopicPosition, RequestError>,
     },
-    /// The server acknowledged a `sub` (on every `ready`, for every topic): events flow from now on.
-    Subscribed { topic: String },
-    /// The server refused a `sub`; the topic is no longer subscribed.
-    SubscribeFailed { topic: String, error: RequestError },
+    /// A topic's subscription changed state: pending when first subscribed and whenever the socket that
+    /// acknowledged it ends, live once the server acknowledges its `sub` on the current socket (events flow
+    /// from then on; a gap, reset or resume follows when the topic had a position), failed when the server
+    /// refuses it (the topic is then no longer subscribed, for any subscriber).
+    SubscriptionChanged {
+        topic: String,
+        state: SubscriptionState,
+    },
+    /// A connection that was open (`connected` or `ready`) ended, with the close code and reason (the peer's,
+    /// or the client's own: 1000 for `stop`, 4000 for a keepalive timeout, 4004 for a refusal; 1006 when the
+    /// socket failed). `will_reconnect` is false when the client ends in `disconnected`. Reported before the
+    /// [`Event::StateChanged`] that leaves the open state.
+    Disconnected {
+        code: CloseCode,
+        reason: CloseReason,
+        will_reconnect: bool,
+    },
+    /// `ready` again after an earlier `ready` since the last start, reported right after that
+    /// [`Event::StateChanged`].
+    Reconnected,
     /// A connection-level `err` (one without an `id`).
     Notice(RequestError),
     /// The server said `bye`: it is draining and will close this connection.
@@ -192,56 +209,25 @@ pub struct Connection {
     status: Status,
     rng: Rng,
     outputs: VecDeque<Output>,
-    socket: Option<SocketId>,
+    /// The current socket and everything that lives and dies with it; `Some` exactly in `connecting`,
+    /// `connected` and `ready`. Losing the connection is `link.take()`.
+    link: Option<Link>,
     sockets_opened: u64,
     /// Attempts since the connection was last stable.
     attempts: u32,
     online: bool,
-    timers: Timers,
+    /// `ready` was reached since the last `start`: the next `ready` is a reconnect ([`Event::Reconnected`]).
+    ever_ready: bool,
     requests: Requests,
     queue: OfflineQueue,
     topics: Topics,
-    /// Ids of server `req`s received on the current socket and not answered yet.
-    inbound_requests: Vec<u64>,
     fragmenter: Fragmenter,
-    reassembler: Reassembler,
 }
 
-/// The core's deadlines; the shell arms one timer for the earliest ([`Connection::poll_timeout`]).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct Timers {
-    connect: Option<Instant>,
-    backoff: Option<Instant>,
-    ping: Option<Instant>,
-    pong: Option<Instant>,
-    /// The probe awaiting `pong` was sent because time jumped or the shell woke us. Another jump before an
-    /// answer does not renew it: where timers are always late (an intensively throttled tab), renewing on
-    /// every jump would never declare a dead connection dead.
-    pong_after_wake: bool,
-    stable: Option<Instant>,
-}
-
-impl Timers {
-    fn earliest(&self) -> Option<Instant> {
-        [
-            self.connect,
-            self.backoff,
-            self.ping,
-            self.pong,
-            self.stable,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-    }
-
-    /// Everything but the backoff belongs to a socket.
-    fn clear_socket_timers(&mut self) {
-        *self = Timers {
-            backoff: self.backoff,
-            ..Timers::default()
-        };
-    }
+/// An inbound frame proves the socket alive.
+fn heard_from_server(link: &mut Link) {
+    link.deadlines.pong = None;
+    link.deadlines.pong_after_wake = false;
 }
 
 fn due(deadline: Option<Instant>, now: Instant) -> bool {
@@ -249,35 +235,6 @@ fn due(deadline: Option<Instant>, now: Instant) -> bool {
 }
 
 const PING: &str = "ping";
-
-/// Appends the first `max` characters of `text` in double quotes, escaping quotes, backslashes and control
-/// characters the way `{:?}` does (`\"`, `\\`, `\n`, `\u{1b}`) — without the `Debug` machinery, which costs the
-/// browser package several KB. (`{:?}` would also escape a few other unprintable characters.)
-fn push_quoted(out: &mut String, text: &str, max: usize) {
-    out.push('"');
-    for c in text.chars().take(max) {
-        match c {
-            '"' | '\\' => {
-                out.push('\\');
-                out.push(c);
-            }
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\0' => out.push_str("\\0"),
-            c if c.is_control() => {
-                let n = u32::from(c);
-                out.push_str("\\u{");
-                for digit in [n >> 4, n & 0xf].into_iter().skip(usize::from(n < 0x10)) {
-                    out.extend(char::from_digit(digit, 16));
-                }
-                out.push('}');
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
 
 impl Connection {
     /// A connection in `disconnected`, not yet started.
@@ -290,18 +247,16 @@ impl Connection {
             rng: Rng::new(config.seed),
             queue: OfflineQueue::new(config.queue),
             fragmenter: Fragmenter::new(config.fragment_threshold),
-            reassembler: Reassembler::new(config.reassembly.clone()),
             config,
             status: Status::Disconnected { reason: None },
             outputs: VecDeque::new(),
-            socket: None,
+            link: None,
             sockets_opened: 0,
             attempts: 0,
             online: true,
-            timers: Timers::default(),
+            ever_ready: false,
             requests: Requests::default(),
             topics: Topics::default(),
-            inbound_requests: Vec::new(),
         })
     }
 
@@ -324,17 +279,34 @@ impl Connection {
         (self.queue.len(), self.queue.bytes())
     }
 
+    /// Where `topic`'s subscription stands ([`SubscriptionState::Pending`] or [`SubscriptionState::Live`]);
+    /// `None` when it is not subscribed. A shell adding a subscriber to a subscribed topic tells it this;
+    /// later changes arrive as [`Event::SubscriptionChanged`].
+    pub fn subscription(&self, topic: &str) -> Option<SubscriptionState> {
+        self.topics
+            .state(topic, self.link.as_ref().map(|l| l.socket))
+    }
+
     /// The next output, or `None` when the shell should wait (for an input or [`Self::poll_timeout`]).
     pub fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
     }
 
     /// The earliest deadline; the shell arms one timer for it and then feeds [`Input::Timeout`].
+    ///
+    /// In `reconnecting`, the attempt's deadline is the state's own `next_attempt_at`: what the application is
+    /// shown and what the timer is armed for cannot disagree.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        let attempt = match self.status {
+            Status::Reconnecting {
+                next_attempt_at, ..
+            } => next_attempt_at,
+            _ => None,
+        };
         [
-            self.timers.earliest(),
+            self.link.as_ref().and_then(Link::poll_timeout),
+            attempt,
             self.requests.next_deadline(),
-            self.reassembler.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -394,6 +366,7 @@ impl Connection {
             return;
         }
         self.attempts = 0;
+        self.ever_ready = false;
         if self.online {
             self.open_socket(now, 1);
         } else {
@@ -402,17 +375,16 @@ impl Connection {
     }
 
     fn stop(&mut self, now: Instant) {
-        if let Some(socket) = self.socket.take() {
+        let reason = CloseReason::new("client closed");
+        if let Some(link) = &self.link {
             self.push(Output::CloseSocket {
-                socket,
+                socket: link.socket,
                 code: CloseCode::NORMAL,
-                reason: CloseReason::new("client closed"),
+                reason: reason.clone(),
             });
         }
-        self.timers = Timers::default();
-        self.reassembler.reset();
-        self.topics.forget_acks();
-        self.inbound_requests.clear();
+        self.report_disconnect(CloseCode::NORMAL, reason, false);
+        self.end_link();
         self.queue.clear();
         for id in self
             .requests
@@ -441,6 +413,30 @@ impl Connection {
         }
     }
 
+    /// Drops the current socket's [`Link`] (its deadlines, reassembly, server requests and `sub` acks go with
+    /// it) and reports every topic that was live on it as pending again.
+    fn end_link(&mut self) {
+        let Some(link) = self.link.take() else { return };
+        let outputs = &mut self.outputs;
+        for topic in self.topics.live_on(link.socket) {
+            outputs.push_back(Output::Event(Event::SubscriptionChanged {
+                topic: topic.to_owned(),
+                state: SubscriptionState::Pending,
+            }));
+        }
+    }
+
+    /// [`Event::Disconnected`], when the connection ending now was open (`connected` or `ready`).
+    fn report_disconnect(&mut self, code: CloseCode, reason: CloseReason, will_reconnect: bool) {
+        if matches!(self.status, Status::Connected { .. } | Status::Ready) {
+            self.push(Output::Event(Event::Disconnected {
+                code,
+                reason,
+                will_reconnect,
+            }));
+        }
+    }
+
     /// `matches!` rather than `==`: comparing whole `Status` values would pull the derived `PartialEq` (with
     /// its string comparisons) into the browser package.
     fn is_ready(&self) -> bool {
@@ -448,7 +444,7 @@ impl Connection {
     }
 
     fn is_current(&self, socket: SocketId) -> bool {
-        self.socket == Some(socket)
+        self.link.as_ref().is_some_and(|l| l.socket == socket)
     }
 
     fn handle_socket_opened(&mut self, now: Instant, socket: SocketId) {
@@ -461,11 +457,11 @@ impl Connection {
     }
 
     fn handle_text(&mut self, now: Instant, socket: SocketId, text: &str) {
-        if !self.is_current(socket) {
+        let Some(link) = self.link.as_mut().filter(|l| l.socket == socket) else {
             return;
-        }
+        };
         // Any inbound frame proves liveness.
-        self.heard_from_server();
+        heard_from_server(link);
         match text {
             "ready" => {
                 // `ready` may beat the `open` event: `connecting` goes straight to `ready`.
@@ -487,15 +483,15 @@ impl Connection {
     }
 
     fn handle_binary(&mut self, now: Instant, socket: SocketId, data: &[u8]) {
-        if !self.is_current(socket) {
+        let Some(link) = self.link.as_mut().filter(|l| l.socket == socket) else {
             return;
-        }
-        self.heard_from_server();
-        if !self.is_ready() {
+        };
+        heard_from_server(link);
+        if !matches!(self.status, Status::Ready) {
             self.refuse(now, "binary frame before ready".into());
             return;
         }
-        let envelope = match self.reassembler.handle_frame(now, data) {
+        let envelope = match link.reassembler.handle_frame(now, data) {
             Ok(Some(bytes)) => Envelope::decode(&bytes),
             Ok(None) => return,
             Err(violation) => return self.refuse(now, violation.message()),
@@ -520,21 +516,23 @@ impl Connection {
         }
     }
 
+    /// Handles one envelope that arrived on `socket`, the current one (so `self.link` is set).
     fn dispatch(&mut self, now: Instant, socket: SocketId, envelope: Envelope) {
         match envelope {
             Envelope::Msg { name, data } => self.push(Output::Event(Event::Message { name, data })),
             Envelope::Req { id, method, data } => {
+                let Some(link) = &mut self.link else { return };
                 // Each unanswered `req` holds a handler's work and memory: past the bound the server is
                 // flooding us. (The native shell stops reading at the bound, so only shells that cannot, like
                 // the browser's, get here.)
                 let max = self.config.max_inbound_requests;
-                if self.inbound_requests.len() >= max {
+                if link.inbound_requests.len() >= max {
                     let reason = Text::from("more than ")
                         .num(n(max))
                         .str(" unanswered server requests");
                     return self.refuse(now, reason.into());
                 }
-                self.inbound_requests.push(id);
+                link.inbound_requests.push(id);
                 self.push(Output::Event(Event::Request {
                     socket,
                     id,
@@ -560,42 +558,53 @@ impl Connection {
             Envelope::Evt { topic, seq, data } => {
                 // An `evt` for a topic already unsubscribed locally is late, not an error: dropped there.
                 let outputs = &mut self.outputs;
-                self.topics
-                    .deliver(topic, seq, data, |e| outputs.push_back(Output::Event(e)));
+                self.topics.deliver(socket, topic, seq, data, |e| {
+                    outputs.push_back(Output::Event(e))
+                });
             }
             Envelope::Sub { id, .. } | Envelope::Unsub { id, .. } => {
-                self.send_now(&Envelope::Err {
-                    id: Some(id),
-                    code: ErrorCode::InvalidArgument,
-                    message: "sub/unsub go from client to server only".into(),
-                    data: None,
-                })
+                self.send_now(&Envelope::reply(
+                    id,
+                    Err(RequestError::local(
+                        ErrorCode::InvalidArgument,
+                        "sub/unsub go from client to server only",
+                    )),
+                ))
             }
-            Envelope::Pub { id, .. } => self.send_now(&Envelope::Err {
+            Envelope::Pub { id, .. } => self.send_now(&Envelope::error(
                 id,
-                code: ErrorCode::InvalidArgument,
-                message: "pub goes from client to server only".into(),
-                data: None,
-            }),
+                RequestError::local(
+                    ErrorCode::InvalidArgument,
+                    "pub goes from client to server only",
+                ),
+            )),
         }
     }
 
     /// A `res`/`err` arrived for `id`: a request, a `sub` acknowledgement, or something already ended.
     fn complete(&mut self, id: u64, result: Result<Option<Payload>, RequestError>) {
-        if let Some(topic) = self.topics.take_ack(id) {
+        let Some(link) = &mut self.link else { return };
+        if let Some(topic) = link.take_ack(id) {
+            let socket = link.socket;
             match result {
                 Ok(data) => {
                     // A `d` that is not a §9 position (a server without §9 may send any) is no position.
                     let ack = data.and_then(|d| SubAck::from_payload(&d).ok());
-                    let continuity = self.topics.acknowledged(&topic, ack);
-                    self.push(Output::Event(Event::Subscribed { topic }));
+                    let continuity = self.topics.acknowledged(&topic, socket, ack);
+                    self.push(Output::Event(Event::SubscriptionChanged {
+                        topic,
+                        state: SubscriptionState::Live,
+                    }));
                     if let Some(event) = continuity {
                         self.push(Output::Event(event));
                     }
                 }
                 Err(error) => {
                     self.topics.remove(&topic);
-                    self.push(Output::Event(Event::SubscribeFailed { topic, error }));
+                    self.push(Output::Event(Event::SubscriptionChanged {
+                        topic,
+                        state: SubscriptionState::Failed(error),
+                    }));
                 }
             }
             return;
@@ -616,7 +625,6 @@ impl Connection {
         if !self.is_current(socket) {
             return;
         }
-        self.socket = None;
         let terminal = terminal_reason(code, reason);
         self.connection_lost(now, code, reason, terminal);
     }
@@ -628,9 +636,9 @@ impl Connection {
 
     /// The client ends the current socket for a retryable cause (keepalive, connect timeout, refusal).
     fn close_and_retry(&mut self, now: Instant, code: CloseCode, reason: String) {
-        if let Some(socket) = self.socket.take() {
+        if let Some(link) = &self.link {
             self.push(Output::CloseSocket {
-                socket,
+                socket: link.socket,
                 code,
                 reason: CloseReason::new(reason.as_str()),
             });
@@ -646,10 +654,26 @@ impl Connection {
         reason: &str,
         terminal: Option<DisconnectReason>,
     ) {
-        self.timers.clear_socket_timers();
-        self.reassembler.reset();
-        self.topics.forget_acks();
-        self.inbound_requests.clear();
+        let attempt = self.attempts.saturating_add(1);
+        let end = terminal
+            .or_else(|| {
+                (!self.config.reconnect.enabled).then(|| DisconnectReason::Closed {
+                    code,
+                    reason: reason.to_owned(),
+                })
+            })
+            .or_else(|| {
+                let max = self.config.reconnect.max_attempts;
+                max.is_some_and(|max| attempt > max).then(|| {
+                    DisconnectReason::MaxAttemptsExceeded {
+                        attempts: self.attempts,
+                        code,
+                        reason: reason.to_owned(),
+                    }
+                })
+            });
+        self.report_disconnect(code, CloseReason::new(reason), end.is_none());
+        self.end_link();
         for id in self.requests.ids_in(Stage::InFlight) {
             self.fail_request(
                 id,
@@ -657,34 +681,7 @@ impl Connection {
                 "the connection was lost before the reply",
             );
         }
-        let end = terminal.or_else(|| {
-            (!self.config.reconnect.enabled).then(|| DisconnectReason::Closed {
-                code,
-                reason: reason.to_owned(),
-            })
-        });
         if let Some(reason) = end {
-            self.timers.backoff = None;
-            return self.transition(
-                now,
-                Status::Disconnected {
-                    reason: Some(reason),
-                },
-            );
-        }
-        let attempt = self.attempts.saturating_add(1);
-        if self
-            .config
-            .reconnect
-            .max_attempts
-            .is_some_and(|max| attempt > max)
-        {
-            self.timers.backoff = None;
-            let reason = DisconnectReason::MaxAttemptsExceeded {
-                attempts: self.attempts,
-                code,
-                reason: reason.to_owned(),
-            };
             return self.transition(
                 now,
                 Status::Disconnected {
@@ -698,9 +695,8 @@ impl Connection {
 
     /// Attempt `attempt` after `delay`, always through `reconnecting`; while offline it waits for the network.
     fn begin_attempt(&mut self, now: Instant, attempt: u32, delay: Duration) {
-        let next_attempt_at = now + delay;
         // Offline: no deadline; `NetworkChanged { online: true }` starts the attempt.
-        self.timers.backoff = self.online.then_some(next_attempt_at);
+        let next_attempt_at = self.online.then_some(now + delay);
         self.transition(
             now,
             Status::Reconnecting {
@@ -716,23 +712,30 @@ impl Connection {
     }
 
     fn open_socket(&mut self, now: Instant, attempt: u32) {
-        self.timers.backoff = None;
         self.sockets_opened += 1;
         let socket = SocketId(self.sockets_opened);
-        self.socket = Some(socket);
+        self.link = Some(Link::new(
+            socket,
+            now + self.config.connect_timeout,
+            self.config.reassembly.clone(),
+        ));
         self.attempts = attempt;
-        self.timers.connect = Some(now + self.config.connect_timeout);
         self.transition(now, Status::Connecting { attempt });
         self.push(Output::OpenSocket { socket, attempt });
     }
 
     fn become_ready(&mut self, now: Instant) {
-        self.timers.connect = None;
-        self.timers.stable = Some(now + self.config.stable_period);
+        let Some(link) = &mut self.link else { return };
+        let deadlines = &mut link.deadlines;
+        deadlines.connect = None;
+        deadlines.stable = Some(now + self.config.stable_period);
         if !self.config.keepalive_interval.is_zero() {
-            self.timers.ping = Some(now + self.config.keepalive_interval);
+            deadlines.ping = Some(now + self.config.keepalive_interval);
         }
         self.transition(now, Status::Ready);
+        if core::mem::replace(&mut self.ever_ready, true) {
+            self.push(Output::Event(Event::Reconnected));
+        }
         // PROTOCOL §7: re-subscribe, then flush the queue in order, then normal sends resume.
         let topics: Vec<String> = self.topics.iter().map(str::to_owned).collect();
         for topic in topics {
@@ -750,9 +753,12 @@ impl Connection {
         }
     }
 
+    /// Sends `sub` for `topic` on the current socket (called only when `ready`).
     fn send_sub(&mut self, topic: String) {
         let id = self.requests.allocate_id();
-        self.topics.expect_ack(id, &topic);
+        if let Some(link) = &mut self.link {
+            link.expect_ack(id, &topic);
+        }
         let since = self.topics.since(&topic);
         self.send_now(&Envelope::Sub { id, topic, since });
     }
@@ -771,31 +777,39 @@ impl Connection {
                 )),
             );
         }
-        if let Err(violation) = self.reassembler.handle_timeout(now) {
-            return self.refuse(now, violation.message());
+        if let Some(link) = &mut self.link {
+            if let Err(violation) = link.reassembler.handle_timeout(now) {
+                return self.refuse(now, violation.message());
+            }
+            let deadlines = link.deadlines;
+            if due(deadlines.connect, now) {
+                let reason = Text::from("connect timeout: not ready within ")
+                    .num(millis(self.config.connect_timeout))
+                    .str(" ms");
+                return self.close_and_retry(now, CloseCode::KEEPALIVE_TIMEOUT, reason.into());
+            }
+            if due(deadlines.pong, now) {
+                let reason = Text::from("keepalive timeout: no frame within ")
+                    .num(millis(self.config.keepalive_timeout))
+                    .str(" ms");
+                return self.close_and_retry(now, CloseCode::KEEPALIVE_TIMEOUT, reason.into());
+            }
+            if due(deadlines.stable, now) {
+                link.deadlines.stable = None;
+                self.attempts = 0;
+            }
+            if due(deadlines.ping, now) {
+                link.deadlines.ping = Some(now + self.config.keepalive_interval);
+                self.probe(now);
+            }
         }
-        if due(self.timers.connect, now) {
-            let reason = Text::from("connect timeout: not ready within ")
-                .num(millis(self.config.connect_timeout))
-                .str(" ms");
-            return self.close_and_retry(now, CloseCode::KEEPALIVE_TIMEOUT, reason.into());
-        }
-        if due(self.timers.pong, now) {
-            let reason = Text::from("keepalive timeout: no frame within ")
-                .num(millis(self.config.keepalive_timeout))
-                .str(" ms");
-            return self.close_and_retry(now, CloseCode::KEEPALIVE_TIMEOUT, reason.into());
-        }
-        if due(self.timers.stable, now) {
-            self.timers.stable = None;
-            self.attempts = 0;
-        }
-        if due(self.timers.ping, now) {
-            self.timers.ping = Some(now + self.config.keepalive_interval);
-            self.probe(now);
-        }
-        if due(self.timers.backoff, now) {
-            if let Status::Reconnecting { attempt, .. } = self.status {
+        if let Status::Reconnecting {
+            attempt,
+            next_attempt_at,
+            ..
+        } = self.status
+        {
+            if due(next_attempt_at, now) {
                 self.open_socket(now, attempt);
             }
         }
@@ -811,36 +825,35 @@ impl Connection {
                 .is_some_and(|deadline| now > deadline + threshold)
     }
 
-    /// An inbound frame proves the socket alive.
-    fn heard_from_server(&mut self) {
-        self.timers.pong = None;
-        self.timers.pong_after_wake = false;
-    }
-
     /// Sends `ping` and expects a frame within the keepalive timeout.
     fn probe(&mut self, now: Instant) {
-        self.push(Output::SendText(PING));
-        if self.timers.pong.is_none() {
-            self.timers.pong = Some(now + self.config.keepalive_timeout);
+        let Some(link) = &mut self.link else { return };
+        if link.deadlines.pong.is_none() {
+            link.deadlines.pong = Some(now + self.config.keepalive_timeout);
         }
+        self.push(Output::SendText(PING));
     }
 
     /// Liveness is unknown (time jumped, or the shell says the page or machine woke up): attempt a pending
     /// reconnect now, or probe a `ready` connection now, giving the server a whole keepalive timeout from now
     /// to answer (an overdue deadline says nothing while the clock was not running for us).
     fn handle_wake(&mut self, now: Instant) {
-        match self.status {
-            Status::Reconnecting { attempt, .. } if self.online => self.open_socket(now, attempt),
-            Status::Ready if !self.config.keepalive_timeout.is_zero() => {
-                if self.timers.pong_after_wake && self.timers.pong.is_some() {
+        match (&self.status, &mut self.link) {
+            (Status::Reconnecting { attempt, .. }, _) if self.online => {
+                let attempt = *attempt;
+                self.open_socket(now, attempt)
+            }
+            (Status::Ready, Some(link)) if !self.config.keepalive_timeout.is_zero() => {
+                let deadlines = &mut link.deadlines;
+                if deadlines.pong_after_wake && deadlines.pong.is_some() {
                     return; // already probing since the last wake; its deadline decides
                 }
-                self.timers.pong = None;
-                self.probe(now);
-                self.timers.pong_after_wake = true;
+                deadlines.pong = None;
+                deadlines.pong_after_wake = true;
                 if !self.config.keepalive_interval.is_zero() {
-                    self.timers.ping = Some(now + self.config.keepalive_interval);
+                    deadlines.ping = Some(now + self.config.keepalive_interval);
                 }
+                self.probe(now);
             }
             _ => {}
         }
@@ -850,8 +863,20 @@ impl Connection {
         self.online = online;
         match self.status {
             Status::Reconnecting { attempt, .. } if online => self.open_socket(now, attempt),
-            // Keep waiting, but don't burn an attempt while the platform says there is no network.
-            Status::Reconnecting { .. } => self.timers.backoff = None,
+            // Keep waiting, but don't burn an attempt while the platform says there is no network: the state
+            // shows no deadline, and none is armed.
+            Status::Reconnecting {
+                attempt,
+                delay,
+                next_attempt_at: Some(_),
+            } => self.transition(
+                now,
+                Status::Reconnecting {
+                    attempt,
+                    delay,
+                    next_attempt_at: None,
+                },
+            ),
             _ => {}
         }
     }
@@ -980,56 +1005,72 @@ impl Connection {
         id: u64,
         result: Result<Option<Payload>, RequestError>,
     ) -> bool {
-        if !self.is_current(socket) {
-            return false;
-        }
-        let Some(pos) = self.inbound_requests.iter().position(|&i| i == id) else {
+        let Some(link) = self.link.as_mut().filter(|l| l.socket == socket) else {
             return false;
         };
-        self.inbound_requests.swap_remove(pos);
-        let envelope = match result {
-            Ok(data) => Envelope::Res { id, data },
-            Err(RequestError {
-                code,
-                message,
-                data,
-                ..
-            }) => Envelope::Err {
-                id: Some(id),
-                code,
-                message,
-                data,
-            },
+        let Some(pos) = link.inbound_requests.iter().position(|&i| i == id) else {
+            return false;
         };
-        self.send_now(&envelope);
+        link.inbound_requests.swap_remove(pos);
+        self.send_now(&Envelope::reply(id, result));
         true
     }
 
-    /// Subscribes to a topic for the life of this connection object: `sub` is sent now when `ready` and again
-    /// on every later `ready`. Returns false when already subscribed.
+    /// Answers the server `req` `id` that arrived on `socket` for a `method` the application has no handler
+    /// for: the one `UNIMPLEMENTED` answer ([`RequestError::unimplemented`]), the same from every shell. Returns
+    /// false as [`Self::respond`] does.
+    pub fn respond_unimplemented(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        id: u64,
+        method: &str,
+    ) -> bool {
+        self.respond(now, socket, id, Err(RequestError::unimplemented(method)))
+    }
+
+    /// Subscribes to a topic for the life of this connection object, counting subscribers: the first sends
+    /// `sub` now when `ready` (and again on every later `ready`) and reports the topic
+    /// [`SubscriptionState::Pending`]; later ones only count (ask [`Self::subscription`] for the state).
+    /// Returns true for the topic's first subscriber.
     ///
     /// # Errors
     /// [`SendError::InvalidTopic`].
     pub fn subscribe(&mut self, _now: Instant, topic: &str) -> Result<bool, SendError> {
         validate_topic(topic).map_err(SendError::InvalidTopic)?;
-        let added = self.topics.insert(topic);
-        if added && self.is_ready() {
-            self.send_sub(topic.to_owned());
+        let first = self.topics.insert(topic);
+        if first {
+            self.push(Output::Event(Event::SubscriptionChanged {
+                topic: topic.to_owned(),
+                state: SubscriptionState::Pending,
+            }));
+            if self.is_ready() {
+                self.send_sub(topic.to_owned());
+            }
         }
-        Ok(added)
+        Ok(first)
     }
 
-    /// Unsubscribes; `unsub` is sent when `ready`. Returns false when it was not subscribed.
+    /// One subscriber fewer; the last one's unsubscribe sends `unsub` when `ready` and forgets the topic's
+    /// position. Returns false when the topic was not subscribed (never, or refused since).
     pub fn unsubscribe(&mut self, _now: Instant, topic: &str) -> bool {
-        let removed = self.topics.remove(topic);
-        if removed && self.is_ready() {
-            let id = self.requests.allocate_id();
-            self.send_now(&Envelope::Unsub {
-                id,
-                topic: topic.to_owned(),
-            });
+        let Some(last) = self.topics.release(topic) else {
+            return false;
+        };
+        if last {
+            if let Some(link) = &mut self.link {
+                // A late answer to its `sub` must not count for a later subscription to the same topic.
+                link.forget_acks_of(topic);
+            }
+            if self.is_ready() {
+                let id = self.requests.allocate_id();
+                self.send_now(&Envelope::Unsub {
+                    id,
+                    topic: topic.to_owned(),
+                });
+            }
         }
-        removed
+        true
     }
 
     /// Sends when `ready`, else queues; says where the envelope went.
@@ -1108,33 +1149,5 @@ impl Connection {
 
     fn push(&mut self, output: Output) {
         self.outputs.push_back(output);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quoting_matches_debug_for_ascii_controls_and_printable_text() {
-        let mut all_controls: String = (0u32..0x20)
-            .chain(0x7f..0xa0)
-            .filter_map(char::from_u32)
-            .collect();
-        all_controls.push_str("\"quoted\" back\\slash, 'single', é ü 日本 🎉");
-        for text in [
-            "",
-            "hello",
-            "a\"b\\c",
-            "tab\there\nnew\rline\0nul",
-            &all_controls,
-        ] {
-            let mut out = String::new();
-            push_quoted(&mut out, text, usize::MAX);
-            assert_eq!(out, format!("{text:?}"));
-        }
-        let mut out = String::new();
-        push_quoted(&mut out, "ééééé", 3);
-        assert_eq!(out, "\"ééé\"");
     }
 }

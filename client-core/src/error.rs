@@ -131,6 +131,10 @@ impl CloseReason {
     }
 }
 
+/// Bytes of a peer-chosen name (method, `msg` name, topic) quoted in an error message or a log: enough to
+/// recognise it, never an echo of a large name. Cut by [`clip`], so a cut name ends in `…`.
+pub const MAX_QUOTED_NAME: usize = 128;
+
 /// What marks a text cut by [`clip`].
 const CUT_MARK: &str = "…";
 

@@ -16,11 +16,13 @@ pub enum Status {
     Connected { attempt: u32 },
     /// `ready` seen: sends go out directly.
     Ready,
-    /// Waiting out the backoff before attempt `attempt`.
+    /// Waiting out the backoff (`delay`) before attempt `attempt`, which starts at `next_attempt_at`: always
+    /// the deadline [`Connection::poll_timeout`](crate::Connection::poll_timeout) reports for it. `None` while
+    /// the platform reports no network: the attempt starts when it comes back.
     Reconnecting {
         attempt: u32,
         delay: Duration,
-        next_attempt_at: Instant,
+        next_attempt_at: Option<Instant>,
     },
 }
 

@@ -52,6 +52,35 @@ pub(crate) fn n(n: usize) -> u64 {
     n as u64
 }
 
+/// Appends the first `max` characters of `text` in double quotes, escaping quotes, backslashes and control
+/// characters the way `{:?}` does (`\"`, `\\`, `\n`, `\u{1b}`) — without the `Debug` machinery, which costs the
+/// browser package several KB. (`{:?}` would also escape a few other unprintable characters.)
+pub(crate) fn push_quoted(out: &mut String, text: &str, max: usize) {
+    out.push('"');
+    for c in text.chars().take(max) {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\0' => out.push_str("\\0"),
+            c if c.is_control() => {
+                let n = u32::from(c);
+                out.push_str("\\u{");
+                for digit in [n >> 4, n & 0xf].into_iter().skip(usize::from(n < 0x10)) {
+                    out.extend(char::from_digit(digit, 16));
+                }
+                out.push('}');
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,5 +91,28 @@ mod tests {
             let text: String = Text::from("n=").num(n).str("!").into();
             assert_eq!(text, format!("n={n}!"));
         }
+    }
+
+    #[test]
+    fn quoting_matches_debug_for_ascii_controls_and_printable_text() {
+        let mut all_controls: String = (0u32..0x20)
+            .chain(0x7f..0xa0)
+            .filter_map(char::from_u32)
+            .collect();
+        all_controls.push_str("\"quoted\" back\\slash, 'single', é ü 日本 🎉");
+        for text in [
+            "",
+            "hello",
+            "a\"b\\c",
+            "tab\there\nnew\rline\0nul",
+            &all_controls,
+        ] {
+            let mut out = String::new();
+            push_quoted(&mut out, text, usize::MAX);
+            assert_eq!(out, format!("{text:?}"));
+        }
+        let mut out = String::new();
+        push_quoted(&mut out, "ééééé", 3);
+        assert_eq!(out, "\"ééé\"");
     }
 }

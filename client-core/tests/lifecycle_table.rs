@@ -222,7 +222,8 @@ fn row_of(input: &Input<'_>, msg: &[u8]) -> In {
     }
 }
 
-type Row = (State, In, &'static str, &'static [&'static str]);
+type Effects = &'static [&'static str];
+type Row = (State, In, &'static str, Effects);
 
 /// Effects that depend only on the state, for inputs about a socket that is not current (or about none).
 macro_rules! ignored {
@@ -289,34 +290,48 @@ fn table() -> Vec<Row> {
         (Ended, In::Online, "disconnected", &[]),
     ]);
     // Connecting and connected share most rows: failures reconnect, `ready` (even before `open`) is ready.
+    // Only a connection that was open (`connected`, `ready`) reports `disconnected:<code>` when it ends.
     for (state, name) in [(Connecting, "connecting"), (Connected, "connected")] {
-        let fail: &'static [&'static str] = if state == Connecting {
-            &["state:connecting>reconnecting"]
-        } else {
-            &["state:connected>reconnecting"]
-        };
-        let refuse: &'static [&'static str] = if state == Connecting {
-            &["close#1:4004", "state:connecting>reconnecting"]
-        } else {
-            &["close#1:4004", "state:connected>reconnecting"]
-        };
-        let end: &'static [&'static str] = if state == Connecting {
-            &["state:connecting>disconnected"]
-        } else {
-            &["state:connected>disconnected"]
-        };
+        let connected = state == Connected;
+        let [fail1000, fail1001, fail1006, end1008, end4003, refuse, timeout, stop]: [Effects; 8] =
+            if connected {
+                [
+                    &["disconnected:1000", "state:connected>reconnecting"],
+                    &["disconnected:1001", "state:connected>reconnecting"],
+                    &["disconnected:1006", "state:connected>reconnecting"],
+                    &["disconnected:1008:final", "state:connected>disconnected"],
+                    &["disconnected:4003:final", "state:connected>disconnected"],
+                    &[
+                        "close#1:4004",
+                        "disconnected:4004",
+                        "state:connected>reconnecting",
+                    ],
+                    &[
+                        "close#1:4000",
+                        "disconnected:4000",
+                        "state:connected>reconnecting",
+                    ],
+                    &[
+                        "close#1:1000",
+                        "disconnected:1000:final",
+                        "state:connected>disconnected",
+                    ],
+                ]
+            } else {
+                [
+                    &["state:connecting>reconnecting"],
+                    &["state:connecting>reconnecting"],
+                    &["state:connecting>reconnecting"],
+                    &["state:connecting>disconnected"],
+                    &["state:connecting>disconnected"],
+                    &["close#1:4004", "state:connecting>reconnecting"],
+                    &["close#1:4000", "state:connecting>reconnecting"],
+                    &["close#1:1000", "state:connecting>disconnected"],
+                ]
+            };
         rows.extend([
             (state, In::Start, name, &[][..]),
-            (
-                state,
-                In::Stop,
-                "disconnected",
-                if state == Connecting {
-                    &["close#1:1000", "state:connecting>disconnected"]
-                } else {
-                    &["close#1:1000", "state:connected>disconnected"]
-                },
-            ),
+            (state, In::Stop, "disconnected", stop),
             (
                 state,
                 In::Opened,
@@ -343,22 +358,13 @@ fn table() -> Vec<Row> {
             (state, In::BinaryMsg, "reconnecting", refuse),
             (state, In::BinaryBadKind, "reconnecting", refuse),
             (state, In::TooBig, "reconnecting", refuse),
-            (state, In::Closed1000, "reconnecting", fail),
-            (state, In::Closed1001, "reconnecting", fail),
-            (state, In::Closed1008, "disconnected", end),
-            (state, In::Closed4003, "disconnected", end),
-            (state, In::Error, "reconnecting", fail),
+            (state, In::Closed1000, "reconnecting", fail1000),
+            (state, In::Closed1001, "reconnecting", fail1001),
+            (state, In::Closed1008, "disconnected", end1008),
+            (state, In::Closed4003, "disconnected", end4003),
+            (state, In::Error, "reconnecting", fail1006),
             // The connect timeout: the client closes with 4000 and retries.
-            (
-                state,
-                In::Timeout,
-                "reconnecting",
-                if state == Connecting {
-                    &["close#1:4000", "state:connecting>reconnecting"]
-                } else {
-                    &["close#1:4000", "state:connected>reconnecting"]
-                },
-            ),
+            (state, In::Timeout, "reconnecting", timeout),
             (state, In::Wake, name, &[]),
             (state, In::Offline, name, &[]),
             (state, In::Online, name, &[]),
@@ -370,7 +376,11 @@ fn table() -> Vec<Row> {
             Ready,
             In::Stop,
             "disconnected",
-            &["close#1:1000", "state:ready>disconnected"],
+            &[
+                "close#1:1000",
+                "disconnected:1000:final",
+                "state:ready>disconnected",
+            ],
         ),
         (Ready, In::Opened, "ready", &[]),
         (Ready, In::TextReady, "ready", &[]),
@@ -380,50 +390,62 @@ fn table() -> Vec<Row> {
             Ready,
             In::TextOther,
             "reconnecting",
-            &["close#1:4004", "state:ready>reconnecting"],
+            &[
+                "close#1:4004",
+                "disconnected:4004",
+                "state:ready>reconnecting",
+            ],
         ),
         (Ready, In::BinaryMsg, "ready", &["message:hello"]),
         (
             Ready,
             In::BinaryBadKind,
             "reconnecting",
-            &["close#1:4004", "state:ready>reconnecting"],
+            &[
+                "close#1:4004",
+                "disconnected:4004",
+                "state:ready>reconnecting",
+            ],
         ),
         (
             Ready,
             In::TooBig,
             "reconnecting",
-            &["close#1:4004", "state:ready>reconnecting"],
+            &[
+                "close#1:4004",
+                "disconnected:4004",
+                "state:ready>reconnecting",
+            ],
         ),
         (
             Ready,
             In::Closed1000,
             "reconnecting",
-            &["state:ready>reconnecting"],
+            &["disconnected:1000", "state:ready>reconnecting"],
         ),
         (
             Ready,
             In::Closed1001,
             "reconnecting",
-            &["state:ready>reconnecting"],
+            &["disconnected:1001", "state:ready>reconnecting"],
         ),
         (
             Ready,
             In::Closed1008,
             "disconnected",
-            &["state:ready>disconnected"],
+            &["disconnected:1008:final", "state:ready>disconnected"],
         ),
         (
             Ready,
             In::Closed4003,
             "disconnected",
-            &["state:ready>disconnected"],
+            &["disconnected:4003:final", "state:ready>disconnected"],
         ),
         (
             Ready,
             In::Error,
             "reconnecting",
-            &["state:ready>reconnecting"],
+            &["disconnected:1006", "state:ready>reconnecting"],
         ),
         // The first deadline in `ready` is the stable period (5 s): it resets attempts, with no output.
         (Ready, In::Timeout, "ready", &[]),
@@ -454,7 +476,13 @@ fn table() -> Vec<Row> {
             "connecting",
             &["state:reconnecting>connecting", "open#2 attempt 2"],
         ),
-        (Reconnecting, In::Offline, "reconnecting", &[]),
+        // The attempt waits for the network: the state shows no deadline any more.
+        (
+            Reconnecting,
+            In::Offline,
+            "reconnecting",
+            &["state:reconnecting>reconnecting"],
+        ),
         (
             Reconnecting,
             In::Online,

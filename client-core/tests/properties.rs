@@ -183,6 +183,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
     for topic in ["t0", "t1"] {
         sim.conn.subscribe(sim.now, topic).expect("valid topic");
     }
+    sim.drain();
     let mut obs = Observer::default();
     for step in steps {
         let socket = sim.socket;
@@ -328,6 +329,28 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 sim.conn.status(),
                 obs.live
             );
+        }
+        // What `reconnecting` shows is what the timer is armed for: with no request pending, its
+        // `next_attempt_at` is exactly the earliest deadline, and waiting for the network arms none.
+        if let Status::Reconnecting {
+            next_attempt_at, ..
+        } = sim.conn.status()
+        {
+            let next = sim.conn.poll_timeout();
+            if sim.conn.pending_requests() == 0 {
+                prop_assert_eq!(
+                    next,
+                    *next_attempt_at,
+                    "reconnecting shows a deadline no timer holds"
+                );
+            } else if let Some(at) = next_attempt_at {
+                prop_assert!(
+                    next.is_some_and(|n| n <= *at),
+                    "attempt at {:?}, timer {:?}",
+                    at,
+                    next
+                );
+            }
         }
         let (count, bytes) = sim.conn.queued();
         prop_assert!(count <= limits.max_messages && bytes <= limits.max_bytes);

@@ -54,7 +54,7 @@ fn subscribed(ep: &str, seq: u64) -> Sim {
     let mut config = test_config();
     config.reconnect.max_attempts = None; // the scenarios reconnect more often than test_config allows
     let mut sim = Sim::new(config);
-    sim.conn.subscribe(sim.now, "news").unwrap();
+    sim.subscribe("news");
     let outs = sim.connect();
     let [(id, _, None)] = &subs(&outs)[..] else {
         panic!("one fresh sub without since: {:?}", describe_all(&outs))
@@ -197,7 +197,7 @@ fn since_is_carried_across_several_reconnects_even_when_no_ack_came() {
 #[test]
 fn a_server_without_section_9_works_as_before_without_gaps_or_since() {
     let mut sim = Sim::new(test_config());
-    sim.conn.subscribe(sim.now, "news").unwrap();
+    sim.subscribe("news");
     let outs = sim.connect();
     let [(id, _, None)] = &subs(&outs)[..] else {
         panic!("sub")

@@ -6,7 +6,7 @@ mod support;
 use sockeye_core::codec::{Envelope, Fragmenter, Payload};
 use sockeye_core::{
     CloseCode, DisconnectReason, Duration, ErrorCode, Event, Input, Instant, Output, QueueLimits,
-    RequestId, SendError, Status,
+    RequestId, SendError, Status, SubscriptionState,
 };
 use support::{complete_frame, describe_all, events, payload, sent_envelopes, test_config, Sim};
 
@@ -146,8 +146,8 @@ fn in_flight_requests_fail_unavailable_on_drop_while_queued_ones_stay_queued() {
 #[test]
 fn on_ready_topics_are_resubscribed_then_the_queue_flushes_in_order() {
     let mut sim = Sim::new(test_config());
-    sim.conn.subscribe(sim.now, "room-b").unwrap();
-    sim.conn.subscribe(sim.now, "room-a").unwrap();
+    sim.subscribe("room-b");
+    sim.subscribe("room-a");
     for i in 0..3 {
         sim.conn.send(sim.now, &format!("m{i}"), None).unwrap();
     }
@@ -180,7 +180,7 @@ fn on_ready_topics_are_resubscribed_then_the_queue_flushes_in_order() {
 #[test]
 fn subscriptions_survive_reconnects_and_events_route_by_topic() {
     let mut sim = Sim::new(test_config());
-    sim.conn.subscribe(sim.now, "news").unwrap();
+    sim.subscribe("news");
     sim.connect();
     sim.closed(1012);
     sim.fire_next_timeout();
@@ -297,7 +297,11 @@ fn keepalive_pings_every_interval_and_closes_4000_when_the_server_is_silent() {
     let outs = sim.advance(10_000);
     assert_eq!(
         describe_all(&outs),
-        ["close#1:4000", "state:ready>reconnecting"]
+        [
+            "close#1:4000",
+            "disconnected:4000",
+            "state:ready>reconnecting"
+        ]
     );
     assert!(matches!(
         sim.conn.status(),
@@ -345,7 +349,11 @@ fn after_a_time_jump_a_dead_connection_is_found_within_the_keepalive_timeout() {
     let outs = sim.fire_next_timeout().expect("the probe's deadline");
     assert_eq!(
         describe_all(&outs),
-        ["close#1:4000", "state:ready>reconnecting"]
+        [
+            "close#1:4000",
+            "disconnected:4000",
+            "state:ready>reconnecting"
+        ]
     );
     assert_eq!(sim.now, woke + Duration::from_secs(10));
 }
@@ -455,7 +463,11 @@ fn with_detection_off_an_overdue_probe_ends_the_connection() {
     let outs = jump(&mut sim, 3_600_000);
     assert_eq!(
         describe_all(&outs),
-        ["close#1:4000", "state:ready>reconnecting"]
+        [
+            "close#1:4000",
+            "disconnected:4000",
+            "state:ready>reconnecting"
+        ]
     );
 }
 
@@ -507,7 +519,11 @@ fn connect_timeout_counts_as_a_failed_attempt() {
     let outs = sim.advance(10_000);
     assert_eq!(
         describe_all(&outs),
-        ["close#1:4000", "state:connected>reconnecting"]
+        [
+            "close#1:4000",
+            "disconnected:4000",
+            "state:connected>reconnecting"
+        ]
     );
     assert!(matches!(
         sim.conn.status(),
@@ -664,7 +680,11 @@ fn offline_waits_without_burning_attempts_and_online_retries_at_once() {
     sim.closed(1006);
     assert!(matches!(
         sim.conn.status(),
-        Status::Reconnecting { attempt: 1, .. }
+        Status::Reconnecting {
+            attempt: 1,
+            next_attempt_at: None,
+            ..
+        }
     ));
     assert_eq!(
         sim.conn.poll_timeout(),
@@ -681,6 +701,37 @@ fn offline_waits_without_burning_attempts_and_online_retries_at_once() {
         describe_all(&outs),
         ["state:reconnecting>connecting", "open#2 attempt 1"]
     );
+}
+
+#[test]
+fn going_offline_during_a_backoff_wait_shows_no_deadline_and_arms_none() {
+    let mut config = test_config();
+    config.reconnect.full_jitter = false; // a delay of at least the base: never zero
+    let mut sim = Sim::new(config);
+    sim.connect();
+    sim.closed(1006);
+    let Status::Reconnecting {
+        next_attempt_at: Some(at),
+        ..
+    } = *sim.conn.status()
+    else {
+        panic!("waiting with a deadline: {:?}", sim.conn.status())
+    };
+    assert_eq!(
+        sim.conn.poll_timeout(),
+        Some(at),
+        "the state's deadline is the timer's"
+    );
+    let outs = sim.input(Input::NetworkChanged { online: false });
+    assert_eq!(describe_all(&outs), ["state:reconnecting>reconnecting"]);
+    assert!(matches!(
+        sim.conn.status(),
+        Status::Reconnecting {
+            next_attempt_at: None,
+            ..
+        }
+    ));
+    assert_eq!(sim.conn.poll_timeout(), None);
 }
 
 #[test]
@@ -740,7 +791,11 @@ fn invalid_bytes_without_an_id_close_4004_and_reconnect() {
     let outs = sim.binary(&[0, 0xff, 0x00]);
     assert_eq!(
         describe_all(&outs),
-        ["close#1:4004", "state:ready>reconnecting"]
+        [
+            "close#1:4004",
+            "disconnected:4004",
+            "state:ready>reconnecting"
+        ]
     );
 }
 
@@ -787,9 +842,7 @@ fn bye_is_reported_as_draining() {
     let mut sim = Sim::new(test_config());
     sim.connect();
     assert_eq!(describe_all(&sim.text("bye")), ["draining"]);
-    assert!(
-        matches!(describe_all(&sim.closed(1001))[..], [ref s] if s == "state:ready>reconnecting")
-    );
+    assert!(describe_all(&sim.closed(1001)) == ["disconnected:1001", "state:ready>reconnecting"]);
 }
 
 #[test]
@@ -832,7 +885,7 @@ fn a_response_never_reaches_a_newer_connection_and_is_sent_once() {
 #[test]
 fn an_acknowledged_subscription_is_reported_on_every_ready() {
     let mut sim = Sim::new(test_config());
-    sim.conn.subscribe(sim.now, "news").unwrap();
+    sim.subscribe("news");
     for _ in 0..2 {
         let outs = if sim.conn.status() == &Status::Ready {
             sim.closed(1012);
@@ -896,6 +949,7 @@ fn a_zero_backoff_draw_still_passes_through_reconnecting() {
     assert_eq!(
         describe_all(&outs),
         [
+            "disconnected:1001",
             "state:ready>reconnecting",
             "state:reconnecting>connecting",
             "open#2 attempt 2"
@@ -1035,7 +1089,11 @@ fn too_many_unanswered_server_requests_close_4004() {
     let outs = sim.server_sends(&req(5));
     assert_eq!(
         describe_all(&outs),
-        ["close#1:4004", "state:ready>reconnecting"]
+        [
+            "close#1:4004",
+            "disconnected:4004",
+            "state:ready>reconnecting"
+        ]
     );
     match &outs[0] {
         Output::CloseSocket { reason, .. } => {
@@ -1056,7 +1114,11 @@ fn a_message_too_big_for_the_socket_closes_4004_naming_the_limit() {
     let outs = sim.input(Input::MessageTooBig { socket, size: 5000 });
     assert_eq!(
         describe_all(&outs),
-        ["close#1:4004", "state:ready>disconnected"]
+        [
+            "close#1:4004",
+            "disconnected:4004:final",
+            "state:ready>disconnected"
+        ]
     );
     match sim.conn.status() {
         Status::Disconnected {
@@ -1077,4 +1139,188 @@ fn a_message_too_big_for_the_socket_closes_4004_naming_the_limit() {
             size: 5000
         })
         .is_empty());
+}
+
+/// The `SubscriptionChanged` events among outputs, as `topic:state`.
+fn sub_states(outs: &[Output]) -> Vec<String> {
+    events(outs)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::SubscriptionChanged { topic, state } => {
+                Some(format!("{topic}:{}", state.name()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn sub_ids(outs: &[Output]) -> Vec<u64> {
+    sent_envelopes(outs)
+        .into_iter()
+        .filter_map(|e| match e {
+            Envelope::Sub { id, .. } => Some(id),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_subscription_goes_pending_live_pending_on_loss_and_live_again() {
+    let mut sim = Sim::new(test_config());
+    assert_eq!(sub_states(&sim.subscribe("news")), ["news:pending"]);
+    assert_eq!(
+        sim.conn.subscription("news"),
+        Some(SubscriptionState::Pending)
+    );
+    let outs = sim.connect();
+    let [id] = sub_ids(&outs)[..] else {
+        panic!("one sub")
+    };
+    let outs = sim.server_sends(&Envelope::Res { id, data: None });
+    assert_eq!(sub_states(&outs), ["news:live"]);
+    assert_eq!(sim.conn.subscription("news"), Some(SubscriptionState::Live));
+    // The socket ends: live on it means nothing any more.
+    let outs = sim.closed(1012);
+    assert_eq!(sub_states(&outs), ["news:pending"]);
+    assert_eq!(
+        sim.conn.subscription("news"),
+        Some(SubscriptionState::Pending)
+    );
+    sim.fire_next_timeout();
+    sim.open();
+    let outs = sim.text("ready");
+    assert!(sub_states(&outs).is_empty(), "pending until acknowledged");
+    let [id] = sub_ids(&outs)[..] else {
+        panic!("one sub")
+    };
+    let outs = sim.server_sends(&Envelope::Res { id, data: None });
+    assert_eq!(sub_states(&outs), ["news:live"]);
+    // Stopping ends the socket too.
+    assert_eq!(sub_states(&sim.input(Input::Stop)), ["news:pending"]);
+}
+
+#[test]
+fn a_refused_subscription_fails_for_every_subscriber() {
+    let mut sim = Sim::new(test_config());
+    sim.connect();
+    let outs = sim.subscribe("secret");
+    sim.subscribe("secret");
+    let [id] = sub_ids(&outs)[..] else {
+        panic!("one sub")
+    };
+    let outs = sim.server_sends(&Envelope::Err {
+        id: Some(id),
+        code: ErrorCode::PermissionDenied,
+        message: "no".into(),
+        data: None,
+    });
+    assert_eq!(sub_states(&outs), ["secret:failed"]);
+    assert_eq!(sim.conn.subscription("secret"), None);
+    assert!(
+        !sim.conn.unsubscribe(sim.now, "secret"),
+        "nothing left to release"
+    );
+}
+
+#[test]
+fn subscriptions_are_counted_one_sub_for_many_and_unsub_with_the_last() {
+    let mut sim = Sim::new(test_config());
+    sim.connect();
+    let first = sim.subscribe("news");
+    assert_eq!(sub_ids(&first).len(), 1);
+    let second = sim.subscribe("news");
+    assert!(second.is_empty(), "{:?}", describe_all(&second));
+    assert!(sim.conn.unsubscribe(sim.now, "news"));
+    assert!(sim.drain().is_empty(), "a subscriber is left");
+    assert_eq!(
+        sim.conn.subscription("news"),
+        Some(SubscriptionState::Pending)
+    );
+    assert!(sim.conn.unsubscribe(sim.now, "news"));
+    assert!(matches!(
+        &sent_envelopes(&sim.drain())[..],
+        [Envelope::Unsub { topic, .. }] if topic == "news"
+    ));
+    assert!(!sim.conn.unsubscribe(sim.now, "news"));
+    // Re-subscribed while offline: counted, and one `sub` on the next `ready`.
+    sim.closed(1006);
+    sim.subscribe("news");
+    sim.subscribe("news");
+    sim.fire_next_timeout();
+    sim.open();
+    assert_eq!(sub_ids(&sim.text("ready")).len(), 1);
+}
+
+#[test]
+fn a_ready_after_an_earlier_ready_is_a_reconnect_until_the_next_start() {
+    let mut sim = Sim::new(test_config());
+    let outs = sim.connect();
+    assert!(!describe_all(&outs).contains(&"reconnected".to_owned()));
+    sim.closed(1012);
+    sim.fire_next_timeout();
+    sim.open();
+    assert_eq!(
+        describe_all(&sim.text("ready")),
+        ["state:connected>ready", "reconnected"]
+    );
+    sim.input(Input::Stop);
+    let outs = sim.connect();
+    assert!(
+        !describe_all(&outs).contains(&"reconnected".to_owned()),
+        "a new start is not a reconnect"
+    );
+}
+
+#[test]
+fn disconnected_reports_code_reason_and_whether_it_reconnects_before_the_transition() {
+    let mut sim = Sim::new(test_config());
+    sim.connect();
+    let outs = sim.input(Input::SocketClosed {
+        socket: sim.socket,
+        code: CloseCode(1012),
+        reason: "restarting",
+    });
+    match &events(&outs)[..] {
+        [Event::Disconnected {
+            code,
+            reason,
+            will_reconnect: true,
+        }, Event::StateChanged(_), ..] => {
+            assert_eq!((code.0, reason.as_str()), (1012, "restarting"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // A connect attempt that never opened ends without one.
+    sim.fire_next_timeout();
+    assert!(!describe_all(&sim.closed(1006))
+        .iter()
+        .any(|o| o.starts_with("disconnected")));
+}
+
+#[test]
+fn an_unhandled_server_request_gets_the_one_unimplemented_answer() {
+    let mut sim = Sim::new(test_config());
+    sim.connect();
+    sim.server_sends(&Envelope::Req {
+        id: 4,
+        method: "nope".into(),
+        data: None,
+    });
+    assert!(sim
+        .conn
+        .respond_unimplemented(sim.now, sim.socket, 4, "nope"));
+    assert_eq!(
+        sent_envelopes(&sim.drain()),
+        [Envelope::Err {
+            id: Some(4),
+            code: ErrorCode::Unimplemented,
+            message: r#"unknown method "nope""#.into(),
+            data: None,
+        }]
+    );
+    assert!(
+        !sim.conn
+            .respond_unimplemented(sim.now, sim.socket, 4, "nope"),
+        "answered once"
+    );
 }

@@ -12,9 +12,10 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use crate::calls::Calls;
-use crate::client::{Client, Inner, StreamLimits};
+use crate::client::{Client, Inner};
 use crate::driver::{Driver, DEFAULT_WRITE_BACKLOG};
 use crate::handlers::{self, Handlers};
+use crate::streams::StreamLimits;
 use crate::transport::{self, Certificate, TlsOptions, TokenSource, Transport, TransportOptions};
 use crate::Error;
 

@@ -20,7 +20,7 @@ use futures_util::{FutureExt, SinkExt, StreamExt};
 use sockeye_core::codec::Payload;
 use sockeye_core::{
     CloseCode, CloseReason, Connection, ErrorCode, Event, Input, Instant as CoreInstant, Output,
-    RequestError, RequestId, SocketId, Status, Transition,
+    RequestError, RequestId, SocketId, Status, SubscriptionState, Transition,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -32,8 +32,10 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tracing::{debug, info, trace, warn};
 
 use crate::calls::{CallRequest, Calls, Outcome, Target};
-use crate::client::{Command, Control, Feed, Listener, Message, RawItem, SubState};
+use crate::client::{Command, Control};
 use crate::handlers::Handlers;
+use crate::streams::{Feed, Listener, Message};
+use crate::subscriptions::{RawItem, SubState};
 use crate::transport::{ConnectError, Transport, WsStream};
 use crate::Error;
 
@@ -125,13 +127,7 @@ enum Wake {
     Reaped,
 }
 
-/// The streams following one topic, and whether the server has acknowledged its `sub` on this connection.
-#[derive(Default)]
-struct TopicFeeds {
-    live: bool,
-    feeds: Vec<TopicFeed>,
-}
-
+/// One stream following a topic; the core counts the topic's subscribers and reports its state.
 struct TopicFeed {
     key: u64,
     feed: Feed<RawItem>,
@@ -172,7 +168,7 @@ pub(crate) struct Driver {
     in_flight: VecDeque<(RequestId, usize)>,
     /// The core id of each slot key in `in_flight` (slot keys are small and reused): finds a cancelled call.
     call_ids: Vec<Option<RequestId>>,
-    topics: BTreeMap<String, TopicFeeds>,
+    topics: BTreeMap<String, Vec<TopicFeed>>,
     incoming: BTreeMap<u64, Feed<Message>>,
     transitions: BTreeMap<u64, Feed<Transition>>,
     stopped: bool,
@@ -495,33 +491,34 @@ impl Driver {
                 feed,
                 state,
             } => {
-                if !self.topics.contains_key(&topic) {
-                    if let Err(e) = self.conn.subscribe(now, &topic) {
-                        let e = Error::from(e);
-                        state.send_replace(SubState::Failed(e.clone()));
-                        feed.deliver(Err(e));
-                        return;
-                    }
-                    debug!(%topic, "subscribing");
-                    self.drain();
+                if let Err(e) = self.conn.subscribe(now, &topic) {
+                    let e = Error::from(e);
+                    state.send_replace(SubState::Failed(e.clone()));
+                    feed.deliver(Err(e));
+                    return;
                 }
-                let entry = self.topics.entry(topic).or_default();
-                if entry.live {
+                if let Some(SubscriptionState::Live) = self.conn.subscription(&topic) {
                     state.send_replace(SubState::Live);
                 }
-                entry.feeds.push(TopicFeed { key, feed, state });
+                self.topics
+                    .entry(topic)
+                    .or_default()
+                    .push(TopicFeed { key, feed, state });
+                self.drain();
             }
             Control::Unsubscribe { topic, key } => {
-                let Some(entry) = self.topics.get_mut(&topic) else {
+                let Some(feeds) = self.topics.get_mut(&topic) else {
                     return;
                 };
-                entry.feeds.retain(|f| f.key != key);
-                if entry.feeds.is_empty() {
+                let Some(at) = feeds.iter().position(|f| f.key == key) else {
+                    return; // ended with the topic's refusal: the core no longer counts it
+                };
+                feeds.swap_remove(at);
+                if feeds.is_empty() {
                     self.topics.remove(&topic);
-                    debug!(%topic, "unsubscribed");
-                    self.conn.unsubscribe(now, &topic);
-                    self.drain();
                 }
+                self.conn.unsubscribe(now, &topic);
+                self.drain();
             }
             Control::Listen { key, listener } => match listener {
                 Listener::Incoming(feed) => {
@@ -795,24 +792,16 @@ impl Driver {
                 method,
                 data,
             } => self.serve(socket, id, method, data),
-            Event::Subscribed { topic } => {
-                debug!(%topic, "subscribed");
-                if let Some(entry) = self.topics.get_mut(&topic) {
-                    entry.live = true;
-                    for f in &entry.feeds {
-                        f.state.send_replace(SubState::Live);
-                    }
-                }
-            }
-            Event::SubscribeFailed { topic, error } => {
+            Event::SubscriptionChanged { topic, state } => self.subscription_changed(topic, state),
+            Event::Disconnected {
+                code,
+                reason,
+                will_reconnect,
+            } => {
                 // `?` on peer-controlled text: written quoted, with every control character escaped.
-                warn!(topic = ?topic, error = ?error.to_string(), "subscription refused");
-                let error = Error::from(error);
-                for f in self.topics.remove(&topic).unwrap_or_default().feeds {
-                    f.state.send_replace(SubState::Failed(error.clone()));
-                    f.feed.deliver(Err(error.clone()));
-                }
+                info!(%code, reason = ?reason.as_str(), will_reconnect, "connection lost")
             }
+            Event::Reconnected => info!("reconnected"),
             Event::Notice(error) => {
                 warn!(error = ?error.to_string(), "the server reported an error")
             }
@@ -820,12 +809,36 @@ impl Driver {
         }
     }
 
-    /// Hands an item to every stream following `topic`, forgetting streams that are gone.
+    /// Hands an item to every stream following `topic`. A stream that is gone stays listed until its
+    /// `Unsubscribe` (sent when it is dropped) releases it in the core too.
     fn hand_to_subscribers(&mut self, topic: &str, item: impl Fn() -> RawItem) {
-        if let Some(entry) = self.topics.get_mut(topic) {
-            entry
-                .feeds
-                .retain(|TopicFeed { feed, .. }| feed.deliver(Ok(item())));
+        for TopicFeed { feed, .. } in self.topics.get(topic).into_iter().flatten() {
+            feed.deliver(Ok(item()));
+        }
+    }
+
+    /// The core's word on a topic, passed to every stream following it:
+    /// [`Subscription::subscribed`](crate::Subscription::subscribed) waits on it, and a refusal ends them.
+    fn subscription_changed(&mut self, topic: String, state: SubscriptionState) {
+        let state = match state {
+            SubscriptionState::Pending => SubState::Pending,
+            SubscriptionState::Live => {
+                debug!(topic = ?topic, "subscribed");
+                SubState::Live
+            }
+            SubscriptionState::Failed(error) => {
+                // `?` on peer-controlled text: written quoted, with every control character escaped.
+                warn!(topic = ?topic, error = ?error.to_string(), "subscription refused");
+                let error = Error::from(error);
+                for f in self.topics.remove(&topic).unwrap_or_default() {
+                    f.state.send_replace(SubState::Failed(error.clone()));
+                    f.feed.deliver(Err(error.clone()));
+                }
+                return;
+            }
+        };
+        for f in self.topics.get(&topic).into_iter().flatten() {
+            f.state.send_replace(state.clone());
         }
     }
 
@@ -861,17 +874,12 @@ impl Driver {
         self.awaited += 1;
     }
 
-    /// A server `req`: run its handler as a task, or answer `UNIMPLEMENTED`.
+    /// A server `req`: run its handler as a task, or let the core give its `UNIMPLEMENTED` answer.
     fn serve(&mut self, socket: SocketId, id: u64, method: String, data: Option<Payload>) {
         let Some(handler) = self.handlers.get(&method) else {
-            let shown: String = method.chars().take(64).collect();
-            debug!(method = %shown, "no handler; answering UNIMPLEMENTED");
-            let error = RequestError::local(
-                ErrorCode::Unimplemented,
-                format!("no handler for method {shown:?}"),
-            );
+            debug!(method = ?method.chars().take(64).collect::<String>(), "no handler");
             let now = self.now();
-            self.conn.respond(now, socket, id, Err(error));
+            self.conn.respond_unimplemented(now, socket, id, &method);
             return;
         };
         self.serving.spawn(async move {
@@ -900,15 +908,6 @@ impl Driver {
                 reason: Some(reason),
             } => info!(reason = ?reason.to_string(), "disconnected"),
             to => info!(from = %transition.from, %to, "state changed"),
-        }
-        if !matches!(transition.to, Status::Ready) {
-            // The server forgets subscriptions with the connection; they are live again once re-acknowledged.
-            for entry in self.topics.values_mut().filter(|e| e.live) {
-                entry.live = false;
-                for f in &entry.feeds {
-                    f.state.send_replace(SubState::Pending);
-                }
-            }
         }
         self.status.send_replace(transition.to.clone());
         self.transitions

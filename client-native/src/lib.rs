@@ -81,15 +81,18 @@ mod client;
 mod driver;
 mod error;
 mod handlers;
+mod requests;
+mod streams;
+mod subscriptions;
 mod transport;
 
 pub use builder::ClientBuilder;
-pub use client::{
-    Client, Incoming, Message, PublishFuture, RequestFuture, SendFuture, Subscription,
-    SubscriptionItem, TopicEvent, Transitions,
-};
+pub use client::Client;
 pub use error::Error;
+pub use requests::{PublishFuture, RequestFuture, SendFuture};
 pub use sockeye_core::SUBPROTOCOL;
+pub use streams::{Incoming, Message, Transitions};
+pub use subscriptions::{Subscription, SubscriptionItem, TopicEvent};
 pub use transport::Certificate;
 
 pub use sockeye_core::codec::{Payload, TopicPosition};

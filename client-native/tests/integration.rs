@@ -362,6 +362,30 @@ async fn subscriptions_resume_after_reconnect() {
 }
 
 #[tokio::test]
+async fn streams_of_one_topic_share_one_subscription_until_the_last_is_dropped() {
+    let server = server().await;
+    let client = fast(server.ws_url()).connect().await.unwrap();
+    let mut first = client.subscribe::<i64>("news").unwrap();
+    let mut second = client.subscribe::<i64>("news").unwrap();
+    // One `sub` on the wire: the server counts one subscriber, and each stream gets the event.
+    within("the second stream", second.subscribed())
+        .await
+        .unwrap();
+    let event = publish_when_subscribed(&server, &mut first, "news", 1).await;
+    assert_eq!(event.data, 1);
+    let item = within("the event", second.next()).await.unwrap().unwrap();
+    assert_eq!(item.into_event().map(|e| e.data), Some(1));
+
+    // The first stream gone (and its receiver with it): the other still follows the topic.
+    drop(first);
+    let event = publish_when_subscribed(&server, &mut second, "news", 2).await;
+    assert_eq!(event.data, 2);
+    drop(second);
+    eventually("the unsubscribe", || server.stats().topics == 0).await;
+    client.close().await;
+}
+
+#[tokio::test]
 async fn client_publish_reaches_subscribers() {
     let server = server().await;
     let alice = fast(server.ws_url()).connect().await.unwrap();

@@ -414,18 +414,18 @@ export function checkOptions(options) {
   ];
 }
 
-const SUBSCRIBE = ["onError", "onGap", "onResumed"];
+const SUBSCRIBE = ["onError", "onGap", "onResumed", "onState"];
 
 /**
- * `subscribe(topic, handler, options)`'s `options` as `[onError, onGap, onResumed]` (absent: undefined):
- * `{ onError, onGap, onResumed }`, or a function, which is `onError` (the argument's meaning before the other
+ * `subscribe(topic, handler, options)`'s `options` as `[onError, onGap, onResumed, onState]` (absent: undefined):
+ * `{ onError, onGap, onResumed, onState }`, or a function, which is `onError` (the argument's meaning before the other
  * callbacks existed); `undefined` and `null` are none.
  */
 export function checkSubscribeOptions(options) {
   if (options === undefined || options === null) return [];
   if (typeof options === "function") return [options];
   if (typeof options !== "object" || Array.isArray(options)) {
-    fail("subscribe: the third argument must be an onError function or { onError, onGap, onResumed }");
+    fail("subscribe: the third argument must be an onError function or { onError, onGap, onResumed, onState }");
   }
   object(options, "subscribe options", SUBSCRIBE);
   return SUBSCRIBE.map((key) => options[key] ?? undefined).map(

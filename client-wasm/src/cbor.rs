@@ -1,6 +1,8 @@
 //! JS values ↔ CBOR for payloads: the walk itself is in `js/errors.js` (its header has the table of what maps to
 //! what). Written in JS because walking JS values from Rust costs a boundary call and an import for every type
 //! test and property read: the Rust walker this replaced was ~3 KB gzipped larger and slower.
+//! Its item headers are the core's (`sockeye_core::codec::cbor`, the one Rust home of them): the tests below
+//! hold the JS reader and writer to `read_header`/`write_header`.
 //!
 //! What JS hands back is checked again here (`Payload::from_cbor`: one well-formed item within `MAX_DEPTH`)
 //! before the core sees it; decoding only ever gets payloads the core has checked.
@@ -117,26 +119,79 @@ mod tests {
         assert_eq!(encoded(5e-324)[0], 0xfb);
     }
 
+    /// The JS walk writes and reads item headers as the core does (`codec::cbor`, the one Rust home of them):
+    /// shortest form, every width, integers of both signs and the lengths of strings, arrays and maps.
     #[wasm_bindgen_test]
-    fn headers_are_shortest() {
-        for (value, expected) in [
-            (0u64, &[0x00][..]),
-            (23, &[0x17]),
-            (24, &[0x18, 24]),
-            (255, &[0x18, 255]),
-            (256, &[0x19, 1, 0]),
-            (65536, &[0x1a, 0, 1, 0, 0]),
-            (
-                u64::MAX,
-                &[0x1b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
-            ),
-        ] {
-            let bytes = encode_js(&JsValue::from(value)).ok().flatten();
-            assert_eq!(bytes.as_deref(), Some(expected), "{value}");
-            // A number when safe, else a BigInt.
-            let back = decode_js(expected).expect("decodes");
-            let number = back.as_f64().map(|n| n as u64);
-            assert_eq!(number.or_else(|| u64::try_from(back).ok()), Some(value));
+    fn headers_are_the_cores() {
+        use sockeye_core::codec::cbor::{
+            read_header, write_header, Arg, MAJOR_ARRAY, MAJOR_MAP, MAJOR_NINT, MAJOR_TEXT,
+            MAJOR_UINT,
+        };
+        let core = |major, n| {
+            let mut out = Vec::new();
+            write_header(&mut out, major, n);
+            out
+        };
+        let widths = [
+            0u64,
+            23,
+            24,
+            255,
+            256,
+            65_535,
+            65_536,
+            u32::MAX.into(),
+            1 << 32,
+            1 << 53,
+            u64::MAX,
+        ];
+        for n in widths {
+            for (major, value) in [
+                (MAJOR_UINT, JsValue::from(n)),
+                (MAJOR_NINT, JsValue::from(-1 - i128::from(n))),
+            ] {
+                let bytes = encode_js(&value).ok().flatten();
+                assert_eq!(bytes, Some(core(major, n)), "major {major}, {n}");
+                // Back: a number when safe, else a BigInt, with the value the core reads.
+                let back = decode_js(&core(major, n)).expect("decodes");
+                let back = back
+                    .as_f64()
+                    .map_or_else(|| i128::try_from(back).ok(), |f| Some(f as i128));
+                let Ok((header, _)) = read_header(&core(major, n), 0) else {
+                    panic!("the core reads its own header")
+                };
+                let Arg::Value(read) = header.arg else {
+                    panic!("a value")
+                };
+                let expected = if major == MAJOR_UINT {
+                    i128::from(read)
+                } else {
+                    -1 - i128::from(read)
+                };
+                assert_eq!(back, Some(expected), "major {major}, {n}");
+            }
+        }
+        // Lengths: a string of n bytes, an array and a map of n items begin with the core's header for n.
+        for n in [0u32, 23, 24, 255, 256, 65_536] {
+            let text = JsValue::from("a".repeat(n as usize));
+            let list = js_sys::Array::new_with_length(n).fill(&JsValue::NULL, 0, n);
+            let map = js_sys::Map::new();
+            for i in 0..n {
+                map.set(&JsValue::from(i), &JsValue::NULL);
+            }
+            for (major, value) in [
+                (MAJOR_TEXT, text),
+                (MAJOR_ARRAY, list.into()),
+                (MAJOR_MAP, map.into()),
+            ] {
+                let bytes = encode_js(&value).ok().flatten().expect("encodes");
+                let header = core(major, n.into());
+                assert_eq!(
+                    bytes.get(..header.len()),
+                    Some(&header[..]),
+                    "major {major}, {n}"
+                );
+            }
         }
     }
 }

@@ -3,7 +3,7 @@
 //! A thin shell that binds [`sockeye_core::Connection`] (every decision: lifecycle, backoff, keepalive, requests,
 //! offline queue, topics, the wire codec) to `WebSocket`, one `setTimeout` and the page's `online`/`offline`/
 //! `visibilitychange` events. The shell only carries out the core's outputs and reports what happens; see
-//! `shell.rs` for how it keeps application callbacks out of its borrows and how it owns its closures.
+//! `shell/mod.rs` for how it keeps application callbacks out of its borrows and how it owns its closures.
 //!
 //! The JS API (`Client`) is documented in `README.md` and typed by the `.d.ts` sections below; payloads are
 //! converted by `cbor.rs` (no serde in this build).
@@ -45,6 +45,9 @@ export interface Transition {
   attempt?: number;
   /** `reconnecting`: the backoff before the attempt starts. */
   delayMs?: number;
+  /** `reconnecting`: when the attempt starts, on the `performance.now()` clock; absent while the browser is
+   *  offline (the attempt then starts when it comes back online, with another `reconnecting` transition before). */
+  nextAttemptAt?: number;
   /** `disconnected`: why (absent before the first `start()`). */
   reason?: DisconnectReason;
   /** `disconnected`: the close reason or detail, e.g. the server's "authentication failed". */
@@ -87,7 +90,8 @@ export interface LifecycleCallbacks {
   onStateChange?: (transition: Transition) => void;
   /** A connection that was `connected` or `ready` ended. */
   onDisconnect?: (info: DisconnectInfo) => void;
-  /** Waiting out a backoff before the next attempt. */
+  /** Waiting out a backoff before the next attempt (again, without `nextAttemptAt`, when the browser goes offline
+   *  during the wait). */
   onReconnecting?: (transition: Transition) => void;
   /** `ready` again after an earlier `ready` since `start()`. */
   onReconnected?: () => void;
@@ -161,9 +165,17 @@ export interface ResetInfo { topic: string; reset: true; ep: string }
  *  history were delivered to the handler (before this call). */
 export interface ResumedInfo { topic: string; replayed: number }
 
+/** Where a subscription stands: `pending` until the server acknowledged it on the current connection (and
+ *  again while reconnecting), `live` once it did (every event published from then on is delivered), `failed`
+ *  when the server refused it (which ends it). */
+export type SubscriptionState = "pending" | "live" | "failed";
+
 export interface SubscribeOptions {
   /** The server refused the subscription (which ends it). */
   onError?: (error: ServerError) => void;
+  /** Every state the subscription takes, starting with its current one (`live` at once when another
+   *  subscription to the topic is live already). */
+  onState?: (state: SubscriptionState) => void;
   /** Events were lost, or the sequence started anew. Without `onGap`, a loss is reported on the console. */
   onGap?: (info: GapInfo | ResetInfo) => void;
   /** A re-subscription after a reconnect lost nothing. */
@@ -246,8 +258,10 @@ export interface Client {
   request<T = any>(method: string, data?: unknown, options?: RequestOptions): Promise<T>;
   /** Calls `handler` for every event on `topic`, once each, across reconnects (a reconnect resumes from the last
    *  event delivered: a server that keeps history replays what was missed); returns the unsubscribe function.
-   *  `options.onGap` hears every loss, `options.onResumed` every reconnect that lost nothing, `options.onError`
-   *  the server's refusal of the subscription (which ends it); a function in place of `options` is `onError`. */
+   *  `options.onGap` hears every loss, `options.onResumed` every reconnect that lost nothing, `options.onState`
+   *  whether the server has acknowledged it, `options.onError` the server's refusal of the subscription (which
+   *  ends it); a function in place of `options` is `onError`. Several subscriptions to one topic share one `sub`
+   *  on the wire; the last one to unsubscribe sends `unsub`. */
   subscribe<T = any>(
     topic: string,
     handler: (data: T, meta: EventMeta) => void,

@@ -75,7 +75,7 @@ extern "C" {
         with_signal: bool,
     ) -> Result<Array, JsValue>;
 
-    /// `subscribe`'s third argument as `[onError, onGap, onResumed]` (absent ones undefined); see there.
+    /// `subscribe`'s third argument as `[onError, onGap, onResumed, onState]` (absent ones undefined); see there.
     #[wasm_bindgen(catch, js_name = checkSubscribeOptions)]
     fn check_subscribe_options(options: &JsValue) -> Result<Array, JsValue>;
 }
@@ -175,9 +175,11 @@ pub(crate) struct TopicCallbacks {
     pub(crate) on_gap: Option<Function>,
     /// A re-subscription lost nothing (`{ topic, replayed }`).
     pub(crate) on_resumed: Option<Function>,
+    /// The topic's state: `"pending"`, `"live"` or `"failed"`, as the core reports it.
+    pub(crate) on_state: Option<Function>,
 }
 
-/// `subscribe(topic, handler, options)`'s `options`: `{ onError, onGap, onResumed }`, or a function, which is
+/// `subscribe(topic, handler, options)`'s `options`: `{ onError, onGap, onResumed, onState }`, or a function, which is
 /// `onError`; `undefined` and `null`: none. Checked by `checkSubscribeOptions` in `js/errors.js`.
 ///
 /// # Errors
@@ -189,6 +191,7 @@ pub(crate) fn topic_callbacks(v: &JsValue) -> Result<TopicCallbacks, JsValue> {
         on_error: callback(0),
         on_gap: callback(1),
         on_resumed: callback(2),
+        on_state: callback(3),
     })
 }
 

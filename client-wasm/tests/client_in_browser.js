@@ -343,12 +343,16 @@ const scenarios = {
   async subscriptionResumes(Client, env) {
     await withClient(Client, { url: env.server, reconnect: fast }, async (client, transitions) => {
       const got = [];
-      const unsubscribe = client.subscribe("room-resume", (data, meta) => got.push({ data, topic: meta.topic }));
+      const states = [];
+      const unsubscribe = client.subscribe("room-resume", (data, meta) => got.push({ data, topic: meta.topic }), {
+        onState: (state) => states.push(state),
+      });
       assert(typeof unsubscribe === "function", "subscribe returns a function");
       client.start();
       await client.waitForStatus("ready", { timeoutMs: 5000 });
       // Make sure the `sub` has been acknowledged: a request after it is answered after it.
       await client.request("echo", 0);
+      assertEq(states, ["pending", "live"], "the subscription's states");
       client.publish("room-resume", "before");
       await until(() => got.length === 1, 3000, "event before the reconnect");
       const mark = transitions.length;
@@ -357,6 +361,11 @@ const scenarios = {
       await until(() => transitions.slice(mark).some((t) => t.from === "ready"), 5000, "the server's close");
       await client.waitForStatus("ready", { timeoutMs: 5000 });
       await client.request("echo", 0);
+      assertEq(states, ["pending", "live", "pending", "live"], "pending while reconnecting, live again");
+      // A second subscriber to the live topic hears its state at once; dropping it keeps the topic subscribed.
+      const second = [];
+      client.subscribe("room-resume", () => {}, { onState: (state) => second.push(state) })();
+      assertEq(second, ["live"], "a later subscriber's first state");
       // Published by another client: proves the server knows the subscription again.
       const other = new Client({ url: env.server });
       other.start();

@@ -341,6 +341,7 @@ fn lifecycle_sequence_runs_in_the_wasm_build() {
         delay < Duration::from_millis(2_000),
         "full jitter below base·2: {delay:?}"
     );
+    let next_attempt_at = next_attempt_at.expect("online: the attempt has a deadline");
     assert_eq!(conn.poll_timeout(), Some(next_attempt_at));
     conn.handle_input(next_attempt_at, Input::Timeout);
     assert!(drain(&mut conn)

@@ -91,6 +91,26 @@ impl RpcError {
     }
 }
 
+/// As the core's error type, for its envelope helpers.
+impl From<sockeye_core::RequestError> for RpcError {
+    fn from(error: sockeye_core::RequestError) -> Self {
+        RpcError {
+            code: error.code,
+            message: error.message,
+            data: error.data,
+        }
+    }
+}
+
+impl From<RpcError> for sockeye_core::RequestError {
+    fn from(error: RpcError) -> Self {
+        sockeye_core::RequestError {
+            data: error.data,
+            ..sockeye_core::RequestError::local(error.code, error.message)
+        }
+    }
+}
+
 /// The connection a request or message came from, handed to every handler.
 #[derive(Clone)]
 pub struct Context {

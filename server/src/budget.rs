@@ -189,7 +189,7 @@ pub(crate) const FREE_INBOUND: usize = 8 * 1024;
 pub(crate) const MAX_CONTINUED_FRAME: usize = 16 * 1024;
 
 /// Why a [`Metered`] read failed; the connection is closed with [`InboundRefused::close_code`].
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub(crate) enum InboundRefused {
     #[error("the server's inbound budget of {limit} bytes is spent")]
     BudgetSpent { limit: usize },
@@ -212,7 +212,7 @@ impl InboundRefused {
 /// Follows WebSocket frame headers (RFC 6455 §5.2) through the bytes read, to refuse large frames of a
 /// message sent in several frames: tungstenite reads each frame into one buffer, and after such a message
 /// keeps that buffer at the largest frame's size for the connection's life, with no message left whose
-/// holding would let it go (see `Conn::held`). Browsers and tungstenite clients send a message as one frame;
+/// holding would let it go (see `Shell::held` in shell.rs). Browsers and tungstenite clients send a message as one frame;
 /// clients that split messages use small frames. tungstenite itself checks everything else about frames.
 #[derive(Debug, Default)]
 struct FrameWatch {

@@ -1,13 +1,11 @@
-//! Entry points for fuzz targets: the server's per-connection input handling without sockets. Not a stable
-//! API: hidden from the docs, and it may change with the code it exercises.
+//! Entry points for fuzz targets: the server's per-connection protocol ([`crate::sim`], the same sessions as
+//! the tokio server) without sockets. Not a stable API: hidden from the docs, and it may change with the code
+//! it exercises.
 
-use std::sync::Arc;
+use sockeye_core::time::Instant;
 
-use tokio_tungstenite::tungstenite::Message;
-
-use crate::app::App;
-use crate::config::Config;
-use crate::server::Shared;
+use crate::sim::SimOutput;
+use crate::Server;
 
 /// One inbound WebSocket data message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,25 +28,44 @@ pub struct Outcome {
 /// starts from a new server. A panic here is a bug in the server.
 pub fn feed_frames(frames: &[Frame]) -> Outcome {
     thread_local! {
-        // Built-in `sleep` needs tokio's timer; one runtime per thread, reused across calls.
+        // The built-in `sleep` creates a tokio timer when first polled: one runtime per thread, reused.
         static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
             .expect("a current-thread runtime builds");
     }
-    let config = Config::default();
-    let ws_config = config.limits.websocket_config(config.fragment_threshold);
-    let shared = Arc::new(Shared::new(config, App::default(), ws_config, None, None));
-    let messages = frames
-        .iter()
-        .map(|frame| match frame {
-            Frame::Text(text) => Message::text(text.as_str()),
-            Frame::Binary(bytes) => Message::binary(bytes.clone()),
-        })
-        .collect();
-    let (frames_out, closed) = RUNTIME
-        .with(|runtime| runtime.block_on(async { crate::connection::feed(shared, messages) }));
-    Outcome { frames_out, closed }
+    let handle = RUNTIME.with(|runtime| runtime.handle().clone());
+    let _entered = handle.enter();
+    let mut server = Server::builder().simulate();
+    let now = Instant::ZERO;
+    let connection = server
+        .connect(now, None)
+        .expect("a new server takes connections");
+    let mut outcome = Outcome {
+        frames_out: 0,
+        closed: None,
+    };
+    let take = |server: &mut crate::sim::SimServer, outcome: &mut Outcome| {
+        while let Some(output) = server.poll_output(connection) {
+            match output {
+                SimOutput::Text(_) | SimOutput::Binary(_) => outcome.frames_out += 1,
+                SimOutput::Close { code, reason } => outcome.closed = Some((code.0, reason)),
+                SimOutput::PeerClosed | SimOutput::Gone => {}
+            }
+        }
+        server.is_open(connection)
+    };
+    take(&mut server, &mut outcome);
+    for frame in frames {
+        match frame {
+            Frame::Text(text) => server.handle_text(now, connection, text),
+            Frame::Binary(bytes) => server.handle_binary(now, connection, bytes),
+        }
+        if !take(&mut server, &mut outcome) {
+            break;
+        }
+    }
+    outcome
 }
 
 #[cfg(test)]

@@ -37,8 +37,8 @@ use tower_http::services::fs::ServeFileSystemResponseBody;
 use tower_http::services::ServeDir;
 
 use crate::budget::Metered;
-use crate::connection::{self, OriginRefused, Upgraded};
 use crate::server::{ConnControl, Shared};
+use crate::session::{OriginRefused, Upgraded};
 
 /// The subprotocol a Sockeye server echoes (PROTOCOL §1).
 pub use sockeye_core::SUBPROTOCOL;
@@ -152,7 +152,7 @@ pub(crate) async fn serve(
         Some(shared.ws_config),
     )
     .await;
-    connection::run(Arc::clone(&shared), ws, upgraded).await;
+    crate::shell::run(Arc::clone(&shared), ws, upgraded).await;
     drop(slot);
 }
 

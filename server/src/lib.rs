@@ -79,6 +79,14 @@
 //! - **Drain** ([`ServerHandle::drain`]): new upgrades get HTTP 503, open connections are closed at random
 //!   moments spread across the window (each slot of `window / n` gets one connection at a random moment).
 //!
+//! # Where things are
+//!
+//! Each connection's protocol is a sans-IO state machine (`session/`: `auth.rs` before `ready`, `dispatch.rs`
+//! for requests and messages, `topics.rs` for `sub`/`unsub`/`pub` and events, budgets and the heartbeat in
+//! `mod.rs`), driven by a tokio task (`shell.rs`) over tungstenite, or in memory and simulated time by
+//! [`sim`] (fuzzing and the tests crate's `Pair`). Topics live in `broker/` (embedded or Redis), the HTTP side
+//! (upgrade, static files, caps) in `http.rs`, byte budgets in `budget.rs` and `outbound.rs`.
+//!
 //! # Memory
 //!
 //! An idle connection holds tungstenite's small buffers ([`Limits::read_buffer_size`],
@@ -90,12 +98,15 @@ mod app;
 mod broker;
 mod budget;
 mod config;
-mod connection;
 #[doc(hidden)]
 pub mod fuzzing;
 mod http;
 mod outbound;
 mod server;
+mod session;
+mod shell;
+#[doc(hidden)]
+pub mod sim;
 
 pub use app::{Context, Identity, RpcError, TopicAccess};
 pub use config::{

@@ -7,8 +7,8 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use sockeye_core::codec::{Envelope, FragmentPlan, Fragmenter, KIND_COMPLETE};
-use tokio_tungstenite::tungstenite::{Bytes, Message};
 
 use crate::budget::{Budget, Charge};
 use crate::server::ConnControl;
@@ -55,6 +55,14 @@ impl Encoded {
     pub fn len(&self) -> usize {
         self.frame.len()
     }
+}
+
+/// One WebSocket data frame to write.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Frame {
+    /// A control word (`ready`, `pong`, `bye`).
+    Text(&'static str),
+    Binary(Bytes),
 }
 
 enum Out {
@@ -123,12 +131,12 @@ impl OutQueue {
 
     /// The next WebSocket message to write. A COMPLETE frame is the shared bytes (no copy); a FRAGMENT frame
     /// is built now from a slice of them.
-    pub fn pop(&mut self) -> Option<Message> {
+    pub fn pop(&mut self) -> Option<Frame> {
         let (message, finished) = match self.items.front_mut()? {
-            Out::Text(word) => (Message::text(*word), true),
+            Out::Text(word) => (Frame::Text(word), true),
             Out::Envelope {
                 fragments: None, ..
-            } => (Message::Binary(Bytes::new()), true),
+            } => (Frame::Binary(Bytes::new()), true),
             Out::Envelope {
                 encoded,
                 fragments: Some(plan),
@@ -137,7 +145,10 @@ impl OutQueue {
                     .next()
                     .expect("a plan leaves the queue with its last fragment");
                 let last = fragment.header.index + 1 == fragment.header.count;
-                (Message::binary(fragment.frame(encoded.envelope())), last)
+                (
+                    Frame::Binary(fragment.frame(encoded.envelope()).into()),
+                    last,
+                )
             }
         };
         if !finished {
@@ -157,7 +168,7 @@ impl OutQueue {
                     Ok(encoded) => encoded.frame,
                     Err(shared) => shared.frame.clone(),
                 };
-                Some(Message::Binary(frame))
+                Some(Frame::Binary(frame))
             }
             _ => Some(message),
         }
@@ -209,7 +220,7 @@ mod tests {
             let mut reassembler = Reassembler::new(ReassemblyLimits::default());
             let mut whole = None;
             while let Some(message) = queue.pop() {
-                let Message::Binary(frame) = message else {
+                let Frame::Binary(frame) = message else {
                     panic!("a binary frame")
                 };
                 assert!(frame.len() <= 10_000 + 9);
@@ -241,8 +252,8 @@ mod tests {
             assert!(budget.try_take(shared.len()));
             queue.push(Arc::clone(&shared)).expect("fits");
         }
-        assert!(matches!(queue.pop(), Some(Message::Text(t)) if t.as_str() == "ready"));
-        let Some(Message::Binary(frame)) = queue.pop() else {
+        assert_eq!(queue.pop(), Some(Frame::Text("ready")));
+        let Some(Frame::Binary(frame)) = queue.pop() else {
             panic!("a binary frame")
         };
         assert_eq!(frame.as_ptr(), shared.frame.as_ptr(), "no copy");

@@ -632,6 +632,14 @@ impl ServerBuilder {
         self
     }
 
+    /// The server in simulated time, without sockets: see [`crate::sim`]. Not a stable API.
+    #[doc(hidden)]
+    pub fn simulate(self) -> crate::sim::SimServer {
+        let ServerBuilder { config, app } = self;
+        let ws_config = config.limits.websocket_config(config.fragment_threshold);
+        crate::sim::SimServer::new(Shared::new(config, app, ws_config, None, None))
+    }
+
     /// Binds the listener and starts accepting connections.
     ///
     /// # Errors
@@ -1017,7 +1025,7 @@ fn far(start: tokio::time::Instant, offset: Duration) -> tokio::time::Instant {
 /// When each of `n` connections is closed: the window is cut into `n` equal slots, each slot gets one
 /// connection (in random order) at a uniformly random moment inside it. Every close is at a random moment,
 /// and the closes cover the whole window instead of clumping. Sorted by time.
-fn spread_schedule(n: usize, window: Duration, rng: &mut Rng) -> Vec<(usize, Duration)> {
+pub(crate) fn spread_schedule(n: usize, window: Duration, rng: &mut Rng) -> Vec<(usize, Duration)> {
     let mut order: Vec<usize> = (0..n).collect();
     // Fisher–Yates.
     for i in (1..n).rev() {

@@ -82,7 +82,9 @@ impl Fragmenter {
         envelope: &Envelope,
         emit: impl FnMut(Vec<u8>),
     ) -> Result<(), FragmentError> {
-        let mut frame = vec![KIND_COMPLETE];
+        // Sized for the whole envelope up front: from `vec![KIND_COMPLETE]`, every frame was a malloc and a realloc.
+        let mut frame = Vec::with_capacity(1 + envelope.size_hint());
+        frame.push(KIND_COMPLETE);
         envelope.encode_to(&mut frame);
         if self.fits(frame.len() - 1) {
             let mut emit = emit;

@@ -5,6 +5,7 @@
 use sockeye_core::codec::{Envelope, Payload};
 use sockeye_core::{
     CloseCode, Config, Connection, Event, Input, Instant, Output, SocketId, Status,
+    SubscriptionState,
 };
 
 pub struct Sim {
@@ -91,6 +92,12 @@ impl Sim {
         })
     }
 
+    /// Subscribes to `topic` and drains (the first subscriber's `pending` event, and the `sub` when ready).
+    pub fn subscribe(&mut self, topic: &str) -> Vec<Output> {
+        self.conn.subscribe(self.now, topic).expect("a valid topic");
+        self.drain()
+    }
+
     /// Start, open, `ready`.
     pub fn connect(&mut self) -> Vec<Output> {
         let mut outs = self.input(Input::Start);
@@ -162,10 +169,21 @@ pub fn describe(out: &Output) -> String {
             Ok(at) => format!("published:{}:{}#{}", id.0, at.ep, at.seq),
             Err(e) => format!("published:{}:{}", id.0, e.code),
         },
-        Output::Event(Event::Subscribed { topic }) => format!("subscribed:{topic}"),
-        Output::Event(Event::SubscribeFailed { topic, error }) => {
-            format!("subfail:{topic}:{}", error.code)
-        }
+        Output::Event(Event::SubscriptionChanged { topic, state }) => match state {
+            SubscriptionState::Failed(error) => format!("subfail:{topic}:{}", error.code),
+            SubscriptionState::Live => format!("subscribed:{topic}"),
+            SubscriptionState::Pending => format!("pending:{topic}"),
+        },
+        Output::Event(Event::Disconnected {
+            code,
+            will_reconnect,
+            ..
+        }) => format!(
+            "disconnected:{}{}",
+            code.0,
+            if *will_reconnect { "" } else { ":final" }
+        ),
+        Output::Event(Event::Reconnected) => "reconnected".into(),
         Output::Event(Event::Notice(e)) => format!("notice:{}", e.code),
         Output::Event(Event::Draining) => "draining".into(),
     }

@@ -615,7 +615,7 @@ impl Topics {
             return;
         };
         registry.subscriptions -= entry.subscribers.len();
-        tracing::info!(topic = %crate::connection::quoted(topic), ep, "topic epoch changed: its subscribers reconnect");
+        tracing::info!(topic = %crate::session::quoted(topic), ep, "topic epoch changed: its subscribers reconnect");
         for subscriber in entry.subscribers.into_values() {
             subscriber.control.request_close(
                 CloseCode::SERVICE_RESTART,

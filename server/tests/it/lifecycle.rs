@@ -1,4 +1,5 @@
-//! Drain, shutdown, heartbeat and slow subscribers.
+//! Drain, shutdown, heartbeat and slow subscribers, over sockets. Drain spreads, keepalive and heartbeat over
+//! silent or blackholed links are scenarios in simulated time (`tests/tests/pair.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,21 +12,19 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::common::*;
 
+/// A smoke test of the tokio shell and the HTTP layer; the spread of the closes and the clients' reconnections
+/// are scenarios of `tests/tests/pair.rs`, in simulated time.
 #[tokio::test]
-async fn drain_refuses_upgrades_and_closes_everyone_with_1001_spread_over_the_window() {
+async fn drain_says_bye_closes_with_1001_and_refuses_upgrades() {
     let server = Arc::new(start(Server::builder()).await);
-    let mut clients = Vec::new();
-    for _ in 0..10 {
-        clients.push(connect(&server).await);
-    }
-    let window = Duration::from_millis(2000);
-    let started = Instant::now();
+    let mut ws = connect(&server).await;
+    let mut options = DrainOptions::with_window(Duration::from_millis(300));
+    options.bye = true;
     let drain = {
         let server = Arc::clone(&server);
-        tokio::spawn(async move { server.drain(DrainOptions::with_window(window)).await })
+        tokio::spawn(async move { server.drain(options).await })
     };
     eventually("the drain has started", || server.is_draining()).await;
-
     // New upgrades get HTTP 503.
     match connect_with(&server.ws_url(), &[], true).await {
         Err(WsError::Http(response)) => assert_eq!(response.status(), 503),
@@ -34,53 +33,8 @@ async fn drain_refuses_upgrades_and_closes_everyone_with_1001_spread_over_the_wi
             other.map(|(_, r)| r.status())
         ),
     }
-
-    let readers: Vec<_> = clients
-        .into_iter()
-        .map(|mut ws| {
-            tokio::spawn(async move {
-                let (ending, _) = read_until_close(&mut ws).await;
-                (ending, started.elapsed())
-            })
-        })
-        .collect();
-    let mut times = Vec::new();
-    for reader in readers {
-        let (ending, at) = reader.await.expect("the reader finishes");
-        assert_eq!(ending, Ending::Close(1001, "Server draining".to_owned()));
-        times.push(at);
-    }
+    let texts = expect_close(&mut ws, 1001).await;
     let result = drain.await.expect("the drain finishes");
-    assert_eq!(
-        result,
-        DrainResult {
-            closed: 10,
-            remaining: 0,
-            timed_out: false
-        }
-    );
-
-    times.sort_unstable();
-    let (first, last) = (times[0], times[times.len() - 1]);
-    // Spread: one close per 200 ms slot, so first and last are at least a few slots apart (generous bound).
-    assert!(
-        last - first >= Duration::from_millis(600),
-        "closes not spread: {times:?}"
-    );
-    assert!(
-        last <= window + Duration::from_millis(1500),
-        "closes went past the window: {times:?}"
-    );
-    assert_eq!(server.stats().connections_open, 0);
-}
-
-#[tokio::test]
-async fn drain_can_say_bye_first() {
-    let server = start(Server::builder()).await;
-    let mut ws = connect(&server).await;
-    let mut options = DrainOptions::with_window(Duration::from_millis(100));
-    options.bye = true;
-    let (result, texts) = tokio::join!(server.drain(options), expect_close(&mut ws, 1001));
     assert_eq!(texts, ["bye"]);
     assert_eq!(
         result,
@@ -125,35 +79,6 @@ async fn shutdown_closes_everyone_with_1001_and_stops_listening() {
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "still listening after shutdown"
     );
-}
-
-#[tokio::test]
-async fn a_silent_connection_is_closed_with_4002_and_a_pinging_one_is_kept() {
-    let server = start(Server::builder().heartbeat(Some(Duration::from_millis(400)))).await;
-    let mut silent = connect(&server).await;
-    let mut pinging = connect(&server).await;
-    let started = Instant::now();
-    let keepalive = async {
-        for _ in 0..10 {
-            pinging
-                .send(Message::text("ping"))
-                .await
-                .expect("send ping");
-            expect_text(&mut pinging, "pong").await;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        pinging
-    };
-    let (texts, mut pinging) = tokio::join!(expect_close(&mut silent, 4002), keepalive);
-    assert!(texts.is_empty());
-    let waited = started.elapsed();
-    assert!(
-        waited >= Duration::from_millis(350),
-        "closed too early: {waited:?}"
-    );
-    // The pinging connection outlived several limits; once it goes quiet it is closed too.
-    assert_alive(&mut pinging, 1).await;
-    expect_close(&mut pinging, 4002).await;
 }
 
 #[tokio::test]

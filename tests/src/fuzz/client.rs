@@ -1,7 +1,7 @@
 //! The client core fed arbitrary server behaviour: frames, text, closes, stale events, time jumps and
 //! application commands, decoded from the fuzz input with `arbitrary`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use arbitrary::{Arbitrary, Unstructured};
 use sockeye_core::codec::{
@@ -9,7 +9,7 @@ use sockeye_core::codec::{
 };
 use sockeye_core::{
     CloseCode, Config, Connection, Duration, ErrorCode, Event, Input, Instant, Output, QueueLimits,
-    ReconnectConfig, RequestError, RequestId, SocketId, Status,
+    ReconnectConfig, RequestError, RequestId, SocketId, Status, SubscriptionState,
 };
 
 /// Topic names the inputs pick from: valid ones, a reserved one and an empty one (refused by `subscribe`).
@@ -228,7 +228,8 @@ struct Run {
     known_ids: Vec<u64>,
     issued: Vec<RequestId>,
     ended: BTreeMap<RequestId, u32>,
-    subscribed: BTreeSet<String>,
+    /// Subscribers per topic.
+    subscribed: BTreeMap<String, u32>,
     /// Server requests delivered to the application: (socket, id).
     inbound: Vec<(SocketId, u64)>,
 }
@@ -274,7 +275,7 @@ impl Run {
             known_ids: Vec::new(),
             issued: Vec::new(),
             ended: BTreeMap::new(),
-            subscribed: BTreeSet::new(),
+            subscribed: BTreeMap::new(),
             inbound: Vec::new(),
         }
     }
@@ -413,7 +414,9 @@ impl Run {
                 let topic = topic_of(topic);
                 match self.conn.subscribe(self.now, topic) {
                     Ok(added) => {
-                        assert_eq!(added, self.subscribed.insert(topic.to_owned()));
+                        let count = self.subscribed.entry(topic.to_owned()).or_default();
+                        *count += 1;
+                        assert_eq!(added, *count == 1);
                         self.drain();
                     }
                     Err(e) => assert_eq!(e.code(), ErrorCode::InvalidArgument),
@@ -422,7 +425,17 @@ impl Run {
             Op::Unsubscribe { topic } => {
                 let topic = topic_of(topic);
                 let removed = self.conn.unsubscribe(self.now, topic);
-                assert_eq!(removed, self.subscribed.remove(topic));
+                let counted = match self.subscribed.get_mut(topic) {
+                    Some(count) => {
+                        *count -= 1;
+                        if *count == 0 {
+                            self.subscribed.remove(topic);
+                        }
+                        true
+                    }
+                    None => false,
+                };
+                assert_eq!(removed, counted);
                 self.drain();
             }
             Op::Publish { topic, data } => {
@@ -687,17 +700,27 @@ impl Run {
                 assert!(self.open && socket == self.socket, "request on {socket:?}");
                 self.inbound.push((socket, id));
             }
+            Event::SubscriptionChanged {
+                topic,
+                state: SubscriptionState::Failed(_),
+            } => {
+                assert!(
+                    self.subscribed.remove(&topic).is_some(),
+                    "sub failed for {topic:?}"
+                );
+            }
             Event::TopicEvent { topic, .. }
-            | Event::Subscribed { topic }
+            | Event::SubscriptionChanged { topic, .. }
             | Event::TopicGap { topic, .. }
             | Event::TopicReset { topic, .. }
             | Event::TopicResumed { topic, .. } => {
-                assert!(self.subscribed.contains(&topic), "event for {topic:?}");
+                assert!(self.subscribed.contains_key(&topic), "event for {topic:?}");
             }
-            Event::SubscribeFailed { topic, .. } => {
-                assert!(self.subscribed.remove(&topic), "sub failed for {topic:?}");
-            }
-            Event::Message { .. } | Event::Notice(_) | Event::Draining => {}
+            Event::Message { .. }
+            | Event::Notice(_)
+            | Event::Draining
+            | Event::Disconnected { .. }
+            | Event::Reconnected => {}
         }
     }
 

@@ -1,0 +1,506 @@
+//! The browser shell around `sockeye_core::Connection`: one `WebSocket` at a time, one `setTimeout`, the page's
+//! `online`/`offline`/`visibilitychange`/`resume` events, and the application's callbacks and promises.
+//!
+//! Here: the state, the drain of the core's outputs, the one timer, and the commands that start and end it all.
+//! By concern beside it: `socket.rs` (the `WebSocket`), `page.rs` (page events feeding `Wake` and the network
+//! state), `requests.rs` (promises: requests, acknowledged publishes, `waitForStatus`), `subscriptions.rs`,
+//! `server_requests.rs` (the server's `req`s), `events.rs` (the core's events as application callbacks).
+//!
+//! # Borrow discipline (STYLE.md pitfall 3)
+//!
+//! All state sits in one `RefCell<State>`. A borrow is held only while the core is fed and drained and while
+//! browser objects the shell owns are touched (`WebSocket`, timers, listeners, settling promises — a promise's
+//! `resolve`/`reject` never runs application code synchronously). Anything that may run application code —
+//! lifecycle callbacks, subscription and message handlers, server-request handlers, `url(attempt)`,
+//! `getToken()` — is queued as an [`Action`] and run by [`Inner::dispatch`] after the borrow is released. A
+//! callback that calls back into the client (say, `request` from `onReady`) borrows afresh; its own actions join
+//! the same queue, so the application sees events in the order the core decided them.
+//!
+//! # Ownership
+//!
+//! The exported `Client` holds the only strong `Rc<Inner>`. Every closure handed to the browser (socket events,
+//! the timer, page listeners, abort signals, returned unsubscribe functions) holds a `Weak`, and the closures
+//! themselves are owned by the shell (`Socket`, `State::tick`, `Listeners`, `Abort`) and detached from their
+//! targets when dropped; nothing is `forget()`-ed. So `client.free()` (or the garbage collector: wasm-bindgen's
+//! glue registers every `Client` with a `FinalizationRegistry`) drops the state, which closes the socket and
+//! removes every listener and the timer. The unsubscribe functions handed to the application are the one
+//! exception to "owned by the shell": they are the application's (`into_js_value`, freed by the GC), and hold
+//! only a `Weak`, so they outlive the client harmlessly.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::{Rc, Weak};
+
+use js_sys::{Function, Object, Reflect, Uint8Array};
+use sockeye_core::handshake::{with_query_token, SUBPROTOCOL};
+use sockeye_core::{
+    CloseCode, Connection, DisconnectReason, ErrorCode, Event, Input, Instant, Output,
+    RequestError, RequestId, SocketId, Status, SubscriptionState, Transition,
+};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use web_sys::{AbortSignal, EventTarget, MessageEvent, WebSocket};
+
+mod events;
+mod page;
+mod requests;
+mod server_requests;
+mod socket;
+mod subscriptions;
+
+use page::*;
+pub(crate) use requests::Target;
+use requests::*;
+use socket::*;
+
+use crate::cbor;
+use crate::errors::{self, apply, apply_to, error, request_error, settle, Kind};
+use crate::options::{self, Hook, Lifecycle, Options, TopicCallbacks};
+
+#[wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(js_namespace = performance, js_name = now)]
+    fn performance_now() -> f64;
+    // Bound by hand rather than through gloo-timers (0.4), measured with scripts/size.sh on this shell: its
+    // `Timeout` (a `Closure::once` per arming, `unwrap_throw`) made the package 214 B larger gzipped (.wasm
+    // 48,432 → 48,629 B, glue 5,895 → 5,912 B), and gloo-timers is a `std` crate, which the `no_std` npm build
+    // cannot link. One `tick` closure, reused for every arming, is all the shell needs.
+    #[wasm_bindgen(js_name = setTimeout)]
+    fn set_timeout(handler: &Function, ms: f64) -> JsValue;
+    #[wasm_bindgen(js_name = clearTimeout)]
+    fn clear_timeout(handle: &JsValue);
+    #[wasm_bindgen(js_namespace = console, js_name = error)]
+    fn console_error(what: &str, error: &JsValue);
+    /// `window`, or `undefined` outside a page (a worker).
+    #[wasm_bindgen(thread_local_v2, js_name = window)]
+    static WINDOW: Option<JsValue>;
+}
+
+/// The shell's clock: `performance.now()` in whole milliseconds.
+pub(crate) fn now() -> Instant {
+    Instant::from_millis(performance_now() as u64)
+}
+
+/// Seed for the core's jitter generator: 64 bits from `Math.random`.
+pub(crate) fn seed() -> u64 {
+    let half = || (js_sys::Math::random() * 4_294_967_296.0) as u64;
+    (half() << 32) | half()
+}
+
+/// Work that may run application code: done by [`Inner::dispatch`] with no borrow held.
+enum Action {
+    /// `Output::OpenSocket`: resolve the URL and token (application code), then open the socket.
+    Open {
+        socket: SocketId,
+        attempt: u32,
+    },
+    Event(Event),
+    /// One callback for one listener (a new subscriber hears its topic's current state).
+    Call(Function, JsValue),
+}
+
+pub(crate) struct Inner {
+    state: RefCell<State>,
+    dispatching: Cell<bool>,
+    /// The client was freed: run no more application code.
+    dead: Cell<bool>,
+}
+
+struct State {
+    conn: Connection,
+    weak: Weak<Inner>,
+    url: JsValue,
+    token: JsValue,
+    lifecycle: Lifecycle,
+    /// Server-request handlers, one per method: `options.handlers` and `onRequest`. (Lists are `Vec`s
+    /// throughout, searched linearly: every `BTreeMap` instantiation costs the package ~5 KB of code, and these
+    /// lists are short; `requests` holds the requests in flight.)
+    handlers: Vec<Listener>,
+    /// Application work waiting for the borrow to end.
+    actions: VecDeque<Action>,
+    /// The current socket.
+    socket: Option<Socket>,
+    /// A socket the core asked for whose URL or token is still being resolved.
+    opening: Option<SocketId>,
+    /// The one timer, armed for the earliest deadline (the core's, or a `waitForStatus` timeout).
+    timer: Option<Timer>,
+    tick: Callback,
+    /// `online`/`offline`/`visibilitychange`/`resume`, attached by `start()`, removed by `close()`.
+    listeners: Option<Listeners>,
+    hidden: bool,
+    requests: Vec<Pending>,
+    topics: Vec<Listener>,
+    transitions: Vec<Listener>,
+    messages: Vec<Listener>,
+    waiters: Vec<Pending>,
+    next_id: u32,
+}
+
+struct Timer {
+    handle: JsValue,
+    at: Instant,
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        clear_timeout(&self.handle);
+    }
+}
+
+/// An application callback under a name: a topic (with its other callbacks), a message name, a server-request
+/// method, or none (transitions). One element type for the four lists: each distinct one costs the package its
+/// own copy of `Vec`'s code (~250 bytes gzipped each).
+struct Listener {
+    id: u32,
+    name: String,
+    f: Function,
+    callbacks: TopicCallbacks,
+}
+
+fn listener(id: u32, name: String, f: Function) -> Listener {
+    Listener {
+        id,
+        name,
+        f,
+        callbacks: TopicCallbacks::default(),
+    }
+}
+
+impl State {
+    /// Feeds one input and drains the core (the drain rule).
+    fn feed(&mut self, now: Instant, input: Input<'_>) {
+        self.conn.handle_input(now, input);
+        self.drain(now);
+    }
+
+    /// Acts on every output: socket work here, application work queued. Then arms the timer.
+    fn drain(&mut self, now: Instant) {
+        while let Some(output) = self.conn.poll_output() {
+            match output {
+                Output::OpenSocket { socket, attempt } => {
+                    self.socket = None;
+                    self.opening = Some(socket);
+                    self.actions.push_back(Action::Open { socket, attempt });
+                }
+                Output::CloseSocket {
+                    socket,
+                    code,
+                    reason,
+                } => {
+                    if self.opening == Some(socket) {
+                        self.opening = None;
+                    }
+                    if let Some(s) = self.socket.take_if(|s| s.id == socket) {
+                        close(&s.ws, code.0, &reason);
+                    }
+                }
+                Output::SendText(text) => {
+                    if let Some(s) = &self.socket {
+                        let _ = s.ws.send_with_str(text);
+                    }
+                }
+                Output::SendBinary(frame) => {
+                    if let Some(s) = &self.socket {
+                        let _ = s.ws.send_with_u8_array(&frame);
+                    }
+                }
+                Output::Event(event) => self.event(event),
+            }
+        }
+        self.arm(now);
+    }
+
+    /// Promises are settled here (that runs no application code); everything else is queued.
+    fn event(&mut self, event: Event) {
+        match event {
+            Event::Reply { id, result } => {
+                self.settle(id, result.map(|data| cbor::decode(data.as_ref())));
+            }
+            Event::Published { id, result } => {
+                let stored = result.map(|at| {
+                    let o = Object::new();
+                    set(&o, "ep", &at.ep.into());
+                    set(&o, "seq", &(at.seq as f64).into());
+                    o.into()
+                });
+                self.settle(id, stored);
+            }
+            Event::StateChanged(transition) => {
+                let name = transition.to.name();
+                self.waiters.retain(|w| {
+                    let reached = w.status == name;
+                    if reached {
+                        let _ = apply(&w.resolve, &[]);
+                    }
+                    !reached
+                });
+                self.actions
+                    .push_back(Action::Event(Event::StateChanged(transition)));
+            }
+            other => self.actions.push_back(Action::Event(other)),
+        }
+    }
+
+    /// Arms the one timer for the earliest deadline, replacing (and clearing) a timer for another one.
+    fn arm(&mut self, now: Instant) {
+        let waiter = self.waiters.iter().filter_map(|w| w.deadline).min();
+        let deadline = [self.conn.poll_timeout(), waiter]
+            .into_iter()
+            .flatten()
+            .min();
+        if self.timer.as_ref().map(|t| t.at) == deadline {
+            return;
+        }
+        self.timer = deadline.map(|at| {
+            let ms = at
+                .as_millis()
+                .saturating_sub(now.as_millis())
+                .min(i32::MAX as u64);
+            Timer {
+                handle: set_timeout(self.tick.as_ref().unchecked_ref(), ms as f64),
+                at,
+            }
+        });
+    }
+
+    fn next_id(&mut self) -> u32 {
+        self.next_id = self.next_id.wrapping_add(1);
+        self.next_id
+    }
+}
+
+impl Inner {
+    pub(crate) fn new(options: Options) -> Result<Rc<Inner>, JsValue> {
+        let Options {
+            config,
+            url,
+            token,
+            lifecycle,
+            handlers,
+        } = options;
+        let conn = Connection::new(config).map_err(|e| options::config_error(&e))?;
+        Ok(Rc::new_cyclic(|weak: &Weak<Inner>| {
+            let w = weak.clone();
+            let tick = callback(move |_| {
+                if let Some(inner) = w.upgrade() {
+                    inner.on_timer();
+                }
+            });
+            let mut state = State {
+                conn,
+                weak: weak.clone(),
+                url,
+                token,
+                lifecycle,
+                handlers: Vec::new(),
+                actions: VecDeque::new(),
+                socket: None,
+                opening: None,
+                timer: None,
+                tick,
+                listeners: None,
+                hidden: false,
+                requests: Vec::new(),
+                topics: Vec::new(),
+                transitions: Vec::new(),
+                messages: Vec::new(),
+                waiters: Vec::new(),
+                next_id: 0,
+            };
+            for pair in options::items(&handlers) {
+                let pair: js_sys::Array = pair.unchecked_into();
+                let id = state.next_id();
+                let method = pair.get(0).as_string().unwrap_or_default();
+                state
+                    .handlers
+                    .push(listener(id, method, pair.get(1).unchecked_into()));
+            }
+            Inner {
+                state: RefCell::new(state),
+                dispatching: Cell::new(false),
+                dead: Cell::new(false),
+            }
+        }))
+    }
+
+    /// Runs `f` on the state with the clock read once, drains the core, then runs queued application work.
+    fn with<R>(self: &Rc<Self>, f: impl FnOnce(&mut State, Instant) -> R) -> R {
+        let now = now();
+        let result = {
+            let mut st = self.state.borrow_mut();
+            let result = f(&mut st, now);
+            st.drain(now);
+            result
+        };
+        self.dispatch();
+        result
+    }
+
+    fn input(self: &Rc<Self>, input: Input<'_>) {
+        self.with(|st, now| st.feed(now, input));
+    }
+
+    /// Runs queued actions in order. Re-entrant calls (from a callback) only queue; the outermost loop runs.
+    fn dispatch(self: &Rc<Self>) {
+        if self.dispatching.replace(true) {
+            return;
+        }
+        loop {
+            let action = self.state.borrow_mut().actions.pop_front();
+            let Some(action) = action else { break };
+            if self.dead.get() {
+                continue;
+            }
+            match action {
+                Action::Open { socket, attempt } => self.open(socket, attempt),
+                Action::Event(event) => self.deliver(event),
+                Action::Call(f, arg) => self.call(&f, &[&arg]),
+            }
+        }
+        self.dispatching.set(false);
+    }
+
+    fn on_timer(self: &Rc<Self>) {
+        self.with(|st, now| {
+            st.timer = None;
+            st.feed(now, Input::Timeout);
+            st.waiters.retain(|w| {
+                let expired = w.deadline.is_some_and(|d| d <= now);
+                if expired {
+                    let message = ["status \"", &w.status, "\" not reached in time"].concat();
+                    let _ = apply(
+                        &w.reject,
+                        &[&error(Kind::Timeout, "DEADLINE_EXCEEDED", &message)],
+                    );
+                }
+                !expired
+            });
+        });
+    }
+
+    /// Calls an application callback, unless the client was freed meanwhile (by an earlier callback of the same
+    /// event).
+    fn call(&self, f: &Function, args: &[&JsValue]) {
+        if !self.dead.get() {
+            call(f, args);
+        }
+    }
+
+    pub(crate) fn start(self: &Rc<Self>) {
+        self.with(|st, now| {
+            if st.listeners.is_none() {
+                st.listeners = Listeners::attach(st.weak.clone());
+                st.hidden = page_hidden();
+            }
+            let online = window()
+                .is_none_or(|w| get(&get(&w, "navigator"), "onLine").as_bool() == Some(true));
+            st.feed(now, Input::NetworkChanged { online });
+            st.feed(now, Input::Start);
+        });
+    }
+
+    /// `close()`: stop the core (close 1000), then drop every listener and the timer.
+    pub(crate) fn close(self: &Rc<Self>) {
+        self.with(|st, now| {
+            st.feed(now, Input::Stop);
+            st.opening = None;
+            st.socket = None;
+            st.listeners = None;
+            st.reject_waiters("the client was closed");
+        });
+    }
+
+    /// The exported `Client` was freed: like `close()`, but no application callback runs any more, and every
+    /// callback the shell held is released.
+    pub(crate) fn shutdown(&self) {
+        self.dead.set(true);
+        let Ok(mut st) = self.state.try_borrow_mut() else {
+            return;
+        };
+        let now = now();
+        st.feed(now, Input::Stop);
+        st.actions.clear();
+        st.opening = None;
+        st.socket = None;
+        st.listeners = None;
+        st.reject_waiters("the client was freed");
+        st.requests.clear();
+        st.topics.clear();
+        st.transitions.clear();
+        st.messages.clear();
+        st.handlers.clear();
+        st.lifecycle = Lifecycle::default();
+        st.timer = None;
+    }
+
+    pub(crate) fn status(&self) -> &'static str {
+        self.state.borrow().conn.status().name()
+    }
+
+    /// A JS function that runs `undo` on the state; idempotent, a no-op once the client is gone. The function is
+    /// handed to JS (`into_js_value`): the GC frees it with its last reference.
+    fn unsubscriber(self: &Rc<Self>, undo: impl Fn(&mut State, Instant) + 'static) -> JsValue {
+        let weak = Rc::downgrade(self);
+        callback(move |_| {
+            if let Some(inner) = weak.upgrade() {
+                inner.with(|st, now| undo(st, now));
+            }
+        })
+        .into_js_value()
+    }
+}
+
+/// The one closure type the shell hands to the browser (each distinct closure type costs package size).
+type Callback = Closure<dyn FnMut(JsValue)>;
+
+fn callback(f: impl FnMut(JsValue) + 'static) -> Callback {
+    Closure::new(f)
+}
+
+/// The callbacks to call for one event, copied out so that none runs while the state is borrowed. (Into a JS array:
+/// a `Vec<Function>` would be one more `Vec` element type in the package.)
+fn snapshot<'a>(callbacks: impl Iterator<Item = &'a Function>) -> js_sys::Array {
+    let list = js_sys::Array::new();
+    for f in callbacks {
+        list.push(f);
+    }
+    list
+}
+
+/// `[ok, value]` from `settle`.
+fn outcome_parts(outcome: &JsValue) -> (bool, JsValue) {
+    let parts: &js_sys::Array = outcome.unchecked_ref();
+    (parts.get(0).as_bool() == Some(true), parts.get(1))
+}
+
+fn set(o: &Object, key: &str, value: &JsValue) {
+    let _ = Reflect::set(o, &key.into(), value);
+}
+
+/// `o[key]`; `undefined` when `o` is not an object.
+pub(crate) fn get(o: &JsValue, key: &str) -> JsValue {
+    if !o.is_object() {
+        return JsValue::UNDEFINED;
+    }
+    Reflect::get(o, &key.into()).unwrap_or(JsValue::UNDEFINED)
+}
+
+/// Calls an application callback; an exception is reported on the console and does not stop the client.
+fn call(f: &Function, args: &[&JsValue]) {
+    if let Err(e) = apply(f, args) {
+        console_error("sockeye: a callback threw", &e);
+    }
+}
+
+/// `prefix: message` for a thrown value: its `message` when it has one, else the value if it is a string.
+fn describe(prefix: &str, e: &JsValue) -> String {
+    let message = e
+        .as_string()
+        .or_else(|| get(e, "message").as_string())
+        .unwrap_or_else(|| "unknown error".into());
+    if prefix.is_empty() {
+        message
+    } else {
+        [prefix, ": ", &message].concat()
+    }
+}
