@@ -17,7 +17,7 @@
 # the user's, by import path. The web build is the default because it works everywhere without a plugin.
 #
 # Profile: `--profile wasm-release` (the workspace's [profile.wasm-release]: opt-level "z", LTO, codegen-units 1,
-# panic abort, strip) plus wasm-opt -Oz with the arguments in client-wasm/Cargo.toml
+# panic abort, strip) without the crate's default `std` feature (`no_std` + `alloc`, a panic traps: bench/SIZE.md) plus wasm-opt -Oz with the arguments in client-wasm/Cargo.toml
 # [package.metadata.wasm-pack.profile.custom]; wasm-opt is binaryen's, found on PATH. That was the smallest of
 # the builds measured (see client-wasm/README.md "Package size"; scripts/size.sh prints the figures).
 #
@@ -44,8 +44,9 @@ fail() {
 # wasm_pack TARGET DIR: one wasm-pack build into DIR (relative to the repository root), error classes re-exported.
 wasm_pack() {
     local target="$1" dir="$2"
+    # `--no-default-features`: the crate without `std` (no_std + alloc, a panic traps; client-wasm/Cargo.toml).
     local args=(build client-wasm --target "$target" --out-dir "${dir#client-wasm/}" --out-name sockeye
-        --profile wasm-release)
+        --profile wasm-release --no-default-features)
     echo "==> wasm-pack ${args[*]}"
     rm -rf "$dir"
     wasm-pack "${args[@]}"

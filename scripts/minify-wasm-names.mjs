@@ -6,7 +6,10 @@
 // Why: wasm-bindgen names every import `__wbg_<name>_<16 hex digits>`. The hashes cannot be compressed, and each
 // name is stored twice (the .wasm's import section, the glue's import object or exports): 1.6 KB of the gzipped
 // package for 44 imports; the exports' long names (`client_subscribeToTransitions`, `__wbindgen_malloc`, read as
-// `wasm.NAME` by the glue) another 0.35 KB. Emscripten's optimized builds minify these names the same way.
+// `wasm.NAME` by the glue) another 0.35 KB. Emscripten's optimized builds minify these names the same way. In the
+// `--target web` build, whose glue hands the imports over as one object keyed by module name, the module names
+// (`./sockeye_bg.js`, `./snippets/<crate>-<hash>/js/errors.js`, repeated for every import) become `a`, `b`, … too:
+// 0.14 KB. The `bundler` build keeps them: there they are the paths of the ES modules the bundler resolves.
 //
 // Only the import and export sections of the .wasm change; every other section is copied byte for byte. In the
 // glue, each old import name is replaced where it stands as a whole identifier and each export where it is read as
@@ -21,6 +24,7 @@ if (!dir) throw new Error("usage: node scripts/minify-wasm-names.mjs DIR");
 const wasmFile = readdirSync(dir).find((f) => f.endsWith(".wasm"));
 const glueFiles = readdirSync(dir).filter((f) => f.endsWith(".js"));
 const wasm = readFileSync(path.join(dir, wasmFile));
+const glue = Object.fromEntries(glueFiles.map((f) => [f, readFileSync(path.join(dir, f), "utf8")]));
 
 function leb(bytes, pos) {
   let value = 0;
@@ -49,6 +53,10 @@ const encode = (s) => new TextEncoder().encode(s);
 const GLUE_MODULE = `./${wasmFile.replace(/\.wasm$/, ".js")}`;
 // Short names no identifier in the glue uses: `$` followed by base-36 digits.
 const shortName = (i) => `$${i.toString(36)}`;
+// A module name as a key of the web glue's imports object (`"./sockeye_bg.js": import0,`).
+const moduleKey = (name) => new RegExp(`"${name.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&")}":`, "g");
+const webGlue = Object.values(glue).some((text) => moduleKey(GLUE_MODULE).test(text));
+const moduleRenames = new Map();
 
 let pos = 8;
 const parts = [wasm.subarray(0, 8)];
@@ -93,9 +101,12 @@ while (pos < wasm.length) {
   for (let i = 0; i < count; i++) {
     let len;
     [len, p] = leb(wasm, p);
-    const module = wasm.subarray(p - toLeb(len).length, p + len);
     const moduleName = utf8.decode(wasm.subarray(p, p + len));
     p += len;
+    if (webGlue && !moduleRenames.has(moduleName)) {
+      moduleRenames.set(moduleName, String.fromCharCode(97 + moduleRenames.size));
+    }
+    const module = encode(webGlue ? moduleRenames.get(moduleName) : moduleName);
     [len, p] = leb(wasm, p);
     const name = utf8.decode(wasm.subarray(p, p + len));
     p += len;
@@ -114,7 +125,7 @@ while (pos < wasm.length) {
     const own = moduleName === GLUE_MODULE;
     if (own && !renames.has(name)) renames.set(name, shortName(renames.size));
     const newName = encode(own ? renames.get(name) : name);
-    body.push(...module, ...toLeb(newName.length), ...newName);
+    body.push(...toLeb(module.length), ...module, ...toLeb(newName.length), ...newName);
     body.push(...wasm.subarray(descStart, p));
   }
   if (p !== end) throw new Error("import section not read to its end");
@@ -122,7 +133,13 @@ while (pos < wasm.length) {
   pos = end;
 }
 
-const glue = Object.fromEntries(glueFiles.map((f) => [f, readFileSync(path.join(dir, f), "utf8")]));
+for (const [old, name] of moduleRenames) {
+  let found = false;
+  for (const file of Object.keys(glue)) {
+    glue[file] = glue[file].replace(moduleKey(old), () => ((found = true), `"${name}":`));
+  }
+  if (!found) throw new Error(`module ${old} is not a key of the imports object in the glue of ${dir}`);
+}
 // `name` standing as a whole identifier (not part of a longer one).
 const word = (name) => new RegExp(`(?<![\\w$])${name.replace(/\$/g, "\\$")}(?![\\w$])`, "g");
 for (const name of renames.values()) {
@@ -161,4 +178,6 @@ for (const file of Object.keys(glue)) {
 for (const [file, text] of Object.entries(typings)) writeFileSync(path.join(dir, file), text);
 writeFileSync(path.join(dir, wasmFile), Buffer.concat(parts));
 for (const [file, text] of Object.entries(glue)) writeFileSync(path.join(dir, file), text);
-console.log(`${dir}: ${renames.size} imports and ${exportRenames.size} exports renamed`);
+console.log(
+  `${dir}: ${renames.size} imports, ${exportRenames.size} exports and ${moduleRenames.size} import modules renamed`,
+);

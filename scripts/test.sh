@@ -4,11 +4,11 @@
 #   scripts/test.sh
 #
 # Installs what is missing (scripts/install.sh), then runs, stopping at the first failure:
-#   fmt, clippy, cargo test (host), the core built for wasm32, the crates as crates.io would get them
-#   (`cargo publish --dry-run`), two reference servers on free loopback ports, the browser tests (headless
-#   Chromium through wasm-bindgen-test-runner + chromedriver), the npm package `@sockeye/client` (built, packed,
-#   installed in a scratch project, imported and type-checked), the demo page (tests/e2e, playwright-core) and the
-#   package against a scripted server (tests/e2e/liveness.test.mjs, the DevTools protocol).
+#   fmt, clippy, cargo test (host), the core and the browser crate linted for wasm32 without std, the crates as
+#   crates.io would get them (`cargo publish --dry-run`), two reference servers on free loopback ports, the browser
+#   tests (headless Chromium through wasm-bindgen-test-runner + chromedriver), the npm package `@sockeye/client`
+#   (built, packed, installed in a scratch project, imported and type-checked), the demo page (tests/e2e,
+#   playwright-core) and the package against a scripted server (tests/e2e/liveness.test.mjs, the DevTools protocol).
 # Every section prints a header and its time; a summary of all section times ends the run, pass or fail.
 # Logs of the reference server go to target/sockeye-test/.
 set -euo pipefail
@@ -237,8 +237,9 @@ run_section "cargo fmt --all -- --check" cargo fmt --all -- --check
 run_section "cargo clippy --workspace --all-targets -- -D warnings" \
     cargo clippy --workspace --all-targets -- -D warnings
 run_section "cargo test --workspace" cargo test --workspace
-run_section "cargo build -p sockeye-core --target wasm32-unknown-unknown --no-default-features" \
-    cargo build -p sockeye-core --target wasm32-unknown-unknown --no-default-features
+# The crates as the npm package builds them: without `std` (no_std + alloc; the host builds above keep std).
+run_section "cargo clippy -p sockeye-core -p sockeye-wasm --target wasm32-unknown-unknown --no-default-features" \
+    cargo clippy -p sockeye-core -p sockeye-wasm --target wasm32-unknown-unknown --no-default-features -- -D warnings
 run_section "crates: cargo publish --dry-run (sockeye-core, sockeye-server, sockeye)" crate_packages
 run_section "start reference servers (sockeye-server --addr 127.0.0.1:0, open and with --token)" start_test_servers
 run_section "browser tests: cargo test -p sockeye-wasm --target wasm32-unknown-unknown (headless Chrome)" browser_tests

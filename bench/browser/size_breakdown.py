@@ -26,7 +26,7 @@ import sys
 import tempfile
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-OPT = ["-Oz", "--flatten", "--rereloop", "--merge-blocks", "-Oz", "--low-memory-unused", "--converge",
+OPT = ["-Oz", "--flatten", "--rereloop", "--merge-blocks", "-Oz", "-Oz", "--low-memory-unused", "--converge",
        "--enable-bulk-memory", "--enable-multivalue", "--enable-mutable-globals",
        "--enable-nontrapping-float-to-int", "--enable-reference-types", "--enable-sign-ext"]
 
@@ -115,7 +115,7 @@ END = "<!-- size_breakdown.py: end -->"
 AREAS = [
     (r"^client-core/src/codec/", "sockeye-core: wire codec (envelope, CBOR walk, frames, fragments)"),
     (r"^client-core/", "sockeye-core: connection state machine (requests, queue, topics, backoff, config)"),
-    (r"^client-wasm/src/shell\.rs", "sockeye-wasm: shell (socket, timer, callbacks, promises)"),
+    (r"^client-wasm/src/shell(\.rs|/)", "sockeye-wasm: shell (socket, timer, callbacks, promises)"),
     (r"^client-wasm/", "sockeye-wasm: exports, errors, options, payload glue"),
     (r"^std/(alloc|core)/src/(vec|raw_vec|collections|ptr|boxed|rc|string|slice|str|alloc|borrow)",
      "std: generic collections and drop glue, instantiated per type"),
@@ -154,8 +154,9 @@ def main():
 
     env = dict(os.environ, CARGO_TARGET_DIR=os.path.join(ROOT, "target/size-breakdown"),
                CARGO_PROFILE_WASM_RELEASE_DEBUG="line-tables-only", CARGO_PROFILE_WASM_RELEASE_STRIP="none")
+    # As scripts/build-npm.sh builds it: without `std`.
     run("cargo", "build", "-q", "-p", "sockeye-wasm", "--lib", "--target", "wasm32-unknown-unknown",
-        "--profile", "wasm-release", env=env, capture=False)
+        "--profile", "wasm-release", "--no-default-features", env=env, capture=False)
     rustc_wasm = os.path.join(env["CARGO_TARGET_DIR"], "wasm32-unknown-unknown/wasm-release/sockeye_wasm.wasm")
     with tempfile.TemporaryDirectory() as tmp:
         run("wasm-bindgen", "--target", "web", "--out-dir", tmp, "--out-name", "sockeye", rustc_wasm)

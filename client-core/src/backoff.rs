@@ -36,7 +36,8 @@ impl Rng {
 /// cryptographic source; jitter needs none. The browser seeds from `Math.random` instead.
 ///
 /// The core never calls this: its decisions use [`Config::seed`](crate::Config::seed), so every run is
-/// reproducible. It lives here so that every shell seeds the same way.
+/// reproducible. It lives here so that every shell seeds the same way. Needs the `std` feature.
+#[cfg(feature = "std")]
 #[allow(
     clippy::disallowed_methods,
     clippy::disallowed_types,
@@ -144,6 +145,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "std")]
     fn entropy_seeds_differ_between_calls() {
         let seeds: std::collections::BTreeSet<u64> = (0..8).map(|_| entropy_seed()).collect();
         assert_eq!(seeds.len(), 8);

@@ -1,7 +1,8 @@
 //! The connection: one state machine a shell drives with `handle_*` and drains with `poll_*`.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+use alloc::collections::VecDeque;
+use alloc::sync::Arc;
+use alloc::{borrow::ToOwned, string::String, vec::Vec};
 
 use core::fmt;
 
@@ -186,8 +187,8 @@ impl SendError {
                 .num(n(limits.max_bytes))
                 .str(" bytes at most)")
                 .into(),
-            SendError::TooLarge(e) => ["message too large: ", &e.message()].concat(),
-            SendError::InvalidTopic(e) => ["invalid topic: ", &e.message()].concat(),
+            SendError::TooLarge(e) => String::from("message too large: ") + &e.message(),
+            SendError::InvalidTopic(e) => String::from("invalid topic: ") + &e.message(),
         }
     }
 }
@@ -198,7 +199,7 @@ impl fmt::Display for SendError {
     }
 }
 
-impl std::error::Error for SendError {}
+impl core::error::Error for SendError {}
 
 /// The Sockeye client connection as a pure state machine.
 ///
@@ -502,7 +503,7 @@ impl Connection {
                 // A broken reply to one of our requests ends that request now rather than at its deadline.
                 if let (Some("res" | "err"), Some(id)) = (error.t, error.id) {
                     let message =
-                        ["the server's reply is malformed: ", &error.kind.message()].concat();
+                        String::from("the server's reply is malformed: ") + &error.kind.message();
                     self.complete(
                         id,
                         Err(RequestError::local(ErrorCode::InvalidArgument, message)),

@@ -1,5 +1,6 @@
 //! The protocol's vocabulary for failures: error codes (PROTOCOL §4) and close codes (§6).
 
+use alloc::{borrow::ToOwned, string::String};
 use core::fmt;
 
 /// An error code as carried in an `err` envelope's `code` (PROTOCOL §4).
@@ -141,16 +142,16 @@ const CUT_MARK: &str = "…";
 /// `text` cut to at most `max` bytes on a character boundary, ending in `…` when cut (peers choose names and
 /// reasons of up to a whole message; nothing quotes them at that size). `max` below the mark's 3 bytes gives
 /// an empty text when cut.
-pub fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+pub fn clip(text: &str, max: usize) -> alloc::borrow::Cow<'_, str> {
     if text.len() <= max {
-        return std::borrow::Cow::Borrowed(text);
+        return alloc::borrow::Cow::Borrowed(text);
     }
     let mut owned = String::with_capacity(max);
     owned.push_str(&text[..boundary_at_most(text, max.saturating_sub(CUT_MARK.len()))]);
     if max >= CUT_MARK.len() {
         owned.push_str(CUT_MARK);
     }
-    std::borrow::Cow::Owned(owned)
+    alloc::borrow::Cow::Owned(owned)
 }
 
 fn clip_in_place(text: &mut String, max: usize) {
@@ -257,7 +258,10 @@ mod tests {
 
     #[test]
     fn clip_borrows_what_fits_and_marks_what_it_cuts() {
-        assert!(matches!(clip("abc", 3), std::borrow::Cow::Borrowed("abc")));
+        assert!(matches!(
+            clip("abc", 3),
+            alloc::borrow::Cow::Borrowed("abc")
+        ));
         assert_eq!(clip("abcdef", 5), "ab…");
         assert_eq!(clip("ééé", 4), "…");
         assert_eq!(clip("abcdef", 2), "");

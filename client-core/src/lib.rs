@@ -79,6 +79,17 @@
 //!
 //! Never on input from the network: every decoder returns a typed error that maps to the close code or `err`
 //! reply PROTOCOL.md names.
+//!
+//! # Features
+//!
+//! `std` (default): [`entropy_seed`]. Without it the crate is `no_std` and needs only `alloc` (the browser
+//! package builds it so). `serde` (default): typed payloads, [`Payload::encode`](codec::Payload::encode) and
+//! [`Payload::decode`](codec::Payload::decode).
+
+// Tests (unit tests here, with or without `std`) keep the standard library and its prelude.
+#![cfg_attr(not(any(feature = "std", test)), no_std)]
+
+extern crate alloc;
 
 mod backoff;
 pub mod codec;
@@ -95,7 +106,9 @@ mod text;
 pub mod time;
 mod topics;
 
-pub use backoff::{cap_ms as backoff_cap_ms, delay as backoff_delay, entropy_seed, Rng};
+#[cfg(feature = "std")]
+pub use backoff::entropy_seed;
+pub use backoff::{cap_ms as backoff_cap_ms, delay as backoff_delay, Rng};
 pub use config::{Config, ConfigError, QueueLimits, ReconnectConfig};
 pub use connection::{Connection, Event, Input, Output, SendError, SocketId};
 pub use error::{CloseCode, CloseReason, ErrorCode};

@@ -5,6 +5,8 @@
 //! the socket (`link.take()`) means no field can be forgotten when a connection ends, and none can disagree
 //! with the socket it belongs to: the states without a socket (`reconnecting`, `disconnected`) have no `Link`.
 
+use alloc::{borrow::ToOwned, string::String, vec::Vec};
+
 use crate::codec::{Reassembler, ReassemblyLimits};
 use crate::connection::SocketId;
 use crate::time::Instant;

@@ -2,6 +2,8 @@
 //! and the reference server build their `res`/`err` envelopes and their `UNIMPLEMENTED` answer here, so the
 //! wire spelling cannot drift between the shells and the server.
 
+use alloc::string::String;
+
 use crate::codec::{Envelope, Payload};
 use crate::error::{clip, ErrorCode, MAX_QUOTED_NAME};
 use crate::requests::RequestError;

@@ -1,7 +1,8 @@
 //! Request correlation: ids, the pending table, and per-request deadlines counted from issue time.
 
+use alloc::collections::VecDeque;
+use alloc::{string::String, vec::Vec};
 use core::fmt;
-use std::collections::VecDeque;
 
 use crate::codec::Payload;
 use crate::error::ErrorCode;
@@ -58,7 +59,7 @@ impl fmt::Display for RequestError {
     }
 }
 
-impl std::error::Error for RequestError {}
+impl core::error::Error for RequestError {}
 
 /// Where a pending request is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,5 +1,6 @@
 //! The client's lifecycle states (PROTOCOL §7) and the close-code policy (§6).
 
+use alloc::{borrow::ToOwned, string::String};
 use core::fmt;
 
 use crate::error::CloseCode;

@@ -11,7 +11,8 @@
 //! and [`Event::TopicResumed`] (nothing lost). A server without §9 (no `d` in its `sub` reply) never names an
 //! epoch: its events pass through unchecked, as before.
 
-use std::sync::Arc;
+use alloc::sync::Arc;
+use alloc::{borrow::ToOwned, string::String, vec::Vec};
 
 use crate::codec::{Payload, SubAck, TopicPosition};
 use crate::connection::{Event, SocketId};
@@ -161,7 +162,7 @@ impl Topics {
             .position
             .as_ref()?;
         Some(TopicPosition {
-            ep: ep.to_string(),
+            ep: String::from(&**ep),
             seq: *seq,
         })
     }

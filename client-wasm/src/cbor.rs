@@ -7,6 +7,8 @@
 //! What JS hands back is checked again here (`Payload::from_cbor`: one well-formed item within `MAX_DEPTH`)
 //! before the core sees it; decoding only ever gets payloads the core has checked.
 
+use alloc::vec::Vec;
+
 use sockeye_core::codec::Payload;
 use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::JsValue;

@@ -7,8 +7,16 @@
 //!
 //! The JS API (`Client`) is documented in `README.md` and typed by the `.d.ts` sections below; payloads are
 //! converted by `cbor.rs` (no serde in this build).
+//!
+//! The npm package is built without the default `std` feature: `no_std` + `alloc`, and a panic is a trap
+//! (`panic_handler` below). Tests and host builds keep std.
 
-use std::rc::Rc;
+#![cfg_attr(not(feature = "std"), no_std)]
+
+extern crate alloc;
+
+use alloc::rc::Rc;
+use alloc::string::String;
 
 use js_sys::{Function, Promise};
 use wasm_bindgen::prelude::*;
@@ -390,7 +398,8 @@ impl Client {
         if !ack.is_undefined() && ack.as_bool().is_none() {
             return Err(type_error("publish options.ack must be a boolean"));
         }
-        if ack.is_truthy() {
+        // `as_bool`, not `is_truthy`: one JS import fewer (`ack` is a boolean or undefined here).
+        if ack.as_bool() == Some(true) {
             return Ok(self.awaited(Target::Publish(topic), &data, &options).into());
         }
         let payload = cbor::encode(&data)?;
@@ -453,7 +462,7 @@ impl Drop for Client {
 
 fn callback(v: JsValue, name: &str) -> Result<Function, JsValue> {
     v.dyn_into::<Function>()
-        .map_err(|_| type_error(&[name, " must be a function"].concat()))
+        .map_err(|_| type_error(&(String::from(name) + " must be a function")))
 }
 
 /// The heap: Talc instead of the standard library's dlmalloc, which costs the package ~8 KB of code where Talc
@@ -462,6 +471,16 @@ fn callback(v: JsValue, name: &str) -> Result<Function, JsValue> {
 #[cfg(all(not(target_feature = "atomics"), target_family = "wasm"))]
 #[global_allocator]
 static TALC: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+
+/// Without std (the npm build) a panic traps at once. std's hook would format the message and location first,
+/// with nowhere to print them on wasm32-unknown-unknown, and then trap the same way (bench/SIZE.md: the code that
+/// costs). Nothing the network sends panics (see sockeye-core), so this is a bug's path only; it surfaces in JS as
+/// a `RuntimeError: unreachable` thrown from the call that hit it, as before.
+#[cfg(all(not(feature = "std"), target_arch = "wasm32"))]
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo) -> ! {
+    core::arch::wasm32::unreachable()
+}
 
 #[cfg(test)]
 mod tests {

@@ -3,6 +3,8 @@
 //! option (anything invalid throws a `TypeError` naming it, e.g. `options.reconnect.maxAttempts must be a
 //! positive integer, null or Infinity`); the core checks their combination (`Config::validate`).
 
+use alloc::string::String;
+
 use js_sys::{Array, Function};
 use sockeye_core::{Config, ConfigError, Duration};
 use wasm_bindgen::prelude::wasm_bindgen;
@@ -158,7 +160,7 @@ pub(crate) fn config_error(e: &ConfigError) -> JsValue {
         "must not exceed reconnect.max_delay" => "must not exceed reconnect.maxDelayMs",
         other => other,
     };
-    type_error(&["options.", option, " ", problem].concat())
+    type_error(&(String::from("options.") + option + " " + problem))
 }
 
 /// The items of a JS array, read by index. (`Array::iter` needs an import of its own.)

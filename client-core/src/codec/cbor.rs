@@ -14,6 +14,7 @@
 
 use super::envelope::MAX_DEPTH;
 use crate::text::{n, Text};
+use alloc::{string::String, vec::Vec};
 
 /// Major type 0: unsigned integer.
 pub const MAJOR_UINT: u8 = 0;

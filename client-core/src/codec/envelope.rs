@@ -7,6 +7,9 @@
 //!
 //! The rules it applies where PROTOCOL §4 leaves a choice are listed in the `codec` module docs.
 
+#[cfg(feature = "serde")]
+use alloc::string::ToString;
+use alloc::{borrow::ToOwned, string::String, vec, vec::Vec};
 use core::fmt;
 
 use super::cbor::{self, Arg, WalkError, MAJOR_MAP, MAJOR_TEXT, MAJOR_UINT};
@@ -283,7 +286,7 @@ impl fmt::Display for InvalidTopic {
     }
 }
 
-impl std::error::Error for InvalidTopic {}
+impl core::error::Error for InvalidTopic {}
 
 impl Payload {
     /// Wraps encoded CBOR after checking it is exactly one well-formed item no deeper than [`MAX_DEPTH`].
@@ -387,7 +390,7 @@ impl fmt::Display for PayloadError {
     }
 }
 
-impl std::error::Error for PayloadError {}
+impl core::error::Error for PayloadError {}
 
 impl Envelope {
     /// Encodes the envelope as its CBOR map (no frame kind byte).
@@ -955,7 +958,7 @@ impl fmt::Display for EnvelopeError {
     }
 }
 
-impl std::error::Error for EnvelopeError {}
+impl core::error::Error for EnvelopeError {}
 
 #[cfg(test)]
 mod tests {

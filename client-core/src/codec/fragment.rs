@@ -1,7 +1,8 @@
 //! Splitting large envelopes into FRAGMENT frames, and putting them back together within limits
 //! (PROTOCOL §3).
 
-use std::borrow::Cow;
+use alloc::borrow::Cow;
+use alloc::{string::String, vec::Vec};
 
 use super::envelope::Envelope;
 use super::frame::{FragmentHeader, Frame, ProtocolViolation, FRAGMENT_HEADER_LEN, KIND_COMPLETE};
@@ -44,7 +45,7 @@ impl fmt::Display for FragmentError {
     }
 }
 
-impl std::error::Error for FragmentError {}
+impl core::error::Error for FragmentError {}
 
 /// Turns envelopes into binary WebSocket messages: one COMPLETE frame, or FRAGMENT frames when the encoded
 /// envelope is larger than the threshold.

@@ -5,6 +5,7 @@
 //! | `0x00` COMPLETE | the CBOR envelope |
 //! | `0x01` FRAGMENT | `msg_id: u32 BE`, `index: u16 BE`, `count: u16 BE`, chunk bytes |
 
+use alloc::{string::String, vec::Vec};
 use core::fmt;
 
 use crate::error::CloseCode;
@@ -223,7 +224,7 @@ impl fmt::Display for ProtocolViolation {
     }
 }
 
-impl std::error::Error for ProtocolViolation {}
+impl core::error::Error for ProtocolViolation {}
 
 #[cfg(test)]
 pub(crate) mod tests {

@@ -149,7 +149,7 @@ impl Inner {
             } => {
                 let removed: Vec<Listener> = {
                     let mut st = self.state.borrow_mut();
-                    let (gone, kept) = std::mem::take(&mut st.topics)
+                    let (gone, kept) = core::mem::take(&mut st.topics)
                         .into_iter()
                         .partition(|l| l.name == topic);
                     st.topics = kept;

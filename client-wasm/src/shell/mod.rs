@@ -27,9 +27,12 @@
 //! exception to "owned by the shell": they are the application's (`into_js_value`, freed by the GC), and hold
 //! only a `Weak`, so they outlive the client harmlessly.
 
-use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
-use std::rc::{Rc, Weak};
+use alloc::borrow::ToOwned;
+use alloc::collections::VecDeque;
+use alloc::rc::{Rc, Weak};
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::cell::{Cell, RefCell};
 
 use js_sys::{Function, Object, Reflect, Uint8Array};
 use sockeye_core::handshake::{with_query_token, SUBPROTOCOL};
@@ -367,7 +370,7 @@ impl Inner {
             st.waiters.retain(|w| {
                 let expired = w.deadline.is_some_and(|d| d <= now);
                 if expired {
-                    let message = ["status \"", &w.status, "\" not reached in time"].concat();
+                    let message = String::from("status \"") + &w.status + "\" not reached in time";
                     let _ = apply(
                         &w.reject,
                         &[&error(Kind::Timeout, "DEADLINE_EXCEEDED", &message)],
@@ -501,6 +504,6 @@ fn describe(prefix: &str, e: &JsValue) -> String {
     if prefix.is_empty() {
         message
     } else {
-        [prefix, ": ", &message].concat()
+        String::from(prefix) + ": " + &message
     }
 }
