@@ -109,6 +109,10 @@ impl Requests {
 
     /// Where `id` is in `pending`: `Ok(index)` when pending, else `Err(insertion point)`.
     fn find(&self, id: u64) -> Result<usize, usize> {
+        // Replies mostly arrive in issue order: the oldest request is the likeliest.
+        if self.pending.first().is_some_and(|p| p.id == id) {
+            return Ok(0);
+        }
         self.pending.binary_search_by_key(&id, |p| p.id)
     }
 

@@ -11,6 +11,7 @@ use sockeye_core::{Config, Connection, QueueLimits, Status};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
+use crate::calls::Calls;
 use crate::client::{Client, Inner};
 use crate::driver::{Driver, DEFAULT_WRITE_BACKLOG};
 use crate::handlers::{self, Handlers};
@@ -368,18 +369,21 @@ impl ClientBuilder {
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
         let (status_tx, status_rx) = watch::channel(Status::Disconnected { reason: None });
         let handlers = Arc::new(self.handlers);
-        let driver = Driver::new(
+        let calls = Arc::new(Calls::default());
+        let driver = Box::new(Driver::new(
             conn,
             Arc::new(transport),
             Arc::clone(&handlers),
             commands_rx,
+            Arc::clone(&calls),
             status_tx,
             self.max_write_backlog,
-        );
+        ));
         runtime.spawn(driver.run().instrument(span));
         Ok(Client {
             inner: Arc::new(Inner {
                 commands: commands_tx,
+                calls,
                 status: status_rx,
                 handlers,
                 next_key: AtomicU64::new(1),

@@ -7,7 +7,7 @@
 //! connect, close, retry, ping or fail a request is the core's decision; the driver only performs it.
 
 use std::cell::Cell;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -31,9 +31,9 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tracing::{debug, info, trace, warn};
 
-use crate::client::Command;
+use crate::calls::{CallRequest, Calls, Outcome, Target};
+use crate::client::{Command, Control};
 use crate::handlers::Handlers;
-use crate::requests::{ReplyTo, Target};
 use crate::streams::{ClientEvent, Feed, Listener, Message, Weigh};
 use crate::subscriptions::{RawItem, SubscriptionState};
 use crate::transport::{ConnectError, Transport, WsStream};
@@ -47,6 +47,12 @@ pub(crate) const DEFAULT_WRITE_BACKLOG: usize = 4 << 20;
 const MAX_TIMEOUT_ROUNDS: usize = 16;
 /// Commands and frames taken per wake-up before what they produced is written (see [`Driver::gather`]).
 const GATHER_ROUNDS: usize = 256;
+/// Bytes waiting past which a batch is written without waiting for more (see [`Writer::batching`]).
+const BATCH_BYTES: usize = 64 * 1024;
+/// Call ids kept allocated while no call is in flight (see [`Driver::end_call`]).
+const KEPT_CALL_IDS: usize = 256;
+/// Yields per batch while answered requesters are still issuing their next requests (see [`Driver::run`]).
+const MAX_BATCH_YIELDS: usize = 64;
 /// Stands in for deadlines too far away to represent.
 const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
 
@@ -76,6 +82,14 @@ impl Writer {
         !self.out.is_empty() || self.unflushed
     }
 
+    /// Frames wait, none fed yet, and too few bytes to be worth a write of their own: worth waiting for more
+    /// (see [`Driver::run`]). Past [`BATCH_BYTES`] a write's fixed cost is small beside its copying, and
+    /// holding back more only delays the peer and grows the heap (with 16 KiB requests, waiting for all 64
+    /// cost a third more CPU per request, much of it in page faults).
+    fn batching(&self) -> bool {
+        !self.out.is_empty() && !self.unflushed && self.out_bytes < BATCH_BYTES
+    }
+
     /// Feeds every waiting frame, then flushes once (PERF.md: one syscall for a batch).
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
         while !self.out.is_empty() {
@@ -99,11 +113,6 @@ struct Response {
     socket: SocketId,
     id: u64,
     result: Result<Option<Payload>, RequestError>,
-}
-
-struct PendingRequest {
-    key: u64,
-    reply: ReplyTo,
 }
 
 /// What woke the loop.
@@ -152,8 +161,13 @@ pub(crate) struct Driver {
     arming: Option<Arming>,
     /// The deadline last handled, to never re-arm for a past instant in a loop.
     last_timeout: Option<CoreInstant>,
-    requests: BTreeMap<RequestId, PendingRequest>,
-    request_keys: HashMap<u64, RequestId>,
+    /// The calls' slots, shared with the client's handles.
+    calls: Arc<Calls>,
+    /// The calls issued to the core and not ended, as (core id, slot key), in id order: ids are issued in
+    /// increasing order and mostly end in it, so both ends of the deque do the work.
+    in_flight: VecDeque<(RequestId, usize)>,
+    /// The core id of each slot key in `in_flight` (slot keys are small and reused): finds a cancelled call.
+    call_ids: Vec<Option<RequestId>>,
     topics: BTreeMap<String, Vec<TopicFeed>>,
     incoming: BTreeMap<u64, Feed<Message>>,
     transitions: BTreeMap<u64, Feed<Transition>>,
@@ -161,8 +175,9 @@ pub(crate) struct Driver {
     stopped: bool,
     /// The clock reading of this wake-up, see [`Driver::now`].
     clock: Cell<Option<CoreInstant>>,
-    /// Requesters answered since the last yield: how many tasks may be about to issue a request.
-    replies_woken: usize,
+    /// Requesters answered and not yet heard from again: how many tasks may be about to issue a request
+    /// (see the batching in [`Driver::run`]).
+    awaited: usize,
 }
 
 impl Driver {
@@ -171,6 +186,7 @@ impl Driver {
         transport: Arc<Transport>,
         handlers: Arc<Handlers>,
         commands: mpsc::UnboundedReceiver<Command>,
+        calls: Arc<Calls>,
         status: watch::Sender<Status>,
         max_backlog: usize,
     ) -> Self {
@@ -193,15 +209,16 @@ impl Driver {
             armed: None,
             arming: None,
             last_timeout: None,
-            requests: BTreeMap::new(),
-            request_keys: HashMap::new(),
+            calls,
+            in_flight: VecDeque::new(),
+            call_ids: Vec::new(),
             topics: BTreeMap::new(),
             incoming: BTreeMap::new(),
             transitions: BTreeMap::new(),
             events: BTreeMap::new(),
             stopped: false,
             clock: Cell::new(None),
-            replies_woken: 0,
+            awaited: 0,
         }
     }
 
@@ -225,7 +242,9 @@ impl Driver {
         self.drain();
     }
 
-    pub async fn run(mut self) {
+    /// Boxed: an `async fn` keeps its by-value argument and the local it becomes as two copies in its future
+    /// (2 712 bytes for a 1 240-byte driver), paid by every client; a box is copied instead.
+    pub async fn run(mut self: Box<Self>) {
         // Commands issued before the task first ran (a `transitions()` stream, a `subscribe`) apply before the
         // first attempt, so they see it from its start.
         while let Ok(command) = self.commands.try_recv() {
@@ -245,20 +264,25 @@ impl Driver {
             if self.stopped {
                 break;
             }
-            if self.replies_woken > 1
-                && self
-                    .writer
-                    .as_ref()
-                    .is_some_and(|w| !w.out.is_empty() && !w.unflushed)
-            {
-                // Frames wait, none fed yet, and several requesters were just answered: let them run first
-                // (each often issues its next request at once), then take what they sent, so the whole round
-                // goes out in one flush. One yield per batch, not per frame; none for a lone request, whose
-                // latency it would only add to.
-                self.replies_woken = 0;
-                tokio::task::yield_now().await;
-                self.clock.set(None);
-                self.gather();
+            if self.awaited > 0 && self.writer.as_ref().is_some_and(Writer::batching) {
+                // Frames wait, none fed yet, and requesters answered since the last write have not all issued
+                // their next request: let them run first (each often issues one at once), then take what
+                // they sent, so the whole round goes out in one flush. A requester's command wakes this task
+                // before the others have run (tokio runs the task it woke next), which ends a yield early:
+                // yield again while that brings new commands and some answered requesters are still
+                // missing. None for a lone request, whose latency it would only add to.
+                for _ in 0..MAX_BATCH_YIELDS {
+                    tokio::task::yield_now().await;
+                    self.clock.set(None);
+                    if !self.gather()
+                        || self.stopped
+                        || self.awaited == 0
+                        || !self.writer.as_ref().is_some_and(Writer::batching)
+                    {
+                        break;
+                    }
+                }
+                self.awaited = 0;
                 if self.stopped {
                     break;
                 }
@@ -290,7 +314,7 @@ impl Driver {
                 Wake::Timer => self.handle_timer(),
                 Wake::Reaped => {}
             }
-            self.gather();
+            let _ = self.gather();
         }
         // By reference: the task's future would otherwise hold a second copy of the driver's space.
         self.shutdown().await;
@@ -313,10 +337,12 @@ impl Driver {
     /// Takes every command and inbound frame that is already waiting (up to [`GATHER_ROUNDS`] of each), so
     /// the frames they produce are fed to the socket together and flushed once: one `sendto` for a batch of
     /// requests or replies instead of one each (issue 14, PERF.md: 1.41 M vs 0.23 M round trips/s).
-    fn gather(&mut self) {
+    /// Returns whether it took anything.
+    fn gather(&mut self) -> bool {
+        let mut took = false;
         for _ in 0..GATHER_ROUNDS {
             if self.stopped {
-                return;
+                return took;
             }
             let mut progressed = false;
             if self.held.is_empty() && self.accepting() {
@@ -327,7 +353,7 @@ impl Driver {
                     }
                     Err(mpsc::error::TryRecvError::Disconnected) => {
                         self.on_command(None);
-                        return;
+                        return took;
                     }
                     Err(mpsc::error::TryRecvError::Empty) => {}
                 }
@@ -339,9 +365,11 @@ impl Driver {
                 }
             }
             if !progressed {
-                return;
+                return took;
             }
+            took = true;
         }
+        took
     }
 
     /// False while the write backlog is at or above its bound.
@@ -351,10 +379,15 @@ impl Driver {
             .is_none_or(|w| w.out_bytes < self.max_backlog)
     }
 
-    /// Arms the one timer for the core's earliest deadline; an unchanged deadline is left alone.
+    /// Arms the one timer for the core's earliest deadline. A timer armed at or before it is left alone: waking
+    /// early is harmless (the core checks what is due), and the earliest request deadline moves with every
+    /// reply, so re-arming for a later one cost a timer update and two clock reads per wake-up at 64 B.
     fn arm_timer(&mut self) {
         let wanted = self.conn.poll_timeout();
-        if wanted == self.armed {
+        if self
+            .armed
+            .is_some_and(|armed| wanted.is_none_or(|wanted| armed <= wanted))
+        {
             return;
         }
         self.armed = wanted;
@@ -398,26 +431,17 @@ impl Driver {
     fn handle_command(&mut self, command: Command) {
         let now = self.now();
         match command {
-            Command::Send { name, data, ack } => {
-                let result = self.conn.send(now, &name, data).map_err(Error::from);
-                self.drain();
-                let _ = ack.send(result);
-            }
-            Command::Publish { topic, data, ack } => {
-                let result = self.conn.publish(now, &topic, data).map_err(Error::from);
-                self.drain();
-                let _ = ack.send(result);
-            }
-            Command::Call {
-                key,
-                target,
-                data,
-                timeout,
-                reply,
-            } => {
-                if reply.is_closed() {
+            Command::Call { key } => {
+                // An answered requester is back (or a new one came): one fewer to wait for before writing.
+                self.awaited = self.awaited.saturating_sub(1);
+                let Some(CallRequest {
+                    target,
+                    data,
+                    timeout,
+                }) = self.calls.take_request(key)
+                else {
                     return; // dropped before the driver saw it; its Cancel follows
-                }
+                };
                 let issued = match &target {
                     Target::Method(method) => self.conn.request(now, method, data, timeout),
                     Target::Publish(topic) => self.conn.publish_acked(now, topic, data, timeout),
@@ -425,21 +449,46 @@ impl Driver {
                 match issued {
                     Ok(id) => {
                         trace!(id = id.0, "request issued");
-                        self.requests.insert(id, PendingRequest { key, reply });
-                        self.request_keys.insert(key, id);
+                        self.track_call(id, key);
                     }
-                    Err(e) => reply.fail(e.into()),
+                    Err(e) => self.calls.complete(key, Err(e.into())),
                 }
                 self.drain();
             }
             Command::Cancel { key } => {
-                if let Some(id) = self.request_keys.remove(&key) {
+                if let Some(id) = self.call_ids.get_mut(key).and_then(Option::take) {
                     trace!(id = id.0, "request cancelled by drop");
                     self.conn.cancel(now, id);
                     self.drain();
                 }
+                self.calls.release(key);
             }
-            Command::Subscribe {
+            Command::Control(control) => self.handle_control(now, *control),
+            Command::Unlisten { key } => {
+                self.incoming.remove(&key);
+                self.transitions.remove(&key);
+                self.events.remove(&key);
+            }
+            Command::Close => {
+                debug!("closed by the application");
+                self.stop();
+            }
+        }
+    }
+
+    fn handle_control(&mut self, now: CoreInstant, control: Control) {
+        match control {
+            Control::Send { name, data, ack } => {
+                let result = self.conn.send(now, &name, data).map_err(Error::from);
+                self.drain();
+                let _ = ack.send(result);
+            }
+            Control::Publish { topic, data, ack } => {
+                let result = self.conn.publish(now, &topic, data).map_err(Error::from);
+                self.drain();
+                let _ = ack.send(result);
+            }
+            Control::Subscribe {
                 topic,
                 key,
                 feed,
@@ -461,7 +510,7 @@ impl Driver {
                     .push(TopicFeed { key, feed, state });
                 self.drain();
             }
-            Command::Unsubscribe { topic, key } => {
+            Control::Unsubscribe { topic, key } => {
                 let Some(feeds) = self.topics.get_mut(&topic) else {
                     return;
                 };
@@ -475,7 +524,7 @@ impl Driver {
                 self.conn.unsubscribe(now, &topic);
                 self.drain();
             }
-            Command::Listen { key, listener } => match listener {
+            Control::Listen { key, listener } => match listener {
                 Listener::Incoming(feed) => {
                     self.incoming.insert(key, feed);
                 }
@@ -486,15 +535,6 @@ impl Driver {
                     self.events.insert(key, feed);
                 }
             },
-            Command::Unlisten { key } => {
-                self.incoming.remove(&key);
-                self.transitions.remove(&key);
-                self.events.remove(&key);
-            }
-            Command::Close => {
-                debug!("closed by the application");
-                self.stop();
-            }
         }
     }
 
@@ -743,22 +783,10 @@ impl Driver {
                 self.hand_to_subscribers(&topic, || RawItem::Resumed { replayed });
             }
             Event::Reply { id, result } => {
-                if let Some(PendingRequest {
-                    reply: ReplyTo::Call(reply),
-                    ..
-                }) = self.end_request(id)
-                {
-                    let _ = reply.send(result.map_err(Error::from));
-                }
+                self.end_call(id, result.map(Outcome::Reply).map_err(Error::from))
             }
             Event::Published { id, result } => {
-                if let Some(PendingRequest {
-                    reply: ReplyTo::Publish(reply),
-                    ..
-                }) = self.end_request(id)
-                {
-                    let _ = reply.send(result.map_err(Error::from));
-                }
+                self.end_call(id, result.map(Outcome::Position).map_err(Error::from))
             }
             Event::Request {
                 socket,
@@ -835,14 +863,36 @@ impl Driver {
         }
     }
 
-    /// A request or acknowledged publish ended: forget it. (The core decides each id's kind, so the event
-    /// always matches the stored [`ReplyTo`].)
-    fn end_request(&mut self, id: RequestId) -> Option<PendingRequest> {
-        let pending = self.requests.remove(&id)?;
-        self.request_keys.remove(&pending.key);
-        // Either kind wakes a requester that may send at once: counts towards the batching yield above.
-        self.replies_woken += 1;
-        Some(pending)
+    /// A call was issued to the core as `id`.
+    fn track_call(&mut self, id: RequestId, key: usize) {
+        // Ids increase, so this appends; kept sorted whatever the core does.
+        let at = self.in_flight.partition_point(|&(i, _)| i < id);
+        self.in_flight.insert(at, (id, key));
+        if self.call_ids.len() <= key {
+            self.call_ids.resize(key + 1, None);
+        }
+        self.call_ids[key] = Some(id);
+    }
+
+    /// A request or acknowledged publish ended: hand its outcome to its future, and forget it.
+    fn end_call(&mut self, id: RequestId, result: Result<Outcome, Error>) {
+        let Ok(at) = self.in_flight.binary_search_by_key(&id, |&(i, _)| i) else {
+            return;
+        };
+        let Some((_, key)) = self.in_flight.remove(at) else {
+            return;
+        };
+        if let Some(slot) = self.call_ids.get_mut(key) {
+            *slot = None;
+        }
+        if self.in_flight.is_empty() && self.call_ids.capacity() > KEPT_CALL_IDS {
+            // Every entry is `None` now; a burst of calls keeps no memory past its end.
+            self.call_ids = Vec::new();
+            self.in_flight.shrink_to_fit();
+        }
+        self.calls.complete(key, result);
+        // Either kind wakes a requester that may send at once: counts towards the batching in `run`.
+        self.awaited += 1;
     }
 
     /// A server `req`: run its handler as a task, or let the core give its `UNIMPLEMENTED` answer.
@@ -890,8 +940,8 @@ impl Driver {
         self.serving.abort_all();
         self.handlers.clear();
         self.retire_socket();
-        // Requests the core still holds (none after `Stop`) end with their senders: `Error::Closed`.
-        self.requests.clear();
+        // Calls the core still holds (none after `Stop`) end with `Error::Closed` when the driver is dropped.
+        self.in_flight.clear();
         self.topics.clear();
         self.incoming.clear();
         self.transitions.clear();
@@ -907,6 +957,14 @@ impl Driver {
 /// Hands `item` to every listener stream in `feeds`, forgetting those whose stream is gone.
 fn broadcast<T: Weigh + Clone>(feeds: &mut BTreeMap<u64, Feed<T>>, item: &T) {
     feeds.retain(|_, feed| feed.deliver(Ok(item.clone())));
+}
+
+impl Drop for Driver {
+    /// However the task ends (closed, every handle dropped, aborted with its runtime), every call still
+    /// waiting fails with [`Error::Closed`] and no new one can wait forever.
+    fn drop(&mut self) {
+        self.calls.close();
+    }
 }
 
 /// When the one timer was armed, on the monotonic and the wall clock, and the wait it asked for.

@@ -82,6 +82,7 @@
 //! Nothing in this crate panics on input from the network.
 
 mod builder;
+mod calls;
 mod client;
 mod driver;
 mod error;

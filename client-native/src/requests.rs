@@ -11,47 +11,12 @@ use serde::de::DeserializeOwned;
 use sockeye_core::codec::{Payload, TopicPosition};
 use tokio::sync::oneshot;
 
+use crate::calls::{CallRequest, Outcome, Target};
 use crate::client::{Client, Command};
 use crate::handlers::decode_optional;
 #[cfg(doc)]
 use crate::ClientBuilder;
 use crate::Error;
-
-/// What a [`Command::Call`] asks for.
-pub(crate) enum Target {
-    /// A request calling this method.
-    Method(String),
-    /// An acknowledged publish to this topic.
-    Publish(String),
-}
-
-/// Where the outcome of a [`Command::Call`] goes: a request's reply, or an acknowledged publish's position.
-pub(crate) enum ReplyTo {
-    Call(oneshot::Sender<Result<Option<Payload>, Error>>),
-    Publish(oneshot::Sender<Result<TopicPosition, Error>>),
-}
-
-impl ReplyTo {
-    /// The application stopped waiting (its future was dropped).
-    pub fn is_closed(&self) -> bool {
-        match self {
-            ReplyTo::Call(tx) => tx.is_closed(),
-            ReplyTo::Publish(tx) => tx.is_closed(),
-        }
-    }
-
-    /// Ends the call with `error` (a dropped future hears nothing).
-    pub fn fail(self, error: Error) {
-        match self {
-            ReplyTo::Call(tx) => {
-                let _ = tx.send(Err(error));
-            }
-            ReplyTo::Publish(tx) => {
-                let _ = tx.send(Err(error));
-            }
-        }
-    }
-}
 
 /// The future of [`Client::send`] and [`Client::publish`]: resolves once the connection accepted the message
 /// (sent or queued).
@@ -86,7 +51,9 @@ impl Future for SendFuture {
 pub(crate) trait Issue: Sized {
     /// What the call's `target` names (a method, or a topic to publish to).
     fn target(target: String) -> Target;
-    fn reply_to(reply: oneshot::Sender<Result<Self, Error>>) -> ReplyTo;
+    /// This call's kind of outcome; the core decides each call's kind from its target, so the other kind
+    /// never arrives.
+    fn from_outcome(outcome: Outcome) -> Option<Self>;
 }
 
 impl Issue for Option<Payload> {
@@ -94,8 +61,11 @@ impl Issue for Option<Payload> {
         Target::Method(method)
     }
 
-    fn reply_to(reply: oneshot::Sender<Result<Self, Error>>) -> ReplyTo {
-        ReplyTo::Call(reply)
+    fn from_outcome(outcome: Outcome) -> Option<Self> {
+        match outcome {
+            Outcome::Reply(data) => Some(data),
+            Outcome::Position(_) => None,
+        }
     }
 }
 
@@ -104,20 +74,23 @@ impl Issue for TopicPosition {
         Target::Publish(topic)
     }
 
-    fn reply_to(reply: oneshot::Sender<Result<Self, Error>>) -> ReplyTo {
-        ReplyTo::Publish(reply)
+    fn from_outcome(outcome: Outcome) -> Option<Self> {
+        match outcome {
+            Outcome::Position(position) => Some(position),
+            Outcome::Reply(_) => None,
+        }
     }
 }
 
-enum CallState<R> {
+enum CallState {
     Unsent {
         target: String,
         data: Result<Option<Payload>, Error>,
         timeout: Option<Duration>,
     },
+    /// Issued: its slot in [`Calls`].
     Sent {
-        key: u64,
-        rx: oneshot::Receiver<Result<R, Error>>,
+        key: usize,
     },
     Done,
 }
@@ -126,7 +99,8 @@ enum CallState<R> {
 /// deadline, cancelled when dropped before it ends.
 pub(crate) struct Call<R> {
     client: Client,
-    state: CallState<R>,
+    state: CallState,
+    _outcome: PhantomData<fn() -> R>,
 }
 
 impl<R: Issue> Call<R> {
@@ -138,6 +112,7 @@ impl<R: Issue> Call<R> {
                 data,
                 timeout: None,
             },
+            _outcome: PhantomData,
         }
     }
 
@@ -150,58 +125,63 @@ impl<R: Issue> Call<R> {
     fn describe(&self) -> String {
         match &self.state {
             CallState::Unsent { target, .. } => format!("unsent {target:?}"),
-            CallState::Sent { key, .. } => format!("pending #{key}"),
+            CallState::Sent { key } => format!("pending #{key}"),
             CallState::Done => "done".to_owned(),
         }
     }
 
     fn poll_reply(&mut self, cx: &mut Context<'_>) -> Poll<Result<R, Error>> {
-        match std::mem::replace(&mut self.state, CallState::Done) {
+        let calls = &self.client.inner.calls;
+        let key = match std::mem::replace(&mut self.state, CallState::Done) {
             CallState::Unsent {
                 target,
                 data,
                 timeout,
             } => {
-                let data = match data {
-                    Ok(data) => data,
-                    Err(e) => return Poll::Ready(Err(e)),
-                };
-                let key = self.client.key();
-                let (reply, rx) = oneshot::channel();
-                let command = Command::Call {
-                    key,
+                let request = CallRequest {
                     target: R::target(target),
-                    data,
+                    data: data?,
                     timeout,
-                    reply: R::reply_to(reply),
                 };
-                if let Err(e) = self.client.submit(command) {
+                let key = calls.issue(request, cx.waker())?;
+                if let Err(e) = self.client.submit(Command::Call { key }) {
+                    calls.forget(key);
                     return Poll::Ready(Err(e));
                 }
-                self.state = CallState::Sent { key, rx };
+                // Just issued: the driver cannot have answered before this poll returns `Pending`, and it
+                // wakes the waker the slot holds.
+                self.state = CallState::Sent { key };
+                return Poll::Pending;
             }
-            other => self.state = other,
+            CallState::Sent { key } => key,
+            CallState::Done => {
+                return Poll::Ready(Err(Error::Cancelled {
+                    message: "polled after completion".into(),
+                }))
+            }
+        };
+        match calls.poll(key, cx) {
+            Poll::Pending => {
+                self.state = CallState::Sent { key };
+                Poll::Pending
+            }
+            Poll::Ready(result) => Poll::Ready(result.and_then(|outcome| {
+                R::from_outcome(outcome).ok_or_else(|| Error::Cancelled {
+                    message: "the call ended with another kind of outcome".into(),
+                })
+            })),
         }
-        let CallState::Sent { rx, .. } = &mut self.state else {
-            return Poll::Ready(Err(Error::Cancelled {
-                message: "polled after completion".into(),
-            }));
-        };
-        let result = match Pin::new(rx).poll(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Ok(result)) => result,
-            Poll::Ready(Err(_)) => Err(Error::Closed),
-        };
-        self.state = CallState::Done;
-        Poll::Ready(result)
     }
 }
 
 impl<R> Drop for Call<R> {
     fn drop(&mut self) {
-        if let CallState::Sent { key, .. } = self.state {
-            // Cancelled by drop. A closed client has nothing left to cancel.
-            let _ = self.client.inner.commands.send(Command::Cancel { key });
+        if let CallState::Sent { key } = self.state {
+            // Cancelled by drop; the driver frees the key once it has handled the cancel. A closed client has
+            // nothing left to cancel.
+            if self.client.inner.calls.abandon(key) {
+                let _ = self.client.inner.commands.send(Command::Cancel { key });
+            }
         }
     }
 }

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use sockeye_core::codec::Payload;
 use tokio::sync::{mpsc, watch};
 
-use crate::client::Command;
+use crate::client::{Command, Control};
 use crate::handlers::decode_optional;
 use crate::streams::Tap;
 #[cfg(doc)]
@@ -274,9 +274,9 @@ impl<T: DeserializeOwned> Stream for Subscription<T> {
 
 impl<T> Drop for Subscription<T> {
     fn drop(&mut self) {
-        let _ = self.commands.send(Command::Unsubscribe {
+        let _ = self.commands.send(Command::from(Control::Unsubscribe {
             topic: std::mem::take(&mut self.topic),
             key: self.key,
-        });
+        }));
     }
 }
