@@ -31,7 +31,9 @@ use crate::broker::{self, Answer, Event, Subscriber};
 use crate::budget::{InboundRefused, Metered, FREE_INBOUND};
 use crate::outbound::Frame;
 use crate::server::{ConnControl, Counters, Shared};
-use crate::session::{BrokerCommand, Ending, Inbound, Output, ReadError, Session, Task, Upgraded};
+use crate::session::{
+    Action, BrokerCommand, Ending, Inbound, Output, ReadError, Session, Task, Upgraded,
+};
 
 type Ws = WebSocketStream<Metered<TcpStream>>;
 
@@ -235,6 +237,16 @@ impl Shell {
             Some(Err(error)) => Inbound::Failed(read_error(error)),
         };
         self.session.handle_inbound(self.now, inbound);
+        while let Some(action) = self.session.poll_action() {
+            self.act(action);
+        }
+    }
+
+    fn act(&mut self, action: Action) {
+        match action {
+            Action::Spawn(task) => self.inflight.push(task),
+            Action::Broker(command) => self.broker(command),
+        }
     }
 
     /// Takes the tasks that have finished out of `inflight` and hands their results over. Inbound frames are
@@ -284,8 +296,7 @@ impl Shell {
             match self.session.poll_output() {
                 None => return Ok(None),
                 Some(Output::Frame(frame)) => ws.start_send_unpin(message(frame))?,
-                Some(Output::Spawn(task)) => self.inflight.push(task),
-                Some(Output::Broker(command)) => self.broker(command),
+                Some(Output::Action(action)) => self.act(action),
                 Some(Output::End(ending)) => return Ok(Some(ending)),
             }
         }
@@ -355,8 +366,7 @@ impl Shell {
         self.session.discard_frames();
         while let Some(output) = self.session.poll_output() {
             match output {
-                Output::Spawn(task) => self.inflight.push(task),
-                Output::Broker(command) => self.broker(command),
+                Output::Action(action) => self.act(action),
                 Output::Frame(_) => {}
                 Output::End(ending) => return ending,
             }

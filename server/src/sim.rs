@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use crate::broker::{self, Answer, Event, Subscriber};
 use crate::outbound::Frame;
 use crate::server::{spread_schedule, CloseRequest, ConnControl, Shared};
-use crate::session::{Ending, Inbound, Output, Session, Task, Upgraded};
+use crate::session::{Action, Ending, Inbound, Output, Session, Task, Upgraded};
 use crate::{PublishError, Stats};
 
 /// What a simulated connection's server side does, pulled with [`SimServer::poll_output`].
@@ -131,6 +131,31 @@ impl SimConnection {
         // Most handlers finish on their first poll.
         self.gather(now);
     }
+
+    /// Starts a task, or hands a broker command over (an answer the broker has at once goes straight back).
+    fn act(&mut self, now: Instant, shared: &Arc<Shared>, connection: u64, action: Action) {
+        match action {
+            Action::Spawn(task) => self.start(now, task),
+            Action::Broker(command) => {
+                let SimConnection {
+                    control, events, ..
+                } = &mut *self;
+                let capacity = shared.config.limits.outbound_queue;
+                let answer = broker::execute(shared, connection, command, || {
+                    let (sender, _) = events.get_or_insert_with(|| mpsc::channel(capacity));
+                    Subscriber {
+                        events: sender.clone(),
+                        control: Arc::clone(control),
+                    }
+                });
+                match answer {
+                    Answer::Now(done) => self.session.handle_done(now, done),
+                    Answer::Later(task) => self.start(now, task),
+                    Answer::Nothing => {}
+                }
+            }
+        }
+    }
 }
 
 /// One server's sessions in simulated time. Connection ids are the server's own.
@@ -226,6 +251,9 @@ impl SimServer {
         if let Some(conn) = self.connections.get_mut(&connection) {
             conn.gather(now);
             conn.session.handle_inbound(now, inbound);
+            while let Some(action) = conn.session.poll_action() {
+                conn.act(now, &self.shared, connection, action);
+            }
             lock(&self.woken).insert(connection);
             self.file_deadline(connection);
         }
@@ -274,27 +302,8 @@ impl SimServer {
             let output = match output {
                 Output::Frame(Frame::Text(word)) => SimOutput::Text(word),
                 Output::Frame(Frame::Binary(bytes)) => SimOutput::Binary(bytes.to_vec()),
-                Output::Spawn(task) => {
-                    conn.start(now, task);
-                    continue;
-                }
-                Output::Broker(command) => {
-                    let SimConnection {
-                        control, events, ..
-                    } = &mut *conn;
-                    let capacity = shared.config.limits.outbound_queue;
-                    let answer = broker::execute(&shared, connection, command, || {
-                        let (sender, _) = events.get_or_insert_with(|| mpsc::channel(capacity));
-                        Subscriber {
-                            events: sender.clone(),
-                            control: Arc::clone(control),
-                        }
-                    });
-                    match answer {
-                        Answer::Now(done) => conn.session.handle_done(now, done),
-                        Answer::Later(task) => conn.start(now, task),
-                        Answer::Nothing => {}
-                    }
+                Output::Action(action) => {
+                    conn.act(now, &shared, connection, action);
                     continue;
                 }
                 Output::End(ending) => {

@@ -62,7 +62,7 @@ impl Session {
                 let verdict = AssertUnwindSafe(verify(credentials)).catch_unwind();
                 let deadline = now + self.shared.config.limits.auth_timeout;
                 self.phase = Phase::Authenticating { deadline };
-                self.actions.push_back(super::Output::Spawn(Box::pin(
+                self.actions.push_back(super::Action::Spawn(Box::pin(
                     verdict.map(|verdict| Done::Auth(verdict.map_err(|_| Panicked))),
                 )));
                 return;

@@ -115,11 +115,16 @@ pub(crate) enum Ending {
 
 /// What the shell does next, pulled with [`Session::poll_output`].
 pub(crate) enum Output {
-    Spawn(Task),
-    Broker(BrokerCommand),
+    Action(Action),
     Frame(Frame),
     /// The last output.
     End(Ending),
+}
+
+/// Work the session hands its shell besides frames; also pulled alone with [`Session::poll_action`].
+pub(crate) enum Action {
+    Spawn(Task),
+    Broker(BrokerCommand),
 }
 
 /// One inbound WebSocket event, as the shell read it.
@@ -180,7 +185,7 @@ pub(crate) struct Session {
     /// Frames to write, in order.
     out: OutQueue,
     /// Tasks and broker commands, pulled before frames.
-    actions: VecDeque<Output>,
+    actions: VecDeque<Action>,
     /// By topic: the epoch and the last `seq` queued, so an event reaches the peer once (a replayed one is not
     /// sent again when its live copy arrives).
     subscriptions: BTreeMap<String, Delivered>,
@@ -248,7 +253,7 @@ impl Session {
     /// the end.
     pub fn poll_output(&mut self) -> Option<Output> {
         if let Some(action) = self.actions.pop_front() {
-            return Some(action);
+            return Some(Output::Action(action));
         }
         if let Some(frame) = self.out.pop() {
             self.frames_out += 1;
@@ -261,6 +266,13 @@ impl Session {
                 None
             }
         }
+    }
+
+    /// The next task or broker command, leaving the frames queued. Shells act on these right after each
+    /// inbound message, so a broker that answers at once (the embedded one) answers in the order the peer
+    /// asked: a `sub` is acknowledged before the reply to a request sent after it.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
     }
 
     /// Whether a frame is waiting to be pulled (the shell writes before it reads more).
@@ -475,7 +487,7 @@ impl Session {
     /// Starts a task beside the connection.
     fn spawn(&mut self, task: Task) {
         self.inflight += 1;
-        self.actions.push_back(Output::Spawn(task));
+        self.actions.push_back(Action::Spawn(task));
     }
 
     /// Refuses another task when [`crate::Limits::max_inflight`] are running.

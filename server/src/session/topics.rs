@@ -8,7 +8,7 @@ use sockeye_core::codec::{validate_topic, Payload, SubAck, TopicPosition};
 use sockeye_core::error::ErrorCode;
 use sockeye_core::time::Instant;
 
-use super::{quoted, BrokerCommand, Output, Session};
+use super::{quoted, Action, BrokerCommand, Session};
 use crate::app::{RpcError, TopicAccess};
 use crate::broker::{Event, Subscribed};
 use crate::outbound::Encoded;
@@ -81,7 +81,7 @@ impl Session {
         let budget = &self.control.outbound;
         let max_bytes = budget.limit().saturating_sub(budget.used());
         self.actions
-            .push_back(Output::Broker(BrokerCommand::Subscribe {
+            .push_back(Action::Broker(BrokerCommand::Subscribe {
                 id,
                 topic,
                 since,
@@ -109,7 +109,7 @@ impl Session {
         }
         if let Some(delivered) = self.subscriptions.remove(topic) {
             self.actions
-                .push_back(Output::Broker(BrokerCommand::Unsubscribe {
+                .push_back(Action::Broker(BrokerCommand::Unsubscribe {
                     topic: topic.to_owned(),
                 }));
             for event in delivered.pending.unwrap_or_default() {
@@ -135,7 +135,7 @@ impl Session {
             self.inflight += 1;
         }
         self.actions
-            .push_back(Output::Broker(BrokerCommand::Publish { id, topic, data }));
+            .push_back(Action::Broker(BrokerCommand::Publish { id, topic, data }));
     }
 
     /// The answer to a `pub`: `res {ep, seq}` or `err` with its `id`; without one, only an error is told (as
@@ -185,7 +185,7 @@ impl Session {
             Err(e) => {
                 if !established && self.subscriptions.remove(topic).is_some() {
                     self.actions
-                        .push_back(Output::Broker(BrokerCommand::Unsubscribe {
+                        .push_back(Action::Broker(BrokerCommand::Unsubscribe {
                             topic: topic.to_owned(),
                         }));
                 }

@@ -514,3 +514,28 @@ async fn a_message_followed_at_once_by_the_close_is_still_handled() {
     })
     .await;
 }
+
+/// Requests read together are answered in the order they were asked, the embedded broker's `sub` included: a
+/// client may use a request after its `sub` as a barrier for the acknowledgement.
+#[tokio::test]
+async fn a_sub_is_acknowledged_before_the_reply_to_a_request_sent_after_it() {
+    let server = start(Server::builder()).await;
+    let mut ws = connect(&server).await;
+    for round in 0..20u64 {
+        let (sub, echo) = (10 * round + 1, 10 * round + 2);
+        // One write, so the server reads both before it answers either.
+        let topic = format!("ordered-{round}");
+        ws.feed(Message::binary(complete(&sub_since(sub, &topic, None))))
+            .await
+            .expect("feed");
+        ws.feed(Message::binary(complete(&req(echo, "echo", None))))
+            .await
+            .expect("feed");
+        ws.flush().await.expect("flush");
+        let ids = [
+            get_uint(&recv(&mut ws).await, "id"),
+            get_uint(&recv(&mut ws).await, "id"),
+        ];
+        assert_eq!(ids, [Some(sub), Some(echo)], "round {round}");
+    }
+}
