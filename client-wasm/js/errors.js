@@ -364,8 +364,8 @@ export function callOptions(options, prefix, withSignal) {
 }
 
 /**
- * `[url, token, getToken, lifecycle callbacks (in LIFECYCLE's order), handlers ([method, function] pairs), then
- * the numbers: reconnect.enabled, reconnect.fullJitter, reconnect.baseDelayMs, reconnect.maxDelayMs,
+ * `[url, token, getToken, the listener tables (`emit`: the lifecycle callbacks in LIFECYCLE's order, the server
+ * request handlers by method), then the numbers: reconnect.enabled, reconnect.fullJitter, reconnect.baseDelayMs, reconnect.maxDelayMs,
  * reconnect.maxAttempts (Infinity: unlimited), the MS options in MS's order, fragmentThreshold, queue.maxMessages,
  * queue.maxBytes]`; absent options are `undefined` or NaN.
  */
@@ -397,11 +397,17 @@ export function checkOptions(options) {
     url,
     token,
     getToken,
-    // `null` is no callback, as `undefined` is.
-    LIFECYCLE.map((key) => lifecycle?.[key] ?? undefined).map(
-      (f, i) => f === undefined ? f : callback(f, `options.lifecycle.${LIFECYCLE[i]}`),
-    ),
-    Object.keys(handlers).map((key) => [key, callback(handlers[key], `options.handlers.${key}`)]),
+    // The client's listener tables (see `emit`).
+    {
+      // `null` is no callback, as `undefined` is.
+      l: LIFECYCLE.map((key) => lifecycle?.[key] ?? undefined).map(
+        (f, i) => f === undefined ? f : callback(f, `options.lifecycle.${LIFECYCLE[i]}`),
+      ),
+      t: [],
+      m: [],
+      s: [],
+      h: new Map(Object.keys(handlers).map((key) => [key, { f: callback(handlers[key], `options.handlers.${key}`) }])),
+    },
     flag(reconnect, "enabled"),
     flag(reconnect, "fullJitter"),
     ms(reconnect, r, "baseDelayMs"),
@@ -431,4 +437,116 @@ export function checkSubscribeOptions(options) {
   return SUBSCRIBE.map((key) => options[key] ?? undefined).map(
     (f, i) => f === undefined ? f : callback(f, `subscribe options.${SUBSCRIBE[i]}`),
   );
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The application's listeners and the core's events as the objects its callbacks get (src/shell/events.rs). In JS
+// because building each object from Rust costs a `Reflect.set` call per key, and each listener list a `Vec` type:
+// the package was 2.7 KB gzipped larger with them in Rust (bench/SIZE.md).
+//
+// A client's tables (built by `checkOptions`): `l` the lifecycle callbacks (LIFECYCLE's order), `t` the transition
+// handlers, `m` the message handlers and `s` the topic subscriptions (`{ n: name, f: handler, c: [onError, onGap,
+// onResumed, onState] }` each), `h` the server request handlers by method (`{ f }`), `d` set once the client is
+// freed (no callback runs any more).
+
+// Calls an application callback (when there is one, and the client lives); a throw is reported on the console and
+// does not stop the client.
+function call(hub, f, ...args) {
+  if (f && !hub.d) {
+    try {
+      f(...args);
+    } catch (e) {
+      console.error("sockeye: a callback threw", e);
+    }
+  }
+}
+
+/**
+ * Adds a listener to a table (`list`: 0 transitions, 1 messages, 2 server requests (replacing the method's
+ * handler), 3 topics with `c`, the checked subscribe callbacks); returns the function that removes it, which for a
+ * topic also calls `notify(topic)` (the core counts subscribers). Removing twice, or after the client was freed,
+ * does nothing.
+ */
+export function on(hub, list, name, f, c, notify) {
+  const entry = { n: name, f, c };
+  if (list === 2) {
+    hub.h.set(name, entry);
+    return () => {
+      if (hub.h.get(name) === entry) hub.h.delete(name);
+    };
+  }
+  const key = "tm_s"[list];
+  hub[key].push(entry);
+  return () => {
+    const at = hub[key].indexOf(entry);
+    if (at >= 0) {
+      hub[key].splice(at, 1);
+      if (notify) notify(name);
+    }
+  };
+}
+
+/**
+ * One core event for the application (src/shell/events.rs `Emit` numbers the kinds): `name` is a topic, message
+ * name, method or disconnect reason, `v` the data or error (a transition: its object), `w` an epoch or state name,
+ * `x` and `y` numbers. Every list is copied before its callbacks run: one added meanwhile hears the next event.
+ * A server request (12) returns its handler's outcome as a promise, or undefined when no handler takes it.
+ */
+export function emit(hub, kind, name, v, w, x, y) {
+  const { l } = hub;
+  const each = (fs, ...args) => fs.forEach((f) => call(hub, f, ...args));
+  // The callbacks `pick` chooses from the subscriptions to topic `name`.
+  const topic = (pick) => hub.s.filter((e) => e.n === name).map(pick).filter(Boolean);
+  // A loss goes to every `onGap`; never silently: without one, to the console.
+  const gap = (info) => {
+    const fs = topic((e) => e.c[1]);
+    if (!fs.length) console.error("sockeye: events lost", info);
+    each(fs, info);
+  };
+  switch (kind) {
+    case 0:
+      each([l[0], ...hub.t.map((e) => e.f)], v);
+      if (v.to === "reconnecting") call(hub, l[2], v);
+      if (v.to === "ready") call(hub, l[4]);
+      return;
+    case 1:
+      return call(hub, l[1], { code: x, reason: name, willReconnect: !!y });
+    case 2:
+      return call(hub, l[3]);
+    case 3:
+      return call(hub, l[6]);
+    case 4:
+      return l[5] ? call(hub, l[5], v) : console.error("sockeye: server error", v);
+    case 5:
+      return each(hub.m.filter((e) => e.n === name || e.n === "*").map((e) => e.f), v, { name });
+    case 6:
+      return each(topic((e) => e.f), v, w === undefined ? { topic: name, seq: x } : { topic: name, seq: x, ep: w });
+    case 7:
+      return gap({ topic: name, from: x, to: y });
+    case 8:
+      return gap({ topic: name, reset: true, ep: w });
+    case 9:
+      return each(topic((e) => e.c[2]), { topic: name, replayed: x });
+    case 10:
+      return each(topic((e) => e.c[3]), w);
+    case 11: {
+      // Refused: the subscriptions end (the core no longer counts them).
+      const gone = hub.s.filter((e) => e.n === name);
+      hub.s = hub.s.filter((e) => e.n !== name);
+      for (const e of gone) {
+        call(hub, e.c[3], "failed");
+        e.c[0] ? call(hub, e.c[0], v) : console.error("sockeye: subscription refused", v);
+      }
+      return;
+    }
+    case 12: {
+      const f = hub.h.get(name)?.f;
+      // A throw is a rejection: the server gets an `err` either way.
+      return f && new Promise((resolve) => resolve(f(v, { method: name, id: x })));
+    }
+    case 13:
+      hub.d = true;
+      hub.l = hub.t = hub.m = hub.s = [];
+      hub.h.clear();
+  }
 }

@@ -51,6 +51,8 @@ mod server_requests;
 mod socket;
 mod subscriptions;
 
+use events::Emit;
+pub(crate) use events::List;
 use page::*;
 pub(crate) use requests::Target;
 use requests::*;
@@ -58,7 +60,7 @@ use socket::*;
 
 use crate::cbor;
 use crate::errors::{self, apply, apply_to, error, request_error, settle, Kind};
-use crate::options::{self, Hook, Lifecycle, Options, TopicCallbacks};
+use crate::options::{self, Options};
 
 #[wasm_bindgen]
 extern "C" {
@@ -104,6 +106,9 @@ enum Action {
 
 pub(crate) struct Inner {
     state: RefCell<State>,
+    /// The application's listeners, kept in JS (`emit` in `js/errors.js`); outside the `RefCell` so that freeing
+    /// the client always reaches them.
+    hub: JsValue,
     dispatching: Cell<bool>,
     /// The client was freed: run no more application code.
     dead: Cell<bool>,
@@ -114,11 +119,6 @@ struct State {
     weak: Weak<Inner>,
     url: JsValue,
     token: JsValue,
-    lifecycle: Lifecycle,
-    /// Server-request handlers, one per method: `options.handlers` and `onRequest`. (Lists are `Vec`s
-    /// throughout, searched linearly: every `BTreeMap` instantiation costs the package ~5 KB of code, and these
-    /// lists are short; `requests` holds the requests in flight.)
-    handlers: Vec<Listener>,
     /// Application work waiting for the borrow to end.
     actions: VecDeque<Action>,
     /// The current socket.
@@ -128,15 +128,15 @@ struct State {
     /// The one timer, armed for the earliest deadline (the core's, or a `waitForStatus` timeout).
     timer: Option<Timer>,
     tick: Callback,
+    /// Called by a topic subscription's unsubscribe function with the topic: the core counts subscribers.
+    unsubscribed: Callback,
     /// `online`/`offline`/`visibilitychange`/`resume`, attached by `start()`, removed by `close()`.
     listeners: Option<Listeners>,
     hidden: bool,
+    /// Requests in flight. (Lists are `Vec`s, searched linearly: every `BTreeMap` instantiation costs the package
+    /// ~5 KB of code, and these lists are short.)
     requests: Vec<Pending>,
-    topics: Vec<Listener>,
-    transitions: Vec<Listener>,
-    messages: Vec<Listener>,
     waiters: Vec<Pending>,
-    next_id: u32,
 }
 
 struct Timer {
@@ -147,25 +147,6 @@ struct Timer {
 impl Drop for Timer {
     fn drop(&mut self) {
         clear_timeout(&self.handle);
-    }
-}
-
-/// An application callback under a name: a topic (with its other callbacks), a message name, a server-request
-/// method, or none (transitions). One element type for the four lists: each distinct one costs the package its
-/// own copy of `Vec`'s code (~250 bytes gzipped each).
-struct Listener {
-    id: u32,
-    name: String,
-    f: Function,
-    callbacks: TopicCallbacks,
-}
-
-fn listener(id: u32, name: String, f: Function) -> Listener {
-    Listener {
-        id,
-        name,
-        f,
-        callbacks: TopicCallbacks::default(),
     }
 }
 
@@ -265,11 +246,6 @@ impl State {
             }
         });
     }
-
-    fn next_id(&mut self) -> u32 {
-        self.next_id = self.next_id.wrapping_add(1);
-        self.next_id
-    }
 }
 
 impl Inner {
@@ -278,8 +254,7 @@ impl Inner {
             config,
             url,
             token,
-            lifecycle,
-            handlers,
+            hub,
         } = options;
         let conn = Connection::new(config).map_err(|e| options::config_error(&e))?;
         Ok(Rc::new_cyclic(|weak: &Weak<Inner>| {
@@ -289,37 +264,32 @@ impl Inner {
                     inner.on_timer();
                 }
             });
-            let mut state = State {
+            let w = weak.clone();
+            let unsubscribed = callback(move |topic| {
+                if let Some(inner) = w.upgrade() {
+                    let topic = topic.as_string().unwrap_or_default();
+                    inner.with(|st, now| st.conn.unsubscribe(now, &topic));
+                }
+            });
+            let state = State {
                 conn,
                 weak: weak.clone(),
                 url,
                 token,
-                lifecycle,
-                handlers: Vec::new(),
                 actions: VecDeque::new(),
                 socket: None,
                 opening: None,
                 timer: None,
                 tick,
+                unsubscribed,
                 listeners: None,
                 hidden: false,
                 requests: Vec::new(),
-                topics: Vec::new(),
-                transitions: Vec::new(),
-                messages: Vec::new(),
                 waiters: Vec::new(),
-                next_id: 0,
             };
-            for pair in options::items(&handlers) {
-                let pair: js_sys::Array = pair.unchecked_into();
-                let id = state.next_id();
-                let method = pair.get(0).as_string().unwrap_or_default();
-                state
-                    .handlers
-                    .push(listener(id, method, pair.get(1).unchecked_into()));
-            }
             Inner {
                 state: RefCell::new(state),
+                hub,
                 dispatching: Cell::new(false),
                 dead: Cell::new(false),
             }
@@ -417,6 +387,14 @@ impl Inner {
     /// callback the shell held is released.
     pub(crate) fn shutdown(&self) {
         self.dead.set(true);
+        self.emit(
+            Emit::Freed,
+            "",
+            &JsValue::UNDEFINED,
+            &JsValue::UNDEFINED,
+            0.0,
+            0.0,
+        );
         let Ok(mut st) = self.state.try_borrow_mut() else {
             return;
         };
@@ -428,46 +406,21 @@ impl Inner {
         st.listeners = None;
         st.reject_waiters("the client was freed");
         st.requests.clear();
-        st.topics.clear();
-        st.transitions.clear();
-        st.messages.clear();
-        st.handlers.clear();
-        st.lifecycle = Lifecycle::default();
         st.timer = None;
     }
 
     pub(crate) fn status(&self) -> &'static str {
         self.state.borrow().conn.status().name()
     }
-
-    /// A JS function that runs `undo` on the state; idempotent, a no-op once the client is gone. The function is
-    /// handed to JS (`into_js_value`): the GC frees it with its last reference.
-    fn unsubscriber(self: &Rc<Self>, undo: impl Fn(&mut State, Instant) + 'static) -> JsValue {
-        let weak = Rc::downgrade(self);
-        callback(move |_| {
-            if let Some(inner) = weak.upgrade() {
-                inner.with(|st, now| undo(st, now));
-            }
-        })
-        .into_js_value()
-    }
 }
 
-/// The one closure type the shell hands to the browser (each distinct closure type costs package size).
-type Callback = Closure<dyn FnMut(JsValue)>;
+/// The one closure type the shell hands to the browser (each distinct closure type costs package size). `Fn`, not
+/// `FnMut`: wasm-bindgen refuses to re-enter an `FnMut` closure, and `unsubscribed` may be called again from a
+/// callback that runs while it is on the stack.
+type Callback = Closure<dyn Fn(JsValue)>;
 
-fn callback(f: impl FnMut(JsValue) + 'static) -> Callback {
+fn callback(f: impl Fn(JsValue) + 'static) -> Callback {
     Closure::new(f)
-}
-
-/// The callbacks to call for one event, copied out so that none runs while the state is borrowed. (Into a JS array:
-/// a `Vec<Function>` would be one more `Vec` element type in the package.)
-fn snapshot<'a>(callbacks: impl Iterator<Item = &'a Function>) -> js_sys::Array {
-    let list = js_sys::Array::new();
-    for f in callbacks {
-        list.push(f);
-    }
-    list
 }
 
 /// `[ok, value]` from `settle`.
