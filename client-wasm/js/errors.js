@@ -407,6 +407,8 @@ export function checkOptions(options) {
       m: [],
       s: [],
       h: new Map(Object.keys(handlers).map((key) => [key, { f: callback(handlers[key], `options.handlers.${key}`) }])),
+      p: new Map(),
+      w: [],
     },
     flag(reconnect, "enabled"),
     flag(reconnect, "fullJitter"),
@@ -447,7 +449,26 @@ export function checkSubscribeOptions(options) {
 // A client's tables (built by `checkOptions`): `l` the lifecycle callbacks (LIFECYCLE's order), `t` the transition
 // handlers, `m` the message handlers and `s` the topic subscriptions (`{ n: name, f: handler, c: [onError, onGap,
 // onResumed, onState] }` each), `h` the server request handlers by method (`{ f }`), `d` set once the client is
-// freed (no callback runs any more).
+// freed (no callback runs any more). And the promises the client settles later: `p` the requests and acknowledged
+// publishes by id (`{ d: deferred(), s: signal, a: its abort listener }`), `w` the `waitForStatus` waiters (`{ n:
+// status, d: deferred(), t: timer }`).
+
+// Settles request `id`'s promise (`how`: 1 resolve, 2 reject) with `value`, if it is still pending.
+function finish(hub, id, how, value) {
+  const p = hub.p.get(id);
+  if (p) {
+    hub.p.delete(id);
+    p.s?.removeEventListener("abort", p.a);
+    p.d[how](value);
+  }
+}
+
+// Settles the waiters `pick` chooses (`how`: 1 resolve, 2 reject) with `value`.
+function release(hub, pick, how, value) {
+  hub.w = hub.w.filter((w) => !pick(w) || (clearTimeout(w.t), w.d[how](value), false));
+}
+
+const MAX_TIMEOUT = 2 ** 31 - 1; // setTimeout's longest delay
 
 // Calls an application callback (when there is one, and the client lives); a throw is reported on the console and
 // does not stop the client.
@@ -490,7 +511,9 @@ export function on(hub, list, name, f, c, notify) {
  * One core event for the application (src/shell/events.rs `Emit` numbers the kinds): `name` is a topic, message
  * name, method or disconnect reason, `v` the data or error (a transition: its object), `w` an epoch or state name,
  * `x` and `y` numbers. Every list is copied before its callbacks run: one added meanwhile hears the next event.
- * A server request (12) returns its handler's outcome as a promise, or undefined when no handler takes it.
+ * A server request (12) returns its handler's outcome as a promise, or undefined when no handler takes it. Kinds 14
+ * to 19 keep and settle the promises of requests (14 returns it) and of `waitForStatus` (17 returns it), which runs
+ * no application code.
  */
 export function emit(hub, kind, name, v, w, x, y) {
   const { l } = hub;
@@ -548,5 +571,37 @@ export function emit(hub, kind, name, v, w, x, y) {
       hub.d = true;
       hub.l = hub.t = hub.m = hub.s = [];
       hub.h.clear();
+      // Pending requests are forgotten (their abort listeners removed); waiters are told.
+      hub.p.forEach((p) => p.s?.removeEventListener("abort", p.a));
+      hub.p.clear();
+      return release(hub, () => true, 2, new ConnectionClosedError("the client was freed"));
+    case 14: {
+      // A request or acknowledged publish `x` with its `AbortSignal` `v` (or undefined), which calls `w(x)`.
+      const p = { d: deferred(), s: v, a: () => w(x) };
+      v?.addEventListener("abort", p.a);
+      hub.p.set(x, p);
+      return p.d[0];
+    }
+    case 15:
+      return finish(hub, x, y ? 1 : 2, v);
+    case 16:
+      return finish(hub, x, 1, { ep: w, seq: y });
+    case 17: {
+      // `waitForStatus(name)` in status `v`, `x` ms at most (NaN: no limit).
+      const d = deferred();
+      if (v === name) d[1]();
+      else {
+        const waiter = { n: name, d };
+        hub.w.push(waiter);
+        const fail = () => release(hub, (o) => o === waiter, 2, new TimeoutError(`status "${name}" not reached in time`));
+        const arm = (left) => (waiter.t = setTimeout(left > MAX_TIMEOUT ? () => arm(left - MAX_TIMEOUT) : fail, Math.min(left, MAX_TIMEOUT)));
+        if (x === x) arm(x);
+      }
+      return d[0];
+    }
+    case 18:
+      return release(hub, (o) => o.n === name, 1);
+    case 19:
+      return release(hub, () => true, 2, new ConnectionClosedError(name));
   }
 }

@@ -333,9 +333,7 @@ impl Client {
             ));
         }
         let (timeout, _) = options::call_options(&options, "waitForStatus options.", false)?;
-        let (promise, resolve, reject) = errors::promise();
-        self.inner.wait_for(status, timeout, resolve, reject);
-        Ok(promise)
+        Ok(self.inner.wait_for(&status, timeout))
     }
 
     // See the `.d.ts` (`request<T>`).
@@ -371,10 +369,7 @@ impl Client {
                 "aborted before it was sent",
             ));
         }
-        let (promise, resolve, reject) = errors::promise();
-        self.inner
-            .track(target, payload, timeout, signal, resolve, reject);
-        promise
+        self.inner.track(target, payload, timeout, signal)
     }
 
     // Sends a one-way message `name` (now when `ready`, else from the offline queue).

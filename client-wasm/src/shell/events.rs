@@ -78,15 +78,28 @@ pub(super) enum Emit {
     SubscriptionFailed,
     /// `name`: the method, `v`: the data, `x`: the id. Returns the handler's outcome (a promise) or undefined.
     Request,
-    /// The client was freed: the tables are emptied, no callback runs any more.
+    /// The client was freed: the tables are emptied, no callback runs any more, waiters are rejected.
     Freed,
+    /// `x`: a request's id, `v`: its `AbortSignal` (or undefined), `w`: called with the id when it aborts. Returns
+    /// the request's promise.
+    Track,
+    /// `x`: the id, `y`: 1 to resolve, 0 to reject, `v`: with this.
+    Settle,
+    /// `x`: the id of an acknowledged publish, `w`: the epoch, `y`: `seq`.
+    Stored,
+    /// `name`: the status awaited, `v`: the current one, `x`: the timeout in ms (NaN: none). Returns the promise.
+    Wait,
+    /// `name`: the status reached: its waiters resolve.
+    Reached,
+    /// `name`: why every waiter is rejected.
+    Closed,
 }
 
 #[wasm_bindgen(module = "/js/errors.js")]
 extern "C" {
     /// One event for the application's listeners; see there.
     #[wasm_bindgen(js_name = emit)]
-    fn emit_js(
+    pub(super) fn emit_js(
         hub: &JsValue,
         kind: u8,
         name: &str,
@@ -149,17 +162,12 @@ impl Inner {
     }
 
     pub(super) fn deliver(self: &Rc<Self>, event: Event) {
-        let none = &JsValue::UNDEFINED;
-        match event {
+        let none = || JsValue::UNDEFINED;
+        // What `emit` gets, per kind (one call of it here, not one per kind).
+        let (kind, name, v, w, x, y): (Emit, &str, JsValue, JsValue, f64, f64) = match &event {
             Event::Message { name, data } => {
-                self.emit(
-                    Emit::Message,
-                    &name,
-                    &cbor::decode(data.as_ref()),
-                    none,
-                    0.0,
-                    0.0,
-                );
+                let data = cbor::decode(data.as_ref());
+                (Emit::Message, name, data, none(), 0.0, 0.0)
             }
             Event::TopicEvent {
                 topic,
@@ -168,76 +176,59 @@ impl Inner {
                 data,
             } => {
                 let data = cbor::decode(data.as_ref());
-                self.emit(
-                    Emit::TopicEvent,
-                    &topic,
-                    &data,
-                    &text(ep.as_deref()),
-                    seq as f64,
-                    0.0,
-                );
+                let ep = text(ep.as_deref());
+                (Emit::TopicEvent, topic, data, ep, *seq as f64, 0.0)
             }
             Event::TopicGap { topic, from, to } => {
-                self.emit(Emit::Gap, &topic, none, none, from as f64, to as f64);
+                (Emit::Gap, topic, none(), none(), *from as f64, *to as f64)
             }
             Event::TopicReset { topic, ep } => {
-                self.emit(Emit::Reset, &topic, none, &text(Some(&ep)), 0.0, 0.0);
+                (Emit::Reset, topic, none(), text(Some(ep)), 0.0, 0.0)
             }
             Event::TopicResumed { topic, replayed } => {
-                self.emit(Emit::Resumed, &topic, none, none, replayed as f64, 0.0);
+                (Emit::Resumed, topic, none(), none(), *replayed as f64, 0.0)
             }
             Event::SubscriptionChanged {
                 topic,
                 state: SubscriptionState::Failed(error),
             } => {
-                self.emit(
-                    Emit::SubscriptionFailed,
-                    &topic,
-                    &request_error(&error),
-                    none,
-                    0.0,
-                    0.0,
-                );
+                let error = request_error(error);
+                (Emit::SubscriptionFailed, topic, error, none(), 0.0, 0.0)
             }
             Event::SubscriptionChanged { topic, state } => {
                 let state = text(Some(state.name()));
-                self.emit(Emit::SubscriptionState, &topic, none, &state, 0.0, 0.0);
+                (Emit::SubscriptionState, topic, none(), state, 0.0, 0.0)
             }
             Event::Request {
                 socket,
                 id,
                 method,
                 data,
-            } => self.serve(socket, id, &method, data.as_ref()),
-            Event::Notice(e) => {
-                self.emit(Emit::Notice, "", &request_error(&e), none, 0.0, 0.0);
-            }
-            Event::Draining => {
-                self.emit(Emit::Draining, "", none, none, 0.0, 0.0);
-            }
+            } => return self.serve(*socket, *id, method, data.as_ref()),
+            Event::Notice(e) => (Emit::Notice, "", request_error(e), none(), 0.0, 0.0),
+            Event::Draining => (Emit::Draining, "", none(), none(), 0.0, 0.0),
             Event::StateChanged(t) => {
-                self.emit(Emit::Transition, "", &transition_object(&t), none, 0.0, 0.0);
+                (Emit::Transition, "", transition_object(t), none(), 0.0, 0.0)
             }
             Event::Disconnected {
                 code,
                 reason,
                 will_reconnect,
             } => {
-                let again = f64::from(u8::from(will_reconnect));
-                self.emit(
+                let again = f64::from(u8::from(*will_reconnect));
+                (
                     Emit::Disconnected,
                     reason.as_str(),
-                    none,
-                    none,
+                    none(),
+                    none(),
                     code.0.into(),
                     again,
-                );
+                )
             }
-            Event::Reconnected => {
-                self.emit(Emit::Reconnected, "", none, none, 0.0, 0.0);
-            }
+            Event::Reconnected => (Emit::Reconnected, "", none(), none(), 0.0, 0.0),
             // Settled in `State::event`.
-            Event::Reply { .. } | Event::Published { .. } => {}
-        }
+            Event::Reply { .. } | Event::Published { .. } => return,
+        };
+        self.emit(kind, name, &v, &w, x, y);
     }
 }

@@ -31,7 +31,6 @@ use alloc::borrow::ToOwned;
 use alloc::collections::VecDeque;
 use alloc::rc::{Rc, Weak};
 use alloc::string::String;
-use alloc::vec::Vec;
 use core::cell::{Cell, RefCell};
 
 use js_sys::{Function, Object, Reflect, Uint8Array};
@@ -51,15 +50,14 @@ mod server_requests;
 mod socket;
 mod subscriptions;
 
-use events::Emit;
 pub(crate) use events::List;
+use events::{emit_js, Emit};
 use page::*;
 pub(crate) use requests::Target;
-use requests::*;
 use socket::*;
 
 use crate::cbor;
-use crate::errors::{self, apply, apply_to, error, request_error, settle, Kind};
+use crate::errors::{self, apply, apply_to, request_error, settle};
 use crate::options::{self, Options};
 
 #[wasm_bindgen]
@@ -69,7 +67,7 @@ extern "C" {
     // Bound by hand rather than through gloo-timers (0.4), measured with scripts/size.sh on this shell: its
     // `Timeout` (a `Closure::once` per arming, `unwrap_throw`) made the package 214 B larger gzipped (.wasm
     // 48,432 → 48,629 B, glue 5,895 → 5,912 B), and gloo-timers is a `std` crate, which the `no_std` npm build
-    // cannot link. One `tick` closure, reused for every arming, is all the shell needs.
+    // cannot link. One closure (`State::notify`), reused for every arming, is all the shell needs.
     #[wasm_bindgen(js_name = setTimeout)]
     fn set_timeout(handler: &Function, ms: f64) -> JsValue;
     #[wasm_bindgen(js_name = clearTimeout)]
@@ -127,16 +125,15 @@ struct State {
     opening: Option<SocketId>,
     /// The one timer, armed for the earliest deadline (the core's, or a `waitForStatus` timeout).
     timer: Option<Timer>,
-    tick: Callback,
-    /// Called by a topic subscription's unsubscribe function with the topic: the core counts subscribers.
-    unsubscribed: Callback,
+    /// The one closure JS calls the client back with (one rather than three: each costs package size): the timer
+    /// (no argument), a request's `AbortSignal` (the request's id), a topic subscription's unsubscribe function
+    /// (the topic: the core counts subscribers).
+    notify: Callback,
     /// `online`/`offline`/`visibilitychange`/`resume`, attached by `start()`, removed by `close()`.
     listeners: Option<Listeners>,
     hidden: bool,
-    /// Requests in flight. (Lists are `Vec`s, searched linearly: every `BTreeMap` instantiation costs the package
-    /// ~5 KB of code, and these lists are short.)
-    requests: Vec<Pending>,
-    waiters: Vec<Pending>,
+    /// `Inner::hub`, for settling promises while the state is borrowed (which runs no application code).
+    hub: JsValue,
 }
 
 struct Timer {
@@ -196,28 +193,44 @@ impl State {
 
     /// Promises are settled here (that runs no application code); everything else is queued.
     fn event(&mut self, event: Event) {
+        let none = &JsValue::UNDEFINED;
+        let id = |id: RequestId| id.0 as f64;
         match event {
-            Event::Reply { id, result } => {
-                self.settle(id, result.map(|data| cbor::decode(data.as_ref())));
+            Event::Reply { id: i, result } => {
+                let (ok, value) = match result {
+                    Ok(data) => (1.0, cbor::decode(data.as_ref())),
+                    Err(e) => (0.0, request_error(&e)),
+                };
+                emit_js(&self.hub, Emit::Settle as u8, "", &value, none, id(i), ok);
             }
-            Event::Published { id, result } => {
-                let stored = result.map(|at| {
-                    let o = Object::new();
-                    set(&o, "ep", &at.ep.into());
-                    set(&o, "seq", &(at.seq as f64).into());
-                    o.into()
-                });
-                self.settle(id, stored);
-            }
+            Event::Published { id: i, result } => match result {
+                Ok(at) => {
+                    let ep = JsValue::from_str(&at.ep);
+                    emit_js(
+                        &self.hub,
+                        Emit::Stored as u8,
+                        "",
+                        none,
+                        &ep,
+                        id(i),
+                        at.seq as f64,
+                    );
+                }
+                Err(e) => {
+                    emit_js(
+                        &self.hub,
+                        Emit::Settle as u8,
+                        "",
+                        &request_error(&e),
+                        none,
+                        id(i),
+                        0.0,
+                    );
+                }
+            },
             Event::StateChanged(transition) => {
                 let name = transition.to.name();
-                self.waiters.retain(|w| {
-                    let reached = w.status == name;
-                    if reached {
-                        let _ = apply(&w.resolve, &[]);
-                    }
-                    !reached
-                });
+                emit_js(&self.hub, Emit::Reached as u8, name, none, none, 0.0, 0.0);
                 self.actions
                     .push_back(Action::Event(Event::StateChanged(transition)));
             }
@@ -227,11 +240,7 @@ impl State {
 
     /// Arms the one timer for the earliest deadline, replacing (and clearing) a timer for another one.
     fn arm(&mut self, now: Instant) {
-        let waiter = self.waiters.iter().filter_map(|w| w.deadline).min();
-        let deadline = [self.conn.poll_timeout(), waiter]
-            .into_iter()
-            .flatten()
-            .min();
+        let deadline = self.conn.poll_timeout();
         if self.timer.as_ref().map(|t| t.at) == deadline {
             return;
         }
@@ -241,7 +250,7 @@ impl State {
                 .saturating_sub(now.as_millis())
                 .min(i32::MAX as u64);
             Timer {
-                handle: set_timeout(self.tick.as_ref().unchecked_ref(), ms as f64),
+                handle: set_timeout(self.notify.as_ref().unchecked_ref(), ms as f64),
                 at,
             }
         });
@@ -259,15 +268,14 @@ impl Inner {
         let conn = Connection::new(config).map_err(|e| options::config_error(&e))?;
         Ok(Rc::new_cyclic(|weak: &Weak<Inner>| {
             let w = weak.clone();
-            let tick = callback(move |_| {
-                if let Some(inner) = w.upgrade() {
+            let notify = callback(move |v| {
+                let Some(inner) = w.upgrade() else { return };
+                if v.is_undefined() {
                     inner.on_timer();
-                }
-            });
-            let w = weak.clone();
-            let unsubscribed = callback(move |topic| {
-                if let Some(inner) = w.upgrade() {
-                    let topic = topic.as_string().unwrap_or_default();
+                } else if let Some(id) = v.as_f64() {
+                    inner.with(|st, now| st.conn.cancel(now, RequestId(id as u64)));
+                } else {
+                    let topic = v.as_string().unwrap_or_default();
                     inner.with(|st, now| st.conn.unsubscribe(now, &topic));
                 }
             });
@@ -280,12 +288,10 @@ impl Inner {
                 socket: None,
                 opening: None,
                 timer: None,
-                tick,
-                unsubscribed,
+                notify,
                 listeners: None,
                 hidden: false,
-                requests: Vec::new(),
-                waiters: Vec::new(),
+                hub: hub.clone(),
             };
             Inner {
                 state: RefCell::new(state),
@@ -337,17 +343,6 @@ impl Inner {
         self.with(|st, now| {
             st.timer = None;
             st.feed(now, Input::Timeout);
-            st.waiters.retain(|w| {
-                let expired = w.deadline.is_some_and(|d| d <= now);
-                if expired {
-                    let message = String::from("status \"") + &w.status + "\" not reached in time";
-                    let _ = apply(
-                        &w.reject,
-                        &[&error(Kind::Timeout, "DEADLINE_EXCEEDED", &message)],
-                    );
-                }
-                !expired
-            });
         });
     }
 
@@ -379,7 +374,16 @@ impl Inner {
             st.opening = None;
             st.socket = None;
             st.listeners = None;
-            st.reject_waiters("the client was closed");
+            let none = &JsValue::UNDEFINED;
+            emit_js(
+                &st.hub,
+                Emit::Closed as u8,
+                "the client was closed",
+                none,
+                none,
+                0.0,
+                0.0,
+            );
         });
     }
 
@@ -387,26 +391,18 @@ impl Inner {
     /// callback the shell held is released.
     pub(crate) fn shutdown(&self) {
         self.dead.set(true);
-        self.emit(
-            Emit::Freed,
-            "",
-            &JsValue::UNDEFINED,
-            &JsValue::UNDEFINED,
-            0.0,
-            0.0,
-        );
-        let Ok(mut st) = self.state.try_borrow_mut() else {
-            return;
-        };
-        let now = now();
-        st.feed(now, Input::Stop);
-        st.actions.clear();
-        st.opening = None;
-        st.socket = None;
-        st.listeners = None;
-        st.reject_waiters("the client was freed");
-        st.requests.clear();
-        st.timer = None;
+        if let Ok(mut st) = self.state.try_borrow_mut() {
+            let now = now();
+            st.feed(now, Input::Stop);
+            st.actions.clear();
+            st.opening = None;
+            st.socket = None;
+            st.listeners = None;
+            st.timer = None;
+        }
+        // After the stop, which settles the requests: the rest is forgotten, the waiters rejected.
+        let none = &JsValue::UNDEFINED;
+        self.emit(Emit::Freed, "", none, none, 0.0, 0.0);
     }
 
     pub(crate) fn status(&self) -> &'static str {

@@ -25,15 +25,9 @@ impl Inner {
                     .push_back(Action::Call(on_state.unchecked_into(), state.name().into()));
             }
             // Added before the drain's events are delivered: the new subscriber hears them. Each unsubscribe
-            // that removes a listener releases one in the core (`unsubscribed`); a refused topic's listeners are
+            // that removes a listener releases one in the core (`State::notify`); a refused topic's listeners are
             // gone already, and the core no longer counts them.
-            Ok(self.on(
-                List::Topics,
-                &topic,
-                handler,
-                callbacks,
-                st.unsubscribed.as_ref(),
-            ))
+            Ok(self.on(List::Topics, &topic, handler, callbacks, st.notify.as_ref()))
         })
     }
 }
