@@ -449,9 +449,9 @@ export function checkSubscribeOptions(options) {
 // A client's tables (built by `checkOptions`): `l` the lifecycle callbacks (LIFECYCLE's order), `t` the transition
 // handlers, `m` the message handlers and `s` the topic subscriptions (`{ n: name, f: handler, c: [onError, onGap,
 // onResumed, onState] }` each), `h` the server request handlers by method (`{ f }`), `d` set once the client is
-// freed (no callback runs any more). And the promises the client settles later: `p` the requests and acknowledged
-// publishes by id (`{ d: deferred(), s: signal, a: its abort listener }`), `w` the `waitForStatus` waiters (`{ n:
-// status, d: deferred(), t: timer }`).
+// freed (no callback runs any more), `z` the status the last transition reached. And the promises the client
+// settles later: `p` the requests and acknowledged publishes by id (`{ d: deferred(), s: signal, a: its abort
+// listener }`), `w` the `waitForStatus` waiters (`{ n: status, d: deferred(), t: timer }`).
 
 // Settles request `id`'s promise (`how`: 1 resolve, 2 reject) with `value`, if it is still pending.
 function finish(hub, id, how, value) {
@@ -469,6 +469,8 @@ function release(hub, pick, how, value) {
 }
 
 const MAX_TIMEOUT = 2 ** 31 - 1; // setTimeout's longest delay
+// The states whose transitions carry the attempt.
+const ATTEMPTS = ["connecting", "connected", "reconnecting"];
 
 // Calls an application callback (when there is one, and the client lives); a throw is reported on the console and
 // does not stop the client.
@@ -527,11 +529,25 @@ export function emit(hub, kind, name, v, w, x, y) {
     each(fs, info);
   };
   switch (kind) {
-    case 0:
-      each([l[0], ...hub.t.map((e) => e.f)], v);
-      if (v.to === "reconnecting") call(hub, l[2], v);
-      if (v.to === "ready") call(hub, l[4]);
+    case 0: {
+      // `{ from, to, at, ... }` (src/shell/events.rs `transition_parts`); `from` is the `to` before.
+      const t = { from: hub.z ?? "disconnected", to: name, at: x };
+      hub.z = name;
+      if (ATTEMPTS.includes(name)) t.attempt = y;
+      if (name === "reconnecting") {
+        t.delayMs = v;
+        if (w !== undefined) t.nextAttemptAt = w;
+      }
+      if (name === "disconnected" && v !== undefined) {
+        t.reason = v;
+        if (y === y) t.code = y;
+        t.message = w;
+      }
+      each([l[0], ...hub.t.map((e) => e.f)], t);
+      if (name === "reconnecting") call(hub, l[2], t);
+      if (name === "ready") call(hub, l[4]);
       return;
+    }
     case 1:
       return call(hub, l[1], { code: x, reason: name, willReconnect: !!y });
     case 2:

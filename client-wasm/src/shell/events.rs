@@ -1,33 +1,30 @@
 //! The core's events as the application hears them: transitions and lifecycle callbacks, messages, topic
 //! events, gaps and subscription states (all run with no borrow held). The listener tables and the objects the
 //! callbacks get are built in JS (`emit` and `on` in `js/errors.js`): from Rust, each key of each object was a
-//! `Reflect.set` call and each list its own `Vec` code.
+//! `Reflect.set` call and each list its own `Vec` code (bench/SIZE.md has what each step saved).
 
 use super::*;
 
-/// `{ from, to, at, ... }`: status names, `at` in ms on the `performance.now()` clock, and the new state's data.
-pub(super) fn transition_object(t: &Transition) -> JsValue {
-    let o = Object::new();
-    set(&o, "from", &t.from.name().into());
-    set(&o, "to", &t.to.name().into());
-    set(&o, "at", &(t.at.as_millis() as f64).into());
-    match &t.to {
+/// A transition as `emit` gets it (`Emit::Transition`), besides `to`'s name and `at`: `(v, w, y)`.
+/// `connecting`/`connected`: `y` the attempt; `reconnecting`: `y` the attempt, `v` the delay in ms, `w` when the
+/// attempt starts (or undefined); `disconnected` with a reason: `v` the reason, `w` the message, `y` the close code
+/// (NaN: none).
+fn transition_parts(to: &Status) -> (JsValue, JsValue, f64) {
+    let none = JsValue::UNDEFINED;
+    match to {
         Status::Connecting { attempt } | Status::Connected { attempt } => {
-            set(&o, "attempt", &(*attempt).into());
+            (none.clone(), none, f64::from(*attempt))
         }
         Status::Reconnecting {
             attempt,
             delay,
             next_attempt_at,
         } => {
-            set(&o, "attempt", &(*attempt).into());
-            set(&o, "delayMs", &(delay.as_millis() as f64).into());
-            if let Some(at) = next_attempt_at {
-                set(&o, "nextAttemptAt", &(at.as_millis() as f64).into());
-            }
+            let next = next_attempt_at.map_or(none, |at| (at.as_millis() as f64).into());
+            let delay = (delay.as_millis() as f64).into();
+            (delay, next, f64::from(*attempt))
         }
         Status::Disconnected { reason: Some(r) } => {
-            set(&o, "reason", &r.as_str().into());
             let (code, message) = match r {
                 DisconnectReason::AuthFailed { reason } => {
                     (Some(CloseCode::AUTH_FAILED), reason.as_str())
@@ -41,20 +38,17 @@ pub(super) fn transition_object(t: &Transition) -> JsValue {
                 }
                 _ => (None, ""),
             };
-            if let Some(code) = code {
-                set(&o, "code", &code.0.into());
-            }
-            set(&o, "message", &message.into());
+            let code = code.map_or(f64::NAN, |c| c.0.into());
+            (text(Some(r.as_str())), text(Some(message)), code)
         }
-        _ => {}
+        _ => (none.clone(), none, 0.0),
     }
-    o.into()
 }
 
 /// The kinds of event `emit` in `js/errors.js` tells apart (its `switch`).
 #[derive(Clone, Copy)]
 pub(super) enum Emit {
-    /// `v`: the transition object.
+    /// `name`: the new status, `x`: when (ms), the rest: [`transition_parts`]. (`from` is the `to` before: JS keeps it.)
     Transition,
     /// `name`: the reason, `x`: the code, `y`: 1 when it will reconnect.
     Disconnected,
@@ -208,7 +202,15 @@ impl Inner {
             Event::Notice(e) => (Emit::Notice, "", request_error(e), none(), 0.0, 0.0),
             Event::Draining => (Emit::Draining, "", none(), none(), 0.0, 0.0),
             Event::StateChanged(t) => {
-                (Emit::Transition, "", transition_object(t), none(), 0.0, 0.0)
+                let (v, w, y) = transition_parts(&t.to);
+                (
+                    Emit::Transition,
+                    t.to.name(),
+                    v,
+                    w,
+                    t.at.as_millis() as f64,
+                    y,
+                )
             }
             Event::Disconnected {
                 code,

@@ -37,7 +37,7 @@ use js_sys::{Function, Object, Reflect, Uint8Array};
 use sockeye_core::handshake::{with_query_token, SUBPROTOCOL};
 use sockeye_core::{
     CloseCode, Connection, DisconnectReason, ErrorCode, Event, Input, Instant, Output,
-    RequestError, RequestId, SocketId, Status, SubscriptionState, Transition,
+    RequestError, RequestId, SocketId, Status, SubscriptionState,
 };
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
