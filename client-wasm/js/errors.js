@@ -621,3 +621,44 @@ export function emit(hub, kind, name, v, w, x, y) {
       return release(hub, () => true, 2, new ConnectionClosedError(name));
   }
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// The WebSocket (src/shell/socket.rs): in JS, one call each way rather than a boundary call per property and
+// listener.
+
+const SOCKET_EVENTS = ["open", "message", "close", "error"];
+
+/** `new WebSocket(url, protocol)` receiving binary messages as `ArrayBuffer`s, with `handler` on its events. */
+export function openSocket(url, protocol, handler) {
+  const ws = new WebSocket(url, protocol);
+  ws.binaryType = "arraybuffer";
+  for (const kind of SOCKET_EVENTS) ws.addEventListener(kind, handler);
+  return ws;
+}
+
+/**
+ * Detaches `handler` from `ws` and, unless it is closing or closed, closes it with `code` and `reason`; `ws.close()`
+ * when the browser refuses those (it sends only 1000 and 3000-4999, and at most 123 bytes of reason, which the
+ * core's `CloseReason` keeps to).
+ */
+export function closeSocket(ws, handler, code, reason) {
+  for (const kind of SOCKET_EVENTS) ws.removeEventListener(kind, handler);
+  if (ws.readyState > 1) return;
+  try {
+    ws.close(code, reason);
+  } catch {
+    ws.close();
+  }
+}
+
+// The page's events the client follows (src/shell/page.rs): on the window, then on its document.
+const PAGE_EVENTS = [["online", "offline"], ["visibilitychange", "resume"]];
+
+/** Adds (`on`) or removes `handler` for the page's events; false outside a window (a worker). */
+export function pageEvents(on, handler) {
+  if (typeof window !== "object") return false;
+  [window, window.document].forEach((target, i) => {
+    for (const kind of PAGE_EVENTS[i]) target?.[on ? "addEventListener" : "removeEventListener"](kind, handler);
+  });
+  return true;
+}

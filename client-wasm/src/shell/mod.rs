@@ -33,7 +33,7 @@ use alloc::rc::{Rc, Weak};
 use alloc::string::String;
 use core::cell::{Cell, RefCell};
 
-use js_sys::{Function, Object, Reflect, Uint8Array};
+use js_sys::{Function, Reflect, Uint8Array};
 use sockeye_core::handshake::{with_query_token, SUBPROTOCOL};
 use sockeye_core::{
     CloseCode, Connection, DisconnectReason, ErrorCode, Event, Input, Instant, Output,
@@ -57,7 +57,7 @@ pub(crate) use requests::Target;
 use socket::*;
 
 use crate::cbor;
-use crate::errors::{self, apply, apply_to, request_error, settle};
+use crate::errors::{self, apply, request_error, settle};
 use crate::options::{self, Options};
 
 #[wasm_bindgen]
@@ -172,7 +172,7 @@ impl State {
                         self.opening = None;
                     }
                     if let Some(s) = self.socket.take_if(|s| s.id == socket) {
-                        close(&s.ws, code.0, &reason);
+                        s.close(code.0, &reason);
                     }
                 }
                 Output::SendText(text) => {
@@ -423,10 +423,6 @@ fn callback(f: impl Fn(JsValue) + 'static) -> Callback {
 fn outcome_parts(outcome: &JsValue) -> (bool, JsValue) {
     let parts: &js_sys::Array = outcome.unchecked_ref();
     (parts.get(0).as_bool() == Some(true), parts.get(1))
-}
-
-fn set(o: &Object, key: &str, value: &JsValue) {
-    let _ = Reflect::set(o, &key.into(), value);
 }
 
 /// `o[key]`; `undefined` when `o` is not an object.
