@@ -4,7 +4,9 @@
 //! Here: the state, the drain of the core's outputs, the one timer, and the commands that start and end it all.
 //! By concern beside it: `socket.rs` (the `WebSocket`), `page.rs` (page events feeding `Wake` and the network
 //! state), `requests.rs` (promises: requests, acknowledged publishes, `waitForStatus`), `subscriptions.rs`,
-//! `server_requests.rs` (the server's `req`s), `events.rs` (the core's events as application callbacks).
+//! `server_requests.rs` (the server's `req`s), `events.rs` (the core's events as application callbacks). The
+//! application's listeners and promises, the objects its callbacks get and the browser's event wiring are in
+//! `js/errors.js`: each boundary call, import and Rust list costs the package more than the same in JS.
 //!
 //! # Borrow discipline (STYLE.md pitfall 3)
 //!
@@ -19,13 +21,14 @@
 //! # Ownership
 //!
 //! The exported `Client` holds the only strong `Rc<Inner>`. Every closure handed to the browser (socket events,
-//! the timer, page listeners, abort signals, returned unsubscribe functions) holds a `Weak`, and the closures
-//! themselves are owned by the shell (`Socket`, `State::tick`, `Listeners`, `Abort`) and detached from their
+//! `State::notify` for the timer, abort signals and topic unsubscribes, page listeners) holds a `Weak`, and the
+//! closures themselves are owned by the shell (`Socket`, `State::notify`, `Listeners`) and detached from their
 //! targets when dropped; nothing is `forget()`-ed. So `client.free()` (or the garbage collector: wasm-bindgen's
 //! glue registers every `Client` with a `FinalizationRegistry`) drops the state, which closes the socket and
-//! removes every listener and the timer. The unsubscribe functions handed to the application are the one
-//! exception to "owned by the shell": they are the application's (`into_js_value`, freed by the GC), and hold
-//! only a `Weak`, so they outlive the client harmlessly.
+//! removes every listener and the timer. The application's listeners, the promises the shell settles later and
+//! the unsubscribe functions it hands out are kept in JS (`emit` in `js/errors.js`); freeing the client empties
+//! that table (`Emit::Freed`) before the closures go, so an unsubscribe function called later finds nothing to
+//! remove and never calls into the freed client.
 
 use alloc::borrow::ToOwned;
 use alloc::collections::VecDeque;
