@@ -884,6 +884,34 @@ const extra = {
       }
     }, hooks);
   },
+
+  // The backoff timer, an `AbortSignal` and an unsubscribe function call into the client through one closure:
+  // calling the last two from a callback the timer runs works (wasm-bindgen refuses to re-enter an `FnMut` one).
+  async callbacksFromTheTimerMayUnsubscribeAndAbort(Client) {
+    const reconnect = { baseDelayMs: 10, maxDelayMs: 20, fullJitter: false, maxAttempts: 5 };
+    // Port 1 on loopback: refused at once, so the second attempt waits for the backoff timer.
+    await withClient(Client, { url: "ws://127.0.0.1:1/ws", reconnect }, async (client) => {
+      const unsubscribe = client.subscribe("timer-reentry", () => {});
+      const controller = new AbortController();
+      const queued = client.request("echo", 1, { signal: controller.signal });
+      const errors = [];
+      let done = false;
+      client.subscribeToTransitions((t) => {
+        if (done || t.to !== "connecting" || t.attempt !== 2) return;
+        done = true;
+        try {
+          unsubscribe();
+          controller.abort();
+        } catch (e) {
+          errors.push(e);
+        }
+      });
+      client.start();
+      await until(() => done, 5000, "the second attempt, started by the backoff timer");
+      assertEq(errors.map(String), [], "calls from the timer's callback");
+      assertError(await rejection(queued, "aborted"), "AbortError", "CANCELLED", "aborted from the timer's callback");
+    });
+  },
 };
 Object.assign(scenarios, extra);
 
