@@ -1,5 +1,5 @@
 //! A service talking to a Sockeye server: authentication headers, a token provider, typed requests, error
-//! codes, a subscription and a handler for the server's requests.
+//! codes, a subscription, a handler for the server's requests, and why the connection was lost.
 //!
 //! ```text
 //! cargo run -p sockeye --example service                              # starts its own reference server
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use sockeye::{Client, Error, ErrorCode, SubscriptionItem};
+use sockeye::{Client, ClientEvent, Error, ErrorCode, SubscriptionItem};
 
 /// The request and reply of the server's `add` method (in the embedded server below).
 #[derive(Serialize, Deserialize, Debug)]
@@ -83,6 +83,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .connect()
         .await?;
 
+    // What happens to the connection, as it happens: the close code and reason, and whether it comes back.
+    let mut lifecycle = client.events();
+    tokio::spawn(async move {
+        while let Some(event) = lifecycle.next().await {
+            match event {
+                Ok(ClientEvent::Disconnected {
+                    code,
+                    reason,
+                    will_reconnect,
+                }) => println!(
+                    "disconnected with {code} {:?}; reconnecting: {will_reconnect}",
+                    reason.as_str()
+                ),
+                Ok(other) => println!("{other:?}"),
+                Err(e) => println!("{e}"), // fell behind: some events were dropped
+            }
+        }
+    });
+
     let me: WhoAmI = client.request("whoami", &()).await?;
     println!(
         "connected as {} (connection {})",
@@ -110,6 +129,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // A subscription: events arrive as typed values; it survives reconnects.
     let mut ticks = client.subscribe::<u64>("ticks")?;
+    // Events published before the server acknowledged the subscription would not be delivered.
+    ticks.subscribed().await?;
     for n in 1..=3u64 {
         client.publish("ticks", &n).await?;
     }

@@ -15,10 +15,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::builder::ClientBuilder;
 use crate::handlers::{self, Handlers};
 use crate::requests::{Call, PublishFuture, ReplyTo, RequestFuture, SendFuture, Target};
-use crate::streams::{feed, Feed, Incoming, Listener, StreamLimits, Transitions};
+#[cfg(doc)]
+use crate::streams::ClientEvent;
+use crate::streams::{
+    feed, Events, Feed, Incoming, Listen, Listener, Listening, StreamLimits, Transitions,
+};
 #[cfg(doc)]
 use crate::subscriptions::SubscriptionItem;
-use crate::subscriptions::{RawItem, SubState, Subscription};
+use crate::subscriptions::{RawItem, Subscription, SubscriptionState};
 use crate::Error;
 
 /// What a [`Client`] handle asks of its driver task. One unbounded channel carries them all, so their order
@@ -50,7 +54,7 @@ pub(crate) enum Command {
         topic: String,
         key: u64,
         feed: Feed<RawItem>,
-        state: watch::Sender<SubState>,
+        state: watch::Sender<SubscriptionState>,
     },
     Unsubscribe {
         topic: String,
@@ -349,7 +353,7 @@ impl Client {
         validate_topic(topic)?;
         let key = self.key();
         let (feed, tap) = feed(self.inner.stream_limits);
-        let (state_tx, state) = watch::channel(SubState::Pending);
+        let (state_tx, state) = watch::channel(SubscriptionState::Pending);
         self.submit(Command::Subscribe {
             topic: topic.to_owned(),
             key,
@@ -390,14 +394,19 @@ impl Client {
     /// # }
     /// ```
     pub fn incoming(&self) -> Incoming {
+        self.listen()
+    }
+
+    /// A new listener stream of `T`s.
+    fn listen<T: Listen>(&self) -> Listening<T> {
         let key = self.key();
         let (feed, tap) = feed(self.inner.stream_limits);
         // A closed client: the feed is dropped with the command, and the stream ends at once.
         let _ = self.submit(Command::Listen {
             key,
-            listener: Listener::Incoming(feed),
+            listener: T::listener(feed),
         });
-        Incoming {
+        Listening {
             key,
             tap,
             commands: self.inner.commands.clone(),
@@ -481,17 +490,49 @@ impl Client {
     /// # }
     /// ```
     pub fn transitions(&self) -> Transitions {
-        let key = self.key();
-        let (feed, tap) = feed(self.inner.stream_limits);
-        let _ = self.submit(Command::Listen {
-            key,
-            listener: Listener::Transitions(feed),
-        });
-        Transitions {
-            key,
-            tap,
-            commands: self.inner.commands.clone(),
-        }
+        self.listen()
+    }
+
+    /// A stream of what happens to the connection from now on, as the core reports it: why it was lost
+    /// and whether the client will reconnect ([`ClientEvent::Disconnected`]), [`ClientEvent::Reconnected`],
+    /// [`ClientEvent::Draining`], and the server's connection-level errors ([`ClientEvent::Notice`]). It
+    /// ends when the client is closed (after the `Disconnected` of the close itself, when a connection was
+    /// open). Every stream gets every event; a stream created later does not see earlier ones.
+    ///
+    /// Bounded like every stream of the client: an application that falls more than
+    /// [`stream_buffer`](ClientBuilder::stream_buffer) items (or
+    /// [`stream_buffer_bytes`](ClientBuilder::stream_buffer_bytes)) behind loses the newest events, and the
+    /// stream yields [`Error::Lagged`] with their count before its next event; [`Client::state`] tells where
+    /// things stand then.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let server = sockeye_server::Server::builder().bind("127.0.0.1:0".parse()?).start().await?;
+    /// use futures_util::StreamExt;
+    /// use sockeye::{ClientEvent, CloseCode};
+    ///
+    /// let client = sockeye::Client::builder(server.ws_url()).connect().await?;
+    /// let mut events = client.events();
+    /// // The reference server's built-in `close` method closes the connection with the given code.
+    /// client
+    ///     .request::<_, ()>("close", &serde_json::json!({ "code": 1012, "reason": "restart" }))
+    ///     .await?;
+    /// match events.next().await.expect("stream open")? {
+    ///     ClientEvent::Disconnected { code, reason, will_reconnect } => {
+    ///         assert_eq!((code, reason.as_str(), will_reconnect), (CloseCode(1012), "restart", true));
+    ///     }
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// assert!(matches!(events.next().await, Some(Ok(ClientEvent::Reconnected))));
+    /// # client.close().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn events(&self) -> Events {
+        self.listen()
     }
 
     /// Waits until the state is `status`, compared by kind ([`Status::name`]: the attempt numbers of

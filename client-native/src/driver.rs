@@ -20,7 +20,7 @@ use futures_util::{FutureExt, SinkExt, StreamExt};
 use sockeye_core::codec::Payload;
 use sockeye_core::{
     CloseCode, CloseReason, Connection, ErrorCode, Event, Input, Instant as CoreInstant, Output,
-    RequestError, RequestId, SocketId, Status, SubscriptionState, Transition,
+    RequestError, RequestId, SocketId, Status, Transition,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -34,8 +34,8 @@ use tracing::{debug, info, trace, warn};
 use crate::client::Command;
 use crate::handlers::Handlers;
 use crate::requests::{ReplyTo, Target};
-use crate::streams::{Feed, Listener, Message};
-use crate::subscriptions::{RawItem, SubState};
+use crate::streams::{ClientEvent, Feed, Listener, Message, Weigh};
+use crate::subscriptions::{RawItem, SubscriptionState};
 use crate::transport::{ConnectError, Transport, WsStream};
 use crate::Error;
 
@@ -122,7 +122,7 @@ enum Wake {
 struct TopicFeed {
     key: u64,
     feed: Feed<RawItem>,
-    state: watch::Sender<SubState>,
+    state: watch::Sender<SubscriptionState>,
 }
 
 pub(crate) struct Driver {
@@ -157,6 +157,7 @@ pub(crate) struct Driver {
     topics: BTreeMap<String, Vec<TopicFeed>>,
     incoming: BTreeMap<u64, Feed<Message>>,
     transitions: BTreeMap<u64, Feed<Transition>>,
+    events: BTreeMap<u64, Feed<ClientEvent>>,
     stopped: bool,
     /// The clock reading of this wake-up, see [`Driver::now`].
     clock: Cell<Option<CoreInstant>>,
@@ -197,6 +198,7 @@ impl Driver {
             topics: BTreeMap::new(),
             incoming: BTreeMap::new(),
             transitions: BTreeMap::new(),
+            events: BTreeMap::new(),
             stopped: false,
             clock: Cell::new(None),
             replies_woken: 0,
@@ -445,12 +447,13 @@ impl Driver {
             } => {
                 if let Err(e) = self.conn.subscribe(now, &topic) {
                     let e = Error::from(e);
-                    state.send_replace(SubState::Failed(e.clone()));
+                    state.send_replace(SubscriptionState::Failed(e.clone()));
                     feed.deliver(Err(e));
                     return;
                 }
-                if let Some(SubscriptionState::Live) = self.conn.subscription(&topic) {
-                    state.send_replace(SubState::Live);
+                if let Some(sockeye_core::SubscriptionState::Live) = self.conn.subscription(&topic)
+                {
+                    state.send_replace(SubscriptionState::Live);
                 }
                 self.topics
                     .entry(topic)
@@ -479,10 +482,14 @@ impl Driver {
                 Listener::Transitions(feed) => {
                     self.transitions.insert(key, feed);
                 }
+                Listener::Events(feed) => {
+                    self.events.insert(key, feed);
+                }
             },
             Command::Unlisten { key } => {
                 self.incoming.remove(&key);
                 self.transitions.remove(&key);
+                self.events.remove(&key);
             }
             Command::Close => {
                 debug!("closed by the application");
@@ -709,12 +716,7 @@ impl Driver {
                 if self.incoming.is_empty() {
                     trace!(%name, "message dropped: no incoming() stream");
                 }
-                self.incoming.retain(|_, feed| {
-                    feed.deliver(Ok(Message {
-                        name: name.clone(),
-                        data: data.clone(),
-                    }))
-                });
+                broadcast(&mut self.incoming, &Message { name, data });
             }
             Event::TopicEvent {
                 topic,
@@ -771,13 +773,26 @@ impl Driver {
                 will_reconnect,
             } => {
                 // `?` on peer-controlled text: written quoted, with every control character escaped.
-                info!(%code, reason = ?reason.as_str(), will_reconnect, "connection lost")
+                info!(%code, reason = ?reason.as_str(), will_reconnect, "connection lost");
+                let event = ClientEvent::Disconnected {
+                    code,
+                    reason,
+                    will_reconnect,
+                };
+                broadcast(&mut self.events, &event);
             }
-            Event::Reconnected => info!("reconnected"),
+            Event::Reconnected => {
+                info!("reconnected");
+                broadcast(&mut self.events, &ClientEvent::Reconnected);
+            }
             Event::Notice(error) => {
-                warn!(error = ?error.to_string(), "the server reported an error")
+                warn!(error = ?error.to_string(), "the server reported an error");
+                broadcast(&mut self.events, &ClientEvent::Notice(error.into()));
             }
-            Event::Draining => info!("the server is draining"),
+            Event::Draining => {
+                info!("the server is draining");
+                broadcast(&mut self.events, &ClientEvent::Draining);
+            }
         }
     }
 
@@ -789,28 +804,34 @@ impl Driver {
         }
     }
 
-    /// The core's word on a topic, passed to every stream following it:
-    /// [`Subscription::subscribed`](crate::Subscription::subscribed) waits on it, and a refusal ends them.
-    fn subscription_changed(&mut self, topic: String, state: SubscriptionState) {
-        let state = match state {
-            SubscriptionState::Pending => SubState::Pending,
-            SubscriptionState::Live => {
-                debug!(topic = ?topic, "subscribed");
-                SubState::Live
-            }
+    /// The core's word on a topic, passed to every stream following it: [`Subscription::state`] and
+    /// [`Subscription::subscribed`](crate::Subscription::subscribed) read it, and a refusal ends the streams.
+    ///
+    /// [`Subscription::state`]: crate::Subscription::state
+    fn subscription_changed(&mut self, topic: String, state: sockeye_core::SubscriptionState) {
+        let state = SubscriptionState::from(state);
+        match &state {
             SubscriptionState::Failed(error) => {
                 // `?` on peer-controlled text: written quoted, with every control character escaped.
                 warn!(topic = ?topic, error = ?error.to_string(), "subscription refused");
-                let error = Error::from(error);
                 for f in self.topics.remove(&topic).unwrap_or_default() {
-                    f.state.send_replace(SubState::Failed(error.clone()));
+                    f.state.send_replace(state.clone());
                     f.feed.deliver(Err(error.clone()));
                 }
                 return;
             }
-        };
+            SubscriptionState::Live => debug!(topic = ?topic, "subscribed"),
+            SubscriptionState::Pending => {}
+        }
         for f in self.topics.get(&topic).into_iter().flatten() {
-            f.state.send_replace(state.clone());
+            // Changes only: a stream that joined a pending topic must not see `pending` twice.
+            f.state.send_if_modified(|current| {
+                let changed = std::mem::discriminant(current) != std::mem::discriminant(&state);
+                if changed {
+                    *current = state.clone();
+                }
+                changed
+            });
         }
     }
 
@@ -860,8 +881,7 @@ impl Driver {
             to => info!(from = %transition.from, %to, "state changed"),
         }
         self.status.send_replace(transition.to.clone());
-        self.transitions
-            .retain(|_, feed| feed.deliver(Ok(transition.clone())));
+        broadcast(&mut self.transitions, &transition);
     }
 
     async fn shutdown(&mut self) {
@@ -875,12 +895,18 @@ impl Driver {
         self.topics.clear();
         self.incoming.clear();
         self.transitions.clear();
+        self.events.clear();
         let closers = async { while self.closers.join_next().await.is_some() {} };
         let _ = tokio::time::timeout(CLOSE_GRACE + Duration::from_millis(500), closers).await;
         debug!("client task finished");
         // Dropping the driver (and `self.status` with it) right after this tells `Client::close` that the task
         // has ended.
     }
+}
+
+/// Hands `item` to every listener stream in `feeds`, forgetting those whose stream is gone.
+fn broadcast<T: Weigh + Clone>(feeds: &mut BTreeMap<u64, Feed<T>>, item: &T) {
+    feeds.retain(|_, feed| feed.deliver(Ok(item.clone())));
 }
 
 /// When the one timer was armed, on the monotonic and the wall clock, and the wait it asked for.

@@ -51,6 +51,12 @@
 //! [`Client::state`], [`Client::transitions`] and [`Client::wait_for`]. A close with 4003 (or an upgrade
 //! refused with HTTP 401/403) or 1008 is terminal; everything else is retried. [`Client::close`] ends it all.
 //!
+//! What happens to the connection is reported as the core decides it, never guessed by this crate:
+//! [`Client::events`] yields [`ClientEvent::Disconnected`] with the close code, reason and whether the client
+//! will reconnect, [`ClientEvent::Reconnected`], [`ClientEvent::Draining`] and the server's connection-level
+//! errors; [`Subscription::state`] and [`Subscription::states`] tell whether a topic is pending, live on the
+//! current connection, or refused ([`SubscriptionState`]).
+//!
 //! # Errors
 //!
 //! One [`Error`] enum, whose [`Error::code`] is the protocol's error code: `DEADLINE_EXCEEDED` for a request
@@ -90,9 +96,13 @@ pub use client::Client;
 pub use error::Error;
 pub use requests::{PublishFuture, RequestFuture, SendFuture};
 pub use sockeye_core::SUBPROTOCOL;
-pub use streams::{Incoming, Message, Transitions};
-pub use subscriptions::{Subscription, SubscriptionItem, TopicEvent};
+pub use streams::{ClientEvent, Events, Incoming, Listening, Message, Transitions};
+pub use subscriptions::{
+    Subscription, SubscriptionItem, SubscriptionState, SubscriptionStates, TopicEvent,
+};
 pub use transport::Certificate;
 
 pub use sockeye_core::codec::{Payload, TopicPosition};
-pub use sockeye_core::{CloseCode, DisconnectReason, ErrorCode, Instant, Status, Transition};
+pub use sockeye_core::{
+    CloseCode, CloseReason, DisconnectReason, ErrorCode, Instant, Status, Transition,
+};

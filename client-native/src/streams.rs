@@ -1,5 +1,5 @@
-//! Bounded streams the driver feeds without ever blocking (subscriptions, messages, transitions), and the
-//! listener streams of messages and transitions.
+//! Bounded streams the driver feeds without ever blocking (subscriptions, messages, transitions, lifecycle
+//! events), and the listener streams of messages, transitions and lifecycle events.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use futures_util::Stream;
 use serde::de::DeserializeOwned;
 use sockeye_core::codec::Payload;
-use sockeye_core::Transition;
+use sockeye_core::{CloseCode, CloseReason, Transition};
 use tokio::sync::mpsc;
 
 use crate::client::Command;
@@ -23,6 +23,30 @@ use crate::Error;
 pub(crate) enum Listener {
     Incoming(Feed<Message>),
     Transitions(Feed<Transition>),
+    Events(Feed<ClientEvent>),
+}
+
+/// What a [`Listening`] stream yields: it knows which [`Listener`] its sending half goes in.
+pub(crate) trait Listen: Weigh + Sized {
+    fn listener(feed: Feed<Self>) -> Listener;
+}
+
+impl Listen for Message {
+    fn listener(feed: Feed<Self>) -> Listener {
+        Listener::Incoming(feed)
+    }
+}
+
+impl Listen for Transition {
+    fn listener(feed: Feed<Self>) -> Listener {
+        Listener::Transitions(feed)
+    }
+}
+
+impl Listen for ClientEvent {
+    fn listener(feed: Feed<Self>) -> Listener {
+        Listener::Events(feed)
+    }
 }
 
 /// How much a stream may buffer for an application that falls behind ([`ClientBuilder::stream_buffer`],
@@ -61,6 +85,19 @@ impl Weigh for Message {
 impl Weigh for Transition {
     fn weight(&self) -> usize {
         0
+    }
+}
+
+impl Weigh for ClientEvent {
+    fn weight(&self) -> usize {
+        match self {
+            ClientEvent::Disconnected { reason, .. } => reason.as_str().len(),
+            // The server's text and details: a peer must not fill a lagging stream with large notices.
+            ClientEvent::Notice(Error::Server {
+                message, details, ..
+            }) => message.len() + payload_len(details.as_ref()),
+            ClientEvent::Notice(_) | ClientEvent::Reconnected | ClientEvent::Draining => 0,
+        }
     }
 }
 
@@ -155,6 +192,33 @@ pub struct Message {
     pub data: Option<Payload>,
 }
 
+/// What happened to the client's connection, as the core reports it ([`Client::events`]). The client's
+/// state changes themselves are [`Client::transitions`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum ClientEvent {
+    /// A connection that was open (`connected` or `ready`) ended: the close code and reason, the server's or
+    /// the client's own (1000 for [`Client::close`], 4000 for a keepalive timeout, 4004 for a frame the client
+    /// refused; 1006 when the socket failed without a close frame). `will_reconnect` is false when the client
+    /// gives up (authentication failed with 4003, a policy violation with 1008, reconnect disabled, closed)
+    /// and ends in `disconnected`; otherwise it retries with backoff. A connect attempt that never opened
+    /// (refused, unreachable, an upgrade refused with HTTP 401) is seen in [`Client::transitions`] only.
+    Disconnected {
+        code: CloseCode,
+        /// The close frame's reason (at most 123 bytes; text the server controls).
+        reason: CloseReason,
+        will_reconnect: bool,
+    },
+    /// `ready` again after an earlier `ready` (since the client started): subscriptions are being renewed
+    /// and the offline queue has been flushed.
+    Reconnected,
+    /// The server said `bye` (PROTOCOL §8): it is draining and will close this connection; the client
+    /// reconnects after it.
+    Draining,
+    /// An `err` from the server about the connection rather than a request (one without an `id`).
+    Notice(Error),
+}
+
 impl Message {
     /// The payload decoded as `T` (an absent payload as `null`).
     ///
@@ -165,55 +229,37 @@ impl Message {
     }
 }
 
+/// A listener stream of the client: [`Client::incoming`] ([`Incoming`]), [`Client::transitions`]
+/// ([`Transitions`]) or [`Client::events`] ([`Events`]). Bounded like every stream of the client: see
+/// [`Error::Lagged`]. It ends when the client is closed; dropping it stops the delivery.
+pub struct Listening<T> {
+    pub(crate) key: u64,
+    pub(crate) tap: Tap<T>,
+    pub(crate) commands: mpsc::UnboundedSender<Command>,
+}
+
 /// The stream of [`Client::incoming`].
-pub struct Incoming {
-    pub(crate) key: u64,
-    pub(crate) tap: Tap<Message>,
-    pub(crate) commands: mpsc::UnboundedSender<Command>,
-}
-
-impl std::fmt::Debug for Incoming {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Incoming").finish_non_exhaustive()
-    }
-}
-
-impl Stream for Incoming {
-    type Item = Result<Message, Error>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.tap.poll_next(cx)
-    }
-}
-
-impl Drop for Incoming {
-    fn drop(&mut self) {
-        let _ = self.commands.send(Command::Unlisten { key: self.key });
-    }
-}
-
+pub type Incoming = Listening<Message>;
 /// The stream of [`Client::transitions`].
-pub struct Transitions {
-    pub(crate) key: u64,
-    pub(crate) tap: Tap<Transition>,
-    pub(crate) commands: mpsc::UnboundedSender<Command>,
-}
+pub type Transitions = Listening<Transition>;
+/// The stream of [`Client::events`].
+pub type Events = Listening<ClientEvent>;
 
-impl std::fmt::Debug for Transitions {
+impl<T> std::fmt::Debug for Listening<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Transitions").finish_non_exhaustive()
+        f.debug_struct("Listening").finish_non_exhaustive()
     }
 }
 
-impl Stream for Transitions {
-    type Item = Result<Transition, Error>;
+impl<T> Stream for Listening<T> {
+    type Item = Result<T, Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.tap.poll_next(cx)
     }
 }
 
-impl Drop for Transitions {
+impl<T> Drop for Listening<T> {
     fn drop(&mut self) {
         let _ = self.commands.send(Command::Unlisten { key: self.key });
     }

@@ -1,5 +1,5 @@
-//! Subscriptions: the stream of a topic's events and of what became of its sequence, and whether the core
-//! reports it live.
+//! Subscriptions: the stream of a topic's events and of what became of its sequence, and the state the core
+//! reports for it (pending, live, failed).
 
 use std::future::Future;
 use std::marker::PhantomData;
@@ -7,7 +7,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures_util::Stream;
+use futures_util::stream::BoxStream;
+use futures_util::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use sockeye_core::codec::Payload;
 use tokio::sync::{mpsc, watch};
@@ -19,15 +20,32 @@ use crate::streams::Tap;
 use crate::Client;
 use crate::Error;
 
-/// Whether a subscription's `sub` is acknowledged on the current connection ([`Subscription::subscribed`]).
+/// Where a subscription stands on the current connection, as the core reports it ([`Subscription::state`],
+/// [`Subscription::states`]).
 #[derive(Clone, Debug)]
-pub(crate) enum SubState {
-    /// Not acknowledged (yet, or again after a reconnect).
+#[non_exhaustive]
+pub enum SubscriptionState {
+    /// Not acknowledged on the current connection: not yet, or again after the connection that acknowledged
+    /// it was lost. Events published meanwhile may be missed (a server with history replays them once it
+    /// acknowledges; what it cannot replay is reported as a gap or reset).
     Pending,
-    /// Acknowledged on the current connection: events published from now on are delivered.
+    /// Acknowledged on the current connection: every event published from now on is delivered.
     Live,
-    /// Refused by the server; the subscription has ended.
+    /// Refused by the server (e.g. `PERMISSION_DENIED`); the subscription has ended, for every stream
+    /// following the topic.
     Failed(Error),
+}
+
+impl From<sockeye_core::SubscriptionState> for SubscriptionState {
+    fn from(state: sockeye_core::SubscriptionState) -> Self {
+        match state {
+            sockeye_core::SubscriptionState::Pending => SubscriptionState::Pending,
+            sockeye_core::SubscriptionState::Live => SubscriptionState::Live,
+            sockeye_core::SubscriptionState::Failed(error) => {
+                SubscriptionState::Failed(error.into())
+            }
+        }
+    }
 }
 
 /// A subscription's item before the subscriber's type is applied.
@@ -96,7 +114,7 @@ pub struct Subscription<T> {
     pub(crate) topic: String,
     pub(crate) key: u64,
     pub(crate) tap: Tap<RawItem>,
-    pub(crate) state: watch::Receiver<SubState>,
+    pub(crate) state: watch::Receiver<SubscriptionState>,
     pub(crate) commands: mpsc::UnboundedSender<Command>,
     pub(crate) _data: PhantomData<fn() -> T>,
 }
@@ -138,15 +156,84 @@ impl<T> Subscription<T> {
         let mut state = self.state.clone();
         async move {
             let outcome = state
-                .wait_for(|s| !matches!(s, SubState::Pending))
+                .wait_for(|s| !matches!(s, SubscriptionState::Pending))
                 .await
                 .map(|s| s.clone());
             match outcome {
-                Ok(SubState::Failed(e)) => Err(e),
+                Ok(SubscriptionState::Failed(e)) => Err(e),
                 Ok(_) => Ok(()),
                 Err(_) => Err(Error::Closed),
             }
         }
+    }
+
+    /// Where the subscription stands now: pending until the server acknowledges it on the current connection,
+    /// live from then on (pending again while a lost connection is being replaced), failed when refused.
+    /// After [`Client::close`] it keeps its last state (pending).
+    pub fn state(&self) -> SubscriptionState {
+        self.state.borrow().clone()
+    }
+
+    /// A stream of the subscription's states: the current one first, then every change. It does not borrow
+    /// the subscription, and ends after [`SubscriptionState::Failed`], when the subscription is dropped, or
+    /// when the client is closed.
+    ///
+    /// It holds one state, never a backlog: a stream polled less often than the state changes skips to the
+    /// latest (a `pending` → `live` → `pending` it did not look at meanwhile is seen as one `pending`, or
+    /// not at all), so it suits showing the state, not counting reconnects ([`Client::events`] reports each
+    /// one).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let server = sockeye_server::Server::builder().bind("127.0.0.1:0".parse()?).start().await?;
+    /// use futures_util::StreamExt;
+    /// use sockeye::SubscriptionState;
+    ///
+    /// let client = sockeye::Client::builder(server.ws_url()).build()?; // still connecting
+    /// let news = client.subscribe::<String>("news")?;
+    /// let mut states = news.states();
+    /// assert!(matches!(states.next().await, Some(SubscriptionState::Pending)));
+    /// assert!(matches!(states.next().await, Some(SubscriptionState::Live)));
+    /// assert!(matches!(news.state(), SubscriptionState::Live));
+    /// # client.close().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn states(&self) -> SubscriptionStates {
+        let state = self.state.clone();
+        let states = futures_util::stream::unfold((state, true), |(mut state, first)| async move {
+            // The current state first; then each change, until the driver drops the sending half.
+            if !first {
+                state.changed().await.ok()?;
+            }
+            let current = state.borrow_and_update().clone();
+            Some((current, (state, false)))
+        });
+        SubscriptionStates {
+            states: states.boxed(),
+        }
+    }
+}
+
+/// The stream of [`Subscription::states`].
+pub struct SubscriptionStates {
+    states: BoxStream<'static, SubscriptionState>,
+}
+
+impl std::fmt::Debug for SubscriptionStates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubscriptionStates").finish_non_exhaustive()
+    }
+}
+
+impl Stream for SubscriptionStates {
+    type Item = SubscriptionState;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.states.poll_next_unpin(cx)
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use sockeye::{DisconnectReason, ErrorCode, Payload, Status};
 use sockeye_core::codec::Envelope;
 use tokio::sync::{mpsc, Semaphore};
@@ -248,5 +248,63 @@ async fn a_slow_subscriber_holds_a_bounded_number_of_bytes() {
         let event = within("an event", events.next()).await.unwrap().unwrap();
         assert_eq!(event.into_event().map(|e| e.seq), Some(seq));
     }
+    client.close().await;
+}
+
+/// A server's connection-level errors (`err` without an `id`) reach `events()` as notices, and a server that
+/// floods them cannot grow a stream the application does not read past its byte budget: the rest are dropped
+/// and counted.
+#[tokio::test]
+async fn a_flood_of_notices_is_bounded_in_an_unread_events_stream() {
+    const NOTICES: u64 = 100;
+    let server = RawServer::start(|mut ws| async move {
+        for _ in 0..NOTICES {
+            let notice = Envelope::Err {
+                id: None,
+                code: ErrorCode::Internal,
+                message: "x".repeat(1000),
+                data: None,
+            };
+            if ws
+                .send(Message::binary(complete_frame(&notice)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        // Frames are handled in order: once this message is seen, every notice was.
+        let done = Envelope::Msg {
+            name: "done".to_owned(),
+            data: None,
+        };
+        let _ = ws.send(Message::binary(complete_frame(&done))).await;
+        // Read on, so the client's close is answered.
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    let client = fast(server.url())
+        .stream_buffer_bytes(1500)
+        .build()
+        .unwrap();
+    let mut events = client.events();
+    let mut incoming = client.incoming();
+    let done = within("the last message", incoming.next()).await;
+    assert_eq!(done.expect("stream open").expect("no lag").name, "done");
+
+    // One notice of 1000 bytes fits the budget of 1500; the other 99 did not.
+    assert!(matches!(
+        within("the lag", events.next()).await,
+        Some(Err(sockeye::Error::Lagged { skipped })) if skipped == NOTICES - 1
+    ));
+    match within("the notice", events.next()).await {
+        Some(Ok(sockeye::ClientEvent::Notice(sockeye::Error::Server {
+            code, message, ..
+        }))) => {
+            assert_eq!((code, message.len()), (ErrorCode::Internal, 1000));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(events.next().now_or_never().is_none(), "nothing else held");
     client.close().await;
 }

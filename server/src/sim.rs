@@ -4,16 +4,21 @@
 //!
 //! It is the same server as the tokio one: the same `Session`s, broker (`broker::execute`), budgets
 //! and drain schedule; only the socket and the clock are replaced. Tasks (handlers, the auth verifier) are
-//! polled in place with a no-op waker each time their connection's output is pulled, so a handler that waits
-//! on tokio (the built-in `sleep`) needs a runtime entered by the caller and completes only in real time.
+//! polled in place each time their connection's output is pulled, so a handler that waits on tokio (the
+//! built-in `sleep`) needs a runtime entered by the caller and completes only in real time.
+//!
+//! A step costs what changed, not the number of connections (a scan of 1000 sessions per simulated event
+//! made the `Pair` scenarios take seconds): deadlines sit in a set ordered by time, and each connection's
+//! tasks, event queue and close order are polled with a waker that marks the connection woken, so
+//! [`SimServer::poll_all`] visits only connections with something to do, as a runtime would.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Wake, Waker};
 
-use futures_util::task::noop_waker_ref;
+use futures_util::future::BoxFuture;
 use sockeye_core::codec::Payload;
 use sockeye_core::error::CloseCode;
 use sockeye_core::time::{Duration, Instant};
@@ -41,34 +46,84 @@ pub enum SimOutput {
     Gone,
 }
 
+/// Connections with something to do: woken by their tasks, event queue or close order.
+type Woken = Arc<Mutex<BTreeSet<u64>>>;
+
+/// Marks one connection woken.
+struct ConnWaker {
+    id: u64,
+    woken: Woken,
+}
+
+impl Wake for ConnWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        lock(&self.woken).insert(self.id);
+    }
+}
+
+fn lock(woken: &Woken) -> std::sync::MutexGuard<'_, BTreeSet<u64>> {
+    woken.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 struct SimConnection {
     session: Session,
     control: Arc<ConnControl>,
+    /// Completes when a close is ordered (`ConnControl::notify`, as the tokio shell waits for it); `None`
+    /// once it has: only the first order notifies, and it stands for good.
+    close_ordered: Option<BoxFuture<'static, ()>>,
     events: Option<(mpsc::Sender<Event>, mpsc::Receiver<Event>)>,
-    /// Tasks not finished yet, polled again on every pull.
+    /// Tasks not finished yet.
     tasks: Vec<Task>,
+    waker: Waker,
+    /// The session's deadline as filed in `SimServer::timers`.
+    deadline: Option<Instant>,
+}
+
+/// A future completing at the next close order for `control`.
+fn close_ordered(control: &Arc<ConnControl>) -> BoxFuture<'static, ()> {
+    let control = Arc::clone(control);
+    Box::pin(async move { control.notify.notified().await })
 }
 
 impl SimConnection {
-    /// Hands the session what arrived beside the socket: close orders, events, finished tasks.
-    fn gather(&mut self, now: Instant) {
+    /// Hands the session what arrived beside the socket (close orders, events, finished tasks), leaving
+    /// the connection's waker with everything still pending. Whether it handed over anything.
+    fn gather(&mut self, now: Instant) -> bool {
+        let mut cx = Context::from_waker(&self.waker);
+        let mut handed = false;
+        if let Some(order) = self.close_ordered.as_mut() {
+            if order.as_mut().poll(&mut cx).is_ready() {
+                self.close_ordered = None;
+            }
+        }
         if let Some(request) = self.control.take_close() {
+            // Ignored once the session is ending, so `handed` stays false then.
+            handed |= !self.session.is_ending();
             self.session.handle_close_request(now, request);
         }
-        while let Some(event) = self.events.as_mut().and_then(|(_, rx)| rx.try_recv().ok()) {
+        while let Some((_, rx)) = self.events.as_mut() {
+            let Poll::Ready(Some(event)) = rx.poll_recv(&mut cx) else {
+                break;
+            };
+            handed = true;
             self.session.handle_event(now, event);
         }
-        let mut cx = Context::from_waker(noop_waker_ref());
         let mut index = 0;
         while index < self.tasks.len() {
             match self.tasks[index].as_mut().poll(&mut cx) {
                 Poll::Ready(done) => {
                     drop(self.tasks.swap_remove(index));
+                    handed = true;
                     self.session.handle_done(now, done);
                 }
                 Poll::Pending => index += 1,
             }
         }
+        handed
     }
 
     fn start(&mut self, now: Instant, task: Task) {
@@ -82,6 +137,9 @@ impl SimConnection {
 pub struct SimServer {
     shared: Arc<Shared>,
     connections: BTreeMap<u64, SimConnection>,
+    /// Every session's deadline, by time and connection.
+    timers: BTreeSet<(Instant, u64)>,
+    woken: Woken,
     /// Drain closes not yet due, by when and which connection (one of a connection gone meanwhile is
     /// skipped when due).
     scheduled: BTreeMap<(Instant, u64), CloseRequest>,
@@ -94,6 +152,8 @@ impl SimServer {
         SimServer {
             shared: Arc::new(shared),
             connections: BTreeMap::new(),
+            timers: BTreeSet::new(),
+            woken: Woken::default(),
             scheduled: BTreeMap::new(),
             now: Instant::from_millis(0),
         }
@@ -119,15 +179,25 @@ impl SimServer {
             now,
             upgraded,
         );
+        let waker = Waker::from(Arc::new(ConnWaker {
+            id,
+            woken: Arc::clone(&self.woken),
+        }));
         self.connections.insert(
             id,
             SimConnection {
                 session,
+                close_ordered: Some(close_ordered(&control)),
                 control,
                 events: None,
                 tasks: Vec::new(),
+                waker,
+                deadline: None,
             },
         );
+        // Its first output (`ready`, or the verifier's task) is due now.
+        lock(&self.woken).insert(id);
+        self.file_deadline(id);
         Some(id)
     }
 
@@ -156,7 +226,27 @@ impl SimServer {
         if let Some(conn) = self.connections.get_mut(&connection) {
             conn.gather(now);
             conn.session.handle_inbound(now, inbound);
+            lock(&self.woken).insert(connection);
+            self.file_deadline(connection);
         }
+    }
+
+    /// Files `connection`'s current deadline in `timers` in place of the one filed before.
+    fn file_deadline(&mut self, connection: u64) {
+        let Some(conn) = self.connections.get_mut(&connection) else {
+            return;
+        };
+        let deadline = conn.session.poll_timeout();
+        if deadline == conn.deadline {
+            return;
+        }
+        if let Some(old) = conn.deadline.take() {
+            self.timers.remove(&(old, connection));
+        }
+        if let Some(at) = deadline {
+            self.timers.insert((at, connection));
+        }
+        conn.deadline = deadline;
     }
 
     /// The next thing `connection` writes; after a close (or a vanished socket) the connection is over and
@@ -164,10 +254,24 @@ impl SimServer {
     pub fn poll_output(&mut self, connection: u64) -> Option<SimOutput> {
         let now = self.now;
         let shared = Arc::clone(&self.shared);
-        let conn = self.connections.get_mut(&connection)?;
+        let woken = Arc::clone(&self.woken);
+        let Some(conn) = self.connections.get_mut(&connection) else {
+            // A stray wake (a waker outliving its connection) is forgotten.
+            lock(&woken).remove(&connection);
+            return None;
+        };
         conn.gather(now);
         loop {
-            let output = match conn.session.poll_output()? {
+            let Some(output) = conn.session.poll_output() else {
+                // Unmarked before the last look, so a wake from now on marks it again.
+                lock(&woken).remove(&connection);
+                if conn.gather(now) {
+                    continue;
+                }
+                self.file_deadline(connection);
+                return None;
+            };
+            let output = match output {
                 Output::Frame(Frame::Text(word)) => SimOutput::Text(word),
                 Output::Frame(Frame::Binary(bytes)) => SimOutput::Binary(bytes.to_vec()),
                 Output::Spawn(task) => {
@@ -206,10 +310,12 @@ impl SimServer {
         }
     }
 
-    /// Every connection's outputs, in connection order (each connection's in its own order): what a shell
-    /// polling every socket once would write.
+    /// The outputs of every connection woken when this is called (by an input, a deadline, an event, a
+    /// finished task or a close order), in connection order, each connection's in its own order: what a
+    /// shell writes after one turn of its runtime. Connections woken meanwhile (a publish fanning out to
+    /// others) wait for the next call: see [`SimServer::is_woken`].
     pub fn poll_all(&mut self) -> Vec<(u64, SimOutput)> {
-        let ids: Vec<u64> = self.connections.keys().copied().collect();
+        let ids = std::mem::take(&mut *lock(&self.woken));
         let mut outputs = Vec::new();
         for id in ids {
             while let Some(output) = self.poll_output(id) {
@@ -219,19 +325,26 @@ impl SimServer {
         outputs
     }
 
+    /// Whether a connection has something to do now ([`SimServer::poll_all`] would visit it).
+    pub fn is_woken(&self) -> bool {
+        !lock(&self.woken).is_empty()
+    }
+
     fn remove(&mut self, connection: u64) {
+        lock(&self.woken).remove(&connection);
         if let Some(conn) = self.connections.remove(&connection) {
+            if let Some(at) = conn.deadline {
+                self.timers.remove(&(at, connection));
+            }
             broker::detach(&self.shared, connection, conn.session.topics());
         }
     }
 
     /// The earliest deadline of any connection or scheduled drain close.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.connections
-            .values()
-            .filter_map(|conn| conn.session.poll_timeout())
-            .chain(self.scheduled.keys().next().map(|(at, _)| *at))
-            .min()
+        let session = self.timers.first().map(|(at, _)| *at);
+        let drain = self.scheduled.keys().next().map(|(at, _)| *at);
+        session.into_iter().chain(drain).min()
     }
 
     /// Time passed: every connection's deadlines and the drain schedule are checked against `now`.
@@ -243,13 +356,23 @@ impl SimServer {
             }
             let ((_, id), request) = entry.remove_entry();
             if let Some(conn) = self.connections.get(&id) {
+                // Wakes the connection through its close order.
                 conn.control
                     .request_close(request.code, request.reason, request.bye);
             }
         }
-        for conn in self.connections.values_mut() {
-            conn.gather(now);
-            conn.session.handle_timeout(now);
+        let due: Vec<u64> = self
+            .timers
+            .range(..=(now, u64::MAX))
+            .map(|&(_, id)| id)
+            .collect();
+        for id in due {
+            if let Some(conn) = self.connections.get_mut(&id) {
+                conn.gather(now);
+                conn.session.handle_timeout(now);
+                lock(&self.woken).insert(id);
+            }
+            self.file_deadline(id);
         }
     }
 
@@ -309,9 +432,35 @@ impl SimServer {
 mod tests {
     use super::*;
     use crate::Server;
+    use sockeye_core::codec::Envelope;
 
     fn drain_outputs(server: &mut SimServer, connection: u64) -> Vec<SimOutput> {
         std::iter::from_fn(|| server.poll_output(connection)).collect()
+    }
+
+    /// A complete binary frame carrying `envelope`.
+    fn frame(envelope: Envelope) -> Vec<u8> {
+        let mut frame = vec![0u8];
+        frame.extend(envelope.encode());
+        frame
+    }
+
+    /// The envelope kinds and words in `outputs`, by connection.
+    fn kinds(outputs: Vec<(u64, SimOutput)>) -> Vec<(u64, String)> {
+        outputs
+            .into_iter()
+            .map(|(id, output)| match output {
+                SimOutput::Text(word) => (id, word.to_owned()),
+                SimOutput::Binary(frame) => (
+                    id,
+                    Envelope::decode(&frame[1..])
+                        .expect("a valid envelope")
+                        .kind()
+                        .to_owned(),
+                ),
+                other => (id, format!("{other:?}")),
+            })
+            .collect()
     }
 
     #[test]
@@ -389,12 +538,6 @@ mod tests {
 
     #[test]
     fn an_unsub_handled_before_the_broker_answered_the_sub_still_wins() {
-        use sockeye_core::codec::Envelope;
-        let frame = |envelope: Envelope| {
-            let mut frame = vec![0u8];
-            frame.extend(envelope.encode());
-            frame
-        };
         let mut server = Server::builder().simulate();
         let t0 = Instant::ZERO;
         let id = server.connect(t0, None).expect("accepted");
@@ -419,17 +562,70 @@ mod tests {
         ] {
             server.handle_binary(t0, id, &frame(envelope));
         }
-        let kinds: Vec<String> = drain_outputs(&mut server, id)
+        let outputs = drain_outputs(&mut server, id)
             .into_iter()
-            .map(|output| match output {
-                SimOutput::Binary(frame) => Envelope::decode(&frame[1..])
-                    .expect("a valid envelope")
-                    .kind()
-                    .to_owned(),
-                other => format!("{other:?}"),
-            })
+            .map(|output| (id, output))
             .collect();
+        let kinds: Vec<String> = kinds(outputs).into_iter().map(|(_, kind)| kind).collect();
         assert_eq!(kinds, ["res", "res", "res"], "no evt after the unsub");
         assert_eq!(server.stats().topics, 0);
+    }
+
+    #[test]
+    fn a_published_event_wakes_its_subscriber_alone() {
+        let mut server = Server::builder().simulate();
+        let t0 = Instant::ZERO;
+        let subscriber = server.connect(t0, None).expect("accepted");
+        let bystander = server.connect(t0, None).expect("accepted");
+        let sub = Envelope::Sub {
+            id: 1,
+            topic: "t".to_owned(),
+            since: None,
+        };
+        server.handle_binary(t0, subscriber, &frame(sub));
+        let outputs = kinds(server.poll_all());
+        let ready_res_ready = [
+            (subscriber, "ready"),
+            (subscriber, "res"),
+            (bystander, "ready"),
+        ];
+        assert_eq!(
+            outputs,
+            ready_res_ready.map(|(id, kind)| (id, kind.to_owned()))
+        );
+        assert!(!server.is_woken());
+        assert_eq!(server.publish("t", None).expect("a valid topic"), 1);
+        // Through the event queue's waker: nothing else tells the in-memory shell.
+        assert!(server.is_woken());
+        assert_eq!(kinds(server.poll_all()), [(subscriber, "evt".to_owned())]);
+        assert!(!server.is_woken());
+    }
+
+    #[test]
+    fn a_handler_finishing_later_wakes_its_connection() {
+        let (finish, finished) = tokio::sync::watch::channel(false);
+        let mut server = Server::builder()
+            .method_raw("wait", move |_, _| {
+                let mut finished = finished.clone();
+                async move {
+                    let _ = finished.wait_for(|done| *done).await;
+                    Ok(None)
+                }
+            })
+            .simulate();
+        let t0 = Instant::ZERO;
+        let id = server.connect(t0, None).expect("accepted");
+        let req = Envelope::Req {
+            id: 1,
+            method: "wait".to_owned(),
+            data: None,
+        };
+        server.handle_binary(t0, id, &frame(req));
+        assert_eq!(kinds(server.poll_all()), [(id, "ready".to_owned())]);
+        assert!(!server.is_woken(), "the handler is still at work");
+        finish.send_replace(true);
+        // Through the task's waker.
+        assert!(server.is_woken());
+        assert_eq!(kinds(server.poll_all()), [(id, "res".to_owned())]);
     }
 }

@@ -12,9 +12,10 @@
 //!
 //! Time moves only forward, jumping to the next thing due: a frame arriving, a client's deadline
 //! (`poll_timeout`), a server's deadline or scheduled drain close. [`Pair::drive_until`] bounds every run by a
-//! step count.
+//! step count. A step costs what is due, not the number of clients: the wire and the clients' deadlines are
+//! kept ordered by time, and the servers visit only the connections woken (`SimServer::poll_all`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use sockeye_core::{
     CloseCode, Config, Connection, Duration, Event, Input, Instant, Output, Rng, SocketId,
@@ -64,7 +65,10 @@ struct Link {
 
 /// One simulated client: its core and what happened to it.
 pub struct SimClient {
-    pub conn: Connection,
+    /// Commands go through [`Pair::with_client`], which keeps the pair's timers in step with the core.
+    conn: Connection,
+    /// The core's deadline as filed in `Pair::timers`.
+    deadline: Option<Instant>,
     link: Option<Link>,
     /// Dropped frames both ways until then.
     blackholed_until: Option<Instant>,
@@ -91,6 +95,8 @@ impl SimClient {
 pub struct Pair {
     pub now: Instant,
     pub clients: Vec<SimClient>,
+    /// Every client's deadline, by time and client.
+    timers: BTreeSet<(Instant, usize)>,
     /// Every server instance started; `None` once crashed. New connections go to `current`.
     servers: Vec<Option<SimServer>>,
     current: usize,
@@ -108,7 +114,7 @@ pub struct Pair {
     /// lost segment is retransmitted; what a WebSocket sees of a bad network is its connection breaking).
     pub loss_per_million: u64,
     /// When each attempt reached a server, by server index: the arrivals a drain or storm produces.
-    pub arrivals: Vec<(usize, Instant)>,
+    pub arrivals: Vec<Vec<Instant>>,
     /// Close frames the servers sent (whether or not they arrived): client, code, when.
     pub server_closes: Vec<(usize, CloseCode, Instant)>,
     rng: Rng,
@@ -120,6 +126,7 @@ impl Pair {
         Pair {
             now: Instant::ZERO,
             clients: Vec::new(),
+            timers: BTreeSet::new(),
             servers: vec![Some(factory())],
             current: 0,
             down_until: None,
@@ -129,7 +136,7 @@ impl Pair {
             peers: BTreeMap::new(),
             latency_ms: (1, 20),
             loss_per_million: 0,
-            arrivals: Vec::new(),
+            arrivals: vec![Vec::new()],
             server_closes: Vec::new(),
             rng: Rng::new(seed),
         }
@@ -141,6 +148,7 @@ impl Pair {
         let conn = Connection::new(config).expect("a valid client configuration");
         self.clients.push(SimClient {
             conn,
+            deadline: None,
             link: None,
             blackholed_until: None,
             opens: Vec::new(),
@@ -213,8 +221,7 @@ impl Pair {
                 Frame::Error("server gone"),
             );
         }
-        self.servers.push(None);
-        self.current = self.servers.len() - 1;
+        self.switch_to(None);
         self.down_until = Some(self.now + down_for);
     }
 
@@ -227,20 +234,29 @@ impl Pair {
             .as_mut()
             .expect("the current server is up")
             .drain(now, window, bye, seed);
-        self.servers.push(Some((self.factory)()));
-        self.current = self.servers.len() - 1;
+        let new = (self.factory)();
+        self.switch_to(Some(new));
         old
+    }
+
+    /// New connections go to a new server instance from now on.
+    fn switch_to(&mut self, server: Option<SimServer>) {
+        self.servers.push(server);
+        self.arrivals.push(Vec::new());
+        self.current = self.servers.len() - 1;
     }
 
     /// The next instant anything is due, if anything ever is.
     fn next_due(&self) -> Option<Instant> {
         let wire = self.wire.keys().next().map(|(at, _)| *at);
-        let clients = self.clients.iter().filter_map(|c| c.conn.poll_timeout());
-        let servers = self
-            .servers
-            .iter()
-            .flatten()
-            .filter_map(SimServer::poll_timeout);
+        let clients = self.timers.first().map(|(at, _)| *at);
+        let servers = self.servers.iter().flatten().filter_map(|server| {
+            if server.is_woken() {
+                Some(self.now)
+            } else {
+                server.poll_timeout()
+            }
+        });
         wire.into_iter()
             .chain(clients)
             .chain(servers)
@@ -266,14 +282,15 @@ impl Pair {
             let packet = entry.remove();
             self.deliver(packet);
         }
-        for client in 0..self.clients.len() {
-            if self.clients[client]
-                .conn
-                .poll_timeout()
-                .is_some_and(|at| at <= now)
-            {
-                self.client_input(client, Input::Timeout);
-            }
+        // Each once (a deadline a timeout leaves in the past waits for the next step), in client order.
+        let mut due: Vec<usize> = self
+            .timers
+            .range(..=(now, usize::MAX))
+            .map(|&(_, client)| client)
+            .collect();
+        due.sort_unstable();
+        for client in due {
+            self.client_input(client, Input::Timeout);
         }
         for index in 0..self.servers.len() {
             if let Some(server) = self.servers[index].as_mut() {
@@ -424,7 +441,7 @@ impl Pair {
                 self.send(client, socket, Direction::ToClient, Frame::Error("refused"));
                 return;
             };
-            self.arrivals.push((server, now));
+            self.arrivals[server].push(now);
             self.peers.insert((server, id), (client, socket));
             if let Some(link) = self.clients[client].link.as_mut() {
                 link.server = Some((server, id));
@@ -514,6 +531,17 @@ impl Pair {
                 }
                 Output::Event(event) => self.clients[client].events.push((now, event)),
             }
+        }
+        let me = &mut self.clients[client];
+        let deadline = me.conn.poll_timeout();
+        if deadline != me.deadline {
+            if let Some(old) = me.deadline {
+                self.timers.remove(&(old, client));
+            }
+            if let Some(at) = deadline {
+                self.timers.insert((at, client));
+            }
+            me.deadline = deadline;
         }
     }
 
