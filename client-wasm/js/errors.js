@@ -364,8 +364,8 @@ export function callOptions(options, prefix, withSignal) {
 }
 
 /**
- * `[url, token, getToken, lifecycle callbacks (in LIFECYCLE's order), handlers ([method, function] pairs), then
- * the numbers: reconnect.enabled, reconnect.fullJitter, reconnect.baseDelayMs, reconnect.maxDelayMs,
+ * `[url, token, getToken, the listener tables (`emit`: the lifecycle callbacks in LIFECYCLE's order, the server
+ * request handlers by method), then the numbers: reconnect.enabled, reconnect.fullJitter, reconnect.baseDelayMs, reconnect.maxDelayMs,
  * reconnect.maxAttempts (Infinity: unlimited), the MS options in MS's order, fragmentThreshold, queue.maxMessages,
  * queue.maxBytes]`; absent options are `undefined` or NaN.
  */
@@ -397,11 +397,19 @@ export function checkOptions(options) {
     url,
     token,
     getToken,
-    // `null` is no callback, as `undefined` is.
-    LIFECYCLE.map((key) => lifecycle?.[key] ?? undefined).map(
-      (f, i) => f === undefined ? f : callback(f, `options.lifecycle.${LIFECYCLE[i]}`),
-    ),
-    Object.keys(handlers).map((key) => [key, callback(handlers[key], `options.handlers.${key}`)]),
+    // The client's listener tables (see `emit`).
+    {
+      // `null` is no callback, as `undefined` is.
+      l: LIFECYCLE.map((key) => lifecycle?.[key] ?? undefined).map(
+        (f, i) => f === undefined ? f : callback(f, `options.lifecycle.${LIFECYCLE[i]}`),
+      ),
+      t: [],
+      m: [],
+      s: [],
+      h: new Map(Object.keys(handlers).map((key) => [key, { f: callback(handlers[key], `options.handlers.${key}`) }])),
+      p: new Map(),
+      w: [],
+    },
     flag(reconnect, "enabled"),
     flag(reconnect, "fullJitter"),
     ms(reconnect, r, "baseDelayMs"),
@@ -431,4 +439,226 @@ export function checkSubscribeOptions(options) {
   return SUBSCRIBE.map((key) => options[key] ?? undefined).map(
     (f, i) => f === undefined ? f : callback(f, `subscribe options.${SUBSCRIBE[i]}`),
   );
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The application's listeners and the core's events as the objects its callbacks get (src/shell/events.rs). In JS
+// because building each object from Rust costs a `Reflect.set` call per key, and each listener list a `Vec` type:
+// the package was 2.7 KB gzipped larger with them in Rust (bench/SIZE.md).
+//
+// A client's tables (built by `checkOptions`): `l` the lifecycle callbacks (LIFECYCLE's order), `t` the transition
+// handlers, `m` the message handlers and `s` the topic subscriptions (`{ n: name, f: handler, c: [onError, onGap,
+// onResumed, onState] }` each), `h` the server request handlers by method (`{ f }`), `d` set once the client is
+// freed (no callback runs any more), `z` the status the last transition reached. And the promises the client
+// settles later: `p` the requests and acknowledged publishes by id (`{ d: deferred(), s: signal, a: its abort
+// listener }`), `w` the `waitForStatus` waiters (`{ n: status, d: deferred(), t: timer }`).
+
+// Settles request `id`'s promise (`how`: 1 resolve, 2 reject) with `value`, if it is still pending.
+function finish(hub, id, how, value) {
+  const p = hub.p.get(id);
+  if (p) {
+    hub.p.delete(id);
+    p.s?.removeEventListener("abort", p.a);
+    p.d[how](value);
+  }
+}
+
+// Settles the waiters `pick` chooses (`how`: 1 resolve, 2 reject) with `value`.
+function release(hub, pick, how, value) {
+  hub.w = hub.w.filter((w) => !pick(w) || (clearTimeout(w.t), w.d[how](value), false));
+}
+
+const MAX_TIMEOUT = 2 ** 31 - 1; // setTimeout's longest delay
+// The states whose transitions carry the attempt.
+const ATTEMPTS = ["connecting", "connected", "reconnecting"];
+
+// Calls an application callback (when there is one, and the client lives); a throw is reported on the console and
+// does not stop the client.
+function call(hub, f, ...args) {
+  if (f && !hub.d) {
+    try {
+      f(...args);
+    } catch (e) {
+      console.error("sockeye: a callback threw", e);
+    }
+  }
+}
+
+/**
+ * Adds a listener to a table (`list`: 0 transitions, 1 messages, 2 server requests (replacing the method's
+ * handler), 3 topics with `c`, the checked subscribe callbacks); returns the function that removes it, which for a
+ * topic also calls `notify(topic)` (the core counts subscribers). Removing twice, or after the client was freed,
+ * does nothing.
+ */
+export function on(hub, list, name, f, c, notify) {
+  const entry = { n: name, f, c };
+  if (list === 2) {
+    hub.h.set(name, entry);
+    return () => {
+      if (hub.h.get(name) === entry) hub.h.delete(name);
+    };
+  }
+  const key = "tm_s"[list];
+  hub[key].push(entry);
+  return () => {
+    const at = hub[key].indexOf(entry);
+    if (at >= 0) {
+      hub[key].splice(at, 1);
+      if (notify) notify(name);
+    }
+  };
+}
+
+/**
+ * One core event for the application (src/shell/events.rs `Emit` numbers the kinds): `name` is a topic, message
+ * name, method or disconnect reason, `v` the data or error (a transition: its object), `w` an epoch or state name,
+ * `x` and `y` numbers. Every list is copied before its callbacks run: one added meanwhile hears the next event.
+ * A server request (12) returns its handler's outcome as a promise, or undefined when no handler takes it. Kinds 14
+ * to 19 keep and settle the promises of requests (14 returns it) and of `waitForStatus` (17 returns it), which runs
+ * no application code.
+ */
+export function emit(hub, kind, name, v, w, x, y) {
+  const { l } = hub;
+  const each = (fs, ...args) => fs.forEach((f) => call(hub, f, ...args));
+  // The callbacks `pick` chooses from the subscriptions to topic `name`.
+  const topic = (pick) => hub.s.filter((e) => e.n === name).map(pick).filter(Boolean);
+  // A loss goes to every `onGap`; never silently: without one, to the console.
+  const gap = (info) => {
+    const fs = topic((e) => e.c[1]);
+    if (!fs.length) console.error("sockeye: events lost", info);
+    each(fs, info);
+  };
+  switch (kind) {
+    case 0: {
+      // `{ from, to, at, ... }` (src/shell/events.rs `transition_parts`); `from` is the `to` before.
+      const t = { from: hub.z ?? "disconnected", to: name, at: x };
+      hub.z = name;
+      if (ATTEMPTS.includes(name)) t.attempt = y;
+      if (name === "reconnecting") {
+        t.delayMs = v;
+        if (w !== undefined) t.nextAttemptAt = w;
+      }
+      if (name === "disconnected" && v !== undefined) {
+        t.reason = v;
+        if (y === y) t.code = y;
+        t.message = w;
+      }
+      each([l[0], ...hub.t.map((e) => e.f)], t);
+      if (name === "reconnecting") call(hub, l[2], t);
+      if (name === "ready") call(hub, l[4]);
+      return;
+    }
+    case 1:
+      return call(hub, l[1], { code: x, reason: name, willReconnect: !!y });
+    case 2:
+      return call(hub, l[3]);
+    case 3:
+      return call(hub, l[6]);
+    case 4:
+      return l[5] ? call(hub, l[5], v) : console.error("sockeye: server error", v);
+    case 5:
+      return each(hub.m.filter((e) => e.n === name || e.n === "*").map((e) => e.f), v, { name });
+    case 6:
+      return each(topic((e) => e.f), v, w === undefined ? { topic: name, seq: x } : { topic: name, seq: x, ep: w });
+    case 7:
+      return gap({ topic: name, from: x, to: y });
+    case 8:
+      return gap({ topic: name, reset: true, ep: w });
+    case 9:
+      return each(topic((e) => e.c[2]), { topic: name, replayed: x });
+    case 10:
+      return each(topic((e) => e.c[3]), w);
+    case 11: {
+      // Refused: the subscriptions end (the core no longer counts them).
+      const gone = hub.s.filter((e) => e.n === name);
+      hub.s = hub.s.filter((e) => e.n !== name);
+      for (const e of gone) {
+        call(hub, e.c[3], "failed");
+        e.c[0] ? call(hub, e.c[0], v) : console.error("sockeye: subscription refused", v);
+      }
+      return;
+    }
+    case 12: {
+      const f = hub.h.get(name)?.f;
+      // A throw is a rejection: the server gets an `err` either way.
+      return f && new Promise((resolve) => resolve(f(v, { method: name, id: x })));
+    }
+    case 13:
+      hub.d = true;
+      hub.l = hub.t = hub.m = hub.s = [];
+      hub.h.clear();
+      // Pending requests are forgotten (their abort listeners removed); waiters are told.
+      hub.p.forEach((p) => p.s?.removeEventListener("abort", p.a));
+      hub.p.clear();
+      return release(hub, () => true, 2, new ConnectionClosedError("the client was freed"));
+    case 14: {
+      // A request or acknowledged publish `x` with its `AbortSignal` `v` (or undefined), which calls `w(x)`.
+      const p = { d: deferred(), s: v, a: () => w(x) };
+      v?.addEventListener("abort", p.a);
+      hub.p.set(x, p);
+      return p.d[0];
+    }
+    case 15:
+      return finish(hub, x, y ? 1 : 2, v);
+    case 16:
+      return finish(hub, x, 1, { ep: w, seq: y });
+    case 17: {
+      // `waitForStatus(name)` in status `v`, `x` ms at most (NaN: no limit).
+      const d = deferred();
+      if (v === name) d[1]();
+      else {
+        const waiter = { n: name, d };
+        hub.w.push(waiter);
+        const fail = () => release(hub, (o) => o === waiter, 2, new TimeoutError(`status "${name}" not reached in time`));
+        const arm = (left) => (waiter.t = setTimeout(left > MAX_TIMEOUT ? () => arm(left - MAX_TIMEOUT) : fail, Math.min(left, MAX_TIMEOUT)));
+        if (x === x) arm(x);
+      }
+      return d[0];
+    }
+    case 18:
+      return release(hub, (o) => o.n === name, 1);
+    case 19:
+      return release(hub, () => true, 2, new ConnectionClosedError(name));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The WebSocket (src/shell/socket.rs): in JS, one call each way rather than a boundary call per property and
+// listener.
+
+const SOCKET_EVENTS = ["open", "message", "close", "error"];
+
+/** `new WebSocket(url, protocol)` receiving binary messages as `ArrayBuffer`s, with `handler` on its events. */
+export function openSocket(url, protocol, handler) {
+  const ws = new WebSocket(url, protocol);
+  ws.binaryType = "arraybuffer";
+  for (const kind of SOCKET_EVENTS) ws.addEventListener(kind, handler);
+  return ws;
+}
+
+/**
+ * Detaches `handler` from `ws` and, unless it is closing or closed, closes it with `code` and `reason`; `ws.close()`
+ * when the browser refuses those (it sends only 1000 and 3000-4999, and at most 123 bytes of reason, which the
+ * core's `CloseReason` keeps to).
+ */
+export function closeSocket(ws, handler, code, reason) {
+  for (const kind of SOCKET_EVENTS) ws.removeEventListener(kind, handler);
+  if (ws.readyState > 1) return;
+  try {
+    ws.close(code, reason);
+  } catch {
+    ws.close();
+  }
+}
+
+// The page's events the client follows (src/shell/page.rs): on the window, then on its document.
+const PAGE_EVENTS = [["online", "offline"], ["visibilitychange", "resume"]];
+
+/** Adds (`on`) or removes `handler` for the page's events; false outside a window (a worker). */
+export function pageEvents(on, handler) {
+  if (typeof window !== "object") return false;
+  [window, window.document].forEach((target, i) => {
+    for (const kind of PAGE_EVENTS[i]) target?.[on ? "addEventListener" : "removeEventListener"](kind, handler);
+  });
+  return true;
 }

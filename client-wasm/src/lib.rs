@@ -28,7 +28,7 @@ mod options;
 mod shell;
 
 use errors::{error, type_error, Kind};
-use shell::{Inner, Target};
+use shell::{Inner, List, Target};
 
 #[wasm_bindgen(typescript_custom_section)]
 const TYPES: &'static str = r#"
@@ -333,9 +333,7 @@ impl Client {
             ));
         }
         let (timeout, _) = options::call_options(&options, "waitForStatus options.", false)?;
-        let (promise, resolve, reject) = errors::promise();
-        self.inner.wait_for(status, timeout, resolve, reject);
-        Ok(promise)
+        Ok(self.inner.wait_for(&status, timeout))
     }
 
     // See the `.d.ts` (`request<T>`).
@@ -371,10 +369,7 @@ impl Client {
                 "aborted before it was sent",
             ));
         }
-        let (promise, resolve, reject) = errors::promise();
-        self.inner
-            .track(target, payload, timeout, signal, resolve, reject);
-        promise
+        self.inner.track(target, payload, timeout, signal)
     }
 
     // Sends a one-way message `name` (now when `ready`, else from the offline queue).
@@ -419,29 +414,31 @@ impl Client {
         // Checked here, not when a callback is first needed: a bad one would only fail (on the console) when the
         // server refuses the subscription or an event is lost.
         let callbacks = options::topic_callbacks(&options)?;
-        self.inner.subscribe(topic, handler, callbacks)
+        self.inner.subscribe(topic, &handler, &callbacks)
     }
 
     // Calls `handler` with every transition (`{ from, to, at, … }`); returns the unsubscribe function.
     #[wasm_bindgen(js_name = subscribeToTransitions, skip_typescript, skip_jsdoc)]
     pub fn subscribe_to_transitions(&self, handler: JsValue) -> Result<JsValue, JsValue> {
-        let handler = callback(handler, "subscribeToTransitions: handler")?;
-        Ok(self.inner.on_transition(handler))
+        self.listen(
+            List::Transitions,
+            "",
+            handler,
+            "subscribeToTransitions: handler",
+        )
     }
 
     // See the `.d.ts` (`onMessage<T>`).
     #[wasm_bindgen(js_name = onMessage, skip_typescript, skip_jsdoc)]
     pub fn on_message(&self, name: String, handler: JsValue) -> Result<JsValue, JsValue> {
-        let handler = callback(handler, "onMessage: handler")?;
-        Ok(self.inner.on_message(name, handler))
+        self.listen(List::Messages, &name, handler, "onMessage: handler")
     }
 
     // Answers server requests for `method` with `handler` (replacing an earlier one); returns the function that
     // removes it. Requests for methods without a handler are answered `UNIMPLEMENTED`.
     #[wasm_bindgen(js_name = onRequest, skip_typescript, skip_jsdoc)]
     pub fn on_request(&self, method: String, handler: JsValue) -> Result<JsValue, JsValue> {
-        let handler = callback(handler, "onRequest: handler")?;
-        Ok(self.inner.on_request(method, handler))
+        self.listen(List::Requests, &method, handler, "onRequest: handler")
     }
 
     // Closes the connection (code 1000; no reconnect), fails pending requests with `AbortError`, and removes
@@ -450,6 +447,22 @@ impl Client {
     pub fn close(&self) -> Promise {
         self.inner.close();
         errors::resolved()
+    }
+}
+
+impl Client {
+    /// Adds `handler` (checked to be a function; `what` names it) to `list` under `name`; returns the function
+    /// that removes it.
+    fn listen(
+        &self,
+        list: List,
+        name: &str,
+        handler: JsValue,
+        what: &str,
+    ) -> Result<JsValue, JsValue> {
+        let handler = callback(handler, what)?;
+        let none = &JsValue::UNDEFINED;
+        Ok(self.inner.on(list, name, &handler, none, none))
     }
 }
 

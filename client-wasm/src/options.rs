@@ -5,51 +5,13 @@
 
 use alloc::string::String;
 
-use js_sys::{Array, Function};
+use js_sys::Array;
 use sockeye_core::{Config, ConfigError, Duration};
 use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::{JsCast, JsValue};
 use web_sys::AbortSignal;
 
 use crate::errors::type_error;
-
-/// `options.lifecycle`: the callbacks as `checkOptions` returns them, a JS array in [`Hook`]'s order with
-/// `undefined` for those not given. (Kept as the array: a struct of seven `Option<Function>`s cost more code to
-/// build, clone and drop.)
-pub(crate) struct Lifecycle(Array);
-
-/// The lifecycle callbacks, in `LIFECYCLE`'s order in `js/errors.js`.
-#[derive(Clone, Copy)]
-pub(crate) enum Hook {
-    StateChange,
-    Disconnect,
-    Reconnecting,
-    Reconnected,
-    Ready,
-    Error,
-    Draining,
-}
-
-impl Lifecycle {
-    pub(crate) fn get(&self, hook: Hook) -> Option<Function> {
-        function(self.0.get(hook as u32))
-    }
-}
-
-/// A callback `js/errors.js` checked (or `undefined`) as a [`Function`]. (`is_function` and an unchecked cast
-/// rather than `dyn_into`: no `instanceof` import.)
-fn function(v: JsValue) -> Option<Function> {
-    Some(v)
-        .filter(JsValue::is_function)
-        .map(JsCast::unchecked_into)
-}
-
-impl Default for Lifecycle {
-    /// No callbacks.
-    fn default() -> Self {
-        Lifecycle(Array::new())
-    }
-}
 
 pub(crate) struct Options {
     pub(crate) config: Config,
@@ -58,9 +20,9 @@ pub(crate) struct Options {
     /// Appended as `?token=`: a string, `getToken()` (returning a string or a promise of one, called before every
     /// attempt), or `undefined`. (Kept as the JS values `checkOptions` checked: Rust enums of them cost more code.)
     pub(crate) token: JsValue,
-    pub(crate) lifecycle: Lifecycle,
-    /// `options.handlers`: server requests by method, as checked `[method, function]` pairs.
-    pub(crate) handlers: Array,
+    /// The application's listener tables, kept in JS (`emit` in `js/errors.js`): `options.lifecycle`,
+    /// `options.handlers`, and the handlers added later.
+    pub(crate) hub: JsValue,
 }
 
 #[wasm_bindgen(module = "/js/errors.js")]
@@ -92,11 +54,10 @@ pub(crate) fn parse(options: &JsValue, seed: u64) -> Result<Options, JsValue> {
     let token = Some(parts.get(1))
         .filter(|t| !t.is_undefined())
         .unwrap_or_else(|| parts.get(2));
-    let lifecycle = Lifecycle(parts.get(3).unchecked_into());
-    let handlers = parts.get(4).unchecked_into();
+    let hub = parts.get(3);
 
     // The numbers, in checkOptions' order; NaN (absent) keeps the core's default.
-    let mut numbers = (5..).map(|i| parts.get(i).as_f64().filter(|n| !n.is_nan()));
+    let mut numbers = (4..).map(|i| parts.get(i).as_f64().filter(|n| !n.is_nan()));
     let mut config = Config {
         seed,
         ..Config::default()
@@ -141,8 +102,7 @@ pub(crate) fn parse(options: &JsValue, seed: u64) -> Result<Options, JsValue> {
         config,
         url,
         token,
-        lifecycle,
-        handlers,
+        hub,
     })
 }
 
@@ -163,38 +123,14 @@ pub(crate) fn config_error(e: &ConfigError) -> JsValue {
     type_error(&(String::from("options.") + option + " " + problem))
 }
 
-/// The items of a JS array, read by index. (`Array::iter` needs an import of its own.)
-pub(crate) fn items(array: &Array) -> impl Iterator<Item = JsValue> + '_ {
-    (0..array.length()).map(|i| array.get(i))
-}
-
-/// `subscribe`'s callbacks besides the handler.
-#[derive(Default)]
-pub(crate) struct TopicCallbacks {
-    /// The server refused the subscription (which ends it).
-    pub(crate) on_error: Option<Function>,
-    /// Events were lost (`{ topic, from, to }`), or the topic's sequence started anew (`{ topic, reset, ep }`).
-    pub(crate) on_gap: Option<Function>,
-    /// A re-subscription lost nothing (`{ topic, replayed }`).
-    pub(crate) on_resumed: Option<Function>,
-    /// The topic's state: `"pending"`, `"live"` or `"failed"`, as the core reports it.
-    pub(crate) on_state: Option<Function>,
-}
-
 /// `subscribe(topic, handler, options)`'s `options`: `{ onError, onGap, onResumed, onState }`, or a function, which is
-/// `onError`; `undefined` and `null`: none. Checked by `checkSubscribeOptions` in `js/errors.js`.
+/// `onError`; `undefined` and `null`: none. Checked by `checkSubscribeOptions` in `js/errors.js`, which returns
+/// them as `[onError, onGap, onResumed, onState]` (absent ones undefined), the form `emit` reads.
 ///
 /// # Errors
 /// A `TypeError` for anything else, or a key or callback that is not one of those functions.
-pub(crate) fn topic_callbacks(v: &JsValue) -> Result<TopicCallbacks, JsValue> {
-    let checked = check_subscribe_options(v)?;
-    let callback = |i| function(checked.get(i));
-    Ok(TopicCallbacks {
-        on_error: callback(0),
-        on_gap: callback(1),
-        on_resumed: callback(2),
-        on_state: callback(3),
-    })
+pub(crate) fn topic_callbacks(v: &JsValue) -> Result<Array, JsValue> {
+    check_subscribe_options(v)
 }
 
 /// `{ timeoutMs, signal }` of `request` and an acknowledged `publish` (`with_signal`), and `{ timeoutMs }` of

@@ -350,8 +350,9 @@ const scenarios = {
       assert(typeof unsubscribe === "function", "subscribe returns a function");
       client.start();
       await client.waitForStatus("ready", { timeoutMs: 5000 });
-      // Make sure the `sub` has been acknowledged: a request after it is answered after it.
-      await client.request("echo", 0);
+      // Until the `sub` has been acknowledged. (Not a request sent after it: the server answers that one at once,
+      // while the `sub` waits for its broker.)
+      await until(() => states.length === 2, 3000, "the sub's acknowledgement");
       assertEq(states, ["pending", "live"], "the subscription's states");
       client.publish("room-resume", "before");
       await until(() => got.length === 1, 3000, "event before the reconnect");
@@ -360,7 +361,7 @@ const scenarios = {
       // Not `waitForStatus("reconnecting")`: full jitter may draw a zero delay, straight to `connecting`.
       await until(() => transitions.slice(mark).some((t) => t.from === "ready"), 5000, "the server's close");
       await client.waitForStatus("ready", { timeoutMs: 5000 });
-      await client.request("echo", 0);
+      await until(() => states.length === 4, 3000, "the new sub's acknowledgement");
       assertEq(states, ["pending", "live", "pending", "live"], "pending while reconnecting, live again");
       // A second subscriber to the live topic hears its state at once; dropping it keeps the topic subscribed.
       const second = [];
@@ -883,6 +884,34 @@ const extra = {
         client.free();
       }
     }, hooks);
+  },
+
+  // The backoff timer, an `AbortSignal` and an unsubscribe function call into the client through one closure:
+  // calling the last two from a callback the timer runs works (wasm-bindgen refuses to re-enter an `FnMut` one).
+  async callbacksFromTheTimerMayUnsubscribeAndAbort(Client) {
+    const reconnect = { baseDelayMs: 10, maxDelayMs: 20, fullJitter: false, maxAttempts: 5 };
+    // Port 1 on loopback: refused at once, so the second attempt waits for the backoff timer.
+    await withClient(Client, { url: "ws://127.0.0.1:1/ws", reconnect }, async (client) => {
+      const unsubscribe = client.subscribe("timer-reentry", () => {});
+      const controller = new AbortController();
+      const queued = client.request("echo", 1, { signal: controller.signal });
+      const errors = [];
+      let done = false;
+      client.subscribeToTransitions((t) => {
+        if (done || t.to !== "connecting" || t.attempt !== 2) return;
+        done = true;
+        try {
+          unsubscribe();
+          controller.abort();
+        } catch (e) {
+          errors.push(e);
+        }
+      });
+      client.start();
+      await until(() => done, 5000, "the second attempt, started by the backoff timer");
+      assertEq(errors.map(String), [], "calls from the timer's callback");
+      assertError(await rejection(queued, "aborted"), "AbortError", "CANCELLED", "aborted from the timer's callback");
+    });
   },
 };
 Object.assign(scenarios, extra);

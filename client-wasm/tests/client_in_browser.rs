@@ -177,6 +177,11 @@ async fn an_application_websocket_may_call_into_the_client_from_its_constructor(
 }
 
 #[wasm_bindgen_test]
+async fn callbacks_run_by_the_timer_may_unsubscribe_and_abort() {
+    scenario("callbacksFromTheTimerMayUnsubscribeAndAbort").await;
+}
+
+#[wasm_bindgen_test]
 async fn subscribe_and_publish_options_are_checked_and_acked_publishes_reject_typed() {
     scenario("subscribeAndPublishOptions").await;
 }

@@ -1,31 +1,30 @@
 //! The core's events as the application hears them: transitions and lifecycle callbacks, messages, topic
-//! events, gaps and subscription states (all run with no borrow held).
+//! events, gaps and subscription states (all run with no borrow held). The listener tables and the objects the
+//! callbacks get are built in JS (`emit` and `on` in `js/errors.js`): from Rust, each key of each object was a
+//! `Reflect.set` call and each list its own `Vec` code (bench/SIZE.md has what each step saved).
 
 use super::*;
 
-/// `{ from, to, at, ... }`: status names, `at` in ms on the `performance.now()` clock, and the new state's data.
-pub(super) fn transition_object(t: &Transition) -> JsValue {
-    let o = Object::new();
-    set(&o, "from", &t.from.name().into());
-    set(&o, "to", &t.to.name().into());
-    set(&o, "at", &(t.at.as_millis() as f64).into());
-    match &t.to {
+/// A transition as `emit` gets it (`Emit::Transition`), besides `to`'s name and `at`: `(v, w, y)`.
+/// `connecting`/`connected`: `y` the attempt; `reconnecting`: `y` the attempt, `v` the delay in ms, `w` when the
+/// attempt starts (or undefined); `disconnected` with a reason: `v` the reason, `w` the message, `y` the close code
+/// (NaN: none).
+fn transition_parts(to: &Status) -> (JsValue, JsValue, f64) {
+    let none = JsValue::UNDEFINED;
+    match to {
         Status::Connecting { attempt } | Status::Connected { attempt } => {
-            set(&o, "attempt", &(*attempt).into());
+            (none.clone(), none, f64::from(*attempt))
         }
         Status::Reconnecting {
             attempt,
             delay,
             next_attempt_at,
         } => {
-            set(&o, "attempt", &(*attempt).into());
-            set(&o, "delayMs", &(delay.as_millis() as f64).into());
-            if let Some(at) = next_attempt_at {
-                set(&o, "nextAttemptAt", &(at.as_millis() as f64).into());
-            }
+            let next = next_attempt_at.map_or(none, |at| (at.as_millis() as f64).into());
+            let delay = (delay.as_millis() as f64).into();
+            (delay, next, f64::from(*attempt))
         }
         Status::Disconnected { reason: Some(r) } => {
-            set(&o, "reason", &r.as_str().into());
             let (code, message) = match r {
                 DisconnectReason::AuthFailed { reason } => {
                     (Some(CloseCode::AUTH_FAILED), reason.as_str())
@@ -39,68 +38,130 @@ pub(super) fn transition_object(t: &Transition) -> JsValue {
                 }
                 _ => (None, ""),
             };
-            if let Some(code) = code {
-                set(&o, "code", &code.0.into());
-            }
-            set(&o, "message", &message.into());
+            let code = code.map_or(f64::NAN, |c| c.0.into());
+            (text(Some(r.as_str())), text(Some(message)), code)
         }
-        _ => {}
+        _ => (none.clone(), none, 0.0),
     }
-    o.into()
+}
+
+/// The kinds of event `emit` in `js/errors.js` tells apart (its `switch`).
+#[derive(Clone, Copy)]
+pub(super) enum Emit {
+    /// `name`: the new status, `x`: when (ms), the rest: [`transition_parts`]. (`from` is the `to` before: JS keeps it.)
+    Transition,
+    /// `name`: the reason, `x`: the code, `y`: 1 when it will reconnect.
+    Disconnected,
+    Reconnected,
+    Draining,
+    /// `v`: the error.
+    Notice,
+    /// `name`, `v`: the data.
+    Message,
+    /// `name`: the topic, `v`: the data, `w`: the epoch (or undefined), `x`: `seq`.
+    TopicEvent,
+    /// `name`, `x`: from, `y`: to.
+    Gap,
+    /// `name`, `w`: the epoch.
+    Reset,
+    /// `name`, `x`: how many were replayed.
+    Resumed,
+    /// `name`, `w`: the state's name.
+    SubscriptionState,
+    /// `name`, `v`: the server's error.
+    SubscriptionFailed,
+    /// `name`: the method, `v`: the data, `x`: the id. Returns the handler's outcome (a promise) or undefined.
+    Request,
+    /// The client was freed: the tables are emptied, no callback runs any more, waiters are rejected.
+    Freed,
+    /// `x`: a request's id, `v`: its `AbortSignal` (or undefined), `w`: called with the id when it aborts. Returns
+    /// the request's promise.
+    Track,
+    /// `x`: the id, `y`: 1 to resolve, 0 to reject, `v`: with this.
+    Settle,
+    /// `x`: the id of an acknowledged publish, `w`: the epoch, `y`: `seq`.
+    Stored,
+    /// `name`: the status awaited, `v`: the current one, `x`: the timeout in ms (NaN: none). Returns the promise.
+    Wait,
+    /// `name`: the status reached: its waiters resolve.
+    Reached,
+    /// `name`: why every waiter is rejected.
+    Closed,
+}
+
+#[wasm_bindgen(module = "/js/errors.js")]
+extern "C" {
+    /// One event for the application's listeners; see there.
+    #[wasm_bindgen(js_name = emit)]
+    pub(super) fn emit_js(
+        hub: &JsValue,
+        kind: u8,
+        name: &str,
+        v: &JsValue,
+        w: &JsValue,
+        x: f64,
+        y: f64,
+    ) -> JsValue;
+
+    /// Adds a listener; returns the function that removes it. See there.
+    #[wasm_bindgen(js_name = on)]
+    fn on_js(
+        hub: &JsValue,
+        list: u8,
+        name: &str,
+        f: &JsValue,
+        callbacks: &JsValue,
+        notify: &JsValue,
+    ) -> JsValue;
+}
+
+/// The lists `on` adds to.
+#[derive(Clone, Copy)]
+pub(crate) enum List {
+    Transitions,
+    Messages,
+    Requests,
+    Topics,
+}
+
+/// A string as a JS value, `undefined` for none.
+fn text(s: Option<&str>) -> JsValue {
+    s.map_or(JsValue::UNDEFINED, JsValue::from_str)
 }
 
 impl Inner {
-    pub(super) fn deliver_transition(self: &Rc<Self>, t: &Transition) {
-        let (listeners, on_reconnecting, on_ready) = {
-            let st = self.state.borrow();
-            let l = &st.lifecycle;
-            let on_state_change = l.get(Hook::StateChange);
-            let listeners = snapshot(
-                on_state_change
-                    .iter()
-                    .chain(st.transitions.iter().map(|l| &l.f)),
-            );
-            (listeners, l.get(Hook::Reconnecting), l.get(Hook::Ready))
-        };
-        let object = transition_object(t);
-        for f in options::items(&listeners) {
-            self.call(f.unchecked_ref(), &[&object]);
-        }
-        match (&t.to, on_reconnecting, on_ready) {
-            (Status::Reconnecting { .. }, Some(f), _) => self.call(&f, &[&object]),
-            (Status::Ready, _, Some(f)) => self.call(&f, &[]),
-            _ => {}
-        }
+    pub(super) fn emit(
+        &self,
+        kind: Emit,
+        name: &str,
+        v: &JsValue,
+        w: &JsValue,
+        x: f64,
+        y: f64,
+    ) -> JsValue {
+        emit_js(&self.hub, kind as u8, name, v, w, x, y)
     }
 
-    /// The lifecycle callback `hook`, if the application gave one, with `args`.
-    pub(super) fn lifecycle(&self, hook: Hook, args: &[&JsValue]) {
-        let f = self.state.borrow().lifecycle.get(hook);
-        if let Some(f) = f {
-            self.call(&f, args);
-        }
+    /// Adds `f` to `list` under `name` (with a topic's `callbacks`, and `notify` for its unsubscribe); returns
+    /// the function that removes it.
+    pub(crate) fn on(
+        &self,
+        list: List,
+        name: &str,
+        f: &JsValue,
+        callbacks: &JsValue,
+        notify: &JsValue,
+    ) -> JsValue {
+        on_js(&self.hub, list as u8, name, f, callbacks, notify)
     }
 
     pub(super) fn deliver(self: &Rc<Self>, event: Event) {
-        match event {
+        let none = || JsValue::UNDEFINED;
+        // What `emit` gets, per kind (one call of it here, not one per kind).
+        let (kind, name, v, w, x, y): (Emit, &str, JsValue, JsValue, f64, f64) = match &event {
             Event::Message { name, data } => {
-                let handlers = snapshot(
-                    self.state
-                        .borrow()
-                        .messages
-                        .iter()
-                        .filter(|l| l.name == name || l.name == "*")
-                        .map(|l| &l.f),
-                );
-                if handlers.length() == 0 {
-                    return;
-                }
                 let data = cbor::decode(data.as_ref());
-                let meta = Object::new();
-                set(&meta, "name", &name.into());
-                for f in options::items(&handlers) {
-                    self.call(f.unchecked_ref(), &[&data, &meta]);
-                }
+                (Emit::Message, name, data, none(), 0.0, 0.0)
             }
             Event::TopicEvent {
                 topic,
@@ -108,119 +169,68 @@ impl Inner {
                 ep,
                 data,
             } => {
-                let handlers = self.topic_callbacks(&topic, |l| Some(&l.f));
                 let data = cbor::decode(data.as_ref());
-                let meta = Object::new();
-                set(&meta, "topic", &topic.into());
-                set(&meta, "seq", &(seq as f64).into());
-                if let Some(ep) = ep {
-                    set(&meta, "ep", &(*ep).into());
-                }
-                for f in options::items(&handlers) {
-                    self.call(f.unchecked_ref(), &[&data, &meta]);
-                }
+                let ep = text(ep.as_deref());
+                (Emit::TopicEvent, topic, data, ep, *seq as f64, 0.0)
             }
             Event::TopicGap { topic, from, to } => {
-                let info = Object::new();
-                set(&info, "topic", &topic.as_str().into());
-                set(&info, "from", &(from as f64).into());
-                set(&info, "to", &(to as f64).into());
-                self.report_gap(&topic, &info);
+                (Emit::Gap, topic, none(), none(), *from as f64, *to as f64)
             }
             Event::TopicReset { topic, ep } => {
-                let info = Object::new();
-                set(&info, "topic", &topic.as_str().into());
-                set(&info, "reset", &true.into());
-                set(&info, "ep", &ep.into());
-                self.report_gap(&topic, &info);
+                (Emit::Reset, topic, none(), text(Some(ep)), 0.0, 0.0)
             }
             Event::TopicResumed { topic, replayed } => {
-                let handlers = self.topic_callbacks(&topic, |l| l.callbacks.on_resumed.as_ref());
-                let info = Object::new();
-                set(&info, "topic", &topic.into());
-                set(&info, "replayed", &(replayed as f64).into());
-                for f in options::items(&handlers) {
-                    self.call(f.unchecked_ref(), &[&info]);
-                }
+                (Emit::Resumed, topic, none(), none(), *replayed as f64, 0.0)
             }
             Event::SubscriptionChanged {
                 topic,
                 state: SubscriptionState::Failed(error),
             } => {
-                let removed: Vec<Listener> = {
-                    let mut st = self.state.borrow_mut();
-                    let (gone, kept) = core::mem::take(&mut st.topics)
-                        .into_iter()
-                        .partition(|l| l.name == topic);
-                    st.topics = kept;
-                    gone
-                };
-                let e = request_error(&error);
-                let failed = JsValue::from_str("failed");
-                for l in removed {
-                    if let Some(f) = l.callbacks.on_state {
-                        self.call(&f, &[&failed]);
-                    }
-                    match l.callbacks.on_error {
-                        Some(f) => self.call(&f, &[&e]),
-                        None => console_error("sockeye: subscription refused", &e),
-                    }
-                }
+                let error = request_error(error);
+                (Emit::SubscriptionFailed, topic, error, none(), 0.0, 0.0)
             }
             Event::SubscriptionChanged { topic, state } => {
-                let handlers = self.topic_callbacks(&topic, |l| l.callbacks.on_state.as_ref());
-                let state = JsValue::from_str(state.name());
-                for f in options::items(&handlers) {
-                    self.call(f.unchecked_ref(), &[&state]);
-                }
+                let state = text(Some(state.name()));
+                (Emit::SubscriptionState, topic, none(), state, 0.0, 0.0)
             }
             Event::Request {
                 socket,
                 id,
                 method,
                 data,
-            } => self.serve(socket, id, &method, data.as_ref()),
-            Event::Notice(e) => {
-                let f = self.state.borrow().lifecycle.get(Hook::Error);
-                match f {
-                    Some(f) => self.call(&f, &[&request_error(&e)]),
-                    None => console_error("sockeye: server error", &request_error(&e)),
-                }
+            } => return self.serve(*socket, *id, method, data.as_ref()),
+            Event::Notice(e) => (Emit::Notice, "", request_error(e), none(), 0.0, 0.0),
+            Event::Draining => (Emit::Draining, "", none(), none(), 0.0, 0.0),
+            Event::StateChanged(t) => {
+                let (v, w, y) = transition_parts(&t.to);
+                (
+                    Emit::Transition,
+                    t.to.name(),
+                    v,
+                    w,
+                    t.at.as_millis() as f64,
+                    y,
+                )
             }
-            Event::Draining => self.lifecycle(Hook::Draining, &[]),
-            Event::StateChanged(t) => self.deliver_transition(&t),
             Event::Disconnected {
                 code,
                 reason,
                 will_reconnect,
             } => {
-                let info = Object::new();
-                set(&info, "code", &code.0.into());
-                set(&info, "reason", &reason.as_str().into());
-                set(&info, "willReconnect", &will_reconnect.into());
-                self.lifecycle(Hook::Disconnect, &[&info]);
+                let again = f64::from(u8::from(*will_reconnect));
+                (
+                    Emit::Disconnected,
+                    reason.as_str(),
+                    none(),
+                    none(),
+                    code.0.into(),
+                    again,
+                )
             }
-            Event::Reconnected => self.lifecycle(Hook::Reconnected, &[]),
+            Event::Reconnected => (Emit::Reconnected, "", none(), none(), 0.0, 0.0),
             // Settled in `State::event`.
-            Event::Reply { .. } | Event::Published { .. } => {}
-        }
-    }
-
-    pub(crate) fn on_transition(self: &Rc<Self>, handler: Function) -> JsValue {
-        let id = self.with(|st, _| {
-            let id = st.next_id();
-            st.transitions.push(listener(id, String::new(), handler));
-            id
-        });
-        self.unsubscriber(move |st, _| st.transitions.retain(|l| l.id != id))
-    }
-
-    pub(crate) fn on_message(self: &Rc<Self>, name: String, handler: Function) -> JsValue {
-        let id = self.with(|st, _| {
-            let id = st.next_id();
-            st.messages.push(listener(id, name, handler));
-            id
-        });
-        self.unsubscriber(move |st, _| st.messages.retain(|l| l.id != id))
+            Event::Reply { .. } | Event::Published { .. } => return,
+        };
+        self.emit(kind, name, &v, &w, x, y);
     }
 }

@@ -4,7 +4,9 @@
 //! Here: the state, the drain of the core's outputs, the one timer, and the commands that start and end it all.
 //! By concern beside it: `socket.rs` (the `WebSocket`), `page.rs` (page events feeding `Wake` and the network
 //! state), `requests.rs` (promises: requests, acknowledged publishes, `waitForStatus`), `subscriptions.rs`,
-//! `server_requests.rs` (the server's `req`s), `events.rs` (the core's events as application callbacks).
+//! `server_requests.rs` (the server's `req`s), `events.rs` (the core's events as application callbacks). The
+//! application's listeners and promises, the objects its callbacks get and the browser's event wiring are in
+//! `js/errors.js`: each boundary call, import and Rust list costs the package more than the same in JS.
 //!
 //! # Borrow discipline (STYLE.md pitfall 3)
 //!
@@ -19,26 +21,26 @@
 //! # Ownership
 //!
 //! The exported `Client` holds the only strong `Rc<Inner>`. Every closure handed to the browser (socket events,
-//! the timer, page listeners, abort signals, returned unsubscribe functions) holds a `Weak`, and the closures
-//! themselves are owned by the shell (`Socket`, `State::tick`, `Listeners`, `Abort`) and detached from their
+//! `State::notify` for the timer, abort signals and topic unsubscribes, page listeners) holds a `Weak`, and the
+//! closures themselves are owned by the shell (`Socket`, `State::notify`, `Listeners`) and detached from their
 //! targets when dropped; nothing is `forget()`-ed. So `client.free()` (or the garbage collector: wasm-bindgen's
 //! glue registers every `Client` with a `FinalizationRegistry`) drops the state, which closes the socket and
-//! removes every listener and the timer. The unsubscribe functions handed to the application are the one
-//! exception to "owned by the shell": they are the application's (`into_js_value`, freed by the GC), and hold
-//! only a `Weak`, so they outlive the client harmlessly.
+//! removes every listener and the timer. The application's listeners, the promises the shell settles later and
+//! the unsubscribe functions it hands out are kept in JS (`emit` in `js/errors.js`); freeing the client empties
+//! that table (`Emit::Freed`) before the closures go, so an unsubscribe function called later finds nothing to
+//! remove and never calls into the freed client.
 
 use alloc::borrow::ToOwned;
 use alloc::collections::VecDeque;
 use alloc::rc::{Rc, Weak};
 use alloc::string::String;
-use alloc::vec::Vec;
 use core::cell::{Cell, RefCell};
 
-use js_sys::{Function, Object, Reflect, Uint8Array};
+use js_sys::{Function, Reflect, Uint8Array};
 use sockeye_core::handshake::{with_query_token, SUBPROTOCOL};
 use sockeye_core::{
     CloseCode, Connection, DisconnectReason, ErrorCode, Event, Input, Instant, Output,
-    RequestError, RequestId, SocketId, Status, SubscriptionState, Transition,
+    RequestError, RequestId, SocketId, Status, SubscriptionState,
 };
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
@@ -51,14 +53,15 @@ mod server_requests;
 mod socket;
 mod subscriptions;
 
+pub(crate) use events::List;
+use events::{emit_js, Emit};
 use page::*;
 pub(crate) use requests::Target;
-use requests::*;
 use socket::*;
 
 use crate::cbor;
-use crate::errors::{self, apply, apply_to, error, request_error, settle, Kind};
-use crate::options::{self, Hook, Lifecycle, Options, TopicCallbacks};
+use crate::errors::{self, apply, request_error, settle};
+use crate::options::{self, Options};
 
 #[wasm_bindgen]
 extern "C" {
@@ -67,7 +70,7 @@ extern "C" {
     // Bound by hand rather than through gloo-timers (0.4), measured with scripts/size.sh on this shell: its
     // `Timeout` (a `Closure::once` per arming, `unwrap_throw`) made the package 214 B larger gzipped (.wasm
     // 48,432 → 48,629 B, glue 5,895 → 5,912 B), and gloo-timers is a `std` crate, which the `no_std` npm build
-    // cannot link. One `tick` closure, reused for every arming, is all the shell needs.
+    // cannot link. One closure (`State::notify`), reused for every arming, is all the shell needs.
     #[wasm_bindgen(js_name = setTimeout)]
     fn set_timeout(handler: &Function, ms: f64) -> JsValue;
     #[wasm_bindgen(js_name = clearTimeout)]
@@ -104,6 +107,9 @@ enum Action {
 
 pub(crate) struct Inner {
     state: RefCell<State>,
+    /// The application's listeners, kept in JS (`emit` in `js/errors.js`); outside the `RefCell` so that freeing
+    /// the client always reaches them.
+    hub: JsValue,
     dispatching: Cell<bool>,
     /// The client was freed: run no more application code.
     dead: Cell<bool>,
@@ -114,11 +120,6 @@ struct State {
     weak: Weak<Inner>,
     url: JsValue,
     token: JsValue,
-    lifecycle: Lifecycle,
-    /// Server-request handlers, one per method: `options.handlers` and `onRequest`. (Lists are `Vec`s
-    /// throughout, searched linearly: every `BTreeMap` instantiation costs the package ~5 KB of code, and these
-    /// lists are short; `requests` holds the requests in flight.)
-    handlers: Vec<Listener>,
     /// Application work waiting for the borrow to end.
     actions: VecDeque<Action>,
     /// The current socket.
@@ -127,16 +128,15 @@ struct State {
     opening: Option<SocketId>,
     /// The one timer, armed for the earliest deadline (the core's, or a `waitForStatus` timeout).
     timer: Option<Timer>,
-    tick: Callback,
+    /// The one closure JS calls the client back with (one rather than three: each costs package size): the timer
+    /// (no argument), a request's `AbortSignal` (the request's id), a topic subscription's unsubscribe function
+    /// (the topic: the core counts subscribers).
+    notify: Callback,
     /// `online`/`offline`/`visibilitychange`/`resume`, attached by `start()`, removed by `close()`.
     listeners: Option<Listeners>,
     hidden: bool,
-    requests: Vec<Pending>,
-    topics: Vec<Listener>,
-    transitions: Vec<Listener>,
-    messages: Vec<Listener>,
-    waiters: Vec<Pending>,
-    next_id: u32,
+    /// `Inner::hub`, for settling promises while the state is borrowed (which runs no application code).
+    hub: JsValue,
 }
 
 struct Timer {
@@ -147,25 +147,6 @@ struct Timer {
 impl Drop for Timer {
     fn drop(&mut self) {
         clear_timeout(&self.handle);
-    }
-}
-
-/// An application callback under a name: a topic (with its other callbacks), a message name, a server-request
-/// method, or none (transitions). One element type for the four lists: each distinct one costs the package its
-/// own copy of `Vec`'s code (~250 bytes gzipped each).
-struct Listener {
-    id: u32,
-    name: String,
-    f: Function,
-    callbacks: TopicCallbacks,
-}
-
-fn listener(id: u32, name: String, f: Function) -> Listener {
-    Listener {
-        id,
-        name,
-        f,
-        callbacks: TopicCallbacks::default(),
     }
 }
 
@@ -194,7 +175,7 @@ impl State {
                         self.opening = None;
                     }
                     if let Some(s) = self.socket.take_if(|s| s.id == socket) {
-                        close(&s.ws, code.0, &reason);
+                        s.close(code.0, &reason);
                     }
                 }
                 Output::SendText(text) => {
@@ -215,28 +196,44 @@ impl State {
 
     /// Promises are settled here (that runs no application code); everything else is queued.
     fn event(&mut self, event: Event) {
+        let none = &JsValue::UNDEFINED;
+        let id = |id: RequestId| id.0 as f64;
         match event {
-            Event::Reply { id, result } => {
-                self.settle(id, result.map(|data| cbor::decode(data.as_ref())));
+            Event::Reply { id: i, result } => {
+                let (ok, value) = match result {
+                    Ok(data) => (1.0, cbor::decode(data.as_ref())),
+                    Err(e) => (0.0, request_error(&e)),
+                };
+                emit_js(&self.hub, Emit::Settle as u8, "", &value, none, id(i), ok);
             }
-            Event::Published { id, result } => {
-                let stored = result.map(|at| {
-                    let o = Object::new();
-                    set(&o, "ep", &at.ep.into());
-                    set(&o, "seq", &(at.seq as f64).into());
-                    o.into()
-                });
-                self.settle(id, stored);
-            }
+            Event::Published { id: i, result } => match result {
+                Ok(at) => {
+                    let ep = JsValue::from_str(&at.ep);
+                    emit_js(
+                        &self.hub,
+                        Emit::Stored as u8,
+                        "",
+                        none,
+                        &ep,
+                        id(i),
+                        at.seq as f64,
+                    );
+                }
+                Err(e) => {
+                    emit_js(
+                        &self.hub,
+                        Emit::Settle as u8,
+                        "",
+                        &request_error(&e),
+                        none,
+                        id(i),
+                        0.0,
+                    );
+                }
+            },
             Event::StateChanged(transition) => {
                 let name = transition.to.name();
-                self.waiters.retain(|w| {
-                    let reached = w.status == name;
-                    if reached {
-                        let _ = apply(&w.resolve, &[]);
-                    }
-                    !reached
-                });
+                emit_js(&self.hub, Emit::Reached as u8, name, none, none, 0.0, 0.0);
                 self.actions
                     .push_back(Action::Event(Event::StateChanged(transition)));
             }
@@ -246,11 +243,7 @@ impl State {
 
     /// Arms the one timer for the earliest deadline, replacing (and clearing) a timer for another one.
     fn arm(&mut self, now: Instant) {
-        let waiter = self.waiters.iter().filter_map(|w| w.deadline).min();
-        let deadline = [self.conn.poll_timeout(), waiter]
-            .into_iter()
-            .flatten()
-            .min();
+        let deadline = self.conn.poll_timeout();
         if self.timer.as_ref().map(|t| t.at) == deadline {
             return;
         }
@@ -260,15 +253,10 @@ impl State {
                 .saturating_sub(now.as_millis())
                 .min(i32::MAX as u64);
             Timer {
-                handle: set_timeout(self.tick.as_ref().unchecked_ref(), ms as f64),
+                handle: set_timeout(self.notify.as_ref().unchecked_ref(), ms as f64),
                 at,
             }
         });
-    }
-
-    fn next_id(&mut self) -> u32 {
-        self.next_id = self.next_id.wrapping_add(1);
-        self.next_id
     }
 }
 
@@ -278,48 +266,39 @@ impl Inner {
             config,
             url,
             token,
-            lifecycle,
-            handlers,
+            hub,
         } = options;
         let conn = Connection::new(config).map_err(|e| options::config_error(&e))?;
         Ok(Rc::new_cyclic(|weak: &Weak<Inner>| {
             let w = weak.clone();
-            let tick = callback(move |_| {
-                if let Some(inner) = w.upgrade() {
+            let notify = callback(move |v| {
+                let Some(inner) = w.upgrade() else { return };
+                if v.is_undefined() {
                     inner.on_timer();
+                } else if let Some(id) = v.as_f64() {
+                    inner.with(|st, now| st.conn.cancel(now, RequestId(id as u64)));
+                } else {
+                    let topic = v.as_string().unwrap_or_default();
+                    inner.with(|st, now| st.conn.unsubscribe(now, &topic));
                 }
             });
-            let mut state = State {
+            let state = State {
                 conn,
                 weak: weak.clone(),
                 url,
                 token,
-                lifecycle,
-                handlers: Vec::new(),
                 actions: VecDeque::new(),
                 socket: None,
                 opening: None,
                 timer: None,
-                tick,
+                notify,
                 listeners: None,
                 hidden: false,
-                requests: Vec::new(),
-                topics: Vec::new(),
-                transitions: Vec::new(),
-                messages: Vec::new(),
-                waiters: Vec::new(),
-                next_id: 0,
+                hub: hub.clone(),
             };
-            for pair in options::items(&handlers) {
-                let pair: js_sys::Array = pair.unchecked_into();
-                let id = state.next_id();
-                let method = pair.get(0).as_string().unwrap_or_default();
-                state
-                    .handlers
-                    .push(listener(id, method, pair.get(1).unchecked_into()));
-            }
             Inner {
                 state: RefCell::new(state),
+                hub,
                 dispatching: Cell::new(false),
                 dead: Cell::new(false),
             }
@@ -367,17 +346,6 @@ impl Inner {
         self.with(|st, now| {
             st.timer = None;
             st.feed(now, Input::Timeout);
-            st.waiters.retain(|w| {
-                let expired = w.deadline.is_some_and(|d| d <= now);
-                if expired {
-                    let message = String::from("status \"") + &w.status + "\" not reached in time";
-                    let _ = apply(
-                        &w.reject,
-                        &[&error(Kind::Timeout, "DEADLINE_EXCEEDED", &message)],
-                    );
-                }
-                !expired
-            });
         });
     }
 
@@ -409,7 +377,16 @@ impl Inner {
             st.opening = None;
             st.socket = None;
             st.listeners = None;
-            st.reject_waiters("the client was closed");
+            let none = &JsValue::UNDEFINED;
+            emit_js(
+                &st.hub,
+                Emit::Closed as u8,
+                "the client was closed",
+                none,
+                none,
+                0.0,
+                0.0,
+            );
         });
     }
 
@@ -417,67 +394,38 @@ impl Inner {
     /// callback the shell held is released.
     pub(crate) fn shutdown(&self) {
         self.dead.set(true);
-        let Ok(mut st) = self.state.try_borrow_mut() else {
-            return;
-        };
-        let now = now();
-        st.feed(now, Input::Stop);
-        st.actions.clear();
-        st.opening = None;
-        st.socket = None;
-        st.listeners = None;
-        st.reject_waiters("the client was freed");
-        st.requests.clear();
-        st.topics.clear();
-        st.transitions.clear();
-        st.messages.clear();
-        st.handlers.clear();
-        st.lifecycle = Lifecycle::default();
-        st.timer = None;
+        if let Ok(mut st) = self.state.try_borrow_mut() {
+            let now = now();
+            st.feed(now, Input::Stop);
+            st.actions.clear();
+            st.opening = None;
+            st.socket = None;
+            st.listeners = None;
+            st.timer = None;
+        }
+        // After the stop, which settles the requests: the rest is forgotten, the waiters rejected.
+        let none = &JsValue::UNDEFINED;
+        self.emit(Emit::Freed, "", none, none, 0.0, 0.0);
     }
 
     pub(crate) fn status(&self) -> &'static str {
         self.state.borrow().conn.status().name()
     }
-
-    /// A JS function that runs `undo` on the state; idempotent, a no-op once the client is gone. The function is
-    /// handed to JS (`into_js_value`): the GC frees it with its last reference.
-    fn unsubscriber(self: &Rc<Self>, undo: impl Fn(&mut State, Instant) + 'static) -> JsValue {
-        let weak = Rc::downgrade(self);
-        callback(move |_| {
-            if let Some(inner) = weak.upgrade() {
-                inner.with(|st, now| undo(st, now));
-            }
-        })
-        .into_js_value()
-    }
 }
 
-/// The one closure type the shell hands to the browser (each distinct closure type costs package size).
-type Callback = Closure<dyn FnMut(JsValue)>;
+/// The one closure type the shell hands to the browser (each distinct closure type costs package size). `Fn`, not
+/// `FnMut`: wasm-bindgen refuses to re-enter an `FnMut` closure, and `unsubscribed` may be called again from a
+/// callback that runs while it is on the stack.
+type Callback = Closure<dyn Fn(JsValue)>;
 
-fn callback(f: impl FnMut(JsValue) + 'static) -> Callback {
+fn callback(f: impl Fn(JsValue) + 'static) -> Callback {
     Closure::new(f)
-}
-
-/// The callbacks to call for one event, copied out so that none runs while the state is borrowed. (Into a JS array:
-/// a `Vec<Function>` would be one more `Vec` element type in the package.)
-fn snapshot<'a>(callbacks: impl Iterator<Item = &'a Function>) -> js_sys::Array {
-    let list = js_sys::Array::new();
-    for f in callbacks {
-        list.push(f);
-    }
-    list
 }
 
 /// `[ok, value]` from `settle`.
 fn outcome_parts(outcome: &JsValue) -> (bool, JsValue) {
     let parts: &js_sys::Array = outcome.unchecked_ref();
     (parts.get(0).as_bool() == Some(true), parts.get(1))
-}
-
-fn set(o: &Object, key: &str, value: &JsValue) {
-    let _ = Reflect::set(o, &key.into(), value);
 }
 
 /// `o[key]`; `undefined` when `o` is not an object.

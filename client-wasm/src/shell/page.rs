@@ -20,58 +20,35 @@ pub(super) fn document() -> Option<EventTarget> {
     document.is_object().then(|| document.unchecked_into())
 }
 
-pub(super) struct Listeners {
-    window: EventTarget,
-    document: Option<EventTarget>,
-    handler: Callback,
+#[wasm_bindgen(module = "/js/errors.js")]
+extern "C" {
+    /// Adds (`on`) or removes `handler` for the page's events; false outside a window (a worker).
+    #[wasm_bindgen(js_name = pageEvents)]
+    fn page_events(on: bool, handler: &JsValue) -> bool;
 }
 
-pub(super) const WINDOW_EVENTS: [&str; 2] = ["online", "offline"];
-
-pub(super) const VISIBILITY: &str = "visibilitychange";
-
-/// `visibilitychange`, and the Page Lifecycle's `resume` (a frozen page runs again: its timers and socket
-/// may have been stopped for any length of time).
-pub(super) const DOCUMENT_EVENTS: [&str; 2] = [VISIBILITY, "resume"];
+/// The shell's handler on the page's `online`/`offline` (window), `visibilitychange` and `resume` (document: the
+/// Page Lifecycle's `resume`, a frozen page runs again, its timers and socket may have been stopped for any length
+/// of time) events, removed when dropped.
+pub(super) struct Listeners {
+    handler: Callback,
+}
 
 impl Listeners {
     /// `None` outside a window (a worker): no page events to follow there.
     pub(super) fn attach(weak: Weak<Inner>) -> Option<Listeners> {
-        let window = window()?;
         let handler = callback(move |event| {
             if let Some(inner) = weak.upgrade() {
                 inner.page_event(&event.unchecked_into::<web_sys::Event>().type_());
             }
         });
-        let f = handler.as_ref().unchecked_ref();
-        for kind in WINDOW_EVENTS {
-            let _ = window.add_event_listener_with_callback(kind, f);
-        }
-        let document = document();
-        if let Some(document) = &document {
-            for kind in DOCUMENT_EVENTS {
-                let _ = document.add_event_listener_with_callback(kind, f);
-            }
-        }
-        Some(Listeners {
-            window,
-            document,
-            handler,
-        })
+        page_events(true, handler.as_ref()).then_some(Listeners { handler })
     }
 }
 
 impl Drop for Listeners {
     fn drop(&mut self) {
-        let f = self.handler.as_ref().unchecked_ref();
-        for kind in WINDOW_EVENTS {
-            let _ = self.window.remove_event_listener_with_callback(kind, f);
-        }
-        if let Some(document) = &self.document {
-            for kind in DOCUMENT_EVENTS {
-                let _ = document.remove_event_listener_with_callback(kind, f);
-            }
-        }
+        page_events(false, self.handler.as_ref());
     }
 }
 

@@ -1,32 +1,8 @@
 //! Promises the shell settles later: requests and acknowledged publishes (with their `AbortSignal`), and
-//! `waitForStatus`; also the one-way `send` and `publish`.
+//! `waitForStatus`, kept in JS (`emit` in `js/errors.js`: a `Vec` of them and a closure per `AbortSignal` cost
+//! the package more); also the one-way `send` and `publish`.
 
 use super::*;
-
-/// A promise the shell settles later: a request's (found by `id`, with its `AbortSignal` listener) or a
-/// `waitForStatus`'s (found by `status`, rejected at `deadline`). One type for both lists, as `Listener` is.
-pub(super) struct Pending {
-    pub(super) id: u64,
-    pub(super) status: String,
-    pub(super) deadline: Option<Instant>,
-    pub(super) resolve: Function,
-    pub(super) reject: Function,
-    pub(super) _abort: Option<Abort>,
-}
-
-/// The `abort` listener of a request's `AbortSignal`, removed when the request ends.
-pub(super) struct Abort {
-    signal: AbortSignal,
-    handler: Callback,
-}
-
-impl Drop for Abort {
-    fn drop(&mut self) {
-        let _ = self
-            .signal
-            .remove_event_listener_with_callback("abort", self.handler.as_ref().unchecked_ref());
-    }
-}
 
 /// What [`Inner::track`] issues.
 pub(crate) enum Target {
@@ -36,98 +12,50 @@ pub(crate) enum Target {
     Publish(String),
 }
 
-impl State {
-    /// Resolves or rejects the promise of request `id` (a request or an acknowledged publish).
-    pub(super) fn settle(&mut self, id: RequestId, result: Result<JsValue, RequestError>) {
-        if let Some(i) = self.requests.iter().position(|p| p.id == id.0) {
-            let p = self.requests.swap_remove(i);
-            let _ = match result {
-                Ok(value) => apply(&p.resolve, &[&value]),
-                Err(e) => apply(&p.reject, &[&request_error(&e)]),
-            };
-        }
-    }
-
-    /// Rejects every `waitForStatus` still waiting.
-    pub(super) fn reject_waiters(&mut self, message: &str) {
-        for w in self.waiters.drain(..) {
-            let _ = apply(
-                &w.reject,
-                &[&error(Kind::ConnectionClosed, "UNAVAILABLE", message)],
-            );
-        }
-    }
-}
-
 impl Inner {
+    /// `waitForStatus(status)`'s promise (kept and settled in JS: `emit`'s `Wait`, `Reached`, `Closed`).
     pub(crate) fn wait_for(
-        self: &Rc<Self>,
-        status: String,
+        &self,
+        status: &str,
         timeout: Option<sockeye_core::Duration>,
-        resolve: Function,
-        reject: Function,
-    ) {
-        self.with(|st, now| {
-            if st.conn.status().name() == status {
-                let _ = apply(&resolve, &[]);
-                return;
-            }
-            st.waiters.push(Pending {
-                id: 0,
-                status,
-                deadline: timeout.map(|d| now + d),
-                resolve,
-                reject,
-                _abort: None,
-            });
-        });
+    ) -> js_sys::Promise {
+        let now = JsValue::from_str(self.status());
+        let ms = timeout.map_or(f64::NAN, |d| d.as_millis() as f64);
+        self.emit(Emit::Wait, status, &now, &JsValue::UNDEFINED, ms, 0.0)
+            .unchecked_into()
     }
 
-    /// Issues a request or an acknowledged publish; `resolve` or `reject` settles with its outcome, and `signal`
-    /// (when given) cancels it.
+    /// Issues a request or an acknowledged publish; its promise (kept in JS: `emit`'s `Track`) settles with its
+    /// outcome, and `signal` (when given) cancels it.
     pub(crate) fn track(
         self: &Rc<Self>,
         target: Target,
         data: Option<sockeye_core::codec::Payload>,
         timeout: Option<sockeye_core::Duration>,
         signal: Option<AbortSignal>,
-        resolve: Function,
-        reject: Function,
-    ) {
+    ) -> js_sys::Promise {
         self.with(|st, now| {
             let issued = match &target {
                 Target::Method(method) => st.conn.request(now, method, data, timeout),
                 Target::Publish(topic) => st.conn.publish_acked(now, topic, data, timeout),
             };
             match issued {
-                Err(e) => {
-                    let _ = apply(&reject, &[&errors::send_error(&e)]);
-                }
+                Err(e) => errors::rejected(&errors::send_error(&e)),
+                // Kept before the drain: a reply it brings finds the promise.
                 Ok(id) => {
-                    let abort = signal.map(|signal| {
-                        let weak = st.weak.clone();
-                        let handler = callback(move |_| {
-                            if let Some(inner) = weak.upgrade() {
-                                inner.with(|st, now| st.conn.cancel(now, RequestId(id.0)));
-                            }
-                        });
-                        let _ = signal.add_event_listener_with_callback(
-                            "abort",
-                            handler.as_ref().unchecked_ref(),
-                        );
-                        Abort { signal, handler }
-                    });
-                    st.requests.push(Pending {
-                        id: id.0,
-                        status: String::new(),
-                        deadline: None,
-                        resolve,
-                        reject,
-                        _abort: abort,
-                    });
+                    let signal = signal.map_or(JsValue::UNDEFINED, JsValue::from);
+                    let promise = self.emit(
+                        Emit::Track,
+                        "",
+                        &signal,
+                        st.notify.as_ref(),
+                        id.0 as f64,
+                        0.0,
+                    );
+                    promise.unchecked_into()
                 }
             }
-        });
+        })
     }
 
     pub(crate) fn send(

@@ -1,4 +1,5 @@
-//! Requests from the server: the application's handler answers, or the core's one `UNIMPLEMENTED` answer.
+//! Requests from the server: the application's handler answers (found and called by `emit` in `js/errors.js`), or
+//! the core's one `UNIMPLEMENTED` answer.
 
 use super::*;
 
@@ -11,34 +12,26 @@ impl Inner {
         method: &str,
         data: Option<&sockeye_core::codec::Payload>,
     ) {
-        let handler = self
-            .state
-            .borrow()
-            .handlers
-            .iter()
-            .find(|l| l.name == method)
-            .map(|l| l.f.clone());
-        let Some(handler) = handler else {
+        let outcome = self.emit(
+            Emit::Request,
+            method,
+            &cbor::decode(data),
+            &JsValue::UNDEFINED,
+            id as f64,
+            0.0,
+        );
+        if outcome.is_undefined() {
             self.with(|st, now| st.conn.respond_unimplemented(now, socket, id, method));
             return;
-        };
-        let meta = Object::new();
-        set(&meta, "method", &method.into());
-        set(&meta, "id", &(id as f64).into());
-        let outcome = apply(&handler, &[&cbor::decode(data), &meta]);
-        let weak = Rc::downgrade(self);
-        match outcome {
-            Ok(value) => {
-                let done = callback(move |outcome| {
-                    if let Some(inner) = weak.upgrade() {
-                        let (ok, value) = outcome_parts(&outcome);
-                        inner.respond(socket, id, ok, &value);
-                    }
-                });
-                settle(&value, &done.into_js_value());
-            }
-            Err(e) => self.respond(socket, id, false, &e),
         }
+        let weak = Rc::downgrade(self);
+        let done = callback(move |outcome| {
+            if let Some(inner) = weak.upgrade() {
+                let (ok, value) = outcome_parts(&outcome);
+                inner.respond(socket, id, ok, &value);
+            }
+        });
+        settle(&outcome, &done.into_js_value());
     }
 
     pub(super) fn respond(self: &Rc<Self>, socket: SocketId, id: u64, ok: bool, value: &JsValue) {
@@ -62,17 +55,5 @@ impl Inner {
             })
         };
         self.with(|st, now| st.conn.respond(now, socket, id, result));
-    }
-
-    pub(crate) fn on_request(self: &Rc<Self>, method: String, handler: Function) -> JsValue {
-        let id = self.with(|st, _| {
-            let id = st.next_id();
-            st.handlers.retain(|l| l.name != method);
-            st.handlers.push(listener(id, method.clone(), handler));
-            id
-        });
-        self.unsubscriber(move |st, _| {
-            st.handlers.retain(|l| l.id != id);
-        })
     }
 }

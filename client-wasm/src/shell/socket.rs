@@ -8,35 +8,29 @@ pub(super) struct Socket {
     pub(super) handler: Callback,
 }
 
-/// The socket events the shell follows, all with one handler. (`addEventListener` rather than the `on…`
-/// properties: one import instead of four setters.)
-pub(super) const SOCKET_EVENTS: [&str; 4] = ["open", "message", "close", "error"];
+#[wasm_bindgen(module = "/js/errors.js")]
+extern "C" {
+    /// `new WebSocket(url, protocol)` receiving binary messages as `ArrayBuffer`s, `handler` on its events.
+    #[wasm_bindgen(catch, js_name = openSocket)]
+    fn open_socket(url: &str, protocol: &str, handler: &JsValue) -> Result<WebSocket, JsValue>;
 
-impl Drop for Socket {
-    /// Detaches the shell's handler and makes sure the socket does not stay open without an owner.
-    fn drop(&mut self) {
-        let ws = &self.ws;
-        let f = self.handler.as_ref().unchecked_ref();
-        for kind in SOCKET_EVENTS {
-            let _ = ws.remove_event_listener_with_callback(kind, f);
-        }
-        // CONNECTING (0) or OPEN (1).
-        if get(ws, "readyState")
-            .as_f64()
-            .is_some_and(|state| state <= 1.0)
-        {
-            close(ws, 1000, "client closed");
-        }
+    /// Detaches `handler` and closes the socket (with `code` and `reason` when the browser takes those) unless it
+    /// is closing or closed.
+    #[wasm_bindgen(js_name = closeSocket)]
+    fn close_socket(ws: &WebSocket, handler: &JsValue, code: u16, reason: &str);
+}
+
+impl Socket {
+    /// Closes the socket with `code` and `reason` (see [`close_socket`]); its events are no longer followed.
+    pub(super) fn close(&self, code: u16, reason: &str) {
+        close_socket(&self.ws, self.handler.as_ref(), code, reason);
     }
 }
 
-/// `ws.close(code, reason)`; when the browser refuses those (it sends only 1000 and 3000–4999, and at most 123
-/// bytes of reason, which the core's `CloseReason` keeps to), `ws.close()`. Called through `Reflect.get` and `apply` rather than two typed imports: a
-/// socket is closed once.
-pub(super) fn close(ws: &WebSocket, code: u16, reason: &str) {
-    let close: Function = get(ws, "close").unchecked_into();
-    if apply_to(ws, &close, &[&code.into(), &reason.into()]).is_err() {
-        let _ = apply_to(ws, &close, &[]);
+impl Drop for Socket {
+    /// Makes sure the socket does not stay open without an owner.
+    fn drop(&mut self) {
+        self.close(1000, "client closed");
     }
 }
 
@@ -105,21 +99,16 @@ impl Inner {
         // No borrow is held from here until the socket is stored: `WebSocket` may be the application's (a wrapper,
         // a test double) and call back into the client. `opening` stays set meanwhile, so a `close()` (or any
         // other end of this attempt) from there is noticed below.
-        let ws = match WebSocket::new_with_str(&url, SUBPROTOCOL) {
-            Ok(ws) => ws,
-            Err(e) => return self.fail_open(socket, &describe("new WebSocket() failed", &e)),
-        };
-        set(ws.unchecked_ref(), "binaryType", &"arraybuffer".into());
         let weak = Rc::downgrade(self);
         let handler = callback(move |event| {
             if let Some(inner) = weak.upgrade() {
                 inner.socket_event(socket, event.unchecked_ref());
             }
         });
-        let f = handler.as_ref().unchecked_ref();
-        for kind in SOCKET_EVENTS {
-            let _ = ws.add_event_listener_with_callback(kind, f);
-        }
+        let ws = match open_socket(&url, SUBPROTOCOL, handler.as_ref()) {
+            Ok(ws) => ws,
+            Err(e) => return self.fail_open(socket, &describe("new WebSocket() failed", &e)),
+        };
         let mut created = Some(Socket {
             id: socket,
             ws,
