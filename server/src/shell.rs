@@ -27,7 +27,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::broker::{self, Answer, Event, Subscriber};
+use crate::broker::{self, Answer, Event, EventQueue};
 use crate::budget::{InboundRefused, Metered, FREE_INBOUND};
 use crate::outbound::Frame;
 use crate::server::{ConnControl, Counters, Shared};
@@ -99,7 +99,7 @@ struct Shell {
     /// tungstenite queued something (an automatic pong or close reply) that needs a flush.
     needs_flush: bool,
     /// The sending end handed to the topic registry, and the receiving end; created by the first `sub`.
-    events: Option<(mpsc::Sender<Event>, mpsc::Receiver<Event>)>,
+    events: EventQueue,
     inflight: Inflight,
 }
 
@@ -304,20 +304,13 @@ impl Shell {
 
     fn broker(&mut self, command: BrokerCommand) {
         let connection = self.session.id();
-        let Shell {
-            shared,
-            control,
-            events,
-            ..
-        } = self;
-        let capacity = shared.config.limits.outbound_queue;
-        let answer = broker::execute(shared, connection, command, || {
-            let (sender, _) = events.get_or_insert_with(|| mpsc::channel(capacity));
-            Subscriber {
-                events: sender.clone(),
-                control: Arc::clone(control),
-            }
-        });
+        let answer = broker::execute(
+            &self.shared,
+            connection,
+            command,
+            &self.control,
+            &mut self.events,
+        );
         match answer {
             Answer::Now(done) => self.session.handle_done(self.now, done),
             Answer::Later(task) => self.inflight.push(task),

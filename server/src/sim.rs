@@ -23,9 +23,8 @@ use sockeye_core::codec::Payload;
 use sockeye_core::error::CloseCode;
 use sockeye_core::time::{Duration, Instant};
 use sockeye_core::Rng;
-use tokio::sync::mpsc;
 
-use crate::broker::{self, Answer, Event, Subscriber};
+use crate::broker::{self, Answer, EventQueue};
 use crate::outbound::Frame;
 use crate::server::{spread_schedule, CloseRequest, ConnControl, Shared};
 use crate::session::{Action, Ending, Inbound, Output, Session, Task, Upgraded};
@@ -75,7 +74,7 @@ struct SimConnection {
     /// Completes when a close is ordered (`ConnControl::notify`, as the tokio shell waits for it); `None`
     /// once it has: only the first order notifies, and it stands for good.
     close_ordered: Option<BoxFuture<'static, ()>>,
-    events: Option<(mpsc::Sender<Event>, mpsc::Receiver<Event>)>,
+    events: EventQueue,
     /// Tasks not finished yet.
     tasks: Vec<Task>,
     waker: Waker,
@@ -137,17 +136,8 @@ impl SimConnection {
         match action {
             Action::Spawn(task) => self.start(now, task),
             Action::Broker(command) => {
-                let SimConnection {
-                    control, events, ..
-                } = &mut *self;
-                let capacity = shared.config.limits.outbound_queue;
-                let answer = broker::execute(shared, connection, command, || {
-                    let (sender, _) = events.get_or_insert_with(|| mpsc::channel(capacity));
-                    Subscriber {
-                        events: sender.clone(),
-                        control: Arc::clone(control),
-                    }
-                });
+                let answer =
+                    broker::execute(shared, connection, command, &self.control, &mut self.events);
                 match answer {
                     Answer::Now(done) => self.session.handle_done(now, done),
                     Answer::Later(task) => self.start(now, task),

@@ -12,8 +12,10 @@ use sockeye_core::error::ErrorCode;
 pub(crate) use memory::{Event, HistoryLimits, Published, Refused, Subscribed, Subscriber, Topics};
 pub(crate) use redis::RedisBroker;
 
+use tokio::sync::mpsc;
+
 use crate::app::RpcError;
-use crate::server::Shared;
+use crate::server::{ConnControl, Shared};
 use crate::session::{BrokerCommand, Done, Task};
 
 /// How a broker command is answered.
@@ -26,14 +28,27 @@ pub(crate) enum Answer {
     Nothing,
 }
 
-/// Carries out `command` of connection `connection` against the server's broker. `subscriber` gives that
-/// connection's end of the fan-out, asked for only when it subscribes.
+/// A connection's queue of events from the broker, made when it first subscribes.
+pub(crate) type EventQueue = Option<(mpsc::Sender<Event>, mpsc::Receiver<Event>)>;
+
+/// Carries out `command` of connection `connection` against the server's broker. A subscription hands the
+/// broker the connection's end of the fan-out: `events` (made here on the first one, bounded by
+/// `outbound_queue`) and `control`.
 pub(crate) fn execute(
     shared: &Arc<Shared>,
     connection: u64,
     command: BrokerCommand,
-    subscriber: impl FnOnce() -> Subscriber,
+    control: &Arc<ConnControl>,
+    events: &mut EventQueue,
 ) -> Answer {
+    let capacity = shared.config.limits.outbound_queue;
+    let mut subscriber = || {
+        let (sender, _) = events.get_or_insert_with(|| mpsc::channel(capacity));
+        Subscriber {
+            events: sender.clone(),
+            control: Arc::clone(control),
+        }
+    };
     match command {
         BrokerCommand::Subscribe {
             id,
