@@ -129,8 +129,22 @@ impl Charge {
         charge.resize(bytes).then_some(charge)
     }
 
+    /// The budget charged.
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.budget
+    }
+
+    /// Bytes charged.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Makes this charge `bytes`; `false` (and unchanged) when the budget cannot take the increase.
     pub fn resize(&mut self, bytes: usize) -> bool {
+        // Most resizes change nothing (the reassembly charge of every whole message stays 0): no atomic then.
+        if bytes == self.bytes {
+            return true;
+        }
         if bytes > self.bytes {
             if !self.budget.try_take(bytes - self.bytes) {
                 return false;
