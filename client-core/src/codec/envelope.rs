@@ -617,7 +617,11 @@ impl Fields {
             .d
             .map(|(start, end)| Payload(bytes[start..end].to_vec()));
         let mut joined = String::new();
-        let t = read_str(bytes, self.t.ok_or(MissingKey("t"))?, "t", &mut joined)?;
+        let t_span = self.t.ok_or(MissingKey("t"))?;
+        let t = match known_kind(bytes, t_span) {
+            Some(kind) => kind,
+            None => read_str(bytes, t_span, "t", &mut joined)?,
+        };
         Ok(match t {
             "msg" => Envelope::Msg {
                 name: text(self.m, "m")?,
@@ -817,6 +821,16 @@ fn key_bytes(bytes: &[u8], pos: usize) -> Option<([u8; MAX_KEY], usize)> {
         },
     }
     Some((buf, len))
+}
+
+/// The known `t` at `span` when it is written as a short definite text, compared as bytes (every `t` is
+/// ASCII): read as text, `t` cost a UTF-8 check per envelope (the server's profile, bench/NOTES.md).
+fn known_kind(bytes: &[u8], (start, end): Span) -> Option<&'static str> {
+    let (&first, text) = bytes.get(start..end)?.split_first()?;
+    if first >> 5 != MAJOR_TEXT || usize::from(first & 0x1f) != text.len() {
+        return None;
+    }
+    KINDS.into_iter().find(|kind| kind.as_bytes() == text)
 }
 
 /// The unsigned integer at `span`, if that is what it holds.
