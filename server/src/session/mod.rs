@@ -41,7 +41,7 @@ use sockeye_core::time::Instant;
 use crate::app::{Identity, RpcError};
 use crate::broker::Subscribed;
 use crate::budget::{Charge, InboundRefused};
-use crate::outbound::{Encoded, Frame, OutQueue};
+use crate::outbound::{Encoded, Frame, OutQueue, Refused};
 use crate::server::{CloseRequest, ConnControl, Counters, Shared};
 
 pub(crate) use auth::{OriginRefused, Upgraded};
@@ -210,7 +210,11 @@ impl Session {
         let mut session = Session {
             reassembler: Reassembler::new(limits.reassembly.clone()),
             reassembly_charge: Charge::empty(&shared.reassembly),
-            out: OutQueue::new(shared.config.fragment_threshold, Arc::clone(&control)),
+            out: OutQueue::new(
+                shared.config.fragment_threshold,
+                Arc::clone(&control),
+                &shared.outbound,
+            ),
             actions: VecDeque::new(),
             identity: Identity::anonymous(),
             phase: Phase::Ready,
@@ -511,10 +515,10 @@ impl Session {
     /// the message size limit (which the client would refuse) becomes `err RESOURCE_EXHAUSTED`. One that
     /// does not fit this connection's output budget, or the server's, closes the connection with 1013.
     fn send_envelope(&mut self, envelope: Envelope) {
-        let frame = Encoded::frame_of(&envelope);
-        let size = frame.len() - 1;
+        let size = self.out.stage(&envelope) - 1;
         let limit = self.shared.config.limits.reassembly.max_message_bytes;
         if size > limit {
+            self.out.unstage();
             tracing::warn!(
                 connection = self.id,
                 size,
@@ -536,32 +540,30 @@ impl Session {
             }
             return;
         }
-        let budget = &self.control.outbound;
-        let charged = match Encoded::charge(frame, &self.shared.outbound) {
-            None => {
+        let reason = match self.out.push_staged() {
+            Ok(()) => return,
+            Err(Refused::Fragments(e)) => {
+                tracing::warn!(connection = self.id, error = %e, "cannot fragment an outgoing envelope: dropped");
+                return;
+            }
+            Err(Refused::Server) => {
                 self.shared.shed_largest_backlog();
-                Err(format!(
+                format!(
                     "server output budget of {} bytes spent",
                     self.shared.outbound.limit()
-                ))
+                )
             }
-            Some(encoded) if !budget.try_take(encoded.len()) => Err(format!(
+            Err(Refused::Connection) => format!(
                 "outbound budget of {} bytes exceeded: peer not reading",
-                budget.limit()
-            )),
-            Some(encoded) => Ok(encoded),
+                self.control.outbound.limit()
+            ),
         };
-        match charged {
-            Ok(encoded) => self.queue(encoded),
-            Err(reason) => {
-                tracing::info!(connection = self.id, size, %reason, "closing");
-                // Through the connection's control, where the first close request wins (the shedding above
-                // may have asked this very connection already).
-                self.control.request_overflow_close(reason);
-                if let Some(request) = self.control.take_close() {
-                    self.handle_close_request(self.last_inbound, request);
-                }
-            }
+        tracing::info!(connection = self.id, size, %reason, "closing");
+        // Through the connection's control, where the first close request wins (the shedding above may have
+        // asked this very connection already).
+        self.control.request_overflow_close(reason);
+        if let Some(request) = self.control.take_close() {
+            self.handle_close_request(self.last_inbound, request);
         }
     }
 
