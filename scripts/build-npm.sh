@@ -49,7 +49,9 @@ wasm_pack() {
         --profile wasm-release --no-default-features)
     echo "==> wasm-pack ${args[*]}"
     rm -rf "$dir"
-    wasm-pack "${args[@]}"
+    # The panic locations of dependencies carry the builder's registry path: cut to the crate's name (the same
+    # bytes on every machine, and fewer of them).
+    RUSTFLAGS="--remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}/registry/src/=" wasm-pack "${args[@]}"
 
     local snippet
     snippet="$(cd "$dir" && find snippets -path '*/js/errors.js' | head -n 1)"

@@ -36,6 +36,10 @@ struct Args {
     /// Run only these measures (throughput, sweep, rtt, idle, storm); all when absent.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Measure nothing: rewrite the table, plots and REPORT.md from the output directory's results.json
+    /// (after bench/NOTES.md, browser.json or size.json changed).
+    #[arg(long)]
+    report_only: bool,
 }
 
 /// How much of everything to run.
@@ -540,6 +544,11 @@ fn ratio_row(
 
 fn main() -> Result<(), BoxError> {
     let args = Args::parse();
+    if args.report_only {
+        let results: Value =
+            serde_json::from_str(&std::fs::read_to_string(args.out.join("results.json"))?)?;
+        return report(&args.out, &results);
+    }
     let plan = Plan::new(args.quick);
     let exe = std::env::current_exe()?;
     let bins = Bins {
@@ -642,16 +651,26 @@ fn main() -> Result<(), BoxError> {
         args.out.join("results.json"),
         serde_json::to_string_pretty(&results)? + "\n",
     )?;
-    let table = table(&results);
-    let rendered = render_table(&table);
-    println!("{rendered}");
-    write_plots(&args.out, &results)?;
-    write_report(&args.out, &results, &rendered)?;
+    report(&args.out, &results)?;
     eprintln!("done in {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
-fn table(r: &Value) -> Vec<[String; 5]> {
+/// Prints the table and writes the plots and REPORT.md into `out`.
+fn report(out: &Path, results: &Value) -> Result<(), BoxError> {
+    std::fs::create_dir_all(out.join("plots"))?;
+    let rendered = render_table(&table(out, results));
+    println!("{rendered}");
+    write_plots(out, results)?;
+    write_report(out, results, &rendered)
+}
+
+/// A JSON file the browser package's own tooling wrote into `out`, if it is there.
+fn read_json(out: &Path, name: &str) -> Option<Value> {
+    serde_json::from_str(&std::fs::read_to_string(out.join(name)).ok()?).ok()
+}
+
+fn table(out: &Path, r: &Value) -> Vec<[String; 5]> {
     let mut t = Vec::new();
     let tp = &r["throughput"];
     for (key, label, goal) in [
@@ -754,22 +773,55 @@ fn table(r: &Value) -> Vec<[String; 5]> {
         format!("{:.2}×", json_ns / ours),
         "≥ 1.0×".to_owned(),
     ]);
-    for (measure, goal) in [
-        (
+    let browser = read_json(out, "browser.json");
+    t.push(match &browser {
+        Some(b) => [
+            "browser: client.request msgs/s, 64 in flight (headless Chromium)".to_owned(),
+            format!(
+                "plain JS on a raw WebSocket {} /s",
+                svg::short(f(&b["raw_msgs_per_s"]["median"]))
+            ),
+            format!("{} /s", svg::short(f(&b["wasm_msgs_per_s"]["median"]))),
+            format!("{:.2}×", f(&b["ratio"])),
+            "≥ 0.80×".to_owned(),
+        ],
+        None => missing(
             "browser: client.request msgs/s, 64 in flight (headless Chromium)",
             "≥ 0.80×",
+            "bench/browser/run.sh",
         ),
-        ("npm package, .wasm + JS glue, gzip -9", "≤ 45 KiB"),
-    ] {
-        t.push([
-            measure.to_owned(),
-            "see client-wasm (measured separately)".to_owned(),
-            "—".to_owned(),
-            "—".to_owned(),
-            goal.to_owned(),
-        ]);
-    }
+    });
+    let package = read_json(out, "size.json");
+    t.push(match package.as_ref().map(|p| &p["package"]) {
+        Some(p) => [
+            "npm package, .wasm + JS glue, gzip -9".to_owned(),
+            "socket.io-client 14.8 KB, centrifuge 23.1 KB".to_owned(),
+            format!(
+                "{:.0} B ({:.1} KiB)",
+                f(&p["total_gzip"]),
+                f(&p["total_gzip"]) / 1024.0
+            ),
+            format!("{:.2} % of the goal", 100.0 * f(&p["total_gzip"]) / 46080.0),
+            "≤ 45 KiB".to_owned(),
+        ],
+        None => missing(
+            "npm package, .wasm + JS glue, gzip -9",
+            "≤ 45 KiB",
+            "bench/browser/size_breakdown.py",
+        ),
+    });
     t
+}
+
+/// A row whose figures come from a file that is not there yet, naming the command that writes it.
+fn missing(measure: &str, goal: &str, command: &str) -> [String; 5] {
+    [
+        measure.to_owned(),
+        format!("not measured: run `{command}`"),
+        "—".to_owned(),
+        "—".to_owned(),
+        goal.to_owned(),
+    ]
 }
 
 fn render_table(rows: &[[String; 5]]) -> String {
@@ -923,8 +975,10 @@ fn write_report(out: &Path, r: &Value, table: &str) -> Result<(), BoxError> {
     let _ = writeln!(s, "## Results\n\n{table}");
     let _ = writeln!(
         s,
-        "The two last rows belong to the browser package and are measured by its own tooling (see \
-         `client-wasm/`); they are filled in by hand from that report.\n"
+        "The two last rows belong to the browser package and are measured by its own tooling: \
+         `bench/browser/run.sh` writes `bench/browser.json` (the wasm package against a plain-JS client in the \
+         same page; its date and commit are in the file) and `bench/browser/size_breakdown.py` writes \
+         `bench/size.json` (see `bench/SIZE.md`); this report reads both.\n"
     );
     let _ = writeln!(s, "## Plots\n");
     for (file, caption) in [

@@ -617,11 +617,7 @@ impl Fields {
             .d
             .map(|(start, end)| Payload(bytes[start..end].to_vec()));
         let mut joined = String::new();
-        let t_span = self.t.ok_or(MissingKey("t"))?;
-        let t = match known_kind(bytes, t_span) {
-            Some(kind) => kind,
-            None => read_str(bytes, t_span, "t", &mut joined)?,
-        };
+        let t = read_str(bytes, self.t.ok_or(MissingKey("t"))?, "t", &mut joined)?;
         Ok(match t {
             "msg" => Envelope::Msg {
                 name: text(self.m, "m")?,
@@ -723,10 +719,10 @@ fn walk_map(
         // lies. Read again into a buffer, the keys cost a header read and a copy each (the server's profile
         // under 64 B requests, bench/NOTES.md).
         let joined;
-        let key = match bytes[key_start] {
-            first if first >> 5 == MAJOR_TEXT && first & 0x1f < 24 => {
-                Some(&bytes[key_start + 1..value_start]).filter(|key| key.len() <= MAX_KEY)
-            }
+        let key = match bytes.get(key_start) {
+            Some(&first) if first >> 5 == MAJOR_TEXT && first & 0x1f < 24 => bytes
+                .get(key_start + 1..value_start)
+                .filter(|key| key.len() <= MAX_KEY),
             _ => {
                 joined = key_bytes(bytes, key_start);
                 joined.as_ref().map(|(buf, len)| &buf[..*len])
@@ -821,16 +817,6 @@ fn key_bytes(bytes: &[u8], pos: usize) -> Option<([u8; MAX_KEY], usize)> {
         },
     }
     Some((buf, len))
-}
-
-/// The known `t` at `span` when it is written as a short definite text, compared as bytes (every `t` is
-/// ASCII): read as text, `t` cost a UTF-8 check per envelope (the server's profile, bench/NOTES.md).
-fn known_kind(bytes: &[u8], (start, end): Span) -> Option<&'static str> {
-    let (&first, text) = bytes.get(start..end)?.split_first()?;
-    if first >> 5 != MAJOR_TEXT || usize::from(first & 0x1f) != text.len() {
-        return None;
-    }
-    KINDS.into_iter().find(|kind| kind.as_bytes() == text)
 }
 
 /// The unsigned integer at `span`, if that is what it holds.
